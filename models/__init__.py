@@ -1,0 +1,1 @@
+"""Survival and competing-risks estimators, evaluation, explanation and the MLflow pyfunc wrapper."""

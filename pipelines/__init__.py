@@ -1,0 +1,1 @@
+"""Jobs of car-relapse: simulate, validate, features, evaluate, train, score, serve; the CLI lives here."""

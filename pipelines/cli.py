@@ -1,0 +1,137 @@
+"""The ``car-relapse`` command line.
+
+Each command is thin: it parses arguments and calls the job function of its module in
+``pipelines``. Bad input is reported as a clear message and a non-zero exit code, never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="car-relapse",
+    help="Predict relapse and relapse phenotype after CD19 CAR T-cell therapy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def simulate(
+    patients: int = typer.Option(2000, "--patients", min=1, help="Number of patients to simulate."),
+    seed: int = typer.Option(20261121, "--seed", help="Random seed."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the cohort tables."),
+    oracle: bool = typer.Option(False, "--oracle/--no-oracle", help="Also compute the Monte Carlo oracle (slow)."),
+    file_format: str = typer.Option("parquet", "--format", help="parquet or csv."),
+) -> None:
+    """Simulate a synthetic cohort (three input tables plus a separate ground truth)."""
+    from pipelines.simulate import run_simulate
+
+    run_simulate(n_patients=patients, seed=seed, out_dir=out, with_oracle=oracle, file_format=file_format)
+
+
+@app.command()
+def validate(
+    input_dir: Path = typer.Option(..., "--input", help="Cohort folder with the three tables."),
+    on_error: str = typer.Option("fail", "--on-error", help="fail or quarantine bad rows."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the data report as JSON here."),
+) -> None:
+    """Validate a cohort folder against the data contract and print the data report."""
+    from pipelines.validate import run_validate
+
+    run_validate(input_dir=input_dir, on_error=on_error, report_path=report)
+
+
+@app.command()
+def features(
+    input_dir: Path = typer.Option(..., "--input", help="Cohort folder with the three tables."),
+    landmarks: str = typer.Option("0,28,91,182", "--landmarks", help="Comma-separated landmark days."),
+    horizon_days: float = typer.Option(730.0, "--horizon-days", help="Prediction horizon in days."),
+    out: Path = typer.Option(..., "--out", help="Output file (.parquet or .csv)."),
+    on_error: str = typer.Option("fail", "--on-error", help="fail or quarantine bad rows."),
+) -> None:
+    """Build the stacked landmark training set."""
+    from pipelines.build_features import run_features
+
+    run_features(input_dir=input_dir, landmarks=landmarks, horizon_days=horizon_days, out=out, on_error=on_error)
+
+
+@app.command()
+def calibrate(
+    patients: int = typer.Option(20000, "--patients", min=100),
+    seed: int = typer.Option(20261121, "--seed"),
+    out: Path = typer.Option(Path("docs/calibration.md"), "--out"),
+) -> None:
+    """Regenerate the calibration report (published targets vs simulated figures)."""
+    from pipelines.calibration import run_calibration
+
+    run_calibration(n_patients=patients, seed=seed, out_path=out)
+
+
+@app.command()
+def evaluate(
+    config: Path = typer.Option(Path("configs/default.yaml"), "--config"),
+    out: Path = typer.Option(..., "--out", help="Output folder for metrics.json and plots."),
+) -> None:
+    """Evaluate the configured candidates against the oracle and the clinicians' rule."""
+    from pipelines.evaluate import run_evaluate
+
+    run_evaluate(config_path=config, out_dir=out)
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(Path("configs/default.yaml"), "--config"),
+) -> None:
+    """Train the configured candidates, log to MLflow and register the winner (gated)."""
+    from pipelines.train import run_train
+
+    run_train(config_path=config)
+
+
+@app.command()
+def score(
+    model: str = typer.Option("models:/car-relapse@champion", "--model", help="MLflow model URI."),
+    input_dir: Path = typer.Option(..., "--input"),
+    as_of_day: float = typer.Option(..., "--as-of-day", help="Use only data known by this day."),
+    output: Path = typer.Option(..., "--output", help=".parquet or .csv"),
+    chunk_size: int = typer.Option(5000, "--chunk-size", min=1),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Batch-score a cohort folder with a registered model."""
+    from pipelines.score import run_score
+
+    run_score(
+        model_uri=model,
+        input_dir=input_dir,
+        as_of_day=as_of_day,
+        output=output,
+        chunk_size=chunk_size,
+        tracking_uri=tracking_uri,
+    )
+
+
+@app.command()
+def serve(
+    model: str = typer.Option("models:/car-relapse@champion", "--model"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (localhost by default)."),
+    port: int = typer.Option(5001, "--port"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Serve the champion model with MLflow's scoring server on localhost."""
+    from pipelines.serve import run_serve
+
+    run_serve(model_uri=model, host=host, port=port, tracking_uri=tracking_uri)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

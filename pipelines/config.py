@@ -1,0 +1,157 @@
+"""The run configuration (pydantic), loaded from YAML.
+
+Two levels are kept apart, as in MLflow's templates: *what the run does* (data, features,
+models, evaluation, registry) and *where it runs* (``tracking``). Unknown keys are errors, so a
+typo in a config never passes silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "FeaturesConfig",
+    "ModelsConfig",
+    "EvaluationConfig",
+    "RegistryConfig",
+    "TrackingConfig",
+    "RunConfig",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message says which key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticCohortConfig(_Strict):
+    """The embedded synthetic cohort: simulated on the fly, deterministic given the seed."""
+
+    n_patients: int = Field(5000, ge=50, description="Number of simulated patients.")
+    seed: int = 20261121
+    with_oracle: bool = Field(True, description="Compute the Monte Carlo oracle for evaluation.")
+
+
+class DataConfig(_Strict):
+    """Which cohort to use: the embedded synthetic one, or a folder in the data contract."""
+
+    source: Literal["synthetic", "folder"] = "synthetic"
+    input_dir: Optional[Path] = Field(None, description="Cohort folder when source is 'folder'.")
+    synthetic: SyntheticCohortConfig = SyntheticCohortConfig()
+    on_error: Literal["fail", "quarantine"] = "quarantine"
+
+    @field_validator("input_dir")
+    @classmethod
+    def _folder_exists(cls, value: Optional[Path]) -> Optional[Path]:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"input_dir '{value}' is not a folder")
+        return value
+
+
+class FeaturesConfig(_Strict):
+    """Landmarks, horizon and the declared feature builders (one name per builder)."""
+
+    landmark_days: list[float] = Field(default_factory=lambda: [0.0, 28.0, 91.0, 182.0])
+    horizon_days: float = Field(730.0, gt=0)
+    builders: list[str] = Field(
+        default_factory=lambda: ["baseline", "mrd", "bca", "antigen", "car_copies"],
+        description="Feature builders to run, by registry name (features.registry).",
+    )
+    hsct: Literal["competing", "censor"] = Field(
+        "competing", description="Treat consolidative HSCT as a competing event or as censoring."
+    )
+
+
+class ModelsConfig(_Strict):
+    """Candidate estimators (by name) and their hyper-parameters."""
+
+    candidates: list[str] = Field(
+        default_factory=lambda: ["coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft"]
+    )
+    params: dict[str, dict] = Field(default_factory=dict)
+    random_state: int = 0
+
+
+class EvaluationConfig(_Strict):
+    """Cross-validation and metrics."""
+
+    cv_folds: int = Field(5, ge=2)
+    group_by: Literal["patient", "site"] = "patient"
+    horizons_days: list[float] = Field(default_factory=lambda: [182.0, 365.0, 730.0])
+    bootstrap: int = Field(200, ge=0)
+    shap_horizon_days: float = 365.0
+    shap_background: int = Field(100, ge=10)
+    selection_metric: str = "uno_c"
+
+
+class RegistryConfig(_Strict):
+    """Gated registration of the winner."""
+
+    model_name: str = "car-relapse"
+    thresholds: dict[str, float] = Field(default_factory=lambda: {"uno_c": 0.65})
+    log_patient_rows: bool = Field(False, description="Log raw patient rows as artifacts (off by default).")
+
+
+class TrackingConfig(_Strict):
+    """Where the run goes; MLFLOW_TRACKING_URI overrides tracking_uri."""
+
+    tracking_uri: Optional[str] = None  # default: sqlite:///<project>/mlruns/mlflow.db
+    experiment: str = "car-relapse"
+
+
+class RunConfig(_Strict):
+    """The whole run."""
+
+    data: DataConfig = DataConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    models: ModelsConfig = ModelsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read and validate a YAML run config.
+
+    Parameters
+    ----------
+    path : Path
+        YAML file.
+
+    Returns
+    -------
+    RunConfig
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, not YAML, or fails validation; the message lists every
+        offending key with its reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: invalid config"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
