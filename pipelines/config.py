@@ -95,18 +95,47 @@ class EvaluationConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    """Gated registration of the winner."""
+    """Gated registration of the winner, and what the registered model outputs."""
 
-    model_name: str = "car-relapse"
-    thresholds: dict[str, float] = Field(default_factory=lambda: {"uno_c": 0.65})
+    model_name: str = Field("car-relapse", min_length=1)
+    thresholds: dict[str, float] = Field(
+        default_factory=lambda: {"uno_c": 0.65},
+        description="Minimum value of each named winner metric (higher is better) to register.",
+    )
+    max_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Maximum value of each named winner metric (lower is better, e.g. a Brier score).",
+    )
     log_patient_rows: bool = Field(False, description="Log raw patient rows as artifacts (off by default).")
+    risk_group_horizon_days: float = Field(
+        365.0, gt=0, description="Horizon whose relapse incidence defines the risk group."
+    )
+    risk_group_cutoffs: list[float] = Field(
+        default_factory=lambda: [0.15, 0.35],
+        min_length=1,
+        description="Increasing relapse-incidence cut-offs in (0, 1): below the first = low, "
+        "at or above the last = high, between = intermediate.",
+    )
+    top_factors: int = Field(5, ge=0, le=20, description="Contributing factors reported per patient.")
+
+    @field_validator("risk_group_cutoffs")
+    @classmethod
+    def _cutoffs_increasing(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < cut < 1.0 for cut in value) or sorted(set(value)) != list(value):
+            raise ValueError(f"risk_group_cutoffs must be strictly increasing values in (0, 1), got {value}")
+        return value
 
 
 class TrackingConfig(_Strict):
     """Where the run goes; MLFLOW_TRACKING_URI overrides tracking_uri."""
 
     tracking_uri: Optional[str] = None  # default: sqlite:///<project>/mlruns/mlflow.db
-    experiment: str = "car-relapse"
+    experiment: str = Field("car-relapse", min_length=1)
+    artifact_location: Optional[str] = Field(
+        None,
+        description="Artifact root for a new experiment; default <db folder>/artifacts for SQLite, "
+        "the server's choice for a tracking server.",
+    )
 
 
 class RunConfig(_Strict):

@@ -1,0 +1,412 @@
+"""Longitudinal features at a landmark: MRD, B-cell aplasia (BCA), antigen, CAR copies.
+
+Every builder here takes the *normalised* measurements table (docs/architecture.md) and uses
+only rows with ``day <= landmark_day``. All work is vectorised over patients: rows are mapped to
+integer (patient, series) groups, sorted once, and summarised with numpy segment reductions;
+there is no Python loop over patients.
+
+Conventions
+-----------
+- A *series* is one (specimen, assay) stream of a patient, e.g. BM NGS-MRD.
+- *Detectable* means not censored below the detection limit, or reported as
+  "detected, below quantitation" (``detected_below_loq``; the contract stores such a result as
+  censored at its limit). An uncensored value of 0 on a log-scaled series (MRD, CAR copies) is
+  treated as not detected.
+- A censored result (``censored`` True) has ``value`` = its detection limit; its log10 feature is
+  log10 of the limit and its ``_last_censored`` flag is 1.
+- Slopes are least-squares slopes over the last :data:`SLOPE_LAST_TESTS` results with a usable
+  value, in units per 30 days. Censored results enter the slope at their detection limit (the
+  upper bound of the true value): a fall to undetectable therefore shows a slope no steeper than
+  the true one, and a rise from undetectable one no steeper than the true rise. Fewer than two
+  usable results, or all on the same day, give NaN.
+- A patient without any result of a series (e.g. no trackable NGS clone) gets ``_tests_count`` 0
+  and NaN for every other feature of that series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.registry import patient_index, register_builder, require_columns
+from features.schema import MRD_ASSAYS
+
+__all__ = [
+    "BCA_RECOVERY_CELLS_PER_UL",
+    "BCA_RECOVERY_PCT_LYMPHOCYTES",
+    "DAYS_PER_SLOPE_UNIT",
+    "MRD_SPECIMENS",
+    "SLOPE_LAST_TESTS",
+    "SeriesSpec",
+    "antigen_features",
+    "bca_features",
+    "car_copies_features",
+    "mrd_features",
+    "series_features",
+]
+
+MRD_SPECIMENS = ("BM", "PB")
+SLOPE_LAST_TESTS = 3
+DAYS_PER_SLOPE_UNIT = 30.0
+BCA_RECOVERY_CELLS_PER_UL = 10.0
+"""Default: PB CD19+ B cells >= 10 cells/uL = B-cell recovery (loss of BCA)."""
+BCA_RECOVERY_PCT_LYMPHOCYTES = 1.0
+"""Default: PB CD19+ B cells >= 1% of lymphocytes = B-cell recovery (loss of BCA)."""
+
+_MEASUREMENT_COLUMNS = ("patient_id", "day", "specimen", "assay", "value", "censored")
+_LOG_SCALED_STATS = ("last", "max", "slope_per_30d")
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """One measurement series summarised per patient.
+
+    Attributes
+    ----------
+    prefix : str
+        Column-name prefix, e.g. ``"bm_ngs_mrd"``.
+    specimens : tuple of str
+        Specimens pooled into the series.
+    assay : str
+        Assay name.
+    log10 : bool
+        Summarise log10 of the value (MRD fractions, CAR copies) instead of the value itself.
+    """
+
+    prefix: str
+    specimens: tuple[str, ...]
+    assay: str
+    log10: bool
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Selected measurement rows, sorted by (group, day, value)."""
+
+    group: np.ndarray
+    day: np.ndarray
+    value: np.ndarray
+    censored: np.ndarray
+    detectable: np.ndarray
+    n_groups: int
+
+
+def _category_codes(column: pd.Series, levels: Sequence[str] | pd.Index) -> np.ndarray:
+    """Position of each entry of ``column`` in ``levels`` (-1 when absent or missing)."""
+    levels = pd.Index(levels)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        lookup = np.append(levels.get_indexer(column.cat.categories), -1)
+        return lookup[column.cat.codes.to_numpy()]
+    return levels.get_indexer(column.to_numpy())
+
+
+def _flags(measurements: pd.DataFrame, column: str) -> np.ndarray:
+    """Boolean column as numpy (missing or absent -> False)."""
+    if column not in measurements.columns:
+        return np.zeros(len(measurements), dtype=bool)
+    return measurements[column].to_numpy(dtype=bool, na_value=False)
+
+
+def _log10_positive(values: np.ndarray) -> np.ndarray:
+    """log10 of positive values; zero, negative or missing -> NaN."""
+    out = np.full(values.shape, np.nan)
+    positive = values > 0
+    out[positive] = np.log10(values[positive])
+    return out
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Element-wise ratio, NaN where the denominator is 0."""
+    out = np.full(numerator.shape, np.nan)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def _segments(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last row positions of each run of equal values in a sorted group array."""
+    boundary = group[1:] != group[:-1]
+    return np.flatnonzero(np.r_[True, boundary]), np.flatnonzero(np.r_[boundary, True])
+
+
+def _select_rows(
+    measurements: pd.DataFrame, index: pd.Index, landmark_day: float, specs: Sequence[SeriesSpec]
+) -> _Rows:
+    """Rows of the given series known at ``landmark_day``, grouped as patient * n_series + series."""
+    require_columns(measurements, _MEASUREMENT_COLUMNS, "measurements")
+    specimens = sorted({s for spec in specs for s in spec.specimens})
+    assays = sorted({spec.assay for spec in specs})
+    table = np.full((len(specimens) + 1, len(assays) + 1), -1)  # last row/col: code -1
+    for number, spec in enumerate(specs):
+        for specimen in spec.specimens:
+            table[specimens.index(specimen), assays.index(spec.assay)] = number
+    series = table[
+        _category_codes(measurements["specimen"], specimens), _category_codes(measurements["assay"], assays)
+    ]
+    patient = _category_codes(measurements["patient_id"], index)
+    day = measurements["day"].to_numpy(dtype=float)
+    keep = np.flatnonzero((series >= 0) & (patient >= 0) & (day <= landmark_day))
+    group = patient[keep].astype(np.int64) * len(specs) + series[keep]
+    raw = measurements["value"].to_numpy(dtype=float, na_value=np.nan)[keep]
+    log_scaled = np.array([spec.log10 for spec in specs])[series[keep]]
+    value = np.where(log_scaled, _log10_positive(raw), raw)
+    censored = _flags(measurements, "censored")[keep]
+    quantified = ~censored & ~(log_scaled & ~(raw > 0))  # an uncensored 0 on a log scale is not detected
+    detectable = quantified | _flags(measurements, "detected_below_loq")[keep]
+    order = np.lexsort((value, day[keep], group))
+    return _Rows(
+        group[order], day[keep][order], value[order], censored[order], detectable[order],
+        len(index) * len(specs),
+    )
+
+
+def _slope_per_30d(rows: _Rows, landmark_day: float) -> np.ndarray:
+    """Least-squares slope per 30 days over each group's last usable results."""
+    usable = np.isfinite(rows.value)
+    group, day, value = rows.group[usable], rows.day[usable], rows.value[usable]
+    slope = np.full(rows.n_groups, np.nan)
+    if group.size == 0:
+        return slope
+    first, last = _segments(group)
+    rank_from_end = np.repeat(last, last - first + 1) - np.arange(group.size)
+    recent = rank_from_end < SLOPE_LAST_TESTS
+    group, x, y = group[recent], day[recent] - landmark_day, value[recent]
+    count = np.bincount(group, minlength=rows.n_groups).astype(float)
+    mean_x = _divide(np.bincount(group, x, rows.n_groups), count)
+    mean_y = _divide(np.bincount(group, y, rows.n_groups), count)
+    dx, dy = x - mean_x[group], y - mean_y[group]
+    sxx = np.bincount(group, dx * dx, rows.n_groups)
+    sxy = np.bincount(group, dx * dy, rows.n_groups)
+    slope = _divide(sxy, np.where(sxx > 1e-12, sxx, 0.0)) * DAYS_PER_SLOPE_UNIT
+    return np.where(count >= 2, slope, np.nan)
+
+
+def _series_statistics(rows: _Rows, landmark_day: float) -> dict[str, np.ndarray]:
+    """Per-group statistics (arrays of length ``rows.n_groups``, NaN where no result)."""
+    names = ("last", "last_censored", "detectable_last", "detectable_ever", "max",
+             "slope_per_30d", "days_since_last")
+    stats = {name: np.full(rows.n_groups, np.nan) for name in names}
+    stats["tests_count"] = np.bincount(rows.group, minlength=rows.n_groups).astype(float)
+    if rows.group.size == 0:
+        return stats
+    first, last = _segments(rows.group)
+    present = rows.group[last]
+    stats["last"][present] = rows.value[last]
+    stats["last_censored"][present] = rows.censored[last]
+    stats["detectable_last"][present] = rows.detectable[last]
+    stats["detectable_ever"][present] = np.logical_or.reduceat(rows.detectable, first)
+    detectable_values = np.where(rows.detectable & np.isfinite(rows.value), rows.value, -np.inf)
+    maximum = np.maximum.reduceat(detectable_values, first)
+    stats["max"][present] = np.where(np.isfinite(maximum), maximum, np.nan)
+    stats["days_since_last"][present] = landmark_day - rows.day[last]
+    stats["slope_per_30d"] = _slope_per_30d(rows, landmark_day)
+    return stats
+
+
+def _column_name(spec: SeriesSpec, stat: str) -> str:
+    scaled = f"log10_{stat}" if spec.log10 and stat in _LOG_SCALED_STATS else stat
+    return f"{spec.prefix}_{scaled}"
+
+
+def series_features(
+    infusions: pd.DataFrame,
+    measurements: pd.DataFrame,
+    landmark_day: float,
+    specs: Sequence[SeriesSpec],
+    stats: Sequence[str],
+) -> pd.DataFrame:
+    """Summaries of measurement series per patient, from rows with ``day <= landmark_day``.
+
+    Parameters
+    ----------
+    infusions : DataFrame
+        Defines the patients (rows, in order).
+    measurements : DataFrame
+        Normalised measurements.
+    landmark_day : float
+        Days since infusion.
+    specs : sequence of SeriesSpec
+        The series to summarise.
+    stats : sequence of str
+        Statistics to emit per series, named ``{prefix}_{stat}`` (``log10_`` prepended to
+        ``last``, ``max`` and ``slope_per_30d`` for log-scaled series):
+
+        - ``last``: value at the last test (for a censored one: its detection limit)
+        - ``last_censored``: 1 if the last result is censored below its limit
+        - ``detectable_last`` / ``detectable_ever``: 1 if the last / any result is detectable
+        - ``max``: maximum among detectable results (NaN when none is detectable)
+        - ``slope_per_30d``: slope over the last tests, per 30 days (module docstring)
+        - ``days_since_last``: days from the last test to the landmark
+        - ``tests_count``: number of results (0 when none)
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``patient_id``; float columns, series-major order.
+    """
+    index = patient_index(infusions)
+    table = _series_statistics(_select_rows(measurements, index, float(landmark_day), specs), float(landmark_day))
+    columns = {}
+    for number, spec in enumerate(specs):
+        for stat in stats:
+            columns[_column_name(spec, stat)] = table[stat].reshape(len(index), len(specs))[:, number]
+    return pd.DataFrame(columns, index=index, dtype=float)
+
+
+_MRD_SPECS = tuple(
+    SeriesSpec(f"{specimen.lower()}_{assay}", (specimen,), assay, log10=True)
+    for specimen in MRD_SPECIMENS
+    for assay in MRD_ASSAYS
+)
+_MRD_STATS = ("last", "last_censored", "detectable_last", "detectable_ever", "max",
+              "slope_per_30d", "days_since_last", "tests_count")
+
+
+@register_builder("mrd")
+def mrd_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
+    """MRD features per specimen (BM, PB) and assay (flow, NGS, PCR) at the landmark.
+
+    Columns ``{bm|pb}_{flow|ngs|pcr}_mrd_`` + (unit):
+    ``log10_last`` (log10 fraction of nucleated cells; detection limit when censored),
+    ``last_censored``, ``detectable_last``, ``detectable_ever`` (flags),
+    ``log10_max`` (log10 fraction, among detectable results),
+    ``log10_slope_per_30d`` (log10 units per 30 days over the last 3 results),
+    ``days_since_last`` (days), ``tests_count`` (results). See :func:`series_features`.
+    """
+    return series_features(infusions, measurements, landmark_day, _MRD_SPECS, _MRD_STATS)
+
+
+_ANTIGEN_SPECS = (
+    SeriesSpec("cd19_pct_blasts", MRD_SPECIMENS, "cd19_pct_blasts", log10=False),
+    SeriesSpec("cd22_pct_blasts", MRD_SPECIMENS, "cd22_pct_blasts", log10=False),
+)
+
+
+@register_builder("antigen")
+def antigen_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
+    """Antigen expression on blasts (BM and PB pooled) at the landmark.
+
+    Columns ``{cd19|cd22}_pct_blasts_`` + (unit): ``last`` (% of blasts expressing the antigen),
+    ``slope_per_30d`` (percentage points per 30 days over the last 3 results; a falling CD19
+    share is the CD19-dim / negative trend), ``days_since_last`` (days), ``tests_count``.
+    Blasts are measurable only with disease, so these are mostly NaN in remission.
+    """
+    stats = ("last", "slope_per_30d", "days_since_last", "tests_count")
+    return series_features(infusions, measurements, landmark_day, _ANTIGEN_SPECS, stats)
+
+
+_CAR_SPECS = tuple(
+    SeriesSpec(f"{specimen.lower()}_car_copies", (specimen,), "car_copies", log10=True)
+    for specimen in MRD_SPECIMENS
+)
+
+
+@register_builder("car_copies")
+def car_copies_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
+    """CAR transgene copies per specimen (PB, BM) at the landmark, where measured.
+
+    Columns ``{pb|bm}_car_copies_`` + (unit): ``log10_last`` (log10 copies/ug DNA; detection
+    limit when censored), ``last_censored``, ``detectable_last`` (flags), ``log10_max``
+    (log10 copies/ug, peak expansion so far), ``days_since_last`` (days), ``tests_count``.
+    """
+    stats = ("last", "last_censored", "detectable_last", "max", "days_since_last", "tests_count")
+    return series_features(infusions, measurements, landmark_day, _CAR_SPECS, stats)
+
+
+def _group_reduce(ufunc: np.ufunc, codes: np.ndarray, values: np.ndarray, size: int, initial: float) -> np.ndarray:
+    """Unbuffered per-group reduction (``ufunc.at``) into an array of ``size`` groups."""
+    out = np.full(size, initial)
+    ufunc.at(out, codes, values)
+    return out
+
+
+def _b_cell_rows(
+    measurements: pd.DataFrame, index: pd.Index, landmark_day: float, cells_per_ul: float, pct_lymphocytes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classified post-infusion PB B-cell results: (patient code, day, recovered flag).
+
+    A result is *recovered* when quantified at or above the threshold of its unit, *aplastic*
+    when below it (a censored or below-quantitation result whose limit is at or below the
+    threshold, or whose limit is unknown, is aplastic). Results that cannot be classified
+    (unknown unit, limit above the threshold, missing value) are left out.
+    """
+    require_columns(measurements, (*_MEASUREMENT_COLUMNS, "unit"), "measurements")
+    day = measurements["day"].to_numpy(dtype=float)
+    patient = _category_codes(measurements["patient_id"], index)
+    keep = np.flatnonzero(
+        (_category_codes(measurements["specimen"], ["PB"]) == 0)
+        & (_category_codes(measurements["assay"], ["b_cell_count"]) == 0)
+        & (patient >= 0) & (day > 0) & (day <= landmark_day)
+    )
+    threshold = np.array([cells_per_ul, pct_lymphocytes, np.nan])[
+        _category_codes(measurements["unit"].iloc[keep], ["cells/uL", "pct_lymphocytes"])
+    ]
+    value = measurements["value"].to_numpy(dtype=float, na_value=np.nan)[keep]
+    upper_bound = (_flags(measurements, "censored") | _flags(measurements, "detected_below_loq"))[keep]
+    recovered = ~upper_bound & (value >= threshold)
+    aplastic = np.isfinite(threshold) & np.where(upper_bound, ~(value > threshold), value < threshold)
+    classified = recovered | aplastic
+    return patient[keep][classified], day[keep][classified], recovered[classified]
+
+
+@register_builder("bca")
+def bca_features(
+    infusions: pd.DataFrame,
+    measurements: pd.DataFrame,
+    landmark_day: float,
+    *,
+    recovery_cells_per_ul: float = BCA_RECOVERY_CELLS_PER_UL,
+    recovery_pct_lymphocytes: float = BCA_RECOVERY_PCT_LYMPHOCYTES,
+) -> pd.DataFrame:
+    """B-cell aplasia (BCA) features from PB ``b_cell_count`` results with 0 < day <= landmark.
+
+    B-cell recovery (loss of BCA) at a test = CD19+ B cells >= ``recovery_cells_per_ul``
+    (unit ``cells/uL``) or >= ``recovery_pct_lymphocytes`` (unit ``pct_lymphocytes``). The day of
+    loss is interval-censored between the last aplastic test before the first recovered test
+    (0 = infusion when there is none) and that first recovered test.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``patient_id``; columns (unit):
+
+        - ``bca_tests_count`` (classified post-infusion B-cell results by the landmark)
+        - ``bca_lost_by_landmark`` (flag: a recovered test by the landmark)
+        - ``bca_loss_day_lower`` / ``bca_loss_day_upper`` / ``bca_loss_day_mid`` (days since
+          infusion: interval bounds of the first recovery and their midpoint; NaN if not lost)
+        - ``days_since_bca_loss`` (days from the midpoint to the landmark; NaN if not lost)
+        - ``bca_aplasia_observed_days`` (days since infusion of the last aplastic test before
+          the first recovery, 0 if none: aplasia observed so far)
+        - ``bca_recovered_at_last_test`` (flag: status at the landmark)
+        - ``bca_days_since_last_test`` (days)
+
+        All but the count are NaN for a patient without any classified test.
+    """
+    index = patient_index(infusions)
+    s = float(landmark_day)
+    patient, day, recovered = _b_cell_rows(measurements, index, s, recovery_cells_per_ul, recovery_pct_lymphocytes)
+    n = len(index)
+    tests = np.bincount(patient, minlength=n).astype(float)
+    first_recovery = _group_reduce(np.minimum, patient[recovered], day[recovered], n, np.inf)
+    before = ~recovered & (day < first_recovery[patient])
+    last_aplastic = _group_reduce(np.maximum, patient[before], day[before], n, -np.inf)
+    last_test = _group_reduce(np.maximum, patient, day, n, -np.inf)
+    at_last = recovered & (day == last_test[patient])
+    tested, lost = tests > 0, np.isfinite(first_recovery)
+    aplasia_days = np.where(tested, np.where(np.isfinite(last_aplastic), last_aplastic, 0.0), np.nan)
+    lower = np.where(lost, aplasia_days, np.nan)
+    upper = np.where(lost, first_recovery, np.nan)
+    columns = {
+        "bca_tests_count": tests,
+        "bca_lost_by_landmark": np.where(tested, lost, np.nan),
+        "bca_loss_day_lower": lower,
+        "bca_loss_day_upper": upper,
+        "bca_loss_day_mid": (lower + upper) / 2.0,
+        "days_since_bca_loss": s - (lower + upper) / 2.0,
+        "bca_aplasia_observed_days": aplasia_days,
+        "bca_recovered_at_last_test": np.where(tested, np.bincount(patient[at_last], minlength=n) > 0, np.nan),
+        "bca_days_since_last_test": np.where(tested, s - last_test, np.nan),
+    }
+    return pd.DataFrame(columns, index=index, dtype=float)

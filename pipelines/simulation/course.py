@@ -1,0 +1,180 @@
+"""The forward model: latent patients, the randomness of their course, and the course itself.
+
+A patient's course is split into *latent parameters* (drawn once: covariates, clone sizes and
+rates, persistence hazard, observation properties) and *course randomness* (CAR loss time T_p,
+acquired escape, death, result noise and HSCT decisions at visits). The Monte Carlo oracle keeps
+the latent parameters and everything that happened up to the landmark, and redraws the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.simulation.covariates import Covariates, draw_covariates
+from pipelines.simulation.disease import ClonalCourse, DiseaseLatent, clonal_course, draw_disease, sample_escape
+from pipelines.simulation.events import (
+    FirstEvent,
+    Relapse,
+    first_event,
+    hsct_decision_day,
+    relapse_from_crossings,
+    responds,
+    sample_death_day,
+)
+from pipelines.simulation.observation import (
+    ObservationLatent,
+    Schedule,
+    VisitNoise,
+    VisitObservations,
+    draw_observation_latent,
+    draw_schedule,
+    draw_visit_noise,
+    observe_b_cells,
+    observe_visits,
+)
+from pipelines.simulation.params import SimulationParams
+from pipelines.simulation.persistence import (
+    PersistenceLatent,
+    b_cells_per_ul,
+    draw_persistence,
+    sample_persistence_day,
+)
+
+__all__ = [
+    "LatentPatients",
+    "CourseDraws",
+    "CourseOutcome",
+    "draw_latent_patients",
+    "draw_course",
+    "run_course",
+]
+
+
+@dataclass(frozen=True)
+class LatentPatients:
+    """Everything drawn once per patient (arrays of length n)."""
+
+    cov: Covariates
+    disease: DiseaseLatent
+    persistence: PersistenceLatent
+    observation: ObservationLatent
+    schedule: Schedule
+    hsct_policy: np.ndarray
+    b_cells_in_pct: np.ndarray
+    hsct_delay_days: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of patients."""
+        return self.cov.n
+
+
+@dataclass(frozen=True)
+class CourseDraws:
+    """The random course of each patient given its latent parameters."""
+
+    tp: np.ndarray
+    escape_day: np.ndarray
+    escape_myeloid: np.ndarray
+    death_day: np.ndarray
+    noise: VisitNoise
+
+
+@dataclass(frozen=True)
+class CourseOutcome:
+    """The deterministic consequences of latent parameters and course draws."""
+
+    clonal: ClonalCourse
+    crossings: np.ndarray
+    responder: np.ndarray
+    relapse: Relapse
+    hsct_day: np.ndarray
+    first: FirstEvent
+    observed: VisitObservations
+    b_cells_value: np.ndarray
+
+
+def draw_latent_patients(n: int, rng: np.random.Generator, params: SimulationParams) -> LatentPatients:
+    """Draw the latent parameters of ``n`` patients.
+
+    Parameters
+    ----------
+    n : int
+    rng : numpy.random.Generator
+    params : SimulationParams
+
+    Returns
+    -------
+    LatentPatients
+    """
+    cov = draw_covariates(n, rng, params.covariates, params.sites)
+    disease = draw_disease(cov, rng, params.disease, params.persistence)
+    low, high = params.events.response_day_range
+    response_day = rng.integers(low, high + 1, n).astype(float)
+    return LatentPatients(
+        cov=cov, disease=disease, persistence=draw_persistence(cov, rng, params.persistence),
+        observation=draw_observation_latent(n, disease.patchy_marrow, rng, params.observation),
+        schedule=draw_schedule(cov.site, response_day, rng, params.observation, params.sites),
+        hsct_policy=np.array([s.hsct_policy for s in params.sites])[cov.site],
+        b_cells_in_pct=np.array([s.b_cell_unit == "pct_lymphocytes" for s in params.sites])[cov.site],
+        hsct_delay_days=rng.uniform(*params.events.hsct_delay_days, n),
+    )
+
+
+def draw_course(latent: LatentPatients, rng: np.random.Generator, params: SimulationParams,
+                full_noise: bool = True) -> CourseDraws:
+    """Draw a patient's course from infusion on.
+
+    Parameters
+    ----------
+    latent : LatentPatients
+    rng : numpy.random.Generator
+    params : SimulationParams
+    full_noise : bool
+        Also draw the noise only the output tables need (CAR copies, antigen).
+
+    Returns
+    -------
+    CourseDraws
+    """
+    tp = sample_persistence_day(latent.persistence, rng, params.persistence)
+    escape_day, escape_myeloid = sample_escape(latent.disease, tp, rng, params.disease)
+    return CourseDraws(
+        tp=tp, escape_day=escape_day, escape_myeloid=escape_myeloid,
+        death_day=sample_death_day(latent.cov.prior_hsct, rng, params.events),
+        noise=draw_visit_noise(latent.schedule.day.shape, rng, full=full_noise),
+    )
+
+
+def run_course(latent: LatentPatients, draws: CourseDraws, params: SimulationParams) -> CourseOutcome:
+    """Resolve response, relapse, HSCT and the first event from the latent state and the draws.
+
+    Parameters
+    ----------
+    latent : LatentPatients
+    draws : CourseDraws
+    params : SimulationParams
+
+    Returns
+    -------
+    CourseOutcome
+    """
+    dp = params.disease
+    clonal = clonal_course(latent.disease, draws.tp, draws.escape_day, draws.escape_myeloid, dp)
+    crossings = clonal.crossing_days(dp.marrow_threshold_log10, dp.em_threshold_log10)
+    response_day = latent.schedule.day[:, 0]
+    responder = responds(clonal, response_day, draws.death_day, dp)
+    relapse = relapse_from_crossings(crossings, dp)
+    observed = observe_visits(clonal, latent.observation, latent.schedule, draws.noise, params.observation)
+    true_b = b_cells_per_ul(latent.schedule.day, draws.tp, latent.persistence, params.persistence)
+    b_value, b_recovered = observe_b_cells(true_b, latent.persistence.lymphocytes_per_ul, latent.b_cells_in_pct,
+                                           latent.schedule.b_cells, draws.noise.b_cells, params.observation)
+    eligible_until = np.where(responder, np.minimum(relapse.day, draws.death_day), -np.inf)
+    decision = hsct_decision_day(observed, latent.schedule, b_recovered, eligible_until, latent.hsct_policy,
+                                 latent.cov.prior_hsct, draws.noise.decision, params.events)
+    hsct_day = decision + latent.hsct_delay_days
+    first = first_event(responder, response_day, relapse.day, draws.death_day, hsct_day, params.horizon_days)
+    return CourseOutcome(clonal=clonal, crossings=crossings, responder=responder, relapse=relapse,
+                         hsct_day=hsct_day, first=first, observed=observed, b_cells_value=b_value)

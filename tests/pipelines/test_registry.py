@@ -1,0 +1,122 @@
+"""Tests of pipelines.registry: the registration gate and the champion / previous aliases."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.registry import (
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS,
+    RegistryError,
+    alias_version,
+    evaluate_gate,
+    next_version,
+    promotion,
+    register_and_promote,
+)
+from pipelines.tracking import setup_tracking
+
+MODEL = "gate-test"
+
+
+def test_gate_passes_when_every_threshold_is_met():
+    decision = evaluate_gate({"uno_c": 0.70, "ibs": 0.12}, {"uno_c": 0.65}, {"ibs": 0.15})
+    assert decision.passed
+    assert decision.reasons == ()
+    assert len(decision.checks) == 2
+
+
+def test_gate_fails_on_low_high_missing_and_nan_metrics():
+    decision = evaluate_gate(
+        {"uno_c": 0.60, "ibs": 0.20, "auc": math.nan},
+        {"uno_c": 0.65, "auc": 0.6, "brier_365d": 0.0},
+        {"ibs": 0.15},
+    )
+    assert not decision.passed
+    joined = "\n".join(decision.reasons)
+    assert "uno_c = 0.6000 (fails >= 0.65)" in joined
+    assert "ibs = 0.2000 (fails <= 0.15)" in joined
+    assert "auc: not computed" in joined
+    assert "brier_365d: not computed" in joined
+    assert len(decision.reasons) == 4
+
+
+def test_gate_boundary_value_passes():
+    assert evaluate_gate({"uno_c": 0.65}, {"uno_c": 0.65}).passed
+
+
+@mlflow.pyfunc.utils.pyfunc
+def _constant_model(model_input: list[float]) -> list[float]:
+    return [0.5 for _ in model_input]
+
+
+def _log_constant_model() -> tuple[str, str]:
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=_constant_model, pip_requirements=[])
+    return info.model_uri, run.info.run_id
+
+
+@pytest.fixture
+def client(tracking_uri):
+    setup_tracking("registry-test", tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def test_two_promotions_move_champion_and_previous(client, tmp_path):
+    assert next_version(client, MODEL) == "1"
+    assert alias_version(client, MODEL, ALIAS_CHAMPION) is None
+    first_uri, first_run = _log_constant_model()
+    with promotion(tmp_path / "promo.lock"):
+        first = register_and_promote(client, MODEL, first_uri, first_run, expected_version="1")
+    assert (first.version, first.previous_champion) == ("1", None)
+    assert alias_version(client, MODEL, ALIAS_PREVIOUS) is None
+
+    second_uri, second_run = _log_constant_model()
+    with promotion(tmp_path / "promo.lock"):
+        second = register_and_promote(client, MODEL, second_uri, second_run, expected_version="2")
+    assert (second.version, second.previous_champion) == ("2", "1")
+    assert alias_version(client, MODEL, ALIAS_CHAMPION) == "2"
+    assert alias_version(client, MODEL, ALIAS_PREVIOUS) == "1"
+    assert client.get_model_version(MODEL, "2").run_id == second_run
+
+
+def test_unexpected_version_number_is_an_error(client):
+    uri, run_id = _log_constant_model()
+    with pytest.raises(RegistryError, match="got version 1 but 7 was expected"):
+        register_and_promote(client, MODEL, uri, run_id, expected_version="7")
+
+
+def _promote_in_child(tracking_uri: str, lock: str, queue) -> None:
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        mlflow.set_experiment("registry-test")
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        uri, run_id = _log_constant_model()
+        with promotion(lock):
+            expected = next_version(client, MODEL)
+            queue.put(register_and_promote(client, MODEL, uri, run_id, expected_version=expected).version)
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        queue.put(repr(exc))
+
+
+def test_concurrent_promotions_are_serialised(client, tracking_uri, tmp_path):
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    children = [
+        context.Process(target=_promote_in_child, args=(tracking_uri, str(tmp_path / "promo.lock"), queue))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    versions = sorted(queue.get(timeout=5) for _ in children)
+    assert versions == ["1", "2"]
+    assert alias_version(client, MODEL, ALIAS_CHAMPION) == "2"
+    assert alias_version(client, MODEL, ALIAS_PREVIOUS) == "1"
