@@ -57,7 +57,7 @@ BCA_RECOVERY_PCT_LYMPHOCYTES = 1.0
 """Default: PB CD19+ B cells >= 1% of lymphocytes = B-cell recovery (loss of BCA)."""
 
 _MEASUREMENT_COLUMNS = ("patient_id", "day", "specimen", "assay", "value", "censored")
-_LOG_SCALED_STATS = ("last", "max", "slope_per_30d")
+_LOG_SCALED_STATS = ("last", "max_since_infusion", "slope_per_30d")
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,8 @@ def _slope_per_30d(rows: _Rows, landmark_day: float) -> np.ndarray:
 
 def _series_statistics(rows: _Rows, landmark_day: float) -> dict[str, np.ndarray]:
     """Per-group statistics (arrays of length ``rows.n_groups``, NaN where no result)."""
-    names = ("last", "last_censored", "detectable_last", "detectable_ever", "max",
-             "slope_per_30d", "days_since_last")
+    names = ("last", "last_censored", "detectable_last", "detectable_since_infusion",
+             "max_since_infusion", "slope_per_30d", "days_since_last")
     stats = {name: np.full(rows.n_groups, np.nan) for name in names}
     stats["tests_count"] = np.bincount(rows.group, minlength=rows.n_groups).astype(float)
     if rows.group.size == 0:
@@ -196,10 +196,13 @@ def _series_statistics(rows: _Rows, landmark_day: float) -> dict[str, np.ndarray
     stats["last"][present] = rows.value[last]
     stats["last_censored"][present] = rows.censored[last]
     stats["detectable_last"][present] = rows.detectable[last]
-    stats["detectable_ever"][present] = np.logical_or.reduceat(rows.detectable, first)
-    detectable_values = np.where(rows.detectable & np.isfinite(rows.value), rows.value, -np.inf)
-    maximum = np.maximum.reduceat(detectable_values, first)
-    stats["max"][present] = np.where(np.isfinite(maximum), maximum, np.nan)
+    post_infusion = rows.day > 0
+    tested_after = np.logical_or.reduceat(post_infusion, first)
+    detected_after = np.logical_or.reduceat(rows.detectable & post_infusion, first)
+    stats["detectable_since_infusion"][present] = np.where(tested_after, detected_after, np.nan)
+    detected_values = np.where(rows.detectable & post_infusion & np.isfinite(rows.value), rows.value, -np.inf)
+    maximum = np.maximum.reduceat(detected_values, first)
+    stats["max_since_infusion"][present] = np.where(np.isfinite(maximum), maximum, np.nan)
     stats["days_since_last"][present] = landmark_day - rows.day[last]
     stats["slope_per_30d"] = _slope_per_30d(rows, landmark_day)
     return stats
@@ -231,12 +234,15 @@ def series_features(
         The series to summarise.
     stats : sequence of str
         Statistics to emit per series, named ``{prefix}_{stat}`` (``log10_`` prepended to
-        ``last``, ``max`` and ``slope_per_30d`` for log-scaled series):
+        ``last``, ``max_since_infusion`` and ``slope_per_30d`` for log-scaled series):
 
         - ``last``: value at the last test (for a censored one: its detection limit)
         - ``last_censored``: 1 if the last result is censored below its limit
-        - ``detectable_last`` / ``detectable_ever``: 1 if the last / any result is detectable
-        - ``max``: maximum among detectable results (NaN when none is detectable)
+        - ``detectable_last``: 1 if the last result is detectable
+        - ``detectable_since_infusion``: 1 if any result after infusion (day > 0) is detectable
+          (NaN without a post-infusion result)
+        - ``max_since_infusion``: maximum among detectable results after infusion (NaN when
+          none); pre-infusion burden is a baseline feature
         - ``slope_per_30d``: slope over the last tests, per 30 days (module docstring)
         - ``days_since_last``: days from the last test to the landmark
         - ``tests_count``: number of results (0 when none)
@@ -260,7 +266,7 @@ _MRD_SPECS = tuple(
     for specimen in MRD_SPECIMENS
     for assay in MRD_ASSAYS
 )
-_MRD_STATS = ("last", "last_censored", "detectable_last", "detectable_ever", "max",
+_MRD_STATS = ("last", "last_censored", "detectable_last", "detectable_since_infusion", "max_since_infusion",
               "slope_per_30d", "days_since_last", "tests_count")
 
 
@@ -270,8 +276,8 @@ def mrd_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_d
 
     Columns ``{bm|pb}_{flow|ngs|pcr}_mrd_`` + (unit):
     ``log10_last`` (log10 fraction of nucleated cells; detection limit when censored),
-    ``last_censored``, ``detectable_last``, ``detectable_ever`` (flags),
-    ``log10_max`` (log10 fraction, among detectable results),
+    ``last_censored``, ``detectable_last``, ``detectable_since_infusion`` (flags),
+    ``log10_max_since_infusion`` (log10 fraction, among detectable results after infusion),
     ``log10_slope_per_30d`` (log10 units per 30 days over the last 3 results),
     ``days_since_last`` (days), ``tests_count`` (results). See :func:`series_features`.
     """
@@ -308,10 +314,11 @@ def car_copies_features(infusions: pd.DataFrame, measurements: pd.DataFrame, lan
     """CAR transgene copies per specimen (PB, BM) at the landmark, where measured.
 
     Columns ``{pb|bm}_car_copies_`` + (unit): ``log10_last`` (log10 copies/ug DNA; detection
-    limit when censored), ``last_censored``, ``detectable_last`` (flags), ``log10_max``
-    (log10 copies/ug, peak expansion so far), ``days_since_last`` (days), ``tests_count``.
+    limit when censored), ``last_censored``, ``detectable_last`` (flags),
+    ``log10_max_since_infusion`` (log10 copies/ug, peak expansion so far), ``days_since_last``
+    (days), ``tests_count``.
     """
-    stats = ("last", "last_censored", "detectable_last", "max", "days_since_last", "tests_count")
+    stats = ("last", "last_censored", "detectable_last", "max_since_infusion", "days_since_last", "tests_count")
     return series_features(infusions, measurements, landmark_day, _CAR_SPECS, stats)
 
 

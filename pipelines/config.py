@@ -70,6 +70,12 @@ class FeaturesConfig(_Strict):
     hsct: Literal["competing", "censor"] = Field(
         "competing", description="Treat consolidative HSCT as a competing event or as censoring."
     )
+    bca_recovery_cells_per_ul: float = Field(
+        10.0, gt=0, description="PB CD19+ B cells (cells/uL) at or above which BCA is lost (B-cell recovery)."
+    )
+    bca_recovery_pct_lymphocytes: float = Field(
+        1.0, gt=0, le=100, description="PB CD19+ B cells (% of lymphocytes) at or above which BCA is lost."
+    )
 
 
 class ModelsConfig(_Strict):

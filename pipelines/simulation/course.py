@@ -8,6 +8,7 @@ the latent parameters and everything that happened up to the landmark, and redra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "draw_latent_patients",
     "draw_course",
     "run_course",
+    "decision_view",
 ]
 
 
@@ -110,11 +112,12 @@ def draw_latent_patients(n: int, rng: np.random.Generator, params: SimulationPar
     LatentPatients
     """
     cov = draw_covariates(n, rng, params.covariates, params.sites)
-    disease = draw_disease(cov, rng, params.disease, params.persistence)
+    persistence = draw_persistence(cov, rng, params.persistence)
+    disease = draw_disease(cov, persistence.primary_failure, rng, params.disease, params.persistence)
     low, high = params.events.response_day_range
     response_day = rng.integers(low, high + 1, n).astype(float)
     return LatentPatients(
-        cov=cov, disease=disease, persistence=draw_persistence(cov, rng, params.persistence),
+        cov=cov, disease=disease, persistence=persistence,
         observation=draw_observation_latent(n, disease.patchy_marrow, rng, params.observation),
         schedule=draw_schedule(cov.site, response_day, rng, params.observation, params.sites),
         hsct_policy=np.array([s.hsct_policy for s in params.sites])[cov.site],
@@ -178,3 +181,23 @@ def run_course(latent: LatentPatients, draws: CourseDraws, params: SimulationPar
     first = first_event(responder, response_day, relapse.day, draws.death_day, hsct_day, params.horizon_days)
     return CourseOutcome(clonal=clonal, crossings=crossings, responder=responder, relapse=relapse,
                          hsct_day=hsct_day, first=first, observed=observed, b_cells_value=b_value)
+
+
+def _first_columns(record, k: int):
+    """Copy of a dataclass with every 2-d array field cut to its first ``k`` columns."""
+    values = {spec.name: getattr(record, spec.name)[:, :k] for spec in dataclasses.fields(record)
+              if isinstance(getattr(record, spec.name), np.ndarray) and getattr(record, spec.name).ndim == 2}
+    return dataclasses.replace(record, **values)
+
+
+def decision_view(latent: LatentPatients, draws: CourseDraws, params: SimulationParams
+                  ) -> tuple[LatentPatients, CourseDraws]:
+    """Restrict the schedule and noise to the visits at which an HSCT can still be decided.
+
+    Events do not depend on later visits, so the Monte Carlo oracle runs on this view.
+    """
+    nominal = np.asarray(params.observation.visit_days, dtype=float)
+    k = int(np.sum(nominal <= params.events.hsct_last_decision_day))
+    latent = dataclasses.replace(latent, schedule=_first_columns(latent.schedule, k))
+    draws = dataclasses.replace(draws, noise=_first_columns(draws.noise, k))
+    return latent, draws

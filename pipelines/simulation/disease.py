@@ -78,15 +78,20 @@ def _em_burden(cov: Covariates, rng: np.random.Generator, p: DiseaseParams) -> n
     return np.minimum(np.maximum(occult, seeded), -0.5)
 
 
-def _expansion_kill(cov: Covariates, rng: np.random.Generator, p: DiseaseParams,
+def _expansion_kill(cov: Covariates, primary_failure: np.ndarray, rng: np.random.Generator, p: DiseaseParams,
                     pp: PersistenceParams) -> np.ndarray:
-    """log10 kill of CD19+ cells during the expansion phase, as a rate per day."""
+    """log10 kill of CD19+ cells during the expansion phase, as a rate per day.
+
+    Deeper with T-cell fitness and CD28 costimulation, shallower with low fludarabine exposure and
+    low antigen load (poor expansion), and much shallower when the product fails to expand.
+    """
     low_load = smooth_below(cov.cd19_antigen_load_pct, pp.load_threshold_pct, pp.load_smoothness_log)
     low_flu = smooth_below(cov.flu_auc, pp.flu_threshold, pp.flu_smoothness_log)
     log_kill = (p.expansion_log_kill_mean + rng.normal(0.0, p.expansion_log_kill_sd, cov.n)
                 + p.expansion_kill_per_fitness * cov.tcell_fitness - p.expansion_kill_low_flu * low_flu
                 - p.expansion_kill_low_load * low_load + p.expansion_kill_cd28 * cov.cd28)
-    return np.maximum(log_kill, 0.3) / p.expansion_days
+    rate = np.maximum(log_kill, 0.3) / p.expansion_days
+    return rate * np.where(primary_failure, pp.primary_failure_kill_factor, 1.0)
 
 
 def _pre_existing_escape(cov: Covariates, rng: np.random.Generator, p: DiseaseParams,
@@ -113,13 +118,20 @@ def _pre_existing_escape(cov: Covariates, rng: np.random.Generator, p: DiseasePa
     return neg, my
 
 
-def draw_disease(cov: Covariates, rng: np.random.Generator, p: DiseaseParams,
+def _surviving(burden: np.ndarray, p: DiseaseParams) -> np.ndarray:
+    """A subclone debulked below the extinction level is gone (-inf)."""
+    return np.where(burden >= p.floor_log10, burden, -np.inf)
+
+
+def draw_disease(cov: Covariates, primary_failure: np.ndarray, rng: np.random.Generator, p: DiseaseParams,
                  pp: PersistenceParams) -> DiseaseLatent:
     """Draw the latent leukemia parameters of each patient.
 
     Parameters
     ----------
     cov : Covariates
+    primary_failure : ndarray of bool
+        The CAR product fails to expand (from :func:`pipelines.simulation.persistence.draw_persistence`).
     rng : numpy.random.Generator
     p : DiseaseParams
     pp : PersistenceParams
@@ -133,21 +145,25 @@ def draw_disease(cov: Covariates, rng: np.random.Generator, p: DiseaseParams,
     p_myeloid = np.where(cov.kmt2a, p.p_escape_myeloid_kmt2a, p.p_escape_myeloid_other)
     neg_pre_m, my_pre_m = _pre_existing_escape(cov, rng, p, p_myeloid)
     b0_e = _em_burden(cov, rng, p)
+    low_flu = smooth_below(cov.flu_auc, pp.flu_threshold, pp.flu_smoothness_log)
+    debulk = p.lymphodepletion_log_kill + (p.lymphodepletion_log_kill_low_flu - p.lymphodepletion_log_kill) * low_flu
     blina_factor = np.choose(cov.blinatumomab, [1.0, p.hidden_seed_factor_blina_responder,
                                                 p.hidden_seed_factor_blina_nonresponder])
-    escape_total = blina_factor * 10.0 ** (p.escape_total_slope * (cov.burden_log10 - p.escape_total_offset))
+    b0_m = cov.burden_log10 - debulk
+    escape_total = blina_factor * 10.0 ** (p.escape_total_slope * (b0_m - p.escape_total_offset))
     growth_pos = _lognormal(rng, p.regrowth_median, p.regrowth_log_sd, n)
     growth_pos *= np.where(cov.prior_crs >= 2, p.regrowth_factor_two_prior_crs, 1.0)
     patchy = rng.random(n) < np.where(cov.active_emd, p.p_patchy_marrow_emd, p.p_patchy_marrow)
     return DiseaseLatent(
-        b0_m=cov.burden_log10, b0_e=b0_e,
+        b0_m=b0_m, b0_e=b0_e - debulk,
         kill_factor_e=np.where(cov.active_emd, p.em_kill_factor_emd, p.em_kill_factor_other),
-        expansion_kill_per_day=_expansion_kill(cov, rng, p, pp),
+        expansion_kill_per_day=_expansion_kill(cov, primary_failure, rng, p, pp),
         maintenance_kill_per_day=_lognormal(rng, p.maintenance_kill_median, p.maintenance_kill_log_sd, n),
         growth_pos=growth_pos,
         growth_neg=_lognormal(rng, p.neg_growth_median, p.neg_growth_log_sd, n),
         growth_my=_lognormal(rng, p.myeloid_growth_median, p.myeloid_growth_log_sd, n),
-        neg_pre_m=neg_pre_m, my_pre_m=my_pre_m, neg_pre_e=b0_e + (neg_pre_m - cov.burden_log10),
+        neg_pre_m=_surviving(neg_pre_m - debulk, p), my_pre_m=_surviving(my_pre_m - debulk, p),
+        neg_pre_e=_surviving(b0_e - debulk + (neg_pre_m - cov.burden_log10), p),
         escape_total=escape_total, p_escape_myeloid=p_myeloid, patchy_marrow=patchy,
     )
 

@@ -95,7 +95,7 @@ def format_results(value: np.ndarray, detected: np.ndarray, limit: np.ndarray, u
     as_text = detected & (rng.random(n) < text_share)
     plain = detected & ~as_text
     out[plain] = format_significant(value[plain])
-    _write_quantified_text(out, units, value, as_text, unit, percent_unit, rng)
+    _write_quantified_text(out, units, limits, value, as_text, unit, percent_unit, rng)
     _write_censored(out, units, limits, ~detected, unit, percent_unit, rng)
     if loq is not None:
         below_loq = detected & (value < loq) & (rng.random(n) < 0.5)
@@ -105,14 +105,15 @@ def format_results(value: np.ndarray, detected: np.ndarray, limit: np.ndarray, u
     return ResultRows(value=out, unit=units, detection_limit=limits)
 
 
-def _write_quantified_text(out: np.ndarray, units: np.ndarray, value: np.ndarray, rows: np.ndarray, unit: str,
-                           percent_unit: str | None, rng: np.random.Generator) -> None:
+def _write_quantified_text(out: np.ndarray, units: np.ndarray, limits: np.ndarray, value: np.ndarray,
+                           rows: np.ndarray, unit: str, percent_unit: str | None, rng: np.random.Generator) -> None:
     use_percent = rows & (rng.random(rows.shape[0]) < 0.6) if percent_unit is not None else np.zeros_like(rows)
     other = rows & ~use_percent
     out[other] = format_significant(value[other], 2, "E" if unit == "fraction" else "g")
     if unit == "fraction":
         out[use_percent] = format_significant(value[use_percent], 2, "%")
         units[use_percent] = np.where(rng.random(int(use_percent.sum())) < 0.5, "percent", None)
+        limits[use_percent] = limits[use_percent] * 100.0
     else:
         out[use_percent] = format_significant(value[use_percent] / 100.0, 3, "%")
 

@@ -148,12 +148,15 @@ def draw_visit_noise(shape: tuple[int, int], rng: np.random.Generator, full: boo
                       decision=rng.random(shape, dtype=np.float32), **extra)
 
 
+_LN10 = np.log(10.0)
+
+
 def _log10_sum(*terms: np.ndarray) -> np.ndarray:
-    stacked = np.stack(terms)
-    top = stacked.max(axis=0)
-    safe_top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return safe_top + np.log10(np.sum(10.0 ** (stacked - safe_top), axis=0))
+    """log10 of the sum of 10**term (``-inf`` terms contribute nothing)."""
+    total = terms[0] * _LN10
+    for term in terms[1:]:
+        total = np.logaddexp(total, term * _LN10)
+    return total / _LN10
 
 
 def sampled_log10_burden(course: ClonalCourse, t: np.ndarray, pb_offset: np.ndarray,
@@ -221,6 +224,7 @@ def observe_b_cells(true_per_ul: np.ndarray, lymphocytes_per_ul: np.ndarray, in_
     true_per_ul : ndarray, shape (n, V)
         True CD19+ B cells per uL.
     lymphocytes_per_ul : ndarray, shape (n,)
+        Other (non-B) lymphocytes per uL.
     in_pct : ndarray of bool, shape (n,)
         The center reports % of lymphocytes instead of cells/uL.
     schedule_mask : ndarray of bool, shape (n, V)
@@ -236,7 +240,7 @@ def observe_b_cells(true_per_ul: np.ndarray, lymphocytes_per_ul: np.ndarray, in_
         Done and at or above the recovery threshold (10 cells/uL or 1% of lymphocytes).
     """
     cells = true_per_ul * np.exp(noise * p.b_cells_noise_sd)
-    pct = 100.0 * cells / lymphocytes_per_ul[:, None]
+    pct = 100.0 * cells / (lymphocytes_per_ul[:, None] + cells)
     value = np.where(in_pct[:, None], pct, cells)
     threshold = np.where(in_pct, p.b_cells_recovery_pct, p.b_cells_recovery_per_ul)[:, None]
     return np.where(schedule_mask, value, np.nan), schedule_mask & (value >= threshold)

@@ -92,14 +92,14 @@ class CovariateParams:
     normal_b_bm_log_sd: float = 0.9
     normal_b_factor_inotuzumab: float = 0.15
     normal_b_factor_blinatumomab: float = 0.5
-    p_cd19_dim_base: float = 0.08
+    p_cd19_dim_base: float = 0.10
     p_cd19_dim_blina_responder: float = 0.14
-    p_cd19_dim_blina_nonresponder: float = 0.42
+    p_cd19_dim_blina_nonresponder: float = 0.65
     flu_auc_median: float = 15.0
     flu_auc_log_sd: float = 0.38
     cell_dose_median_per_kg: float = 1.7e6
     cell_dose_log_sd: float = 0.5
-    tcell_fitness_blina_nonresponder: float = -0.6
+    tcell_fitness_blina_nonresponder: float = -1.3
     tcell_fitness_per_extra_line: float = -0.08
 
 
@@ -107,43 +107,46 @@ class CovariateParams:
 class DiseaseParams:
     """Clonal burdens, CAR killing and leukemia growth."""
 
-    floor_log10: float = -12.0
+    floor_log10: float = -10.0
     """Extinction level (about one cell)."""
     marrow_threshold_log10: float = -1.30103
     """Clinical relapse / no response: 5% marrow blasts."""
     em_threshold_log10: float = -2.0
     """Clinically evident extramedullary disease (marrow-equivalent burden)."""
     expansion_days: float = 28.0
-    expansion_log_kill_mean: float = 6.2
+    lymphodepletion_log_kill: float = 1.0
+    """Debulking of every clone by fludarabine/cyclophosphamide at optimal exposure."""
+    lymphodepletion_log_kill_low_flu: float = 0.2
+    expansion_log_kill_mean: float = 7.0
     expansion_log_kill_sd: float = 1.3
     expansion_kill_per_fitness: float = 0.6
-    expansion_kill_low_flu: float = 1.0
-    expansion_kill_low_load: float = 1.2
+    expansion_kill_low_flu: float = 2.0
+    expansion_kill_low_load: float = 0.3
     expansion_kill_cd28: float = 0.4
     maintenance_kill_median: float = 0.04
     maintenance_kill_log_sd: float = 0.5
-    regrowth_median: float = 0.045
+    regrowth_median: float = 0.025
     regrowth_log_sd: float = 0.35
     regrowth_factor_two_prior_crs: float = 1.15
-    neg_growth_median: float = 0.045
+    neg_growth_median: float = 0.025
     neg_growth_log_sd: float = 0.35
-    myeloid_growth_median: float = 0.075
+    myeloid_growth_median: float = 0.06
     myeloid_growth_log_sd: float = 0.3
     dim_seed_factor: float = 5.0
-    dim_fraction_log10_mean: float = -1.5
-    hidden_fraction_log10_mean: float = -3.0
-    hidden_fraction_log10_sd: float = 0.7
-    hidden_seed_slope: float = 0.5
-    hidden_seed_offset: float = 0.37
+    dim_fraction_log10_mean: float = -0.8
+    hidden_fraction_log10_mean: float = -5.0
+    hidden_fraction_log10_sd: float = 1.0
+    hidden_seed_slope: float = 0.3
+    hidden_seed_offset: float = 1.2
     hidden_seed_factor_blina_responder: float = 1.5
     hidden_seed_factor_blina_nonresponder: float = 3.0
-    kmt2a_myeloid_seed_factor: float = 3.0
-    escape_total_slope: float = 0.4
-    escape_total_offset: float = 0.35
+    kmt2a_myeloid_seed_factor: float = 2.0
+    escape_total_slope: float = 0.35
+    escape_total_offset: float = 1.86
     escape_tau_days: float = 30.0
     escape_seed_log10: float = -8.0
-    p_escape_myeloid_kmt2a: float = 0.7
-    p_escape_myeloid_other: float = 0.01
+    p_escape_myeloid_kmt2a: float = 0.8
+    p_escape_myeloid_other: float = 0.045
     em_emd_mean: float = -1.5
     em_cns3_mean: float = -2.5
     em_cns2_mean: float = -3.5
@@ -162,16 +165,18 @@ class DiseaseParams:
 class PersistenceParams:
     """CAR persistence (B-cell aplasia) time T_p."""
 
-    primary_failure_logit: float = -3.2
-    primary_failure_low_load: float = 1.3
+    primary_failure_logit: float = -4.2
+    primary_failure_low_load: float = 0.7
     primary_failure_low_flu: float = 0.6
-    primary_failure_per_fitness: float = -0.5
+    primary_failure_per_fitness: float = -0.8
     primary_failure_days: tuple[float, float] = (7.0, 24.0)
-    p_long_persistence: float = 0.12
+    primary_failure_kill_factor: float = 0.1
+    """A product that fails to expand kills at this fraction of the usual expansion rate."""
+    p_long_persistence: float = 0.08
     weibull_shape: float = 1.3
-    weibull_scale_days: float = 190.0
-    log_hr_low_load: float = 1.1
-    log_hr_low_flu: float = 0.6
+    weibull_scale_days: float = 650.0
+    log_hr_low_load: float = 1.4
+    log_hr_low_flu: float = 1.2
     log_hr_cd28: float = 1.2
     log_hr_per_fitness: float = -0.3
     load_threshold_pct: float = 15.0
@@ -245,9 +250,9 @@ class EventParams:
     late_death_per_year: float = 0.012
     late_death_factor_prior_hsct: float = 1.5
     late_death_start_day: float = 60.0
-    hsct_hazard_base: float = 0.02
-    hsct_hazard_bca_loss: float = 0.25
-    hsct_hazard_mrd_positive: float = 0.35
+    hsct_hazard_base: float = 0.006
+    hsct_hazard_bca_loss: float = 0.1
+    hsct_hazard_mrd_positive: float = 0.15
     hsct_factor_prior_hsct: float = 0.25
     hsct_last_decision_day: float = 730.0
     hsct_delay_days: tuple[float, float] = (21.0, 56.0)

@@ -137,6 +137,7 @@ MEASUREMENT_COLUMNS = ("patient_id", "day", "specimen", "assay", "value", "censo
                        "detected_below_loq")
 LANDMARK = st.sampled_from([0.0, 28.0, 63.0, 91.0, 182.0])
 DAY = st.floats(-30.0, 900.0).map(round)
+EVENT_DAY = st.one_of(st.sampled_from([28, 63, 91, 182]), st.integers(1, 900))  # ties with landmarks
 
 
 @st.composite
@@ -156,8 +157,8 @@ def measurement_rows(draw, days=DAY) -> list[dict]:
 @st.composite
 def outcome_row(draw, patient_id: str) -> dict:
     event = draw(st.sampled_from(["relapse", "death", "hsct", "none"]))
-    event_day = np.nan if event == "none" else float(draw(st.integers(1, 900)))
-    followup = float(draw(st.integers(1, 1200))) if event == "none" else event_day + draw(st.integers(0, 300))
+    event_day = np.nan if event == "none" else float(draw(EVENT_DAY))
+    followup = float(draw(EVENT_DAY)) if event == "none" else event_day + draw(st.integers(0, 300))
     return {"patient_id": patient_id, "response": draw(st.sampled_from(["CR", "CRi", "NR"])),
             "response_day": float(draw(st.integers(20, 40))), "event": event, "event_day": event_day,
             "last_followup_day": followup,

@@ -57,14 +57,21 @@ def test_censored_ngs_mrd_at_day_91():
     assert row["bm_ngs_mrd_log10_last"] == pytest.approx(-6.0)  # log10 of the limit
     assert row["bm_ngs_mrd_last_censored"] == 1.0
     assert row["bm_ngs_mrd_detectable_last"] == 0.0
-    assert row["bm_ngs_mrd_detectable_ever"] == 1.0
-    assert row["bm_ngs_mrd_log10_max"] == pytest.approx(-2.0)  # the pre-infusion 1e-2
+    assert row["bm_ngs_mrd_detectable_since_infusion"] == 1.0
+    assert row["bm_ngs_mrd_log10_max_since_infusion"] == pytest.approx(math.log10(3e-5))  # not the day -5 1e-2
     assert row["bm_ngs_mrd_days_since_last"] == 0.0
     assert row["bm_ngs_mrd_tests_count"] == 4.0
     # least squares over the last 3 tests (days 28, 60, 91), censored one at its limit, per 30 days
     expected = np.polyfit([28.0, 60.0, 91.0], [math.log10(3e-5), math.log10(2e-6), -6.0], 1)[0] * 30
     assert SLOPE_LAST_TESTS == 3
     assert row["bm_ngs_mrd_log10_slope_per_30d"] == pytest.approx(expected)
+
+
+def test_pre_infusion_results_count_for_last_value_but_not_since_infusion():
+    row = mrd_features(infusions_of("P1"), measurements_of(NGS_ROWS), 0.0).loc["P1"]
+    assert row["bm_ngs_mrd_log10_last"] == pytest.approx(-2.0) and row["bm_ngs_mrd_days_since_last"] == 5.0
+    assert math.isnan(row["bm_ngs_mrd_detectable_since_infusion"])  # no post-infusion test yet
+    assert math.isnan(row["bm_ngs_mrd_log10_max_since_infusion"])
 
 
 def test_censored_ngs_mrd_at_day_28_uses_nothing_later():
@@ -81,7 +88,7 @@ def test_detected_below_quantitation_is_detectable_but_censored():
     row = mrd_features(infusions_of("P1"), measurements_of(rows), 28.0).loc["P1"]
     assert row["bm_ngs_mrd_detectable_last"] == 1.0
     assert row["bm_ngs_mrd_last_censored"] == 1.0
-    assert row["bm_ngs_mrd_log10_max"] == pytest.approx(-6.0)
+    assert row["bm_ngs_mrd_log10_max_since_infusion"] == pytest.approx(-6.0)
 
 
 # --- PB-positive while BM-negative ---------------------------------------------------------------
@@ -94,14 +101,14 @@ def test_pb_positive_while_bm_negative():
     ]
     row = mrd_features(infusions_of("P2"), measurements_of(rows), 100.0).loc["P2"]
     assert row["bm_flow_mrd_detectable_last"] == 0.0
-    assert row["bm_flow_mrd_detectable_ever"] == 0.0
+    assert row["bm_flow_mrd_detectable_since_infusion"] == 0.0
     assert row["bm_flow_mrd_last_censored"] == 1.0
     assert row["bm_flow_mrd_log10_last"] == pytest.approx(-4.0)
-    assert math.isnan(row["bm_flow_mrd_log10_max"])
+    assert math.isnan(row["bm_flow_mrd_log10_max_since_infusion"])
     assert row["bm_flow_mrd_log10_slope_per_30d"] == 0.0  # both at the same limit
     assert row["pb_flow_mrd_detectable_last"] == 1.0
     assert row["pb_flow_mrd_log10_last"] == pytest.approx(math.log10(5e-4))
-    assert row["pb_flow_mrd_log10_max"] == pytest.approx(math.log10(5e-4))
+    assert row["pb_flow_mrd_log10_max_since_infusion"] == pytest.approx(math.log10(5e-4))
     assert row["pb_flow_mrd_log10_slope_per_30d"] == pytest.approx((math.log10(5e-4) + 4.0) / 28 * 30)
     assert row["pb_flow_mrd_days_since_last"] == 9.0
     assert row["bm_flow_mrd_tests_count"] == 2.0 and row["pb_flow_mrd_tests_count"] == 2.0
@@ -206,7 +213,7 @@ def test_car_copies_peak_and_last():
         ("C1", 180, "PB", "car_copies", 50.0, True),
     ]
     row = car_copies_features(infusions_of("C1"), measurements_of(rows), 182.0).loc["C1"]
-    assert row["pb_car_copies_log10_max"] == pytest.approx(math.log10(5e4))
+    assert row["pb_car_copies_log10_max_since_infusion"] == pytest.approx(math.log10(5e4))
     assert row["pb_car_copies_log10_last"] == pytest.approx(math.log10(50.0))
     assert row["pb_car_copies_last_censored"] == 1.0 and row["pb_car_copies_detectable_last"] == 0.0
     assert row["bm_car_copies_tests_count"] == 0.0

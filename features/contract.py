@@ -1,0 +1,673 @@
+"""The data contract: validate and normalise a cohort (infusions, measurements, outcomes).
+
+:func:`validate_cohort` runs, in order:
+
+1. **Columns** (per table): every required column present, else :class:`ContractError` in both
+   modes (a table without a required column cannot be interpreted row by row). Unknown extra
+   columns are kept and listed in the report; absent optional columns are listed too.
+2. **Types** (per cell): text, float, nullable integer and boolean coercion; a cell that does not
+   coerce is a row problem ("wrong type").
+3. **Schema** (per cell): allowed values, ranges and missingness from ``features.schema``.
+4. **Lab values** (measurements): parsing and unit normalisation by ``features.labtext``.
+5. **Cross-row and cross-table rules** (see :data:`OUTCOME_RULES`, duplicates, unknown patients,
+   measurements after the last follow-up).
+
+``on_error="fail"`` raises one :class:`ContractError` listing the problems as
+``file, row N, column C: reason``. ``on_error="quarantine"`` drops the offending rows and records
+each of them in the :class:`DataReport`. A problem in a patient's ``infusions`` or ``outcomes`` row
+quarantines the whole patient (their rows in every table, reason "patient quarantined"), because
+the patient's baseline or outcome can no longer be trusted and tables must stay consistent; a
+problem in a single measurement row drops that row only.
+
+Row numbers: for a source file ending in ``.csv`` the row number is the file's line number
+(the header is line 1, so the first data row is row 2); for Parquet files and in-memory frames it
+is the 0-based row position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from features.labtext import normalise_lab_values
+from features.schema import (
+    ASSAYS,
+    COLUMNS_BY_TABLE,
+    NORMALISED_MEASUREMENT_COLUMNS,
+    NORMALISED_MEASUREMENTS_SCHEMA,
+    SCHEMA_BY_TABLE,
+    SPECIMENS,
+    ColumnSpec,
+)
+
+__all__ = [
+    "ON_ERROR_MODES",
+    "PATIENT_QUARANTINED",
+    "MAX_ERROR_LINES",
+    "OUTCOME_RULES",
+    "ContractError",
+    "TableReport",
+    "DataReport",
+    "ValidatedCohort",
+    "display_row",
+    "validate_cohort",
+]
+
+ON_ERROR_MODES = ("fail", "quarantine")
+PATIENT_QUARANTINED = "patient quarantined"
+MAX_ERROR_LINES = 200
+_PROBLEM_COLUMNS = ["table", "position", "column", "kind", "reason", "patient_id", "cascade"]
+_BOOL_WORDS = {
+    "true": True, "t": True, "yes": True, "y": True, "1": True, "1.0": True,
+    "false": False, "f": False, "no": False, "n": False, "0": False, "0.0": False,
+}
+
+
+def display_row(source: str, position: int) -> int:
+    """The row number a user sees: CSV line number (header = line 1), else the 0-based position.
+
+    Parameters
+    ----------
+    source : str
+        Source file name (``measurements.csv``) or table name for in-memory frames.
+    position : int
+        0-based row position in the table as given.
+
+    Returns
+    -------
+    int
+    """
+    return int(position) + 2 if str(source).lower().endswith(".csv") else int(position)
+
+
+class ContractError(ValueError):
+    """A cohort that violates the data contract.
+
+    Attributes
+    ----------
+    lines : list of str
+        Every problem as ``file, row N, column C: reason`` (table-level problems have no row).
+    """
+
+    def __init__(self, lines: list[str], header: str = "cohort violates the data contract"):
+        self.lines = list(lines)
+        shown = self.lines[:MAX_ERROR_LINES]
+        more = len(self.lines) - len(shown)
+        text = [f"{header}: {len(self.lines)} problem(s)", *(f"  {line}" for line in shown)]
+        if more:
+            text.append(f"  ... and {more} more (run with on_error='quarantine' to get every row in the report)")
+        super().__init__("\n".join(text))
+
+
+# --- problems ---------------------------------------------------------------------------------------
+def _problems(
+    table: str,
+    rows: pd.Index,
+    column: Optional[str],
+    kind: str,
+    reasons: Any,
+    patient_ids: Any,
+    cascade: bool = False,
+) -> pd.DataFrame:
+    """A frame of problems (one per row position in ``rows``)."""
+    return pd.DataFrame(
+        {
+            "table": table,
+            "position": np.asarray(rows, dtype=np.int64),
+            "column": column,
+            "kind": kind,
+            "reason": np.asarray(reasons, dtype=object) if not isinstance(reasons, str) else reasons,
+            "patient_id": np.asarray(patient_ids, dtype=object),
+            "cascade": cascade,
+        },
+        columns=_PROBLEM_COLUMNS,
+    )
+
+
+def _concat_problems(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in _PROBLEM_COLUMNS})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _problem_lines(problems: pd.DataFrame, sources: Mapping[str, str]) -> list[str]:
+    """``file, row N, column C: reason`` for each problem (sorted by table order and row)."""
+    order = {name: i for i, name in enumerate(COLUMNS_BY_TABLE)}
+    ranked = problems.assign(_t=problems["table"].map(order)).sort_values(["_t", "position"], kind="stable")
+    lines = []
+    for table, position, column, reason in ranked[["table", "position", "column", "reason"]].itertuples(index=False):
+        source = sources[table]
+        where = [source] + ([] if pd.isna(position) else [f"row {display_row(source, position)}"])
+        where += [] if column is None or pd.isna(column) else [f"column {column}"]
+        lines.append(f"{', '.join(where)}: {reason}")
+    return lines
+
+
+# --- step 1: columns ----------------------------------------------------------------------------------
+def _check_columns(tables: Mapping[str, pd.DataFrame], sources: Mapping[str, str]) -> None:
+    """Raise :class:`ContractError` when a required column is missing (fatal in both modes)."""
+    lines = []
+    for name, frame in tables.items():
+        for spec in COLUMNS_BY_TABLE[name]:
+            if spec.required and spec.name not in frame.columns:
+                lines.append(f"{sources[name]}, column {spec.name}: required column is missing")
+    if lines:
+        raise ContractError(lines, header="cohort cannot be read under the data contract")
+
+
+def _column_lists(name: str, frame: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Unknown extra columns and absent optional columns of a table."""
+    declared = [spec.name for spec in COLUMNS_BY_TABLE[name]]
+    unknown = tuple(str(c) for c in frame.columns if c not in declared)
+    absent = tuple(spec.name for spec in COLUMNS_BY_TABLE[name] if not spec.required and spec.name not in frame)
+    return unknown, absent
+
+
+# --- step 2: types --------------------------------------------------------------------------------------
+def _coerce_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty") and values.dtype == object:
+        return values, pd.Series(False, index=values.index)
+    text = values.astype(object)
+    present = text.notna()
+    text[present] = text[present].astype(str)
+    return text, pd.Series(False, index=values.index)
+
+
+def _coerce_float(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    bad = (values.notna() & numbers.isna()) | np.isinf(numbers)
+    return numbers.where(~bad), bad
+
+
+def _coerce_int(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    numbers, bad = _coerce_float(values)
+    bad = bad | (numbers.notna() & (numbers != numbers.round()))
+    return numbers.where(~bad).astype("Int64"), bad
+
+
+def _coerce_bool(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype("boolean"), pd.Series(False, index=values.index)
+    words = values.astype(str).str.strip().str.lower().map(_BOOL_WORDS)
+    bad = values.notna() & words.isna()
+    return words.where(~bad).astype("boolean"), bad
+
+
+_COERCERS: dict[str, Callable[[pd.Series], tuple[pd.Series, pd.Series]]] = {
+    "str": _coerce_text,
+    "float": _coerce_float,
+    "int": _coerce_int,
+    "bool": _coerce_bool,
+}
+_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "a boolean (true/false)"}
+
+
+def _coerce_table(name: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Coerce declared columns to their types; cells that do not coerce become row problems."""
+    typed = frame.copy()
+    problems = []
+    for spec in COLUMNS_BY_TABLE[name]:
+        if spec.name not in frame.columns or spec.kind not in _COERCERS:
+            continue
+        typed[spec.name], bad = _COERCERS[spec.kind](frame[spec.name])
+        if bad.any():
+            rows = frame.index[bad.to_numpy()]
+            reasons = [f"{value!r} is not {_TYPE_WORDS[spec.kind]}" for value in frame.loc[rows, spec.name]]
+            problems.append(_problems(name, rows, spec.name, "wrong type", reasons, _ids(frame, rows)))
+    return typed, _concat_problems(problems)
+
+
+def _ids(frame: pd.DataFrame, rows: pd.Index) -> np.ndarray:
+    return frame.loc[rows, "patient_id"].astype(object).to_numpy()
+
+
+# --- step 3: schema ---------------------------------------------------------------------------------------
+_CHECK_KINDS = {"not_nullable": "missing value", "not_allowed": "value not allowed", "out_of_range": "value out of range"}
+
+
+def _schema_problems(name: str, typed: pd.DataFrame) -> pd.DataFrame:
+    """Run the table's pandera schema lazily and turn its failure cases into row problems."""
+    try:
+        SCHEMA_BY_TABLE[name].validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+    else:
+        return _concat_problems([])
+    table_level = cases[cases["index"].isna()]
+    if len(table_level):  # a dtype left wrong by coercion: a bug in this module, not in the data
+        raise RuntimeError(f"{name}: schema failed at table level after coercion:\n{table_level}")
+    names = _check_names(SCHEMA_BY_TABLE[name])
+    cases = cases.drop_duplicates(["index", "column", "check"])
+    frames = []
+    for (column, check), group in cases.groupby(["column", "check"], sort=False):
+        kind = _CHECK_KINDS.get(names.get((column, check), check), "invalid value")
+        rows = pd.Index(group["index"].astype(np.int64))
+        if kind == "missing value":
+            reasons = "value is missing"
+        else:
+            reasons = [f"{value!r} {check}" for value in group["failure_case"]]
+        frames.append(_problems(name, rows, column, kind, reasons, _ids(typed, rows)))
+    return _concat_problems(frames)
+
+
+def _check_names(schema: pa.DataFrameSchema) -> dict[tuple[str, str], str]:
+    """(column, error text) -> check name, to classify pandera failure cases."""
+    names = {}
+    for column_name, column in schema.columns.items():
+        names[(column_name, "not_nullable")] = "not_nullable"
+        for check in column.checks:
+            names[(column_name, check.error)] = check.name
+    return names
+
+
+# --- step 4: lab values --------------------------------------------------------------------------------------
+def _normalise_measurements(typed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse lab values of rows that passed the schema; return normalised rows and row problems."""
+    limits = typed["detection_limit"] if "detection_limit" in typed else None
+    parsed = normalise_lab_values(typed["value"], typed["unit"], typed["assay"], limits)
+    bad = parsed["error_kind"].notna()
+    problems = [
+        _problems("measurements", group.index, column, kind, group["error_reason"], _ids(typed, group.index))
+        for (column, kind), group in parsed[bad].groupby(["error_column", "error_kind"], sort=False)
+    ]
+    declared = {spec.name for spec in COLUMNS_BY_TABLE["measurements"]}
+    extras = [c for c in typed.columns if c not in declared]
+    normalised = pd.DataFrame(
+        {
+            "patient_id": typed["patient_id"],
+            "day": typed["day"],
+            "specimen": pd.Categorical(typed["specimen"], categories=SPECIMENS),
+            "assay": pd.Categorical(typed["assay"], categories=ASSAYS),
+            **{spec.name: parsed[spec.name] for spec in NORMALISED_MEASUREMENT_COLUMNS[4:]},
+        },
+        index=typed.index,
+    )
+    normalised["censored"] = normalised["censored"].astype(bool)
+    normalised["detected_below_loq"] = normalised["detected_below_loq"].astype(bool)
+    normalised = pd.concat([normalised, typed[extras]], axis=1)
+    return normalised[~bad.to_numpy()], _concat_problems(problems)
+
+
+# --- step 5: cross-row and cross-table rules -----------------------------------------------------------------
+def _duplicate_problems(name: str, ids: pd.Series) -> pd.DataFrame:
+    counts = ids.map(ids.value_counts())
+    duplicated = ids.notna() & (counts > 1)
+    rows = ids.index[duplicated.to_numpy()]
+    reasons = [f"patient_id {pid!r} appears {int(n)} times" for pid, n in zip(ids[rows], counts[rows])]
+    return _problems(name, rows, "patient_id", "duplicate patient_id", reasons, ids[rows])
+
+
+def _membership_problems(
+    name: str, ids: pd.Series, known: pd.Series, other: str, kind: str
+) -> pd.DataFrame:
+    """Rows whose patient_id is not among ``known`` ids of table ``other``."""
+    missing = ids.notna() & ~ids.isin(set(known.dropna()))
+    rows = ids.index[missing.to_numpy()]
+    reasons = [f"patient_id {pid!r} has no row in {other}" for pid in ids[rows]]
+    return _problems(name, rows, "patient_id", kind, reasons, ids[rows])
+
+
+def _fmt_day(day: float) -> str:
+    return f"{day:g}"
+
+
+OUTCOME_RULES: tuple[tuple[str, str, Callable[[pd.DataFrame], pd.Series], Callable[[Any], str]], ...] = (
+    ("event_day", "missing event day",
+     lambda o: (o["event"] != "none") & o["event_day"].isna(),
+     lambda r: f"event {r.event!r} has no event_day"),
+    ("event_day", "event day without event",
+     lambda o: (o["event"] == "none") & o["event_day"].notna(),
+     lambda r: f"event_day {_fmt_day(r.event_day)} given but event is 'none'"),
+    ("event_day", "event after last follow-up",
+     lambda o: o["event_day"] > o["last_followup_day"],
+     lambda r: f"event_day {_fmt_day(r.event_day)} is after last_followup_day {_fmt_day(r.last_followup_day)}"),
+    ("response_day", "response after last follow-up",
+     lambda o: o["response_day"] > o["last_followup_day"],
+     lambda r: f"response_day {_fmt_day(r.response_day)} is after last_followup_day "
+     f"{_fmt_day(r.last_followup_day)}"),
+    ("event", "relapse in NR patient",
+     lambda o: (o["event"] == "relapse") & (o["response"] == "NR"),
+     lambda r: "relapse recorded for a patient with response NR (never in remission)"),
+    ("event_day", "relapse before response",
+     lambda o: (o["event"] == "relapse") & (o["event_day"] < o["response_day"]),
+     lambda r: f"relapse on day {_fmt_day(r.event_day)} precedes the response assessment on day "
+     f"{_fmt_day(r.response_day)}"),
+    ("relapse_phenotype", "phenotype without relapse",
+     lambda o: (o["event"] != "relapse") & o["relapse_phenotype"].notna(),
+     lambda r: f"relapse_phenotype {r.relapse_phenotype!r} given but event is {r.event!r}"),
+    ("relapse_site", "site without relapse",
+     lambda o: (o["event"] != "relapse") & o["relapse_site"].notna(),
+     lambda r: f"relapse_site {r.relapse_site!r} given but event is {r.event!r}"),
+)
+"""Row rules of the outcomes table: (column at fault, kind, violation mask, reason of a row)."""
+
+
+def _outcome_rule_problems(outcomes: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for column, kind, violated, reason_of in OUTCOME_RULES:
+        mask = violated(outcomes).fillna(False).astype(bool)
+        bad = outcomes[mask.to_numpy()]
+        reasons = [reason_of(row) for row in bad.itertuples(index=False)]
+        frames.append(_problems("outcomes", bad.index, column, kind, reasons, bad["patient_id"]))
+    return _concat_problems(frames)
+
+
+def _relapse_notes(outcomes: Optional[pd.DataFrame]) -> list[str]:
+    """Relapses with unknown phenotype or site are kept (event ``relapse_unknown``) and noted."""
+    if outcomes is None:
+        return []
+    relapses = outcomes[outcomes["event"] == "relapse"]
+    notes = []
+    for column in ("relapse_phenotype", "relapse_site"):
+        n_unknown = int(relapses[column].isna().sum())
+        if n_unknown:
+            notes.append(f"outcomes: {n_unknown} relapse(s) without {column} (kept; the value is unknown)")
+    return notes
+
+
+def _after_followup_problems(measurements: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    last_day = measurements["patient_id"].map(outcomes.drop_duplicates("patient_id").set_index("patient_id")
+                                              ["last_followup_day"])
+    late = (measurements["day"] > last_day).to_numpy()
+    rows = measurements.index[late]
+    reasons = [
+        f"day {_fmt_day(day)} is after last_followup_day {_fmt_day(last)} of patient {pid!r}"
+        for day, last, pid in zip(measurements.loc[rows, "day"], last_day[rows], measurements.loc[rows, "patient_id"])
+    ]
+    return _problems("measurements", rows, "day", "measurement after last follow-up", reasons,
+                     measurements.loc[rows, "patient_id"])
+
+
+def _cascade_problems(problems: pd.DataFrame, ids: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Quarantine every row of a patient whose infusions or outcomes row has a problem."""
+    own = problems[problems["table"].isin(["infusions", "outcomes"]) & problems["patient_id"].notna()]
+    first = own.drop_duplicates("patient_id").set_index("patient_id")
+    causes = (first["table"] + ": " + first["kind"]).to_dict()
+    causes = {pid: cause for pid, cause in causes.items() if pid in set(ids["infusions"].dropna())}
+    frames = []
+    for table, table_ids in ids.items():
+        flagged = set(problems.loc[problems["table"] == table, "position"])
+        hit = table_ids.isin(causes.keys()) & ~table_ids.index.isin(list(flagged))
+        rows = table_ids.index[hit.to_numpy()]
+        reasons = [f"patient {pid!r} quarantined ({causes[pid]})" for pid in table_ids[rows]]
+        frames.append(_problems(table, rows, "patient_id", PATIENT_QUARANTINED, reasons, table_ids[rows], True))
+    return _concat_problems(frames)
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableReport:
+    """Rows in, out and quarantined for one table, with reasons, examples and column notes.
+
+    ``reasons`` maps ``"kind: column"`` to the number of rows with that problem (a row with two
+    problems counts under both, so the counts may sum to more than ``rows_quarantined``).
+    """
+
+    table: str
+    source: str
+    rows_in: int
+    rows_out: int
+    rows_quarantined: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: tuple[str, ...] = ()
+    unknown_columns: tuple[str, ...] = ()
+    absent_optional_columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.rows_in != self.rows_out + self.rows_quarantined:  # nothing may be lost silently
+            raise RuntimeError(
+                f"{self.table}: rows in ({self.rows_in}) != rows out ({self.rows_out}) "
+                f"+ quarantined ({self.rows_quarantined})"
+            )
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """What happened to every row and patient of a cohort during validation."""
+
+    on_error: str
+    tables: dict[str, TableReport]
+    patients_in: int
+    patients_out: int
+    quarantined_patients: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dictionary of the report."""
+        return {
+            "on_error": self.on_error,
+            "patients_in": int(self.patients_in),
+            "patients_out": int(self.patients_out),
+            "quarantined_patients": list(self.quarantined_patients),
+            "notes": list(self.notes),
+            "tables": {
+                name: {
+                    "source": t.source,
+                    "rows_in": int(t.rows_in),
+                    "rows_out": int(t.rows_out),
+                    "rows_quarantined": int(t.rows_quarantined),
+                    "reasons": {k: int(v) for k, v in t.reasons.items()},
+                    "examples": list(t.examples),
+                    "unknown_columns": list(t.unknown_columns),
+                    "absent_optional_columns": list(t.absent_optional_columns),
+                }
+                for name, t in self.tables.items()
+            },
+        }
+
+    def render(self) -> Group:
+        """A rich renderable: a summary table, the quarantine reasons with examples, and notes."""
+        summary = Table(title=f"Data report (on_error={self.on_error})")
+        for header in ("table", "source", "rows in", "rows out", "quarantined", "unknown columns"):
+            numeric = header.startswith(("rows", "quar"))
+            summary.add_column(header, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
+        for t in self.tables.values():
+            summary.add_row(t.table, t.source, str(t.rows_in), str(t.rows_out), str(t.rows_quarantined),
+                            ", ".join(t.unknown_columns) or "-")
+        parts: list[Any] = [summary, Text(f"patients: {self.patients_in} in, {self.patients_out} out, "
+                                          f"{self.patients_in - self.patients_out} quarantined")]
+        reasons = Table(title="Quarantine reasons")
+        for header in ("table", "reason", "rows"):
+            reasons.add_column(header, justify="right" if header == "rows" else "left")
+        for t in self.tables.values():
+            for reason, count in t.reasons.items():
+                reasons.add_row(t.table, reason, str(count))
+        if reasons.row_count:
+            parts += [reasons, Text("Examples:")]
+            parts += [Text(f"  {line}") for t in self.tables.values() for line in t.examples]
+        parts += [Text(f"note: {note}") for note in self.notes]
+        return Group(*parts)
+
+
+def _reason_key(kind: str, column: Any) -> str:
+    return kind if column is None or pd.isna(column) else f"{kind}: {column}"
+
+
+def _table_report(
+    name: str, frame: pd.DataFrame, rows_out: int, problems: pd.DataFrame, sources: Mapping[str, str],
+    max_examples: int,
+) -> TableReport:
+    mine = problems[problems["table"] == name]
+    keys = [_reason_key(kind, column) for kind, column in zip(mine["kind"], mine["column"])]
+    mine = mine.assign(_key=keys).drop_duplicates(["_key", "position"])
+    reasons = {key: int(n) for key, n in mine["_key"].value_counts(sort=False).items()}
+    examples = mine.groupby("_key", sort=False).head(max_examples)
+    unknown, absent = _column_lists(name, frame)
+    return TableReport(
+        table=name,
+        source=sources[name],
+        rows_in=len(frame),
+        rows_out=rows_out,
+        rows_quarantined=int(mine["position"].nunique()),
+        reasons=reasons,
+        examples=tuple(_problem_lines(examples, sources)),
+        unknown_columns=unknown,
+        absent_optional_columns=absent,
+    )
+
+
+# --- the whole contract ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ValidatedCohort:
+    """A cohort that satisfies the data contract.
+
+    Attributes
+    ----------
+    infusions : pandas.DataFrame
+        Typed infusions (declared columns in contract order, then unknown extra columns).
+    measurements : pandas.DataFrame
+        Normalised measurements (``features.schema.NORMALISED_MEASUREMENT_COLUMNS``, then extras).
+    outcomes : pandas.DataFrame or None
+        Typed outcomes, or None when none were given (batch scoring).
+    report : DataReport
+        Rows and patients in / out / quarantined, with reasons.
+    quarantined : dict of str to pandas.DataFrame
+        The quarantined raw rows of each table with ``row`` (as the user sees it) and
+        ``quarantine_reasons``; empty frames in ``fail`` mode.
+    """
+
+    infusions: pd.DataFrame
+    measurements: pd.DataFrame
+    outcomes: Optional[pd.DataFrame]
+    report: DataReport
+    quarantined: dict[str, pd.DataFrame]
+
+
+def _row_level(raw: Mapping[str, pd.DataFrame]) -> tuple[dict, dict, list[pd.DataFrame]]:
+    """Coercion and schema checks per table: all rows typed, rows without problems, problems."""
+    typed_all, good, problems = {}, {}, []
+    for name, frame in raw.items():
+        typed, coercion = _coerce_table(name, frame)
+        typed_all[name] = typed
+        candidates = typed.drop(index=coercion["position"].unique())
+        schema = _schema_problems(name, candidates)
+        good[name] = candidates.drop(index=schema["position"].unique())
+        problems += [coercion, schema]
+    return typed_all, good, problems
+
+
+def _cross_table_problems(
+    typed_all: Mapping[str, pd.DataFrame], good: Mapping[str, pd.DataFrame], normalised: pd.DataFrame
+) -> list[pd.DataFrame]:
+    ids = {name: frame["patient_id"] for name, frame in typed_all.items()}
+    problems = [
+        _duplicate_problems("infusions", ids["infusions"]),
+        _membership_problems("measurements", ids["measurements"], ids["infusions"], "infusions", "unknown patient"),
+    ]
+    if "outcomes" in ids:
+        problems += [
+            _duplicate_problems("outcomes", ids["outcomes"]),
+            _membership_problems("outcomes", ids["outcomes"], ids["infusions"], "infusions", "unknown patient"),
+            _membership_problems("infusions", ids["infusions"], ids["outcomes"], "outcomes", "no outcome row"),
+            _outcome_rule_problems(good["outcomes"]),
+            _after_followup_problems(normalised, good["outcomes"]),
+        ]
+    return problems
+
+
+def _output_frame(name: str, frame: pd.DataFrame, drop: pd.Series) -> pd.DataFrame:
+    declared = [spec.name for spec in COLUMNS_BY_TABLE[name] if spec.name in frame.columns]
+    extras = [c for c in frame.columns if c not in declared]
+    return frame.drop(index=drop.unique(), errors="ignore")[declared + extras].reset_index(drop=True)
+
+
+def _quarantined_rows(name: str, raw: pd.DataFrame, problems: pd.DataFrame, source: str) -> pd.DataFrame:
+    mine = problems[problems["table"] == name]
+    reasons = mine.groupby("position", sort=True)["reason"].agg("; ".join)
+    rows = raw.loc[reasons.index].copy()
+    rows.insert(0, "row", [display_row(source, p) for p in reasons.index])
+    rows["quarantine_reasons"] = reasons.to_numpy()
+    return rows.reset_index(drop=True)
+
+
+def validate_cohort(
+    infusions: pd.DataFrame,
+    measurements: pd.DataFrame,
+    outcomes: Optional[pd.DataFrame] = None,
+    *,
+    on_error: Literal["fail", "quarantine"] = "fail",
+    source_names: Optional[Mapping[str, str]] = None,
+    max_examples: int = 5,
+) -> ValidatedCohort:
+    """Validate, type and normalise a cohort against the data contract.
+
+    Parameters
+    ----------
+    infusions, measurements : pandas.DataFrame
+        Raw tables as read from the cohort folder (any dtypes; CSV columns may be text).
+    outcomes : pandas.DataFrame, optional
+        Raw outcomes; None for batch scoring (outcome-based checks are then skipped).
+    on_error : {"fail", "quarantine"}
+        Raise :class:`ContractError` on any problem, or drop and report the offending rows.
+    source_names : mapping of str to str, optional
+        Table name -> file name shown in messages (``"measurements.csv"``); a ``.csv`` name makes
+        row numbers CSV line numbers, otherwise they are 0-based positions.
+    max_examples : int
+        Example lines kept in the report per table and reason.
+
+    Returns
+    -------
+    ValidatedCohort
+
+    Raises
+    ------
+    ContractError
+        A required column is missing (both modes), or any row problem in ``fail`` mode.
+    ValueError
+        ``on_error`` is not one of :data:`ON_ERROR_MODES`.
+    """
+    if on_error not in ON_ERROR_MODES:
+        raise ValueError(f"on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
+    raw = {"infusions": infusions, "measurements": measurements}
+    if outcomes is not None:
+        raw["outcomes"] = outcomes
+    raw = {name: frame.reset_index(drop=True) for name, frame in raw.items()}
+    sources = {name: str((source_names or {}).get(name, name)) for name in raw}
+    _check_columns(raw, sources)
+    typed_all, good, problems = _row_level(raw)
+    normalised, lab_problems = _normalise_measurements(good["measurements"])
+    problems = _concat_problems(problems + [lab_problems] + _cross_table_problems(typed_all, good, normalised))
+    if on_error == "fail" and len(problems):
+        raise ContractError(_problem_lines(problems, sources))
+    problems = _concat_problems([problems, _cascade_problems(problems, {n: f["patient_id"] for n, f in typed_all.items()})])
+    return _assemble(raw, good, normalised, problems, sources, on_error, max_examples)
+
+
+def _assemble(
+    raw: Mapping[str, pd.DataFrame],
+    good: Mapping[str, pd.DataFrame],
+    normalised: pd.DataFrame,
+    problems: pd.DataFrame,
+    sources: Mapping[str, str],
+    on_error: str,
+    max_examples: int,
+) -> ValidatedCohort:
+    """Drop quarantined rows, check the normalised table, and build the report."""
+    drop = {name: problems.loc[problems["table"] == name, "position"] for name in raw}
+    outputs = {name: _output_frame(name, good[name], drop[name]) for name in raw if name != "measurements"}
+    measurements = normalised.drop(index=drop["measurements"].unique(), errors="ignore").reset_index(drop=True)
+    NORMALISED_MEASUREMENTS_SCHEMA.validate(measurements)
+    outputs["measurements"] = measurements
+    tables = {
+        name: _table_report(name, raw[name], len(outputs[name]), problems, sources, max_examples) for name in raw
+    }
+    patients_in = raw["infusions"]["patient_id"].dropna().astype(str).unique()
+    kept = set(outputs["infusions"]["patient_id"])
+    report = DataReport(
+        on_error=on_error,
+        tables=tables,
+        patients_in=len(patients_in),
+        patients_out=len(kept),
+        quarantined_patients=tuple(sorted(set(patients_in) - kept)),
+        notes=tuple(_relapse_notes(outputs.get("outcomes"))),
+    )
+    quarantined = {name: _quarantined_rows(name, raw[name], problems, sources[name]) for name in raw}
+    return ValidatedCohort(outputs["infusions"], measurements, outputs.get("outcomes"), report, quarantined)

@@ -1,0 +1,142 @@
+"""Models by name, as the run config names them (``ModelsConfig.candidates``).
+
+===========  ====================================================================================
+name         single-outcome survival estimator inside :class:`CauseSpecificHazardsModel`
+===========  ====================================================================================
+``coxnet``   median imputation (+ missingness flags), scaling, elastic-net Cox
+             (``sksurv CoxnetSurvivalAnalysis``, one fixed penalty, Breslow baseline)
+``rsf``      median imputation (+ flags), random survival forest (``sksurv``; small and subsampled)
+``gbsa``     median imputation (+ flags), gradient-boosted Cox trees (``sksurv``
+             ``GradientBoostingSurvivalAnalysis`` with the O(n log n) loss of models.survival)
+``xgb_cox``  XGBoost ``survival:cox`` + Breslow baseline; missing values handled by XGBoost
+``xgb_aft``  XGBoost ``survival:aft`` (extreme-value = Weibull); missing values handled by XGBoost
+``rule``     the clinicians' rule (models.rule.ClinicianRule), the baseline
+===========  ====================================================================================
+
+The defaults are chosen to fit the whole candidate set with 5-fold cross-validation on about
+15,000 landmark rows within minutes on two cores (benchmarks/bench_models.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sksurv.ensemble import RandomSurvivalForest
+from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+from models.base import ModelInputError
+from models.competing import CauseSpecificHazardsModel
+from models.rule import ClinicianRule
+from models.survival import FastGradientBoostingSurvivalAnalysis, XGBAFTSurvival, XGBCoxSurvival
+
+__all__ = ["BASELINE_NAME", "MODEL_NAMES", "default_params", "make_model", "make_survival_estimator"]
+
+MODEL_NAMES: tuple[str, ...] = ("coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft")
+"""Candidate estimators."""
+BASELINE_NAME = "rule"
+"""The clinicians' rule."""
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "coxnet": {"l1_ratio": 0.5, "alphas": [0.01], "fit_baseline_model": True},
+    "rsf": {"n_estimators": 60, "max_depth": 8, "min_samples_leaf": 30, "max_features": "sqrt",
+            "max_samples": 0.15, "n_jobs": 2},
+    "gbsa": {"n_estimators": 150, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.5,
+             "min_samples_leaf": 30, "max_features": "sqrt"},
+    "xgb_cox": {"n_estimators": 300, "learning_rate": 0.03, "max_depth": 3, "min_child_weight": 10.0,
+                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0, "n_jobs": 2},
+    "xgb_aft": {"distribution": "extreme", "distribution_scale": 1.0, "n_estimators": 300, "learning_rate": 0.03,
+                "max_depth": 3, "min_child_weight": 10.0, "subsample": 0.8, "colsample_bytree": 0.8,
+                "reg_lambda": 1.0, "n_jobs": 2},
+}
+_ESTIMATORS = {
+    "coxnet": CoxnetSurvivalAnalysis,
+    "rsf": RandomSurvivalForest,
+    "gbsa": FastGradientBoostingSurvivalAnalysis,
+    "xgb_cox": XGBCoxSurvival,
+    "xgb_aft": XGBAFTSurvival,
+}
+_COMPETING_PARAMS = ("time_resolution_days", "risk_horizon_days", "phenotype_time_knots")
+_SEEDED = ("rsf", "gbsa", "xgb_cox", "xgb_aft")
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """Default hyper-parameters of the named survival estimator (a copy)."""
+    _check_name(name, MODEL_NAMES)
+    return {key: (list(value) if isinstance(value, list) else value) for key, value in _DEFAULTS[name].items()}
+
+
+def _check_name(name: str, allowed: tuple[str, ...]) -> None:
+    if name not in allowed:
+        raise ModelInputError(f"unknown model {name!r}; known: {list(allowed)}")
+
+
+def _imputer() -> SimpleImputer:
+    return SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)
+
+
+def make_survival_estimator(name: str, params: Mapping[str, Any] | None = None, random_state: int = 0) -> Pipeline:
+    """The single-outcome survival pipeline of a candidate (preprocessing + estimator).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODEL_NAMES`.
+    params : mapping, optional
+        Estimator hyper-parameters overriding :func:`default_params`.
+    random_state : int
+
+    Returns
+    -------
+    Pipeline
+    """
+    merged = {**default_params(name), **dict(params or {})}
+    if name in _SEEDED:
+        merged.setdefault("random_state", random_state)
+    valid = set(_ESTIMATORS[name]().get_params())
+    unknown = sorted(set(merged) - valid)
+    if unknown:
+        raise ModelInputError(f"model {name!r}: unknown parameter(s) {unknown}; valid: {sorted(valid)}")
+    estimator = _ESTIMATORS[name](**merged)
+    if name == "coxnet":
+        return Pipeline([("impute", _imputer()), ("scale", StandardScaler()), ("model", estimator)])
+    if name in ("rsf", "gbsa"):
+        return Pipeline([("impute", _imputer()), ("model", estimator)])
+    return Pipeline([("model", estimator)])
+
+
+def make_model(name: str, params: Mapping[str, Any] | None = None, random_state: int = 0):
+    """A competing-risks model by config name.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODEL_NAMES`, or :data:`BASELINE_NAME` for the clinicians' rule.
+    params : mapping, optional
+        Hyper-parameters (``ModelsConfig.params[name]``). For candidates, the keys
+        ``time_resolution_days``, ``risk_horizon_days``, ``phenotype_time_knots`` go to
+        :class:`CauseSpecificHazardsModel`, all others to the survival estimator. For the rule, the
+        keys are :class:`ClinicianRule` parameters.
+    random_state : int
+
+    Returns
+    -------
+    CauseSpecificHazardsModel or ClinicianRule
+
+    Raises
+    ------
+    ModelInputError
+        Unknown name or parameter.
+    """
+    params = dict(params or {})
+    if name == BASELINE_NAME:
+        unknown = sorted(set(params) - set(ClinicianRule().get_params()))
+        if unknown:
+            raise ModelInputError(f"model 'rule': unknown parameter(s) {unknown}")
+        return ClinicianRule(**params)
+    _check_name(name, MODEL_NAMES + (BASELINE_NAME,))
+    competing = {key: params.pop(key) for key in _COMPETING_PARAMS if key in params}
+    return CauseSpecificHazardsModel(make_survival_estimator(name, params, random_state), **competing)

@@ -1,0 +1,326 @@
+"""Single-outcome survival estimators that yield cumulative hazard curves.
+
+These are the building blocks of the competing-risks model (:mod:`models.competing`): each is
+fitted on one cause at a time (scikit-survival structured target, other causes censored) and
+must return the cumulative hazard of that cause on a time grid. scikit-survival's Cox, random
+survival forest and gradient boosting already do; this module adds
+
+- :class:`FastGradientBoostingSurvivalAnalysis`: scikit-survival's gradient-boosted Cox model
+  with the partial-likelihood loss and its gradient computed in O(n log n) by cumulative sums
+  (scikit-survival's own implementation is O(n^2) and takes seconds per boosting stage at ten
+  thousand rows); results are identical (tests compare both);
+- :class:`XGBCoxSurvival`: XGBoost ``survival:cox`` plus a Breslow baseline hazard;
+- :class:`XGBAFTSurvival`: XGBoost ``survival:aft`` with curves from the fitted AFT distribution,
+  whose location shift and scale are re-estimated by maximum likelihood after boosting.
+
+:func:`cumulative_hazard_on_grid` evaluates any of them (bare or as the last step of a
+scikit-learn Pipeline) on a common grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xgboost as xgb
+from scipy import optimize, special
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+from sksurv.ensemble import GradientBoostingSurvivalAnalysis
+from sksurv.ensemble.survival_loss import CoxPH
+from sksurv.functions import StepFunction
+from sksurv.linear_model.coxph import BreslowEstimator
+from sksurv.util import check_array_survival
+
+__all__ = [
+    "FastCoxPHLoss",
+    "FastGradientBoostingSurvivalAnalysis",
+    "XGBAFTSurvival",
+    "XGBCoxSurvival",
+    "cox_partial_likelihood",
+    "cumulative_hazard_on_grid",
+]
+
+
+def _risk_set_sums(time: np.ndarray, exp_prediction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order by time and the sum of ``exp_prediction`` over each sample's risk set (time_j >= time_i)."""
+    order = np.argsort(time, kind="mergesort")
+    sorted_time = time[order]
+    tail_sums = np.cumsum(exp_prediction[order][::-1])[::-1]
+    return order, tail_sums[np.searchsorted(sorted_time, sorted_time, side="left")]
+
+
+def cox_partial_likelihood(event: np.ndarray, time: np.ndarray, prediction: np.ndarray) -> tuple[float, np.ndarray]:
+    r"""Negative Cox log partial likelihood (Breslow ties) and its negative gradient, in O(n log n).
+
+    .. math::
+
+        \ell = -\sum_{i: \delta_i = 1} \Big[f_i - \log \sum_{j: t_j \ge t_i} e^{f_j}\Big], \qquad
+        -\frac{\partial \ell}{\partial f_i} = \delta_i - e^{f_i}
+            \sum_{k: \delta_k = 1,\, t_k \le t_i} \frac{1}{\sum_{j: t_j \ge t_k} e^{f_j}}
+
+    Parameters
+    ----------
+    event : ndarray of bool
+    time : ndarray of float
+    prediction : ndarray of float
+        Log relative hazards ``f``.
+
+    Returns
+    -------
+    loss : float
+    negative_gradient : ndarray
+    """
+    event = np.asarray(event, dtype=bool)
+    prediction = np.asarray(prediction, dtype=float)
+    shift = prediction.max(initial=0.0)  # the partial likelihood is invariant to a common shift
+    exp_prediction = np.exp(prediction - shift)
+    order, risk = _risk_set_sums(time, exp_prediction)
+    sorted_event = event[order]
+    loss = -np.sum(sorted_event * (prediction[order] - shift - np.log(risk)))
+    cumulative = np.cumsum(np.where(sorted_event, 1.0 / risk, 0.0))
+    sorted_time = time[order]
+    last_tied = np.searchsorted(sorted_time, sorted_time, side="right") - 1
+    gradient = np.empty_like(prediction)
+    gradient[order] = sorted_event - exp_prediction[order] * cumulative[last_tied]
+    return float(loss), gradient
+
+
+class FastCoxPHLoss(CoxPH):
+    """scikit-survival's Cox partial-likelihood loss, computed by :func:`cox_partial_likelihood`."""
+
+    def __call__(self, y_true, raw_prediction, sample_weight=None):  # noqa: D102 - see CoxPH
+        return cox_partial_likelihood(y_true["event"], y_true["time"], raw_prediction.ravel())[0]
+
+    def gradient(self, y_true, raw_prediction, sample_weight=None, **kwargs):  # noqa: D102 - see CoxPH
+        gradient = cox_partial_likelihood(y_true["event"], y_true["time"], raw_prediction.ravel())[1]
+        return gradient if sample_weight is None else gradient * sample_weight
+
+
+class FastGradientBoostingSurvivalAnalysis(GradientBoostingSurvivalAnalysis):
+    """``sksurv.ensemble.GradientBoostingSurvivalAnalysis`` with an O(n log n) Cox loss.
+
+    Same parameters, attributes and results as the parent class; only ``loss="coxph"`` is
+    accelerated (other losses are the parent's). Relies on the parent's ``_get_loss`` hook
+    (scikit-survival 0.28).
+    """
+
+    def _get_loss(self, sample_weight):
+        if self.loss == "coxph":
+            return FastCoxPHLoss()
+        return super()._get_loss(sample_weight)
+
+
+def _survival_target(y) -> tuple[np.ndarray, np.ndarray]:
+    event, time = check_array_survival(np.zeros((len(y), 1)), y)
+    return np.asarray(event, dtype=bool), np.asarray(time, dtype=float)
+
+
+def _step_functions(times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return np.array([StepFunction(times, row) for row in values], dtype=object)
+
+
+class _XGBSurvivalBase(BaseEstimator):
+    """Shared XGBoost plumbing: parameters, DMatrix, margins, curve methods."""
+
+    def __init__(self, *, n_estimators=300, learning_rate=0.05, max_depth=3, min_child_weight=5.0,
+                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, n_jobs=2, random_state=0):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.min_child_weight = min_child_weight
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _booster_params(self) -> dict:
+        return {
+            "eta": self.learning_rate, "max_depth": self.max_depth, "min_child_weight": self.min_child_weight,
+            "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "lambda": self.reg_lambda,
+            "nthread": self.n_jobs, "seed": self.random_state, "tree_method": "hist", "verbosity": 0,
+        }
+
+    def _matrix(self, X) -> xgb.DMatrix:
+        names = getattr(self, "feature_names_in_", None)
+        if hasattr(X, "columns"):
+            names = [str(column) for column in X.columns]
+        return xgb.DMatrix(np.asarray(X, dtype=float), missing=np.nan, feature_names=names)
+
+    def _remember_features(self, X) -> None:
+        self.n_features_in_ = np.asarray(X).shape[1]
+        if hasattr(X, "columns"):
+            self.feature_names_in_ = np.asarray([str(column) for column in X.columns], dtype=object)
+
+    def margin(self, X) -> np.ndarray:
+        """Raw booster output (before the survival link) per row."""
+        check_is_fitted(self, "booster_")
+        return self.booster_.predict(self._matrix(X), output_margin=True)
+
+    def predict_cumulative_hazard_function(self, X, return_array=False):
+        """Cumulative hazard at ``unique_times_`` (array) or as StepFunctions, like scikit-survival."""
+        values = self.cumulative_hazard_at(X, self.unique_times_)
+        return values if return_array else _step_functions(self.unique_times_, values)
+
+    def predict_survival_function(self, X, return_array=False):
+        """Survival at ``unique_times_`` (array) or as StepFunctions, like scikit-survival."""
+        values = np.exp(-self.cumulative_hazard_at(X, self.unique_times_))
+        return values if return_array else _step_functions(self.unique_times_, values)
+
+
+class XGBCoxSurvival(_XGBSurvivalBase):
+    r"""XGBoost ``survival:cox`` with a Breslow baseline hazard.
+
+    The booster learns the log relative hazard :math:`f(x)`; the cumulative hazard is
+    :math:`H(t \mid x) = H_0(t)\, e^{f(x)}` with Breslow's :math:`H_0` estimated on the training
+    margins. Missing values go to XGBoost's learned default directions (no imputation).
+
+    Parameters
+    ----------
+    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda
+        XGBoost booster parameters (rounds, eta, depth, min hessian per leaf, row and column
+        sampling, L2 penalty).
+    n_jobs : int
+        XGBoost threads.
+    random_state : int
+    """
+
+    def fit(self, X, y):
+        """Fit the booster on structured target ``y`` (event, time), then the Breslow baseline."""
+        event, time = _survival_target(y)
+        self._remember_features(X)
+        matrix = self._matrix(X)
+        matrix.set_label(np.where(event, time, -time))
+        params = {**self._booster_params(), "objective": "survival:cox", "eval_metric": "cox-nloglik"}
+        self.booster_ = xgb.train(params, matrix, num_boost_round=self.n_estimators)
+        margin = self.booster_.predict(matrix, output_margin=True)
+        self.baseline_ = BreslowEstimator().fit(margin, event, time)
+        self.unique_times_ = self.baseline_.unique_times_
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Log relative hazard (higher = riskier)."""
+        return self.margin(X)
+
+    def cumulative_hazard_at(self, X, times) -> np.ndarray:
+        """Cumulative hazard of every row at ``times``; shape (n_rows, n_times)."""
+        baseline = self.baseline_.cum_baseline_hazard_
+        index = np.searchsorted(baseline.x, np.asarray(times, dtype=float), side="right") - 1
+        baseline_at = np.where(index >= 0, baseline.y[np.clip(index, 0, None)], 0.0)
+        return np.exp(self.margin(X))[:, None] * baseline_at[None, :]
+
+
+_AFT_LOG_SURVIVAL = {
+    "extreme": lambda z: -np.exp(z),
+    "normal": lambda z: special.log_ndtr(-z),
+    "logistic": lambda z: -np.logaddexp(0.0, z),
+}
+_AFT_LOG_DENSITY = {
+    "extreme": lambda z: z - np.exp(z),
+    "normal": lambda z: -0.5 * z**2 - 0.5 * np.log(2 * np.pi),
+    "logistic": lambda z: z - 2.0 * np.logaddexp(0.0, z),
+}
+
+
+class XGBAFTSurvival(_XGBSurvivalBase):
+    r"""XGBoost ``survival:aft`` with curves from the fitted accelerated-failure-time distribution.
+
+    The booster learns the location :math:`\mu(x)` of :math:`\log T = \mu(x) + \sigma \varepsilon`
+    with :math:`\varepsilon` of the chosen ``distribution`` (``"extreme"`` gives a Weibull model).
+    XGBoost keeps :math:`\sigma` fixed during boosting, so after boosting a location shift
+    :math:`a` and the scale :math:`\sigma` are re-estimated by censored maximum likelihood on the
+    training margins; then :math:`S(t \mid x) = S_\varepsilon\big((\log t - \mu(x) - a)/\sigma\big)`
+    and :math:`H = -\log S`.
+
+    Parameters
+    ----------
+    distribution : {"extreme", "normal", "logistic"}
+    distribution_scale : float
+        :math:`\sigma` used while boosting.
+    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda, n_jobs, random_state
+        As :class:`XGBCoxSurvival`.
+    """
+
+    def __init__(self, *, distribution="extreme", distribution_scale=1.0, n_estimators=300, learning_rate=0.05,
+                 max_depth=3, min_child_weight=5.0, subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0,
+                 n_jobs=2, random_state=0):
+        super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
+                         min_child_weight=min_child_weight, subsample=subsample, colsample_bytree=colsample_bytree,
+                         reg_lambda=reg_lambda, n_jobs=n_jobs, random_state=random_state)
+        self.distribution = distribution
+        self.distribution_scale = distribution_scale
+
+    def fit(self, X, y):
+        """Fit the booster on structured target ``y`` (event, time), then shift and scale."""
+        if self.distribution not in _AFT_LOG_SURVIVAL:
+            raise ValueError(f"distribution must be one of {sorted(_AFT_LOG_SURVIVAL)}, got {self.distribution!r}")
+        event, time = _survival_target(y)
+        self._remember_features(X)
+        matrix = self._matrix(X)
+        matrix.set_float_info("label_lower_bound", time)
+        matrix.set_float_info("label_upper_bound", np.where(event, time, np.inf))
+        params = {**self._booster_params(), "objective": "survival:aft", "eval_metric": "aft-nloglik",
+                  "aft_loss_distribution": self.distribution,
+                  "aft_loss_distribution_scale": self.distribution_scale}
+        self.booster_ = xgb.train(params, matrix, num_boost_round=self.n_estimators)
+        margin = self.booster_.predict(matrix, output_margin=True)
+        self.location_shift_, self.scale_ = self._fit_shift_and_scale(margin, event, time)
+        self.unique_times_ = np.unique(time)
+        return self
+
+    def _fit_shift_and_scale(self, margin, event, time) -> tuple[float, float]:
+        log_survival, log_density = _AFT_LOG_SURVIVAL[self.distribution], _AFT_LOG_DENSITY[self.distribution]
+        residual = np.log(time) - margin
+
+        def negative_log_likelihood(theta):
+            shift, log_scale = theta
+            z = (residual - shift) / np.exp(log_scale)
+            return -np.sum(np.where(event, log_density(z) - log_scale, log_survival(z)))
+
+        start = np.array([0.0, np.log(self.distribution_scale)])
+        result = optimize.minimize(negative_log_likelihood, start, method="Nelder-Mead",
+                                   options={"xatol": 1e-6, "fatol": 1e-8, "maxiter": 2000})
+        return float(result.x[0]), float(np.exp(result.x[1]))
+
+    def predict(self, X) -> np.ndarray:
+        """Minus the predicted log-time location (higher = earlier event = riskier)."""
+        return -self.margin(X)
+
+    def cumulative_hazard_at(self, X, times) -> np.ndarray:
+        """Cumulative hazard of every row at ``times``; shape (n_rows, n_times)."""
+        times = np.asarray(times, dtype=float)
+        location = self.margin(X) + self.location_shift_
+        with np.errstate(divide="ignore"):
+            z = (np.log(times)[None, :] - location[:, None]) / self.scale_
+        return np.maximum(-_AFT_LOG_SURVIVAL[self.distribution](z), 0.0)
+
+
+def _transform_to_last_step(pipeline: Pipeline, X):
+    for _, step in pipeline.steps[:-1]:
+        if step is not None and step != "passthrough":
+            X = step.transform(X)
+    return X
+
+
+def cumulative_hazard_on_grid(estimator, X, grid: np.ndarray) -> np.ndarray:
+    """Cumulative hazard of every row of ``X`` at the ``grid`` times; shape (n_rows, len(grid)).
+
+    Parameters
+    ----------
+    estimator : fitted estimator or Pipeline
+        Its last step either has ``cumulative_hazard_at(X, times)`` (the XGBoost estimators of this
+        module) or scikit-survival's ``predict_cumulative_hazard_function(X, return_array=True)``
+        with ``unique_times_``; the latter is a step function, read at the last jump <= each time.
+    X : array-like
+    grid : ndarray
+        Increasing times.
+    """
+    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    Xt = _transform_to_last_step(estimator, X) if isinstance(estimator, Pipeline) else X
+    if hasattr(final, "cumulative_hazard_at"):
+        return final.cumulative_hazard_at(Xt, grid)
+    values = final.predict_cumulative_hazard_function(Xt, return_array=True)
+    index = np.searchsorted(final.unique_times_, grid, side="right") - 1
+    on_grid = values[:, np.clip(index, 0, None)]
+    on_grid[:, index < 0] = 0.0
+    return on_grid

@@ -1,0 +1,171 @@
+"""The mechanistic synthetic cohort: simulate the three input tables, the ground truth and the oracle.
+
+``simulate_cohort`` is pure (no I/O): it returns DataFrames. ``run_simulate`` writes them to a
+cohort folder. The mechanism lives in ``pipelines.simulation`` (see its modules and
+/work/shared/SIMULATOR.md); the parameters in ``pipelines.simulation.params``.
+
+Random streams are independent per purpose (latent patients, their course, the tables, the
+ground-truth and oracle Monte Carlo), so asking for the oracle never changes the tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from pipelines.simulation.course import CourseDraws, CourseOutcome, LatentPatients, draw_course, draw_latent_patients, run_course
+from pipelines.simulation.events import draw_censoring_day
+from pipelines.simulation.oracle import CAUSES, TrueIncidence, oracle_table, true_incidence
+from pipelines.simulation.params import SimulationParams
+from pipelines.simulation.tables import (
+    EVENT_NAMES,
+    infusions_table,
+    measurements_table,
+    observed_outcome,
+    outcomes_table,
+    patient_ids,
+)
+
+__all__ = ["SimulatedCohort", "SimulationError", "simulate_cohort", "run_simulate"]
+
+_PHENOTYPE_CAUSES = ("CD19_pos", "CD19_neg", "lineage_switch")
+_STREAMS = ("latent", "course", "censoring", "tables", "ground_truth", "oracle")
+
+
+class SimulationError(ValueError):
+    """Invalid simulation request (the message says which argument and why)."""
+
+
+@dataclass(frozen=True)
+class SimulatedCohort:
+    """A simulated cohort: the three input tables, the ground truth and (on request) the oracle."""
+
+    infusions: pd.DataFrame
+    measurements: pd.DataFrame
+    outcomes: pd.DataFrame
+    ground_truth: pd.DataFrame
+    oracle: Optional[pd.DataFrame] = None
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The three input tables by name (what a model may read)."""
+        return {"infusions": self.infusions, "measurements": self.measurements, "outcomes": self.outcomes}
+
+
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    children = np.random.SeedSequence(seed).spawn(len(_STREAMS))
+    return {name: np.random.default_rng(child) for name, child in zip(_STREAMS, children)}
+
+
+def _crossing_by_phenotype(crossings: np.ndarray) -> dict[str, np.ndarray]:
+    from pipelines.simulation.disease import PHENOTYPE_OF_CLONE
+
+    return {f"crossing_day_{name}": crossings[:, PHENOTYPE_OF_CLONE == k].min(axis=1)
+            for k, name in enumerate(_PHENOTYPE_CAUSES)}
+
+
+def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutcome,
+                        at_infusion: TrueIncidence) -> pd.DataFrame:
+    """Latent times, the true first event and the true CIFs at infusion (6/12/24 months)."""
+    first = outcome.first
+    event = EVENT_NAMES[first.event].copy()
+    relapse = first.event == 1
+    phenotype = np.array(_PHENOTYPE_CAUSES, dtype=object)[outcome.relapse.phenotype]
+    frame = pd.DataFrame({
+        "patient_id": ids, "car_persistence_day": draws.tp, **_crossing_by_phenotype(outcome.crossings),
+        "true_response": outcome.responder, "true_event": event,
+        "true_event_day": np.where(np.isfinite(first.day), first.day, np.nan),
+        "true_relapse_phenotype": np.where(relapse, phenotype, None),
+        "true_p_response": at_infusion.p_response,
+    })
+    for h, months in enumerate((6, 12, 24)):
+        cif = at_infusion.cif[:, h, :]
+        for c, cause in enumerate(CAUSES[:5]):
+            prefix = "relapse_" if cause in _PHENOTYPE_CAUSES else ""
+            frame[f"true_cif_{prefix}{cause}_{months}m"] = cif[:, c]
+        frame[f"true_cif_relapse_{months}m"] = cif[:, :3].sum(axis=1)
+    return frame
+
+
+def simulate_cohort(n_patients: int, seed: int, params: Optional[SimulationParams] = None,
+                    with_oracle: bool = False) -> SimulatedCohort:
+    """Simulate a cohort of CD19 CAR T-treated patients (pure; no file I/O).
+
+    Parameters
+    ----------
+    n_patients : int
+        Number of patients (>= 1).
+    seed : int
+        Random seed; the same seed and parameters give identical tables.
+    params : SimulationParams, optional
+        Defaults to the calibrated ``SimulationParams()``.
+    with_oracle : bool
+        Also compute the Monte Carlo oracle at every landmark of ``params.oracle_landmark_days``.
+
+    Returns
+    -------
+    SimulatedCohort
+    """
+    if int(n_patients) < 1:
+        raise SimulationError(f"n_patients must be >= 1, got {n_patients}")
+    params = params or SimulationParams()
+    rng = _streams(int(seed))
+    latent = draw_latent_patients(int(n_patients), rng["latent"], params)
+    draws = draw_course(latent, rng["course"], params)
+    outcome = run_course(latent, draws, params)
+    site_start = np.array([s.enrolment_start_day for s in params.sites])[latent.cov.site]
+    censor = np.maximum(draw_censoring_day(site_start, rng["censoring"], params.events), 60.0)
+    observed = observed_outcome(latent, outcome, censor)
+    ids = patient_ids(latent.n)
+    at_infusion = true_incidence(latent, draws, outcome, 0.0, (182.0, 365.0, 730.0), params.ground_truth_replicates,
+                                 rng["ground_truth"], params, patients=np.arange(latent.n))
+    oracle = _oracle(ids, latent, draws, outcome, params, rng["oracle"]) if with_oracle else None
+    return SimulatedCohort(
+        infusions=infusions_table(ids, latent, params, rng["tables"]),
+        measurements=measurements_table(ids, latent, draws, outcome, observed, params, rng["tables"]),
+        outcomes=outcomes_table(ids, latent, outcome, observed, rng["tables"], params),
+        ground_truth=_ground_truth_table(ids, draws, outcome, at_infusion),
+        oracle=oracle,
+    )
+
+
+def _oracle(ids: np.ndarray, latent: LatentPatients, draws: CourseDraws, outcome: CourseOutcome,
+            params: SimulationParams, rng: np.random.Generator) -> pd.DataFrame:
+    incidences = [true_incidence(latent, draws, outcome, s, params.oracle_horizon_days, params.oracle_replicates,
+                                 rng, params) for s in params.oracle_landmark_days]
+    return oracle_table(ids, incidences)
+
+
+def _write_frame(frame: pd.DataFrame, path: Path, file_format: str) -> None:
+    """Temporary writer until ``pipelines.io.write_table`` exists."""
+    if file_format == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+
+
+def run_simulate(n_patients: int, seed: int, out_dir: Path, with_oracle: bool = False,
+                 file_format: str = "parquet") -> None:
+    """Simulate a cohort and write it to ``out_dir`` (created if needed).
+
+    Writes ``infusions``, ``measurements`` and ``outcomes`` in ``file_format`` (parquet or csv),
+    and ``ground_truth.parquet`` (plus ``oracle.parquet`` with ``with_oracle``).
+
+    Raises
+    ------
+    SimulationError
+        For an unknown format or fewer than one patient.
+    """
+    if file_format not in ("parquet", "csv"):
+        raise SimulationError(f"--format must be parquet or csv, got '{file_format}'")
+    cohort = simulate_cohort(n_patients, seed, with_oracle=with_oracle)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in cohort.tables().items():
+        _write_frame(frame, out_dir / f"{name}.{file_format}", file_format)
+    _write_frame(cohort.ground_truth, out_dir / "ground_truth.parquet", "parquet")
+    if cohort.oracle is not None:
+        _write_frame(cohort.oracle, out_dir / "oracle.parquet", "parquet")

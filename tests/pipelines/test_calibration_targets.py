@@ -1,0 +1,291 @@
+"""Tests of the calibration analyses on hand-made data with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines import CoxTimeVaryingFitter
+
+from pipelines.calibration_targets import (
+    AalenJohansenAt,
+    CalibrationData,
+    CalibrationDataError,
+    CoxHazardRatio,
+    HazardRatioTolerance,
+    IntervalTolerance,
+    KaplanMeierAt,
+    KaplanMeierMedian,
+    LandmarkCoxHazardRatio,
+    LatentMedian,
+    PointsTolerance,
+    PositiveTolerance,
+    RelativeTolerance,
+    Share,
+    TimeVaryingCoxHazardRatio,
+    accepts,
+    build_patient_frame,
+    endpoint_times,
+    fit_counting_process_cox,
+    normalise_measurements,
+)
+
+
+def _patients(end_day, first_event, **columns) -> pd.DataFrame:
+    """A minimal patient frame: responders unless ``nonresponse`` is given."""
+    n = len(end_day)
+    frame = pd.DataFrame({
+        "end_day": np.asarray(end_day, dtype=float),
+        "first_event": np.asarray(first_event, dtype=object),
+        "nonresponse": np.zeros(n, dtype=bool),
+        "responder": np.ones(n, dtype=bool),
+        "relapse_phenotype": np.where(np.asarray(first_event) == "relapse", "CD19_pos", None),
+    })
+    for name, values in columns.items():
+        frame[name] = values
+    return frame
+
+
+def _exponential_cohort(n: int, log_hr: float, seed: int) -> pd.DataFrame:
+    """Relapse hazard 1/300 per day, times exp(log_hr) with x = 1; uniform censoring over 3 years."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n).astype(float)
+    relapse = rng.exponential(300.0 / np.exp(log_hr * x))
+    censor = rng.uniform(0.0, 1095.0, n)
+    event = np.where(relapse <= censor, "relapse", "none")
+    return _patients(np.minimum(relapse, censor), event, x=x)
+
+
+# --- measurements ------------------------------------------------------------------------------------
+def _raw_measurements(values, units, assay="ngs_mrd", limits=None) -> pd.DataFrame:
+    n = len(values)
+    frame = pd.DataFrame({"patient_id": ["P1"] * n, "day": np.arange(1.0, n + 1), "specimen": "BM", "assay": assay,
+                          "value": pd.Series(values, dtype=object), "unit": units})
+    if limits is not None:
+        frame["detection_limit"] = limits
+    return frame
+
+
+def test_lab_text_is_parsed_into_value_and_censoring():
+    raw = _raw_measurements(["<0.01%", "0.06%", "NEG", "negative", "1.2E-05", "detected <LOQ", 0.002],
+                            [None, None, "fraction", "fraction", "fraction", "fraction", "fraction"],
+                            assay="flow_mrd", limits=[np.nan, np.nan, 1e-4, 1e-4, np.nan, 5e-6, np.nan])
+    out = normalise_measurements(raw)
+    np.testing.assert_allclose(out["value"], [1e-4, 6e-4, 1e-4, 1e-4, 1.2e-5, 5e-6, 0.002])
+    assert out["censored"].tolist() == [True, False, True, True, False, True, False]
+    assert out["detected_below_loq"].tolist() == [False, False, False, False, False, True, False]
+    assert (out["unit"] == "fraction").all()
+
+
+def test_percent_unit_converts_numbers_and_limits_to_fraction():
+    out = normalise_measurements(_raw_measurements([0.5, "<0.01"], ["percent", "percent"], limits=[0.01, 0.01]))
+    np.testing.assert_allclose(out["value"], [0.005, 1e-4])
+    np.testing.assert_allclose(out["detection_limit"], [1e-4, 1e-4])
+
+
+def test_negative_without_limit_uses_the_assay_default():
+    out = normalise_measurements(_raw_measurements(["NEG"], [None]))
+    assert out["censored"].iloc[0] and out["value"].iloc[0] == pytest.approx(1e-6)
+
+
+def test_unparseable_text_names_row_and_column():
+    with pytest.raises(CalibrationDataError, match=r"row 1, column 'value'.*'positive\?'"):
+        normalise_measurements(_raw_measurements(["0.1%", "positive?"], [None, None]))
+
+
+# --- patient frame --------------------------------------------------------------------------------------
+def _infusions(patient_ids, **overrides) -> pd.DataFrame:
+    n = len(patient_ids)
+    frame = pd.DataFrame({
+        "patient_id": patient_ids, "age_years": 10.0, "sex": "F", "down_syndrome": False, "kmt2a_rearranged": False,
+        "ph_positive": False, "hypodiploid": False, "prior_crs": 1, "prior_hsct": False, "active_non_cns_emd": False,
+        "blinatumomab": "naive", "bm_blasts_pct": 1.0, "cns_status": "CNS1", "cd19_antigen_load_pct": 30.0,
+        "costim": "4-1BB", "fludarabine_auc": 15.0,
+    }, index=range(n))
+    for name, values in overrides.items():
+        frame[name] = values
+    return frame
+
+
+def _outcomes(patient_ids, events, event_days, last_days) -> pd.DataFrame:
+    return pd.DataFrame({"patient_id": patient_ids, "response": "CR", "response_day": 28.0, "event": events,
+                         "event_day": event_days, "last_followup_day": last_days,
+                         "relapse_phenotype": [("CD19_pos" if e == "relapse" else None) for e in events],
+                         "relapse_site": [("medullary" if e == "relapse" else None) for e in events]})
+
+
+def test_patient_frame_derives_bca_loss_ngs_landmarks_and_pb_bm_discordance():
+    ids = ["A", "B"]
+    rows = [
+        ("A", 28.0, "PB", "b_cell_count", "<1", "cells/uL"),
+        ("A", 91.0, "PB", "b_cell_count", "0.4%", None),          # aplastic (< 1% of lymphocytes)
+        ("A", 182.0, "PB", "b_cell_count", "35", "cells/uL"),     # recovered (>= 10 cells/uL)
+        ("A", 28.0, "BM", "ngs_mrd", "detected <LOQ", "fraction"),
+        ("A", 91.0, "BM", "ngs_mrd", "NEG", "fraction"),
+        ("A", 91.0, "BM", "flow_mrd", "<0.01%", None),
+        ("A", 92.0, "PB", "flow_mrd", "0.05%", None),             # PB positive while BM < 0.01%
+        ("B", 28.0, "PB", "b_cell_count", "2.5", "pct_lymphocytes"),
+        ("B", 28.0, "BM", "ngs_mrd", "<1E-06", "fraction"),
+        ("B", 28.0, "BM", "flow_mrd", "0.2%", None),
+        ("B", 28.0, "PB", "flow_mrd", "0.01%", None),
+    ]
+    measurements = pd.DataFrame(rows, columns=["patient_id", "day", "specimen", "assay", "value", "unit"])
+    outcomes = _outcomes(ids, ["none", "relapse"], [np.nan, 60.0], [400.0, 60.0])
+    frame = build_patient_frame(_infusions(ids), outcomes, normalise_measurements(measurements)).set_index("patient_id")
+    assert frame.loc["A", "bca_loss_day"] == 182.0 and math.isnan(frame.loc["B", "bca_loss_day"]) is False
+    assert frame.loc["B", "bca_loss_day"] == 28.0
+    assert frame.loc["A", "bca_first_test_aplastic"] == 1.0 and frame.loc["B", "bca_first_test_aplastic"] == 0.0
+    assert frame.loc["A", "ngs_bm_detectable_d28"] == 1.0 and frame.loc["A", "ngs_bm_detectable_m3"] == 0.0
+    assert frame.loc["B", "ngs_bm_detectable_d28"] == 0.0 and math.isnan(frame.loc["B", "ngs_bm_detectable_m3"])
+    assert frame.loc["A", "pb_pos_bm_below_0_01pct"] == 1.0 and frame.loc["B", "pb_pos_bm_below_0_01pct"] == 0.0
+    assert frame.loc["B", "end_day"] == 60.0 and frame.loc["A", "end_day"] == 400.0
+
+
+def test_duplicate_patient_ids_are_rejected_with_table_and_row():
+    outcomes = _outcomes(["A", "A"], ["none", "none"], [np.nan, np.nan], [10.0, 10.0])
+    with pytest.raises(CalibrationDataError, match=r"outcomes, row 1, column 'patient_id'"):
+        build_patient_frame(_infusions(["A", "B"]), outcomes, pd.DataFrame(
+            columns=["patient_id", "day", "specimen", "assay", "value", "censored", "unit"]))
+
+
+# --- endpoints ------------------------------------------------------------------------------------------
+def test_efs_counts_no_response_at_day_zero_and_censors_hsct():
+    patients = _patients([0.0, 50.0, 80.0, 120.0, 300.0], ["none", "relapse", "death", "hsct", "none"])
+    patients.loc[0, ["nonresponse", "responder"]] = [True, False]
+    time, event = endpoint_times(patients, "efs")
+    np.testing.assert_array_equal(time, [0.0, 50.0, 80.0, 120.0, 300.0])
+    assert event.tolist() == [True, True, True, False, False]
+
+
+def test_cause_specific_relapse_censors_other_phenotypes():
+    patients = _patients([10.0, 20.0], ["relapse", "relapse"])
+    patients["relapse_phenotype"] = ["CD19_pos", "CD19_neg"]
+    assert endpoint_times(patients, "relapse_CD19_neg")[1].tolist() == [False, True]
+    assert endpoint_times(patients, "relapse")[1].tolist() == [True, True]
+
+
+# --- estimators -----------------------------------------------------------------------------------------
+def test_share_is_the_hand_counted_percentage():
+    data = CalibrationData(_patients([1.0] * 8, ["relapse"] * 3 + ["none"] * 5, x=[1, 1, 1, 1, 0, 0, 0, 0]),
+                           has_ground_truth=False)
+    result = Share("x == 1", "first_event == 'relapse'").compute(data)
+    assert result.value == pytest.approx(75.0) and result.n == 4
+
+
+def test_kaplan_meier_matches_hand_computation():
+    # times 1, 2(censored), 3, 4: S(3.5) = (3/4) * (1/2) = 0.375
+    data = CalibrationData(_patients([1.0, 2.0, 3.0, 4.0], ["relapse", "none", "relapse", "relapse"]), False)
+    assert KaplanMeierAt("relapse", "all", 3.5).compute(data).value == pytest.approx(37.5)
+    assert KaplanMeierAt("relapse", "all", 3.5, risk=True).compute(data).value == pytest.approx(62.5)
+    assert KaplanMeierMedian("relapse", "all").compute(data).value == pytest.approx(3.0)
+
+
+def test_kaplan_meier_recovers_an_exponential_survival():
+    data = CalibrationData(_exponential_cohort(20000, 0.0, seed=1), False)
+    assert KaplanMeierAt("relapse", "all", 200.0).compute(data).value == pytest.approx(100 * math.exp(-200 / 300),
+                                                                                        abs=1.5)
+
+
+def test_aalen_johansen_matches_hand_computation():
+    # relapse at 1, death at 2, relapse at 3, censored at 4: CIF_relapse(3.5) = 1/4 + (2/4)(1/2) = 0.5
+    data = CalibrationData(_patients([1.0, 2.0, 3.0, 4.0], ["relapse", "death", "relapse", "none"]), False)
+    assert AalenJohansenAt("relapse", "all", 3.5).compute(data).value == pytest.approx(50.0)
+    assert AalenJohansenAt("death", "all", 3.5).compute(data).value == pytest.approx(25.0)
+    assert AalenJohansenAt("relapse", "all", 3.5, from_day=1.5).compute(data).value == pytest.approx(25.0)
+
+
+def test_aalen_johansen_with_ties_is_deterministic_and_leaves_global_random_state():
+    data = CalibrationData(_patients([1.0, 1.0, 2.0, 2.0, 5.0], ["relapse", "death", "relapse", "hsct", "none"]),
+                           False)
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    first = AalenJohansenAt("relapse", "all", 3.0).compute(data).value
+    assert np.random.random() == expected_next
+    assert AalenJohansenAt("relapse", "all", 3.0).compute(data).value == first
+    assert first == pytest.approx(100 * (1 / 5 + (3 / 5) * (1 / 3)), abs=0.01)
+
+
+def test_cox_recovers_a_known_hazard_ratio():
+    data = CalibrationData(_exponential_cohort(6000, math.log(2.5), seed=2), False)
+    result = CoxHazardRatio("relapse", "all", ("x",), "x").compute(data)
+    assert result.value == pytest.approx(2.5, rel=0.08)
+    assert "95% CI" in result.note
+
+
+def test_cox_reports_separation_instead_of_a_number():
+    patients = _exponential_cohort(500, 0.0, seed=3)
+    patients.loc[patients["x"] == 0, "first_event"] = "none"   # no event at x = 0: HR infinite
+    result = CoxHazardRatio("relapse", "all", ("x",), "x").compute(CalibrationData(patients, False))
+    assert math.isnan(result.value) and "no event with x = 0" in result.note
+
+
+def test_counting_process_cox_equals_lifelines_time_varying_fitter():
+    rng = np.random.default_rng(4)
+    n = 300
+    switch = rng.exponential(200.0, n)
+    before = rng.exponential(300.0, n)
+    time = np.where(before < switch, before, switch + rng.exponential(100.0, n))
+    censor = rng.uniform(0, 900, n)
+    stop_all, event_all = np.minimum(time, censor), time <= censor
+    switched = switch < stop_all
+    start = np.concatenate([np.zeros(n), switch[switched]])
+    stop = np.concatenate([np.where(switched, switch, stop_all), stop_all[switched]])
+    event = np.concatenate([event_all & ~switched, event_all[switched]])
+    exposed = np.concatenate([np.zeros(n), np.ones(int(switched.sum()))])
+    ids = np.concatenate([np.arange(n), np.flatnonzero(switched)])
+    reference = CoxTimeVaryingFitter().fit(
+        pd.DataFrame({"id": ids, "start": start, "stop": stop, "event": event, "exposed": exposed}),
+        id_col="id", start_col="start", stop_col="stop", event_col="event")
+    log_hr, se = fit_counting_process_cox(start, stop, event, exposed[:, None])
+    assert log_hr[0] == pytest.approx(reference.params_["exposed"], abs=1e-6)
+    assert se[0] == pytest.approx(reference.standard_errors_["exposed"], rel=1e-4)
+
+
+def test_time_varying_cox_recovers_the_hazard_ratio_after_bca_loss():
+    rng = np.random.default_rng(5)
+    n = 8000
+    loss = rng.uniform(30.0, 700.0, n)
+    before = rng.exponential(1000.0, n)
+    relapse = np.where(before < loss, before, loss + rng.exponential(1000.0 / 4.0, n))
+    censor = rng.uniform(0.0, 1000.0, n)
+    end = np.minimum(relapse, censor)
+    patients = _patients(end, np.where(relapse <= censor, "relapse", "none"), bca_loss_day=loss)
+    result = TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
+        CalibrationData(patients, False))
+    assert result.value == pytest.approx(4.0, rel=0.10)
+
+
+def test_landmark_cox_uses_only_patients_in_remission_at_the_landmark():
+    patients = _exponential_cohort(6000, math.log(3.0), seed=6).rename(columns={"x": "marker"})
+    patients["end_day"] += 42.0  # everyone reaches the landmark ...
+    patients.loc[:99, "end_day"] = 20.0  # ... except 100 with an event before it
+    patients.loc[:99, "first_event"] = "relapse"
+    result = LandmarkCoxHazardRatio("relapse", "marker", 42.0).compute(CalibrationData(patients, False))
+    assert result.n == 5900
+    assert result.value == pytest.approx(3.0, rel=0.10)
+
+
+def test_latent_median_counts_never_lost_as_longest():
+    patients = _patients([1.0] * 5, ["none"] * 5, car_persistence_day=[10.0, 20.0, 30.0, np.inf, np.inf])
+    result = LatentMedian("car_persistence_day", "all").compute(CalibrationData(patients, True))
+    assert result.value == 30.0 and "40.0% never lost" in result.note
+
+
+# --- tolerances -----------------------------------------------------------------------------------------
+def test_hazard_ratio_tolerance_is_the_union_of_ci_and_30_percent():
+    rule = HazardRatioTolerance(0.30)
+    assert rule.bounds(2.5) == pytest.approx((1.75, 3.25))
+    assert rule.bounds(2.5, ci=(1.2, 5.0)) == pytest.approx((1.2, 5.0))
+    assert accepts(rule, 1.3, 2.5, ci=(1.2, 5.0)) and not accepts(rule, 1.3, 2.5)
+    assert not accepts(rule, math.nan, 2.5)
+
+
+def test_points_relative_interval_and_positive_tolerances():
+    assert PointsTolerance(5.0).bounds(50.0) == (45.0, 55.0)
+    assert PointsTolerance(5.0).bounds(84.5, (81.0, 88.0)) == (76.0, 93.0)
+    assert RelativeTolerance(0.5).bounds(2.0, (1.0, 3.0)) == (0.5, 4.5)
+    assert accepts(IntervalTolerance(0.77, 1.3), 1.29, 1.0) and not accepts(IntervalTolerance(0.77, 1.3), 1.31, 1.0)
+    assert accepts(PositiveTolerance(), 0.1, 0.0) and not accepts(PositiveTolerance(), 0.0, 0.0)

@@ -1,0 +1,286 @@
+"""Tests of the synthetic cohort as a whole: format, determinism, mechanism, ground truth, oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.labtext import normalise_lab_values
+from pipelines.simulate import SimulationError, run_simulate, simulate_cohort
+from pipelines.simulation.oracle import CAUSES
+
+INFUSION_COLUMNS = [
+    "patient_id", "site", "age_years", "sex", "down_syndrome", "kmt2a_rearranged", "tp53_altered", "hypodiploid",
+    "ph_positive", "prior_lines", "prior_crs", "prior_hsct", "blinatumomab", "inotuzumab_prior", "bm_blasts_pct",
+    "cns_status", "active_non_cns_emd", "cd19_antigen_load_pct", "cd19_dim_pre", "cd22_pct_pre", "product",
+    "costim", "cell_dose_per_kg", "fludarabine_auc",
+]
+OUTCOME_COLUMNS = ["patient_id", "response", "response_day", "event", "event_day", "last_followup_day",
+                   "relapse_phenotype", "relapse_site"]
+MEASUREMENT_COLUMNS = ["patient_id", "day", "specimen", "assay", "value", "unit", "detection_limit"]
+ORACLE_PARTS = ["cif_CD19_pos", "cif_CD19_neg", "cif_lineage_switch", "cif_death", "cif_hsct", "event_free"]
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    """A small cohort shared by the fast tests."""
+    return simulate_cohort(1500, seed=11)
+
+
+@pytest.fixture(scope="module")
+def large_cohort():
+    """The one large cohort (with oracle) for the statistical consistency tests."""
+    return simulate_cohort(5000, seed=12, with_oracle=True)
+
+
+@pytest.fixture(scope="module")
+def parsed(cohort):
+    """Measurements with parsed value / censored (features.labtext) next to the raw columns."""
+    m = cohort.measurements
+    values = normalise_lab_values(m["value"], m["unit"], m["assay"], m["detection_limit"])
+    return pd.concat([m[["patient_id", "day", "specimen", "assay"]], values], axis=1)
+
+
+def _merged(cohort) -> pd.DataFrame:
+    return cohort.infusions.merge(cohort.outcomes, on="patient_id").merge(cohort.ground_truth, on="patient_id")
+
+
+# --- format -----------------------------------------------------------------------------------------
+def test_tables_have_the_documented_columns(cohort):
+    assert list(cohort.infusions.columns) == INFUSION_COLUMNS
+    assert list(cohort.outcomes.columns) == OUTCOME_COLUMNS
+    assert list(cohort.measurements.columns) == MEASUREMENT_COLUMNS
+    assert cohort.infusions["patient_id"].is_unique
+    assert cohort.infusions["site"].nunique() == 7
+    expected = {"car_persistence_day", "crossing_day_CD19_pos", "crossing_day_CD19_neg",
+                "crossing_day_lineage_switch", "true_event", "true_event_day"}
+    for months in (6, 12, 24):
+        expected |= {f"true_cif_relapse_{p}_{months}m" for p in ("CD19_pos", "CD19_neg", "lineage_switch")}
+        expected |= {f"true_cif_{c}_{months}m" for c in ("relapse", "death", "hsct")}
+    assert expected <= set(cohort.ground_truth.columns)
+
+
+def test_every_result_parses_and_shares_of_lab_text_are_realistic(cohort, parsed):
+    assert parsed["error_kind"].isna().all(), parsed.loc[parsed["error_kind"].notna(), "error_reason"].head()
+    text = cohort.measurements["value"].astype(str)
+    mrd = cohort.measurements["assay"].isin(["flow_mrd", "ngs_mrd"]).to_numpy()
+    quantified = mrd & ~parsed["censored"].to_numpy()
+    with_percent_or_exponent = text.str.contains("%|E", regex=True).to_numpy()
+    share = with_percent_or_exponent[quantified].mean()
+    assert 0.1 < share < 0.5
+    assert text.isin(["NEG", "negative"]).any() and text.str.startswith("<").any()
+    assert (text == "detected <LOQ").any()
+
+
+def test_censored_results_are_never_zero(cohort, parsed):
+    censored = parsed["censored"].to_numpy()
+    raw = pd.to_numeric(cohort.measurements["value"], errors="coerce")
+    assert not (raw[censored] == 0).any()
+    assert (parsed.loc[censored, "value"] > 0).all()
+    assert (parsed.loc[censored, "value"] == parsed.loc[censored, "detection_limit"]).all()
+    mrd = parsed["assay"].isin(["flow_mrd", "ngs_mrd"])
+    assert (parsed.loc[mrd, "value"] > 0).all()
+
+
+def test_about_ten_percent_have_no_ngs_rows(cohort):
+    with_ngs = cohort.measurements.loc[cohort.measurements["assay"] == "ngs_mrd", "patient_id"].unique()
+    share_without = 1.0 - len(with_ngs) / len(cohort.infusions)
+    assert 0.05 < share_without < 0.2
+
+
+def test_nothing_is_observed_after_the_first_event_or_last_followup(cohort):
+    m = cohort.measurements.merge(cohort.outcomes, on="patient_id")
+    assert (m["day"] <= m["last_followup_day"]).all()
+    with_event = m["event"] != "none"
+    assert (m.loc[with_event, "day"] <= m.loc[with_event, "event_day"]).all()
+    non_responders = m["response"] == "NR"
+    assert (m.loc[non_responders, "day"] <= m.loc[non_responders, "response_day"]).all()
+
+
+def test_outcomes_are_consistent(cohort):
+    out = cohort.outcomes
+    relapse = out["event"] == "relapse"
+    assert out.loc[relapse, "relapse_phenotype"].notna().all()
+    assert out.loc[~relapse, ["relapse_phenotype", "relapse_site"]].isna().all().all()
+    assert (out.loc[out["response"] == "NR", "event"] != "relapse").all()
+    assert (out.loc[relapse, "event_day"] > out.loc[relapse, "response_day"]).all()
+    assert (out["last_followup_day"] >= out["event_day"].fillna(0)).all()
+    assert out.loc[out["event"] == "none", "event_day"].isna().all()
+
+
+def test_same_seed_same_cohort_and_other_seed_other_cohort(cohort):
+    again = simulate_cohort(1500, seed=11)
+    for name, frame in cohort.tables().items():
+        pd.testing.assert_frame_equal(frame, again.tables()[name])
+    pd.testing.assert_frame_equal(cohort.ground_truth, again.ground_truth)
+    other = simulate_cohort(1500, seed=12)
+    assert not cohort.outcomes["event"].equals(other.outcomes["event"])
+
+
+def test_asking_for_the_oracle_does_not_change_the_tables():
+    plain = simulate_cohort(200, seed=5)
+    with_oracle = simulate_cohort(200, seed=5, with_oracle=True)
+    for name, frame in plain.tables().items():
+        pd.testing.assert_frame_equal(frame, with_oracle.tables()[name])
+
+
+# --- mechanism --------------------------------------------------------------------------------------
+def _first_detectable_day(parsed: pd.DataFrame, specimen: str, assay: str) -> pd.Series:
+    rows = parsed[(parsed["specimen"] == specimen) & (parsed["assay"] == assay) & (parsed["day"] > 0)]
+    detectable = rows[~rows["censored"] | rows["detected_below_loq"]]
+    return detectable.groupby("patient_id")["day"].min()
+
+
+def test_log_mrd_rises_before_relapse(cohort, parsed):
+    relapse = cohort.outcomes.loc[cohort.outcomes["event"] == "relapse", ["patient_id", "event_day"]]
+    ngs = parsed[(parsed["assay"] == "ngs_mrd") & (parsed["day"] > 0)].merge(relapse, on="patient_id")
+    before = ngs[ngs["day"] < ngs["event_day"]].sort_values("day")
+    quantified = before[~before["censored"]]
+    series = quantified.groupby(["patient_id", "specimen"])["value"].agg(["first", "last", "count"])
+    series = series[series["count"] >= 2]
+    assert len(series) >= 20
+    assert (series["last"] > series["first"]).mean() > 0.8
+
+
+def test_ngs_detects_before_flow_on_the_same_marrow(cohort, parsed):
+    ngs = _first_detectable_day(parsed, "BM", "ngs_mrd")
+    flow = _first_detectable_day(parsed, "BM", "flow_mrd")
+    both = ngs.index.intersection(flow.index)
+    assert len(both) >= 30
+    assert (ngs[both] <= flow[both]).mean() > 0.9
+    assert (ngs[both] < flow[both]).mean() > 0.3
+
+
+def test_blood_is_sometimes_positive_while_the_marrow_is_negative(parsed):
+    pb = parsed[(parsed["specimen"] == "PB") & (parsed["assay"] == "flow_mrd") & ~parsed["censored"]]
+    bm = parsed[(parsed["specimen"] == "BM") & (parsed["assay"] == "flow_mrd") & parsed["censored"]]
+    same_visit = pb.merge(bm, on=["patient_id", "day"])
+    assert same_visit["patient_id"].nunique() >= 3
+
+
+def test_cd19_negative_relapse_under_the_car_and_cd19_positive_after_its_loss(cohort):
+    data = _merged(cohort)
+    relapse = data[data["event"] == "relapse"]
+    under_car = relapse["event_day"] < relapse["car_persistence_day"]
+    negative = relapse["relapse_phenotype"] == "CD19_neg"
+    positive = relapse["relapse_phenotype"] == "CD19_pos"
+    assert negative.sum() >= 30 and positive.sum() >= 30
+    assert under_car[negative].mean() > 0.5
+    assert under_car[positive].mean() < 0.05
+
+
+def test_lineage_switch_is_mostly_kmt2a(cohort):
+    data = _merged(cohort)
+    switch = data["relapse_phenotype"] == "lineage_switch"
+    assert switch.sum() >= 5
+    assert data.loc[switch, "kmt2a_rearranged"].mean() > 0.5
+    assert data["kmt2a_rearranged"].mean() < 0.15
+
+
+def test_relapse_sites_include_extramedullary_and_combined(cohort):
+    sites = cohort.outcomes["relapse_site"].value_counts(normalize=True)
+    assert sites["medullary"] > 0.5
+    assert sites["extramedullary"] > 0.05 and sites["combined"] > 0.03
+
+
+def test_b_cells_recover_only_after_car_loss(cohort, parsed):
+    b_cells = parsed[(parsed["assay"] == "b_cell_count") & (parsed["day"] > 0)]
+    data = b_cells.merge(cohort.ground_truth[["patient_id", "car_persistence_day"]], on="patient_id")
+    threshold = np.where(data["unit"] == "pct_lymphocytes", 1.0, 10.0)
+    recovered = ~data["censored"] & (data["value"] >= threshold)
+    under_car = data["day"] < data["car_persistence_day"]
+    assert recovered[under_car].mean() < 0.01
+    assert recovered[data["day"] > data["car_persistence_day"] + 60].mean() > 0.8
+
+
+# --- ground truth and oracle ------------------------------------------------------------------------
+def _aalen_johansen_relapse(time: np.ndarray, relapse: np.ndarray, other: np.ndarray, horizon: float) -> float:
+    """Cumulative incidence of relapse by ``horizon`` (competing other events, right censoring)."""
+    order = np.argsort(time)
+    time, relapse, other = time[order], relapse[order], other[order]
+    at_risk, survival, incidence = len(time), 1.0, 0.0
+    for t in np.unique(time[time <= horizon]):
+        here = time == t
+        d_relapse, d_other = relapse[here].sum(), other[here].sum()
+        incidence += survival * d_relapse / at_risk
+        survival *= 1.0 - (d_relapse + d_other) / at_risk
+        at_risk -= here.sum()
+    return incidence
+
+
+def test_true_incidence_matches_the_realised_relapses(large_cohort):
+    data = _merged(large_cohort)
+    responders = data[data["response"].isin(["CR", "CRi"])]
+    time = np.where(responders["event"] == "none", responders["last_followup_day"], responders["event_day"])
+    relapse = (responders["event"] == "relapse").to_numpy()
+    other = responders["event"].isin(["death", "hsct"]).to_numpy()
+    for months, horizon in ((6, 182.0), (12, 365.0)):
+        observed = _aalen_johansen_relapse(time, relapse, other, horizon)
+        truth = responders[f"true_cif_relapse_{months}m"].mean()
+        assert abs(truth - observed) < 0.03, (months, truth, observed)
+
+
+def test_true_cifs_are_probabilities(large_cohort):
+    truth = large_cohort.ground_truth
+    cif_columns = [c for c in truth.columns if c.startswith("true_cif_")]
+    values = truth[cif_columns].to_numpy()
+    finite = values[np.isfinite(values)]
+    assert finite.min() >= 0.0 and finite.max() <= 1.0
+    defined = truth[truth["true_cif_relapse_6m"].notna()]
+    assert len(defined) > 0.9 * len(truth)
+    assert (defined["true_cif_relapse_12m"] >= defined["true_cif_relapse_6m"] - 1e-12).all()
+    parts = defined[[f"true_cif_relapse_{p}_24m" for p in ("CD19_pos", "CD19_neg", "lineage_switch")]].sum(axis=1)
+    np.testing.assert_allclose(parts, defined["true_cif_relapse_24m"])
+
+
+def test_oracle_rows_sum_to_one_and_match_ground_truth_at_infusion(large_cohort):
+    oracle = large_cohort.oracle
+    assert set(oracle["landmark_day"]) == {0.0, 28.0, 91.0, 182.0, 365.0}
+    assert set(oracle["horizon_days"]) == {182.0, 365.0, 730.0}
+    at_risk = oracle[oracle["in_risk_set"]]
+    np.testing.assert_allclose(at_risk[ORACLE_PARTS].sum(axis=1), 1.0)
+    assert oracle.loc[~oracle["in_risk_set"], ORACLE_PARTS].isna().all().all()
+    assert len(CAUSES) == len(ORACLE_PARTS)
+    shrinking = oracle.groupby("landmark_day")["in_risk_set"].mean()
+    assert shrinking.is_monotonic_decreasing
+
+
+def test_oracle_matches_realised_latent_events_after_each_landmark(large_cohort):
+    truth = large_cohort.ground_truth.set_index("patient_id")
+    oracle = large_cohort.oracle
+    for landmark in (91.0, 182.0):
+        rows = oracle[(oracle["landmark_day"] == landmark) & (oracle["horizon_days"] == 365.0) & oracle["in_risk_set"]]
+        latent = truth.loc[rows["patient_id"]]
+        relapsed = (latent["true_event"] == "relapse") & (latent["true_event_day"] <= landmark + 365.0)
+        predicted = rows[["cif_CD19_pos", "cif_CD19_neg", "cif_lineage_switch"]].sum(axis=1).mean()
+        assert abs(predicted - relapsed.mean()) < 0.04, (landmark, predicted, relapsed.mean())
+
+
+def test_oracle_is_more_informative_later(large_cohort):
+    """After CAR loss the oracle's relapse risk is higher than while the CAR persists."""
+    truth = large_cohort.ground_truth.set_index("patient_id")
+    rows = large_cohort.oracle
+    rows = rows[(rows["landmark_day"] == 91.0) & (rows["horizon_days"] == 365.0) & rows["in_risk_set"]]
+    car_lost = truth.loc[rows["patient_id"], "car_persistence_day"].to_numpy() <= 91.0
+    relapse = rows["cif_CD19_pos"].to_numpy()
+    assert relapse[car_lost].mean() > 2.0 * relapse[~car_lost].mean()
+
+
+# --- files ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("file_format", ["parquet", "csv"])
+def test_run_simulate_writes_the_cohort_folder(tmp_path, file_format):
+    run_simulate(60, seed=3, out_dir=tmp_path / "cohort", with_oracle=True, file_format=file_format)
+    folder = tmp_path / "cohort"
+    for name in ("infusions", "measurements", "outcomes"):
+        assert (folder / f"{name}.{file_format}").is_file()
+    assert (folder / "ground_truth.parquet").is_file() and (folder / "oracle.parquet").is_file()
+    reader = pd.read_parquet if file_format == "parquet" else pd.read_csv
+    assert len(reader(folder / f"infusions.{file_format}")) == 60
+
+
+def test_run_simulate_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SimulationError, match="format"):
+        run_simulate(10, seed=1, out_dir=tmp_path, file_format="xlsx")
+    with pytest.raises(SimulationError, match="n_patients"):
+        simulate_cohort(0, seed=1)
