@@ -236,7 +236,7 @@ _CHECK_KINDS = {"not_nullable": "missing value", "not_allowed": "value not allow
 def _schema_problems(name: str, typed: pd.DataFrame) -> pd.DataFrame:
     """Run the table's pandera schema lazily and turn its failure cases into row problems."""
     try:
-        SCHEMA_BY_TABLE[name].validate(typed, lazy=True)
+        SCHEMA_BY_TABLE[name].validate(typed, lazy=True, inplace=True)  # no coercion: nothing modified
     except pa.errors.SchemaErrors as errors:
         cases = errors.failure_cases
     else:
@@ -468,7 +468,7 @@ class DataReport:
         summary = Table(title=f"Data report (on_error={self.on_error})")
         for header in ("table", "source", "rows in", "rows out", "quarantined", "unknown columns"):
             numeric = header.startswith(("rows", "quar"))
-            summary.add_column(header, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric)
+            summary.add_column(header, justify="right" if numeric else "left", no_wrap=header != "unknown columns")
         for t in self.tables.values():
             summary.add_row(t.table, t.source, str(t.rows_in), str(t.rows_out), str(t.rows_quarantined),
                             ", ".join(t.unknown_columns) or "-")
@@ -541,15 +541,22 @@ class ValidatedCohort:
     quarantined: dict[str, pd.DataFrame]
 
 
+def _without(frame: pd.DataFrame, positions: pd.Series) -> pd.DataFrame:
+    """``frame`` without the rows at ``positions`` (no copy when there are none)."""
+    if not len(positions):
+        return frame
+    return frame.drop(index=pd.unique(positions), errors="ignore")
+
+
 def _row_level(raw: Mapping[str, pd.DataFrame]) -> tuple[dict, dict, list[pd.DataFrame]]:
     """Coercion and schema checks per table: all rows typed, rows without problems, problems."""
     typed_all, good, problems = {}, {}, []
     for name, frame in raw.items():
         typed, coercion = _coerce_table(name, frame)
         typed_all[name] = typed
-        candidates = typed.drop(index=coercion["position"].unique())
+        candidates = _without(typed, coercion["position"])
         schema = _schema_problems(name, candidates)
-        good[name] = candidates.drop(index=schema["position"].unique())
+        good[name] = _without(candidates, schema["position"])
         problems += [coercion, schema]
     return typed_all, good, problems
 
@@ -576,7 +583,7 @@ def _cross_table_problems(
 def _output_frame(name: str, frame: pd.DataFrame, drop: pd.Series) -> pd.DataFrame:
     declared = [spec.name for spec in COLUMNS_BY_TABLE[name] if spec.name in frame.columns]
     extras = [c for c in frame.columns if c not in declared]
-    return frame.drop(index=drop.unique(), errors="ignore")[declared + extras].reset_index(drop=True)
+    return _without(frame, drop)[declared + extras].reset_index(drop=True)
 
 
 def _quarantined_rows(name: str, raw: pd.DataFrame, problems: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -653,8 +660,8 @@ def _assemble(
     """Drop quarantined rows, check the normalised table, and build the report."""
     drop = {name: problems.loc[problems["table"] == name, "position"] for name in raw}
     outputs = {name: _output_frame(name, good[name], drop[name]) for name in raw if name != "measurements"}
-    measurements = normalised.drop(index=drop["measurements"].unique(), errors="ignore").reset_index(drop=True)
-    NORMALISED_MEASUREMENTS_SCHEMA.validate(measurements)
+    measurements = _without(normalised, drop["measurements"]).reset_index(drop=True)
+    NORMALISED_MEASUREMENTS_SCHEMA.validate(measurements, inplace=True)  # an internal guarantee
     outputs["measurements"] = measurements
     tables = {
         name: _table_report(name, raw[name], len(outputs[name]), problems, sources, max_examples) for name in raw

@@ -83,9 +83,9 @@ _LAB_TEXT_RE = (
 def parse_lab_text(values: pd.Series) -> pd.DataFrame:
     """Parse lab results into a number, a percent flag and a qualifier, without units.
 
-    Plain numbers (and numeric text such as ``"1.2E-05"``) take a fast numeric path; the remaining
-    text is parsed once per distinct string (lab text is highly repetitive) with one regular
-    expression, then broadcast back to the rows.
+    Lab results repeat a lot (``NEG``, ``<0.01%``, values rounded to a few digits), so each
+    distinct value is parsed once (numeric fast path, then one regular expression for the rest)
+    and the result is broadcast back to the rows.
 
     Parameters
     ----------
@@ -98,49 +98,34 @@ def parse_lab_text(values: pd.Series) -> pd.DataFrame:
         Same index as ``values``; columns ``number`` (float, NaN when the result has none),
         ``percent`` (bool: the text carried ``%``) and ``qualifier`` (one of :data:`QUALIFIERS`).
     """
-    n_rows = len(values)
-    number = np.full(n_rows, np.nan)
-    percent = np.zeros(n_rows, dtype=bool)
-    qualifier = np.full(n_rows, "unparseable", dtype=object)
-    missing = values.isna().to_numpy()
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-        numeric = values.to_numpy(dtype=float, na_value=np.nan)
+        number = values.to_numpy(dtype=float, na_value=np.nan)
+        qualifier = np.where(np.isnan(number), "missing", "number").astype(object)
+        percent = np.zeros(len(values), dtype=bool)
     else:
-        numeric = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    plain = ~missing & ~np.isnan(numeric)
-    number[plain] = numeric[plain]
-    qualifier[plain] = "number"
-    qualifier[missing] = "missing"
-    text_rows = np.flatnonzero(~missing & ~plain)
-    if len(text_rows):
-        codes, distinct = pd.factorize(values.iloc[text_rows].astype(str))
-        parsed = _parse_distinct_texts(pd.Series(distinct, dtype=object))
-        number[text_rows] = parsed["number"].to_numpy()[codes]
-        percent[text_rows] = parsed["percent"].to_numpy()[codes]
-        qualifier[text_rows] = parsed["qualifier"].to_numpy()[codes]
+        codes, distinct = pd.factorize(values.astype(object))
+        parsed = _parse_distinct_values(pd.Series(distinct, dtype=object))
+        missing_row = pd.DataFrame({"number": [np.nan], "percent": [False], "qualifier": ["missing"]})
+        table = pd.concat([parsed, missing_row], ignore_index=True)  # code -1 (missing) -> last row
+        number = table["number"].to_numpy()[codes]
+        percent = table["percent"].to_numpy()[codes]
+        qualifier = table["qualifier"].to_numpy(dtype=object)[codes]
     not_finite = np.isin(qualifier, ("number", "less_than")) & ~np.isfinite(number)
-    qualifier[not_finite] = "unparseable"
+    qualifier = np.where(not_finite, "unparseable", qualifier).astype(object)
     return pd.DataFrame({"number": number, "percent": percent, "qualifier": qualifier}, index=values.index)
 
 
-def _parse_distinct_texts(texts: pd.Series) -> pd.DataFrame:
-    """Parse distinct lab strings with :data:`_LAB_TEXT_RE` (one ``str.extract`` pass)."""
-    groups = texts.str.extract(_LAB_TEXT_RE, flags=re.IGNORECASE)
-    is_number = groups["num"].notna()
-    is_loq = groups["loq"].notna()
-    qualifier = np.select(
-        [is_number & groups["op"].notna(), is_number, groups["not_detected"].notna(), is_loq],
-        ["less_than", "number", "not_detected", "below_loq"],
-        default="unparseable",
-    ).astype(object)
-    number_text = groups["num"].fillna(groups["loq_num"])
-    return pd.DataFrame(
-        {
-            "number": pd.to_numeric(number_text, errors="coerce").to_numpy(dtype=float, na_value=np.nan),
-            "percent": (groups["pct"].notna() | groups["loq_pct"].notna()).to_numpy(),
-            "qualifier": qualifier,
-        }
+def _parse_distinct_values(distinct: pd.Series) -> pd.DataFrame:
+    """Parse distinct non-missing values: numbers directly, text with :data:`_LAB_TEXT_RE`."""
+    numeric = pd.to_numeric(distinct, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    is_plain = ~np.isnan(numeric)
+    parsed = pd.DataFrame(
+        {"number": numeric, "percent": np.zeros(len(distinct), dtype=bool), "qualifier": "number"}
     )
+    if (~is_plain).any():
+        text = _parse_distinct_texts(distinct[~is_plain].astype(str))
+        parsed.loc[~is_plain, ["number", "percent", "qualifier"]] = text.to_numpy(dtype=object)
+    return parsed.astype({"number": float, "percent": bool, "qualifier": object})
 
 
 def normalise_lab_values(

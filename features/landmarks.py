@@ -193,13 +193,11 @@ def _prepared_measurements(measurements: pd.DataFrame, index: pd.Index) -> pd.Da
     """
     require_columns(measurements, ["patient_id", "day"], "measurements")
     measurements = measurements.loc[measurements["day"].notna()].sort_values("day", kind="stable")
-    converted = {}
-    if "patient_id" in measurements.columns:
-        converted["patient_id"] = pd.Categorical(measurements["patient_id"], categories=index)
+    converted = {"patient_id": pd.Categorical(measurements["patient_id"], categories=index)}
     for column in ("specimen", "assay", "unit"):
         if column in measurements.columns and not isinstance(measurements[column].dtype, pd.CategoricalDtype):
             converted[column] = measurements[column].astype("category")
-    return measurements.assign(**converted) if converted else measurements
+    return measurements.assign(**converted)
 
 
 def feature_columns(landmark_set: pd.DataFrame) -> list[str]:
@@ -243,6 +241,8 @@ def build_landmark_set(
         ``event``, then the float features; rows ordered by landmark, then infusions order.
     """
     days = [float(day) for day in landmark_days]
+    if not days:
+        raise ValueError("landmark_days is empty")
     if len(set(days)) != len(days):
         raise ValueError(f"landmark_days has duplicates: {list(landmark_days)}")
     _check_target_options(horizon_days, hsct)
@@ -264,8 +264,6 @@ def _stack(parts: list[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]) -> pd.D
     The float columns (``landmark_day``, ``time``, features) are copied once into one block;
     identifier and event columns are inserted around them.
     """
-    if not parts:
-        return pd.DataFrame(columns=["patient_id", "landmark_day", *TARGET_COLUMNS])
     features = parts[0][2].columns.drop("landmark_day")
     matrix = np.empty((sum(len(rows) for _, _, rows in parts), len(features) + 2))
     start = 0

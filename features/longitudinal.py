@@ -19,6 +19,8 @@ Conventions
   upper bound of the true value): a fall to undetectable therefore shows a slope no steeper than
   the true one, and a rise from undetectable one no steeper than the true rise. Fewer than two
   usable results, or all on the same day, give NaN.
+- Results of one series on the same day are ordered by value, so the *last* result of a day is
+  its highest known value (the worst result of that day).
 - A patient without any result of a series (e.g. no trackable NGS clone) gets ``_tests_count`` 0
   and NaN for every other feature of that series.
 """
@@ -84,7 +86,7 @@ class SeriesSpec:
 
 @dataclass(frozen=True)
 class _Rows:
-    """Selected measurement rows, sorted by (group, day, value)."""
+    """Selected measurement rows, sorted by (group, day, value with missing values first)."""
 
     group: np.ndarray
     day: np.ndarray
@@ -155,7 +157,7 @@ def _select_rows(
     censored = _flags(measurements, "censored")[keep]
     quantified = ~censored & ~(log_scaled & ~(raw > 0))  # an uncensored 0 on a log scale is not detected
     detectable = quantified | _flags(measurements, "detected_below_loq")[keep]
-    order = np.lexsort((value, day[keep], group))
+    order = np.lexsort((np.where(np.isnan(value), -np.inf, value), day[keep], group))
     return _Rows(
         group[order], day[keep][order], value[order], censored[order], detectable[order],
         len(index) * len(specs),

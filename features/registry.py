@@ -193,11 +193,16 @@ def build_feature_rows(
         frame = get_builder(name)(infusions, known, landmark, **options.get(name, {}))
         _check_builder_output(name, frame, index)
         frames.append(frame)
+    return _one_block(frames, index, landmark, builders)
+
+
+def _one_block(frames: list[pd.DataFrame], index: pd.Index, landmark: float, builders: Sequence[str]) -> pd.DataFrame:
+    """``landmark_day`` and the builders' columns as one float block (no per-builder consolidation)."""
     columns = pd.Index(["landmark_day"]).append([frame.columns for frame in frames])
     duplicated = columns[columns.duplicated()].tolist()
     if duplicated:
         raise ValueError(f"feature builders {list(builders)} produce duplicate columns {duplicated}")
-    matrix = np.empty((len(index), len(columns)))  # one float block: no per-builder consolidation
+    matrix = np.empty((len(index), len(columns)))
     matrix[:, 0] = landmark
     start = 1
     for frame in frames:

@@ -41,7 +41,8 @@ BASELINE_NAME = "rule"
 """The clinicians' rule."""
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "coxnet": {"l1_ratio": 0.5, "alphas": [0.01], "fit_baseline_model": True},
+    # a short warm-started path down to the penalty used (the last alpha); one alpha alone can diverge
+    "coxnet": {"l1_ratio": 0.5, "alphas": [0.2, 0.1, 0.05, 0.03, 0.02, 0.01], "fit_baseline_model": True},
     "rsf": {"n_estimators": 60, "max_depth": 8, "min_samples_leaf": 30, "max_features": "sqrt",
             "max_samples": 0.15, "n_jobs": 2},
     "gbsa": {"n_estimators": 150, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.5,

@@ -220,3 +220,237 @@ def tables_to_records(
         ]
         records.append(record)
     return records
+
+
+# --- the fitted bundle and scoring ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScoringBundle:
+    """Everything needed to score: the fitted model and how its inputs and outputs are made.
+
+    Attributes
+    ----------
+    estimator : CompetingRisksModel
+        Fitted on the stacked landmark set (``landmark_day`` is one of its features).
+    estimator_name : str
+        Candidate name (``xgb_cox``, ``rsf``, ...).
+    feature_columns : tuple of str
+        Columns of ``X`` at fit time, in order.
+    builders : tuple of str
+        Feature builders (``features.registry``) that make those columns.
+    horizons_days : tuple of float
+        Prediction horizons, days from the as-of day.
+    risk_group_horizon_days : float
+        Horizon (one of ``horizons_days``) whose relapse incidence sets the risk group.
+    risk_group_cutoffs : tuple of float
+        Increasing cut-offs of that incidence: low < first <= intermediate < last <= high.
+    n_top_factors : int
+        Contributing factors reported per patient (0 = none).
+    model_name, model_version, run_id : str, optional
+        Registered model name and version, and the training run (None when unregistered).
+    """
+
+    estimator: Any
+    estimator_name: str
+    feature_columns: tuple[str, ...]
+    builders: tuple[str, ...]
+    horizons_days: tuple[float, ...]
+    risk_group_horizon_days: float
+    risk_group_cutoffs: tuple[float, ...]
+    n_top_factors: int = 5
+    model_name: Optional[str] = None
+    model_version: Optional[str] = None
+    run_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """Scores of the accepted patients and every rejected row or patient.
+
+    Attributes
+    ----------
+    scores : DataFrame
+        One row per scored patient (see :func:`score_tables`).
+    rejects : DataFrame
+        Columns ``table``, ``row``, ``patient_id``, ``reason``: one line per rejected input row
+        (row = position in the given table, 0-based) or patient (table ``patients``).
+    """
+
+    scores: pd.DataFrame
+    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(REJECT_COLUMNS)))
+
+
+REJECT_COLUMNS = ("table", "row", "patient_id", "reason")
+
+
+def _as_of_days(patient_ids: pd.Series, as_of_day: Union[float, pd.Series]) -> np.ndarray:
+    """As-of day per patient (scalar broadcast, or a Series indexed by patient_id)."""
+    if isinstance(as_of_day, pd.Series):
+        days = as_of_day.reindex(patient_ids.to_numpy()).to_numpy(dtype=float)
+    else:
+        days = np.full(len(patient_ids), float(as_of_day))
+    bad = ~np.isfinite(days) | (days < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ScoringInputError(
+            f"patient {patient_ids.iloc[first]}: as_of_day {days[first]!r} must be a finite number of days >= 0"
+        )
+    return days
+
+
+def _rejects_from_quarantine(quarantined: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One reject line per quarantined row of the validated tables."""
+    frames = [
+        pd.DataFrame({
+            "table": table,
+            "row": rows["row"].to_numpy(dtype=np.int64),
+            "patient_id": rows["patient_id"].astype(object).to_numpy() if "patient_id" in rows else None,
+            "reason": rows["quarantine_reasons"].astype(str).to_numpy(),
+        })
+        for table, rows in quarantined.items()
+        if len(rows)
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REJECT_COLUMNS))
+
+
+def _validate(infusions: pd.DataFrame, measurements: pd.DataFrame, on_error: str):
+    """Typed infusions, normalised measurements and rejects (data contract)."""
+    from features.contract import ContractError, validate_cohort
+
+    try:
+        cohort = validate_cohort(infusions, measurements, None, on_error=on_error)
+    except ContractError as exc:
+        raise ScoringInputError(str(exc)) from None
+    return cohort.infusions, cohort.measurements, _rejects_from_quarantine(cohort.quarantined)
+
+
+def _feature_matrix(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
+                    as_of: np.ndarray) -> pd.DataFrame:
+    """Feature rows (bundle's columns, infusions order), each at the patient's as-of day."""
+    from features.registry import build_feature_rows
+
+    measurements = measurements.sort_values("day", kind="stable")
+    parts = []
+    for day in np.unique(as_of):
+        patients = infusions.loc[as_of == day]
+        known = measurements.loc[measurements["patient_id"].isin(patients["patient_id"])]
+        parts.append(build_feature_rows(patients, known, float(day), bundle.builders))
+    rows = pd.concat(parts).reindex(pd.Index(infusions["patient_id"], name="patient_id"))
+    missing = [column for column in bundle.feature_columns if column not in rows.columns]
+    if missing:
+        raise ValueError(f"feature builders {list(bundle.builders)} no longer make column(s) {missing[:10]}")
+    return rows.loc[:, list(bundle.feature_columns)]
+
+
+def assign_risk_groups(relapse_incidence: np.ndarray, cutoffs: Sequence[float]) -> np.ndarray:
+    """Risk group per patient from the relapse incidence at the risk-group horizon.
+
+    Parameters
+    ----------
+    relapse_incidence : ndarray of float
+    cutoffs : sequence of float
+        Increasing cut-offs; one cut-off gives low / high, two give low / intermediate / high.
+
+    Returns
+    -------
+    ndarray of str
+    """
+    n_cutoffs = len(cutoffs)
+    middle = ("intermediate",) if n_cutoffs == 2 else tuple(f"intermediate_{i}" for i in range(1, n_cutoffs))
+    labels = np.asarray(("low",) + middle + ("high",), dtype=object)
+    return labels[np.searchsorted(np.asarray(cutoffs, dtype=float), relapse_incidence, side="right")]
+
+
+def _top_factor_columns(bundle: ScoringBundle, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """``top_factor_{i}`` (feature), ``_value`` and ``_contribution`` columns, i = 1..k."""
+    if bundle.n_top_factors == 0:
+        return {}
+    from models.explain import top_factors
+
+    factors = top_factors(bundle.estimator, X, bundle.n_top_factors)
+    return _flatten_factors(factors, bundle.n_top_factors)
+
+
+def _model_identity(bundle: ScoringBundle, n_rows: int) -> dict[str, np.ndarray]:
+    identity = {
+        "model_name": bundle.model_name,
+        "model_version": bundle.model_version,
+        "model_run_id": bundle.run_id,
+        "estimator": bundle.estimator_name,
+    }
+    return {column: np.full(n_rows, value, dtype=object) for column, value in identity.items()}
+
+
+def _score_valid(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
+                 as_of: np.ndarray) -> pd.DataFrame:
+    """Output frame for validated tables (see :func:`score_tables`)."""
+    from models.base import relapse_column
+
+    X = _feature_matrix(bundle, infusions, measurements, as_of)
+    cif = bundle.estimator.predict_cif(X, list(bundle.horizons_days))
+    relapse = cif[relapse_column(bundle.risk_group_horizon_days)].to_numpy(dtype=float)
+    columns = {
+        "patient_id": infusions["patient_id"].astype(str).to_numpy(),
+        "as_of_day": as_of,
+        **{column: cif[column].to_numpy(dtype=float) for column in cif.columns},
+        "risk_group": assign_risk_groups(relapse, bundle.risk_group_cutoffs),
+        **_top_factor_columns(bundle, X),
+        **_model_identity(bundle, len(X)),
+    }
+    return pd.DataFrame(columns)
+
+
+def score_tables(
+    bundle: ScoringBundle,
+    infusions: pd.DataFrame,
+    measurements: pd.DataFrame,
+    as_of_day: Union[float, pd.Series],
+    on_error: str = "fail",
+) -> ScoringResult:
+    """Score patients given as raw contract tables, each as of its day.
+
+    Parameters
+    ----------
+    bundle : ScoringBundle
+    infusions, measurements : DataFrame
+        Raw tables in the data contract (as read from files, or built from request records).
+    as_of_day : float or Series
+        Day of the prediction (days since infusion, >= 0), for all patients or per patient_id.
+        Only measurements with ``day <= as_of_day`` are used.
+    on_error : {"fail", "quarantine"}
+        ``fail``: any contract violation raises :class:`ScoringInputError` naming it;
+        ``quarantine``: offending rows (and patients) are left out and listed in the rejects.
+
+    Returns
+    -------
+    ScoringResult
+        Scores with columns ``patient_id``, ``as_of_day``, per horizon h ``cif_{cause}_{h}d``
+        for each relapse phenotype, death and HSCT, ``cif_relapse_{h}d`` and
+        ``event_free_{h}d``, then ``risk_group``, ``top_factor_{i}`` / ``_value`` /
+        ``_contribution``, ``model_name``, ``model_version``, ``model_run_id``, ``estimator``.
+
+    Raises
+    ------
+    ScoringInputError
+        Input that cannot be scored (in ``fail`` mode, or a bad as-of day).
+    """
+    infusions_valid, measurements_valid, rejects = _validate(infusions, measurements, on_error)
+    as_of = _as_of_days(infusions_valid["patient_id"].astype(str), as_of_day)
+    scores = _score_valid(bundle, infusions_valid, measurements_valid, as_of)
+    return ScoringResult(scores=scores, rejects=rejects)
+
+
+def score_records(bundle: ScoringBundle, records: Sequence[BaseModel]) -> pd.DataFrame:
+    """Score request records (:class:`PatientRecord`): one output row per record, in order.
+
+    Raises
+    ------
+    ScoringInputError
+        A missing required field, a duplicate patient, or any contract violation, named.
+    """
+    if not records:
+        raise ScoringInputError("no patients in the request")
+    infusions, measurements, as_of_days = records_to_tables(records)
+    if as_of_days.index.has_duplicates:
+        duplicated = as_of_days.index[as_of_days.index.duplicated()].unique().tolist()[:5]
+        raise ScoringInputError(f"duplicate patient_id in the request: {duplicated}")
+    return score_tables(bundle, infusions, measurements, as_of_days, on_error="fail").scores

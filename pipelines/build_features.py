@@ -132,12 +132,13 @@ def event_summary(landmark_set: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summary_table(summary: pd.DataFrame, out: Path, horizon_days: float) -> Table:
+    """Landmarks as columns, row count and event types as rows (stays narrow)."""
     table = Table(title=f"Landmark set -> {out} (events within {horizon_days:g} days)")
-    table.add_column("landmark day", justify="right")
+    table.add_column("")
+    for landmark in summary.index:
+        table.add_column(f"day {landmark:g}", justify="right")
     for column in summary.columns:
-        table.add_column(str(column), justify="right")
-    for landmark, row in summary.iterrows():
-        table.add_row(f"{landmark:g}", *(str(int(value)) for value in row))
+        table.add_row(str(column), *(str(int(value)) for value in summary[column]))
     return table
 
 

@@ -553,13 +553,24 @@ def _print_table(results: pd.DataFrame) -> None:
     from rich.table import Table
 
     table = Table(title="calibration: published vs simulated")
-    for column in ("id", "target", "simulated", "tolerance", "result"):
-        table.add_column(column)
+    table.add_column("id", no_wrap=True)
+    for column in ("target", "simulated", "accepted", "result"):
+        table.add_column(column, no_wrap=True)
     style = {"pass": "green", "miss": "bold red"}
     for _, row in results.iterrows():
-        table.add_row(row["id"], _format_target(row), _format_value(row["simulated"], row["statistic"]),
-                      row["tolerance"], f"[{style.get(row['status'], 'dim')}]{row['status']}[/]")
-    Console().print(table)
+        table.add_row(row["id"], _format_target(row).split(" (95% CI")[0],
+                      _format_value(row["simulated"], row["statistic"]), _format_accepted(row),
+                      f"[{style.get(row['status'], 'dim')}]{row['status']}[/]")
+    Console(width=max(Console().width, 110)).print(table)
+
+
+def _format_accepted(row: pd.Series) -> str:
+    """The acceptance interval of a row, short."""
+    if not np.isfinite(row["tolerance_low"]):
+        return "-"
+    if row["tolerance_high"] == math.inf:
+        return "> 0"
+    return f"{row['tolerance_low']:.3g}-{row['tolerance_high']:.3g}"
 
 
 def run_calibration(n_patients: int, seed: int, out_path: Path) -> pd.DataFrame:

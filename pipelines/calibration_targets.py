@@ -45,7 +45,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 from lifelines import AalenJohansenFitter, CoxPHFitter, KaplanMeierFitter
-from lifelines.exceptions import ConvergenceError
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 
 from features.longitudinal import BCA_RECOVERY_CELLS_PER_UL, BCA_RECOVERY_PCT_LYMPHOCYTES
 from features.schema import DEFAULT_DETECTION_LIMIT_BY_ASSAY, MRD_ASSAYS
@@ -93,6 +93,8 @@ NGS_LANDMARKS: dict[str, tuple[float, float]] = {"d28": (14.0, 42.0), "m3": (70.
 PB_BM_PAIR_TOLERANCE_DAYS = 3.0
 """PB and BM results at most this many days apart count as the same visit."""
 RESPONSES_IN_REMISSION = ("CR", "CRi")
+COX_NEWTON_STEP_SIZES = (0.5, 0.2, 0.05)
+"""Newton step sizes tried in turn for lifelines' CoxPHFitter."""
 ENDPOINTS = ("efs", "relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch",
              "death", "hsct", "bca_loss", "relapse_or_bca_loss")
 _COMPETING_CODES = {"relapse": 1, "death": 2, "hsct": 3}
@@ -423,7 +425,7 @@ class Share:
         hits = frame.eval(self.condition, engine="python").astype(float).dropna()
         if hits.empty:
             return AnalysisResult(math.nan, 0, note="empty population")
-        return AnalysisResult(100.0 * float(hits.mean()), int(hits.size), int(hits.sum()))
+        return AnalysisResult(100.0 * float(hits.mean()), int(hits.size), note=f"{int(hits.sum())}/{hits.size}")
 
 
 @dataclass(frozen=True)
@@ -606,19 +608,35 @@ def _fit_cox(frame: pd.DataFrame) -> dict:
     if not covariates or fit["events"] == 0:
         fit["note"] = "no events" if fit["events"] == 0 else ""
         return fit
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model = CoxPHFitter().fit(frame[covariates + ["time", "event"]], "time", "event")
-        except ConvergenceError:
-            fit["note"] = "did not converge"
-            return fit
-        ci = np.exp(model.confidence_intervals_)
+    model, warning_names = _damped_cox_fit(frame[covariates + ["time", "event"]])
+    if model is None:
+        fit["note"] = "did not converge"
+        return fit
+    ci = model.confidence_intervals_
     for name in covariates:
         fit["hr"][name] = float(model.hazard_ratios_[name])
-        fit["ci"][name] = (float(ci.loc[name].iloc[0]), float(ci.loc[name].iloc[1]))
-    fit["note"] = "; ".join(sorted({type(w.message).__name__ for w in caught}))
+        fit["ci"][name] = (math.exp(ci.loc[name].iloc[0]), math.exp(ci.loc[name].iloc[1]))
+    fit["note"] = "; ".join(warning_names)
     return fit
+
+
+def _damped_cox_fit(frame: pd.DataFrame) -> tuple[Optional[CoxPHFitter], list[str]]:
+    """CoxPHFitter with damped Newton steps, trying smaller steps while it fails to converge.
+
+    lifelines' default step (0.95) can diverge or stop at a wrong optimum (HR 1e-30 instead of
+    30) with a ``ConvergenceWarning``; such a fit is rejected. Returns the model (None if every
+    step size fails) and the names of the other warnings raised.
+    """
+    for step_size in COX_NEWTON_STEP_SIZES:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model = CoxPHFitter().fit(frame, "time", "event", fit_options={"step_size": step_size})
+            except ConvergenceError:
+                continue
+        if not any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            return model, sorted({w.category.__name__ for w in caught})
+    return None, []
 
 
 def _not_estimable_reason(frame: pd.DataFrame, name: str) -> str:

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from pipelines.io import write_cohort_folder, write_table
 from pipelines.simulation.course import CourseDraws, CourseOutcome, LatentPatients, draw_course, draw_latent_patients, run_course
 from pipelines.simulation.events import draw_censoring_day
 from pipelines.simulation.oracle import CAUSES, TrueIncidence, oracle_table, true_incidence
@@ -139,14 +140,6 @@ def _oracle(ids: np.ndarray, latent: LatentPatients, draws: CourseDraws, outcome
     return oracle_table(ids, incidences)
 
 
-def _write_frame(frame: pd.DataFrame, path: Path, file_format: str) -> None:
-    """Temporary writer until ``pipelines.io.write_table`` exists."""
-    if file_format == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-
-
 def run_simulate(n_patients: int, seed: int, out_dir: Path, with_oracle: bool = False,
                  file_format: str = "parquet") -> None:
     """Simulate a cohort and write it to ``out_dir`` (created if needed).
@@ -163,9 +156,7 @@ def run_simulate(n_patients: int, seed: int, out_dir: Path, with_oracle: bool = 
         raise SimulationError(f"--format must be parquet or csv, got '{file_format}'")
     cohort = simulate_cohort(n_patients, seed, with_oracle=with_oracle)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, frame in cohort.tables().items():
-        _write_frame(frame, out_dir / f"{name}.{file_format}", file_format)
-    _write_frame(cohort.ground_truth, out_dir / "ground_truth.parquet", "parquet")
+    write_cohort_folder(out_dir, cohort.infusions, cohort.measurements, cohort.outcomes, file_format=file_format)
+    write_table(cohort.ground_truth, out_dir / "ground_truth.parquet")
     if cohort.oracle is not None:
-        _write_frame(cohort.oracle, out_dir / "oracle.parquet", "parquet")
+        write_table(cohort.oracle, out_dir / "oracle.parquet")

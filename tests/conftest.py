@@ -51,7 +51,7 @@ def _measurements() -> pd.DataFrame:
         ("P1", "28", "BM", "ngs_mrd", "1.2E-05", "fraction", None),
         ("P1", "28", "PB", "b_cell_count", "0", "cells/uL", None),
         ("P1", "91", "PB", "b_cell_count", "2%", None, None),
-        ("P1", "91", "BM", "ngs_mrd", "detected <LOQ", None, "1e-6"),
+        ("P1", "91", "BM", "ngs_mrd", "detected <LOQ", "fraction", "1e-6"),
         ("P2", "28", "BM", "flow_mrd", "NEG", None, None),
         ("P2", "28", "BM", "cd19_pct_blasts", "95", "pct_blasts", None),
         ("P2", "28", "PB", "car_copies", "15000", "copies/ug", None),

@@ -160,7 +160,7 @@ def draw_disease(cov: Covariates, primary_failure: np.ndarray, rng: np.random.Ge
         expansion_kill_per_day=_expansion_kill(cov, primary_failure, rng, p, pp),
         maintenance_kill_per_day=_lognormal(rng, p.maintenance_kill_median, p.maintenance_kill_log_sd, n),
         growth_pos=growth_pos,
-        growth_neg=_lognormal(rng, p.neg_growth_median, p.neg_growth_log_sd, n),
+        growth_neg=rng.normal(p.neg_growth_mean, p.neg_growth_sd, n),
         growth_my=_lognormal(rng, p.myeloid_growth_median, p.myeloid_growth_log_sd, n),
         neg_pre_m=_surviving(neg_pre_m - debulk, p), my_pre_m=_surviving(my_pre_m - debulk, p),
         neg_pre_e=_surviving(b0_e - debulk + (neg_pre_m - cov.burden_log10), p),
@@ -189,7 +189,12 @@ def sample_escape(latent: DiseaseLatent, tp: np.ndarray, rng: np.random.Generato
 
 @dataclass(frozen=True)
 class ClonalCourse:
-    """Piecewise-linear log10 burden of every clone x compartment, given T_p and the escape."""
+    """Piecewise-linear log10 burden of every clone x compartment, given T_p and the escape.
+
+    ``neg_m`` / ``my_m`` / ``neg_e`` are the intercepts (burden at day 0) of the pre-existing
+    subclones; an escape variant acquired on ``escape_day`` enters at ``escape_seed_log10`` and
+    grows at the rate of its lineage.
+    """
 
     b0_m: np.ndarray
     b0_e: np.ndarray
@@ -203,6 +208,9 @@ class ClonalCourse:
     neg_m: np.ndarray
     my_m: np.ndarray
     neg_e: np.ndarray
+    escape_day: np.ndarray
+    escape_myeloid: np.ndarray
+    escape_seed_log10: float
     expansion_days: float
     floor_log10: float
 
@@ -216,13 +224,19 @@ class ClonalCourse:
         regrown = under_car + _col(self.growth_pos, t) * np.maximum(t - _col(self.tp, t), 0.0)
         return np.where(under_car < self.floor_log10, -np.inf, regrown)
 
+    def _escaping(self, t: np.ndarray, pre: np.ndarray, growth: np.ndarray, myeloid: bool) -> np.ndarray:
+        g, day = _col(growth, t), _col(self.escape_day, t)
+        lineage = _col(self.escape_myeloid == myeloid, t)
+        acquired = np.where(lineage & (t >= day), self.escape_seed_log10 + g * (t - np.minimum(day, t)), -np.inf)
+        return np.maximum(_col(pre, t) + g * t, acquired)
+
     def log10_burden(self, t: np.ndarray) -> dict[str, np.ndarray]:
         """Burden of each clone at days ``t`` (shape (n,) or (n, k)); keys are :data:`CLONES`."""
         t = np.asarray(t, dtype=float)
         return {
             "pos_m": self._pos(t, self.b0_m, 1.0),
-            "neg_m": _col(self.neg_m, t) + _col(self.growth_neg, t) * t,
-            "my_m": _col(self.my_m, t) + _col(self.growth_my, t) * t,
+            "neg_m": self._escaping(t, self.neg_m, self.growth_neg, myeloid=False),
+            "my_m": self._escaping(t, self.my_m, self.growth_my, myeloid=True),
             "pos_e": self._pos(t, self.b0_e, self.kill_factor_e),
             "neg_e": _col(self.neg_e, t) + _col(self.growth_neg, t) * t,
         }
@@ -235,23 +249,30 @@ class ClonalCourse:
         crossing = np.where(at_loss >= threshold, 0.0, rise)
         return np.where(extinct | ~np.isfinite(self.tp), np.inf, crossing)
 
+    def _escape_crossing(self, pre: np.ndarray, growth: np.ndarray, myeloid: bool, threshold: float) -> np.ndarray:
+        acquired = np.where(self.escape_myeloid == myeloid, self.escape_day, np.inf)
+        seeded = acquired + _linear_crossing(np.full(pre.shape, self.escape_seed_log10), growth, threshold)
+        return np.minimum(_linear_crossing(pre, growth, threshold), seeded)
+
     def crossing_days(self, marrow_threshold: float, em_threshold: float) -> np.ndarray:
         """First upward passage of each clone over its compartment's threshold, shape (n, 5).
 
         ``inf`` = never; 0 = the clone never fell below the threshold (persistent disease).
         """
-        def linear(intercept: np.ndarray, growth: np.ndarray, threshold: float) -> np.ndarray:
-            with np.errstate(invalid="ignore"):
-                day = np.maximum((threshold - intercept) / growth, 0.0)
-            return np.where(np.isfinite(intercept), day, np.inf)
-
         return np.column_stack([
             self._pos_crossing(self.b0_m, 1.0, marrow_threshold),
-            linear(self.neg_m, self.growth_neg, marrow_threshold),
-            linear(self.my_m, self.growth_my, marrow_threshold),
+            self._escape_crossing(self.neg_m, self.growth_neg, False, marrow_threshold),
+            self._escape_crossing(self.my_m, self.growth_my, True, marrow_threshold),
             self._pos_crossing(self.b0_e, self.kill_factor_e, em_threshold),
-            linear(self.neg_e, self.growth_neg, em_threshold),
+            _linear_crossing(self.neg_e, self.growth_neg, em_threshold),
         ])
+
+
+def _linear_crossing(intercept: np.ndarray, growth: np.ndarray, threshold: float) -> np.ndarray:
+    """Day a line ``intercept + growth * t`` first reaches ``threshold`` (0 if already; inf if never)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        day = np.where(intercept >= threshold, 0.0, (threshold - intercept) / growth)
+    return np.where(np.isfinite(intercept) & (day >= 0.0), day, np.inf)
 
 
 def _col(values: np.ndarray | float, like: np.ndarray) -> np.ndarray | float:
@@ -278,13 +299,11 @@ def clonal_course(latent: DiseaseLatent, tp: np.ndarray, escape_day: np.ndarray,
     -------
     ClonalCourse
     """
-    arises = np.isfinite(escape_day)
-    neg_acquired = np.where(arises & ~escape_myeloid, p.escape_seed_log10 - latent.growth_neg * escape_day, -np.inf)
-    my_acquired = np.where(arises & escape_myeloid, p.escape_seed_log10 - latent.growth_my * escape_day, -np.inf)
     return ClonalCourse(
         b0_m=latent.b0_m, b0_e=latent.b0_e, kill_factor_e=latent.kill_factor_e,
         k1=latent.expansion_kill_per_day, k2=latent.maintenance_kill_per_day, tp=tp,
         growth_pos=latent.growth_pos, growth_neg=latent.growth_neg, growth_my=latent.growth_my,
-        neg_m=np.maximum(latent.neg_pre_m, neg_acquired), my_m=np.maximum(latent.my_pre_m, my_acquired),
-        neg_e=latent.neg_pre_e, expansion_days=p.expansion_days, floor_log10=p.floor_log10,
+        neg_m=latent.neg_pre_m, my_m=latent.my_pre_m, neg_e=latent.neg_pre_e, escape_day=escape_day,
+        escape_myeloid=escape_myeloid, escape_seed_log10=p.escape_seed_log10, expansion_days=p.expansion_days,
+        floor_log10=p.floor_log10,
     )

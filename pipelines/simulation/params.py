@@ -128,8 +128,9 @@ class DiseaseParams:
     regrowth_median: float = 0.025
     regrowth_log_sd: float = 0.35
     regrowth_factor_two_prior_crs: float = 1.15
-    neg_growth_median: float = 0.025
-    neg_growth_log_sd: float = 0.35
+    neg_growth_mean: float = 0.03
+    neg_growth_sd: float = 0.03
+    """Normal: some CD19-negative variants are unfit (net decline) and never grow out."""
     myeloid_growth_median: float = 0.06
     myeloid_growth_log_sd: float = 0.3
     dim_seed_factor: float = 5.0
@@ -184,6 +185,8 @@ class PersistenceParams:
     flu_threshold: float = 13.8
     flu_smoothness_log: float = 0.08
     b_recovery_lag_days: float = 10.0
+    lymphodepletion_b_recovery_day: float = 30.0
+    """Lymphodepletion alone keeps B cells away about this long, CAR or not."""
     b_recovery_tau_days: float = 25.0
     b_cells_max_median_per_ul: float = 250.0
     b_cells_max_log_sd: float = 0.6

@@ -99,7 +99,8 @@ def b_cells_per_ul(t: np.ndarray, tp: np.ndarray, latent: PersistenceLatent, p: 
     two_d = np.ndim(t) == 2
     tp_c = tp[:, None] if two_d else tp
     b_max = latent.b_cells_max_per_ul[:, None] if two_d else latent.b_cells_max_per_ul
-    since = np.maximum(t - tp_c - p.b_recovery_lag_days, 0.0)
+    recovery_start = np.maximum(tp_c, p.lymphodepletion_b_recovery_day) + p.b_recovery_lag_days
+    since = np.maximum(t - recovery_start, 0.0)
     recovered = b_max * -np.expm1(-since / p.b_recovery_tau_days)
     return p.b_cells_aplasia_per_ul + recovered
 

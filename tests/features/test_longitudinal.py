@@ -231,3 +231,14 @@ def test_missing_column_is_named():
     table = measurements_of(NGS_ROWS).drop(columns="censored")
     with pytest.raises(ValueError, match="measurements: missing required column.*censored"):
         mrd_features(infusions_of("P1"), table, 91.0)
+
+
+def test_same_day_results_keep_the_worst_as_last():
+    rows = [
+        ("P5", 28, "BM", "flow_mrd", 5e-4, False),
+        ("P5", 28, "BM", "flow_mrd", np.nan, True),   # "negative", limit unknown
+        ("P5", 28, "BM", "flow_mrd", 1e-4, True),
+    ]
+    row = mrd_features(infusions_of("P5"), measurements_of(rows), 28.0).loc["P5"]
+    assert row["bm_flow_mrd_log10_last"] == pytest.approx(math.log10(5e-4))
+    assert row["bm_flow_mrd_detectable_last"] == 1.0 and row["bm_flow_mrd_tests_count"] == 3.0

@@ -215,6 +215,16 @@ def test_cox_recovers_a_known_hazard_ratio():
     assert "95% CI" in result.note
 
 
+def test_cox_recovers_a_large_hazard_ratio_where_lifelines_default_step_fails():
+    # with this seed lifelines' default Newton step stops at HR 1e-30 (KMT2A lineage switch: HR ~32)
+    rng = np.random.default_rng(2)
+    x = (rng.random(20000) < 0.08).astype(float)
+    relapse, censor = rng.exponential(20000.0 / np.exp(math.log(30.0) * x)), rng.uniform(0.0, 1095.0, 20000)
+    patients = _patients(np.minimum(relapse, censor), np.where(relapse <= censor, "relapse", "none"), x=x)
+    result = CoxHazardRatio("relapse", "all", ("x",), "x").compute(CalibrationData(patients, False))
+    assert result.value == pytest.approx(30.0, rel=0.15)
+
+
 def test_cox_reports_separation_instead_of_a_number():
     patients = _exponential_cohort(500, 0.0, seed=3)
     patients.loc[patients["x"] == 0, "first_event"] = "none"   # no event at x = 0: HR infinite

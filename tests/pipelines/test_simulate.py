@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.contract import validate_cohort
 from features.labtext import normalise_lab_values
+from pipelines.io import read_cohort_folder
 from pipelines.simulate import SimulationError, run_simulate, simulate_cohort
 from pipelines.simulation.oracle import CAUSES
 
@@ -268,15 +270,22 @@ def test_oracle_is_more_informative_later(large_cohort):
 
 
 # --- files ------------------------------------------------------------------------------------------
+def test_tables_pass_the_data_contract_strictly(cohort):
+    validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes, on_error="fail")
+    assert len(validated.measurements) == len(cohort.measurements)
+
+
 @pytest.mark.parametrize("file_format", ["parquet", "csv"])
-def test_run_simulate_writes_the_cohort_folder(tmp_path, file_format):
-    run_simulate(60, seed=3, out_dir=tmp_path / "cohort", with_oracle=True, file_format=file_format)
+def test_run_simulate_writes_a_cohort_folder_that_reads_back_valid(tmp_path, file_format):
     folder = tmp_path / "cohort"
+    run_simulate(300, seed=3, out_dir=folder, with_oracle=True, file_format=file_format)
     for name in ("infusions", "measurements", "outcomes"):
         assert (folder / f"{name}.{file_format}").is_file()
     assert (folder / "ground_truth.parquet").is_file() and (folder / "oracle.parquet").is_file()
-    reader = pd.read_parquet if file_format == "parquet" else pd.read_csv
-    assert len(reader(folder / f"infusions.{file_format}")) == 60
+    files = read_cohort_folder(folder)
+    assert len(files.tables["infusions"]) == 300
+    validate_cohort(files.tables["infusions"], files.tables["measurements"], files.tables["outcomes"],
+                    on_error="fail", source_names=files.source_names)
 
 
 def test_run_simulate_rejects_bad_arguments(tmp_path):

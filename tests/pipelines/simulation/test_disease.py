@@ -17,11 +17,12 @@ def _course(n: int = 500, seed: int = 0) -> ClonalCourse:
         b0_m=rng.uniform(-5, -0.2, n), b0_e=np.where(rng.random(n) < 0.5, rng.uniform(-4, -1, n), -np.inf),
         kill_factor_e=rng.uniform(0.4, 1.0, n), k1=rng.uniform(0.05, 0.3, n), k2=rng.uniform(0.0, 0.06, n),
         tp=np.where(rng.random(n) < 0.1, np.inf, rng.uniform(5, 400, n)), growth_pos=rng.uniform(0.01, 0.06, n),
-        growth_neg=rng.uniform(0.01, 0.06, n), growth_my=rng.uniform(0.03, 0.1, n),
+        growth_neg=rng.uniform(-0.02, 0.06, n), growth_my=rng.uniform(0.03, 0.1, n),
         neg_m=np.where(rng.random(n) < 0.4, rng.uniform(-9, -2, n), -np.inf),
         my_m=np.where(rng.random(n) < 0.1, rng.uniform(-9, -3, n), -np.inf),
         neg_e=np.where(rng.random(n) < 0.2, rng.uniform(-9, -3, n), -np.inf),
-        expansion_days=28.0, floor_log10=-10.0,
+        escape_day=np.where(rng.random(n) < 0.4, rng.uniform(0, 150, n), np.inf), escape_myeloid=rng.random(n) < 0.3,
+        escape_seed_log10=-8.0, expansion_days=28.0, floor_log10=-10.0,
     )
 
 
@@ -64,8 +65,10 @@ def test_cd19_negative_and_myeloid_clones_ignore_the_car():
     course = _course()
     t = np.full(course.tp.shape, 100.0)
     burden = course.log10_burden(t)
-    present = np.isfinite(course.neg_m)
+    present = np.isfinite(course.neg_m) & np.isinf(course.escape_day)
     np.testing.assert_allclose(burden["neg_m"][present], course.neg_m[present] + course.growth_neg[present] * 100.0)
+    later = course.log10_burden(t + 50.0)
+    np.testing.assert_allclose(later["neg_m"][present] - burden["neg_m"][present], 50.0 * course.growth_neg[present])
 
 
 def test_escape_arises_only_while_the_car_persists():

@@ -1,0 +1,162 @@
+"""Tests of the calibration report, and THE calibration test of the simulator (slow)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.calibration import (
+    RESULT_COLUMNS,
+    TARGETS,
+    CalibrationTarget,
+    calibration_misses,
+    compute_calibration,
+    render_markdown,
+    run_calibration,
+)
+from pipelines.calibration_targets import (
+    CoxHazardRatio,
+    HazardRatioTolerance,
+    KaplanMeierAt,
+    NotModeled,
+    PointsTolerance,
+    Share,
+)
+from pipelines.simulate import simulate_cohort
+
+CALIBRATION_PATIENTS = 20000
+CALIBRATION_SEED = 20261121  # the seed of `make calibration`
+
+
+def _cohort(n: int, relapse_hazard_ratio: float, seed: int = 0):
+    """Infusions, measurements, outcomes: half high burden, exponential relapse with a known HR."""
+    rng = np.random.default_rng(seed)
+    ids = [f"P{i:05d}" for i in range(n)]
+    high = np.arange(n) % 2 == 1
+    infusions = pd.DataFrame({
+        "patient_id": ids, "age_years": 10.0, "sex": "F", "down_syndrome": False, "kmt2a_rearranged": False,
+        "ph_positive": False, "hypodiploid": False, "prior_crs": 1, "prior_hsct": False, "active_non_cns_emd": False,
+        "blinatumomab": "naive", "bm_blasts_pct": np.where(high, 40.0, 1.0), "cns_status": "CNS1",
+        "cd19_antigen_load_pct": 30.0, "costim": "4-1BB",
+    })
+    relapse = rng.exponential(400.0 / np.where(high, relapse_hazard_ratio, 1.0))
+    censor = rng.uniform(30.0, 1500.0, n)
+    relapsed = relapse <= censor
+    outcomes = pd.DataFrame({
+        "patient_id": ids, "response": "CR", "response_day": 28.0, "event": np.where(relapsed, "relapse", "none"),
+        "event_day": np.where(relapsed, relapse, np.nan), "last_followup_day": np.maximum(relapse, censor),
+        "relapse_phenotype": np.where(relapsed, "CD19_pos", None), "relapse_site": np.where(relapsed, "medullary", None),
+    })
+    measurements = pd.DataFrame({"patient_id": ids, "day": 28.0, "specimen": "BM", "assay": "ngs_mrd",
+                                 "value": "NEG", "unit": "fraction"})
+    return infusions, measurements, outcomes
+
+
+def _known_targets(share_target: float, hr_target: float) -> tuple[CalibrationTarget, ...]:
+    hr = CoxHazardRatio("relapse", "responder", ("high_burden",), "high_burden")
+    return (
+        CalibrationTarget("share_high", "half have high burden", "test", "percentage", share_target,
+                          Share("all", "high_burden == 1"), PointsTolerance(5.0)),
+        CalibrationTarget("hr_high", "relapse HR of high burden", "test", "hazard_ratio", hr_target, hr,
+                          HazardRatioTolerance(0.30)),
+        CalibrationTarget("os", "overall survival", "test", "percentage", 90.0, NotModeled("no deaths"),
+                          PointsTolerance(5.0)),
+    )
+
+
+def test_targets_have_unique_ids_and_cover_every_figure_of_the_domain_table():
+    ids = [target.id for target in TARGETS]
+    assert len(ids) == len(set(ids))
+    required = {"cr_cri_rate", "efs_6m", "efs_12m", "os_6m", "os_12m", "relapse_share_treated",
+                "relapse_mix_cd19_pos", "relapse_mix_cd19_neg", "relapse_mix_lineage_switch",
+                "car_persistence_median_latent", "bca_duration_median_observed", "blasts_above_0_below_5",
+                "blasts_ge_50", "death_early", "hsct_in_remission", "efs_hr_high_burden", "efs_12m_low_burden",
+                "efs_12m_high_burden", "cd19_neg_hr_high_burden", "cr_blinatumomab_nonresponder",
+                "efs_6m_blinatumomab_nonresponder", "efs_hr_blinatumomab_exposure", "efs_hr_active_non_cns_emd",
+                "cd19_pos_hr_prior_crs_ge2", "bca_loss_early_hr_low_antigen", "relapse_hr_low_fludarabine_auc",
+                "relapse_or_bca_loss_hr_low_fludarabine_auc", "relapse_hr_bca_loss_1y", "relapse_hr_ngs_d28",
+                "relapse_hr_ngs_m3", "lineage_switch_hr_kmt2a", "relapse_hr_kmt2a", "relapse_hr_age_ge_18",
+                "relapse_hr_male", "relapse_hr_down_syndrome", "relapse_hr_prior_hsct", "pb_mrd_pos_bm_negative",
+                "cr_isolated_cns", "os_after_relapse_by_phenotype", "os_hr_prior_lines"}
+    assert required <= set(ids)
+
+
+def test_not_modeled_targets_say_why():
+    for target in TARGETS:
+        if not target.modeled:
+            assert len(target.analysis.reason) > 20, target.id
+
+
+def test_hazard_ratio_targets_use_the_hazard_ratio_rule():
+    for target in TARGETS:
+        if target.statistic == "hazard_ratio" and target.modeled and target.target != 1.0:
+            assert isinstance(target.tolerance, HazardRatioTolerance), target.id
+
+
+def test_known_cohort_passes_and_a_wrong_target_misses():
+    infusions, measurements, outcomes = _cohort(4000, relapse_hazard_ratio=2.5)
+    results = compute_calibration(infusions, measurements, outcomes, None, _known_targets(50.0, 2.5))
+    assert list(results.columns) == list(RESULT_COLUMNS)
+    assert results["status"].tolist() == ["pass", "pass", "not modeled"]
+    assert results.loc[1, "simulated"] == pytest.approx(2.5, rel=0.12)
+    wrong = compute_calibration(infusions, measurements, outcomes, None, _known_targets(70.0, 6.0))
+    assert wrong["status"].tolist() == ["miss", "miss", "not modeled"]
+    assert not wrong["within_tolerance"].any()
+    assert calibration_misses(wrong)["id"].tolist() == ["share_high", "hr_high"]
+
+
+def test_rows_needing_ground_truth_are_marked_without_it():
+    cohort = simulate_cohort(300, seed=1)
+    results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, None)
+    assert len(results) == len(TARGETS)
+    latent = results.set_index("id").loc["car_persistence_median_latent"]
+    assert latent["status"] == "no ground truth" and not latent["within_tolerance"]
+    with_truth = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, cohort.ground_truth)
+    assert np.isfinite(with_truth.set_index("id").loc["car_persistence_median_latent", "simulated"])
+
+
+def test_markdown_is_date_free_and_shows_target_and_simulated_side_by_side():
+    infusions, measurements, outcomes = _cohort(1000, relapse_hazard_ratio=2.5)
+    results = compute_calibration(infusions, measurements, outcomes, None, _known_targets(50.0, 2.5))
+    text = render_markdown(results, 1000, 7, "car-relapse calibrate --patients 1000 --seed 7 --out x.md")
+    assert "`car-relapse calibrate --patients 1000 --seed 7 --out x.md`" in text
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text)
+    row = next(line for line in text.splitlines() if line.startswith("| share_high |"))
+    assert f"| 50.0 | {results.loc[0, 'simulated']:.1f} |" in row and "PASS" in row
+    assert "2 pass, 0 miss, 1 not modeled" in text
+
+
+def test_run_calibration_writes_report_and_figure(tmp_path):
+    out = tmp_path / "docs" / "calibration.md"
+    results = run_calibration(400, 3, out)
+    text = out.read_text()
+    assert len(results) == len(TARGETS)
+    assert all(f"| {target.id} |" in text for target in TARGETS)
+    assert (tmp_path / "docs" / "figures" / "calibration_efs_by_burden.png").stat().st_size > 1000
+    assert run_calibration(400, 3, tmp_path / "again.md").equals(results)
+
+
+@pytest.mark.slow
+def test_simulator_is_calibrated_to_every_modeled_published_figure():
+    """THE calibration test: 20,000 simulated patients, every modeled target within its tolerance."""
+    cohort = simulate_cohort(CALIBRATION_PATIENTS, CALIBRATION_SEED)
+    results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, cohort.ground_truth)
+    assert (results["status"] != "no ground truth").all()
+    misses = calibration_misses(results)
+    lines = [f"  {row.id}: target {row.target:g}, simulated {row.simulated:.3g}, tolerance {row.tolerance}"
+             + (f" ({row.note})" if isinstance(row.note, str) and row.note else "")
+             for row in misses.itertuples()]
+    assert misses.empty, f"{len(misses)} published figures outside tolerance:\n" + "\n".join(lines)
+
+
+def test_efs_definition_matches_eliana_style_on_the_known_cohort():
+    infusions, measurements, outcomes = _cohort(2000, relapse_hazard_ratio=1.0, seed=4)
+    outcomes.loc[:199, ["response", "event", "event_day"]] = ["NR", "none", math.nan]
+    target = CalibrationTarget("efs_0", "EFS at day 0", "test", "percentage", 90.0,
+                               KaplanMeierAt("efs", "all", 0.0), PointsTolerance(5.0))
+    result = compute_calibration(infusions, measurements, outcomes, None, (target,))
+    assert result.loc[0, "simulated"] == pytest.approx(90.0)  # the 10% non-responders fail at day 0
