@@ -44,7 +44,6 @@ from features.schema import (
     NORMALISED_MEASUREMENTS_SCHEMA,
     SCHEMA_BY_TABLE,
     SPECIMENS,
-    ColumnSpec,
 )
 
 __all__ = [
@@ -102,11 +101,11 @@ class ContractError(ValueError):
         more = len(self.lines) - len(shown)
         text = [f"{header}: {len(self.lines)} problem(s)", *(f"  {line}" for line in shown)]
         if more:
-            text.append(f"  ... and {more} more (run with on_error='quarantine' to get every row in the report)")
+            text.append(f"  ... and {more} more")
         super().__init__("\n".join(text))
 
 
-# --- problems ---------------------------------------------------------------------------------------
+# --- problems -------------------------------------------------------------------------------------
 def _problems(
     table: str,
     rows: pd.Index,
@@ -151,7 +150,7 @@ def _problem_lines(problems: pd.DataFrame, sources: Mapping[str, str]) -> list[s
     return lines
 
 
-# --- step 1: columns ----------------------------------------------------------------------------------
+# --- step 1: columns ------------------------------------------------------------------------------
 def _check_columns(tables: Mapping[str, pd.DataFrame], sources: Mapping[str, str]) -> None:
     """Raise :class:`ContractError` when a required column is missing (fatal in both modes)."""
     lines = []
@@ -171,7 +170,7 @@ def _column_lists(name: str, frame: pd.DataFrame) -> tuple[tuple[str, ...], tupl
     return unknown, absent
 
 
-# --- step 2: types --------------------------------------------------------------------------------------
+# --- step 2: types --------------------------------------------------------------------------------
 def _coerce_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty") and values.dtype == object:
         return values, pd.Series(False, index=values.index)
@@ -181,8 +180,17 @@ def _coerce_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     return text, pd.Series(False, index=values.index)
 
 
+def _to_numbers(values: pd.Series) -> pd.Series:
+    """``pd.to_numeric(errors="coerce")``, once per distinct value for text columns (days repeat)."""
+    if values.dtype != object:
+        return pd.to_numeric(values, errors="coerce").astype(float)
+    codes, distinct = pd.factorize(values)
+    table = np.append(pd.to_numeric(pd.Series(distinct, dtype=object), errors="coerce").to_numpy(dtype=float), np.nan)
+    return pd.Series(table[codes], index=values.index)
+
+
 def _coerce_float(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    numbers = _to_numbers(values)
     bad = (values.notna() & numbers.isna()) | np.isinf(numbers)
     return numbers.where(~bad), bad
 
@@ -229,8 +237,12 @@ def _ids(frame: pd.DataFrame, rows: pd.Index) -> np.ndarray:
     return frame.loc[rows, "patient_id"].astype(object).to_numpy()
 
 
-# --- step 3: schema ---------------------------------------------------------------------------------------
-_CHECK_KINDS = {"not_nullable": "missing value", "not_allowed": "value not allowed", "out_of_range": "value out of range"}
+# --- step 3: schema -------------------------------------------------------------------------------
+_CHECK_KINDS = {
+    "not_nullable": "missing value",
+    "not_allowed": "value not allowed",
+    "out_of_range": "value out of range",
+}
 
 
 def _schema_problems(name: str, typed: pd.DataFrame) -> pd.DataFrame:
@@ -268,7 +280,7 @@ def _check_names(schema: pa.DataFrameSchema) -> dict[tuple[str, str], str]:
     return names
 
 
-# --- step 4: lab values --------------------------------------------------------------------------------------
+# --- step 4: lab values ---------------------------------------------------------------------------
 def _normalise_measurements(typed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse lab values of rows that passed the schema; return normalised rows and row problems."""
     limits = typed["detection_limit"] if "detection_limit" in typed else None
@@ -296,7 +308,7 @@ def _normalise_measurements(typed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataF
     return normalised[~bad.to_numpy()], _concat_problems(problems)
 
 
-# --- step 5: cross-row and cross-table rules -----------------------------------------------------------------
+# --- step 5: cross-row and cross-table rules ------------------------------------------------------
 def _duplicate_problems(name: str, ids: pd.Series) -> pd.DataFrame:
     counts = ids.map(ids.value_counts())
     duplicated = ids.notna() & (counts > 1)
@@ -402,7 +414,7 @@ def _cascade_problems(problems: pd.DataFrame, ids: Mapping[str, pd.Series]) -> p
     return _concat_problems(frames)
 
 
-# --- report ----------------------------------------------------------------------------------------------------
+# --- report ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TableReport:
     """Rows in, out and quarantined for one table, with reasons, examples and column notes.
@@ -514,7 +526,7 @@ def _table_report(
     )
 
 
-# --- the whole contract ------------------------------------------------------------------------------------------------
+# --- the whole contract ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ValidatedCohort:
     """A cohort that satisfies the data contract.
@@ -644,7 +656,8 @@ def validate_cohort(
     problems = _concat_problems(problems + [lab_problems] + _cross_table_problems(typed_all, good, normalised))
     if on_error == "fail" and len(problems):
         raise ContractError(_problem_lines(problems, sources))
-    problems = _concat_problems([problems, _cascade_problems(problems, {n: f["patient_id"] for n, f in typed_all.items()})])
+    patient_ids = {name: frame["patient_id"] for name, frame in typed_all.items()}
+    problems = _concat_problems([problems, _cascade_problems(problems, patient_ids)])
     return _assemble(raw, good, normalised, problems, sources, on_error, max_examples)
 
 

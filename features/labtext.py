@@ -128,6 +128,26 @@ def _parse_distinct_values(distinct: pd.Series) -> pd.DataFrame:
     return parsed.astype({"number": float, "percent": bool, "qualifier": object})
 
 
+def _parse_distinct_texts(texts: pd.Series) -> pd.DataFrame:
+    """Parse distinct lab strings with :data:`_LAB_TEXT_RE` (one ``str.extract`` pass)."""
+    groups = texts.str.extract(_LAB_TEXT_RE, flags=re.IGNORECASE)
+    is_number = groups["num"].notna()
+    qualifier = np.select(
+        [is_number & groups["op"].notna(), is_number, groups["not_detected"].notna(), groups["loq"].notna()],
+        ["less_than", "number", "not_detected", "below_loq"],
+        default="unparseable",
+    ).astype(object)
+    number_text = pd.Series(np.where(is_number, groups["num"], groups["loq_num"]), dtype=object)
+    return pd.DataFrame(
+        {
+            "number": pd.to_numeric(number_text, errors="coerce").to_numpy(dtype=float, na_value=np.nan),
+            "percent": (groups["pct"].notna() | groups["loq_pct"].notna()).to_numpy(),
+            "qualifier": qualifier,
+        },
+        index=texts.index,
+    )
+
+
 def normalise_lab_values(
     values: pd.Series,
     units: pd.Series,

@@ -174,12 +174,13 @@ class ColumnSpec:
             checks.append(pa.Check.isin(self.allowed, name="not_allowed", error=f"not one of {allowed_text}"))
         if self.positive:
             checks.append(pa.Check.gt(0, name="out_of_range", error="must be > 0"))
-        if self.min_value is not None or self.max_value is not None:
-            low = -np.inf if self.min_value is None else self.min_value
-            high = np.inf if self.max_value is None else self.max_value
-            checks.append(
-                pa.Check.in_range(low, high, name="out_of_range", error=f"must be in [{_fmt(low)}, {_fmt(high)}]")
-            )
+        if self.min_value is not None and self.max_value is not None:
+            error = f"must be in [{_fmt(self.min_value)}, {_fmt(self.max_value)}]"
+            checks.append(pa.Check.in_range(self.min_value, self.max_value, name="out_of_range", error=error))
+        elif self.min_value is not None:
+            checks.append(pa.Check.ge(self.min_value, name="out_of_range", error=f"must be >= {_fmt(self.min_value)}"))
+        elif self.max_value is not None:
+            checks.append(pa.Check.le(self.max_value, name="out_of_range", error=f"must be <= {_fmt(self.max_value)}"))
         return checks
 
     def constraint_text(self) -> str:
@@ -189,10 +190,12 @@ class ColumnSpec:
             parts.append(" / ".join(f"`{value}`" for value in self.allowed))
         if self.positive:
             parts.append("> 0")
-        if self.min_value is not None or self.max_value is not None:
-            low = "-inf" if self.min_value is None else _fmt(self.min_value)
-            high = "inf" if self.max_value is None else _fmt(self.max_value)
-            parts.append(f"{low} to {high}")
+        if self.min_value is not None and self.max_value is not None:
+            parts.append(f"{_fmt(self.min_value)} to {_fmt(self.max_value)}")
+        elif self.min_value is not None:
+            parts.append(f">= {_fmt(self.min_value)}")
+        elif self.max_value is not None:
+            parts.append(f"<= {_fmt(self.max_value)}")
         return "; ".join(parts)
 
 
@@ -202,8 +205,6 @@ def _all_text(values: pd.Series) -> bool:
 
 
 def _fmt(number: float) -> str:
-    if np.isinf(number):
-        return "inf" if number > 0 else "-inf"
     return f"{number:g}"
 
 

@@ -44,6 +44,8 @@ event (``hsct``) or as censoring (``none``). Without HSCT events the HSCT hazard
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,10 +73,11 @@ from models.base import (
 )
 from models.survival import cumulative_hazard_on_grid
 
-__all__ = ["CIFCurves", "CauseSpecificHazardsModel", "cif_frame", "default_phenotype_classifier"]
+__all__ = ["CIFCurves", "CauseSpecificHazardsModel", "cif_frame", "default_phenotype_classifier", "read_curve"]
 
 _HAZARD_CAUSES: dict[str, tuple[str, ...]] = {"relapse": RELAPSE_EVENTS, "death": ("death",), "hsct": ("hsct",)}
 _RELAPSE_TIME_FEATURE = "relapse_time_log1p_days"
+_ALL_ZERO_MESSAGE = "all coefficients are zero"  # scikit-survival's Coxnet: an intercept-only fit
 
 
 @dataclass(frozen=True)
@@ -101,18 +104,19 @@ class CIFCurves:
 
     def at(self, horizon_days: float) -> dict[str, np.ndarray]:
         """Every curve read at ``horizon_days`` (linear between grid times, flat after the last)."""
-        position = np.interp(horizon_days, self.times, np.arange(self.times.size))
-        low = int(np.floor(position))
-        high = min(low + 1, self.times.size - 1)
-        weight = position - low
-
-        def read(curve: np.ndarray) -> np.ndarray:
-            return curve[:, low] * (1.0 - weight) + curve[:, high] * weight
-
-        values = {cause: read(curve) for cause, curve in self.cif.items()}
+        values = {cause: read_curve(self.times, curve, horizon_days) for cause, curve in self.cif.items()}
         values["relapse"] = sum(values[cause] for cause in PHENOTYPE_CAUSES)
-        values["event_free"] = read(self.event_free)
+        values["event_free"] = read_curve(self.times, self.event_free, horizon_days)
         return values
+
+
+def read_curve(times: np.ndarray, curves: np.ndarray, horizon_days: float) -> np.ndarray:
+    """Curves (n, len(times)) read at ``horizon_days``: linear between grid times, flat after the last."""
+    position = np.interp(horizon_days, times, np.arange(times.size))
+    low = int(np.floor(position))
+    high = min(low + 1, times.size - 1)
+    weight = position - low
+    return curves[:, low] * (1.0 - weight) + curves[:, high] * weight
 
 
 def default_phenotype_classifier() -> Pipeline:
@@ -144,6 +148,18 @@ class CauseSpecificHazardsModel(BaseEstimator):
         Horizon of the relapse incidence returned by :meth:`predict`.
     phenotype_time_knots : int
         Times at which the phenotype shares are computed, interpolated linearly in between.
+
+    Attributes
+    ----------
+    hazard_models_ : dict of str -> fitted estimator or None
+        Per hazard cause (``relapse``, ``death``, ``hsct``); None without events (zero hazard).
+    phenotype_model_ : fitted classifier or None
+        None when fewer than two phenotypes were seen (shares = ``phenotype_prior_``).
+    fit_notes_ : dict of str -> str
+        Per cause, what was unusual about its fit (no events; a penalised Cox model that kept no
+        feature, which scikit-survival reports as a warning and is recorded here instead).
+    time_grid_ : ndarray
+        Grid of the curves (days from the landmark).
     """
 
     def __init__(self, survival_estimator=None, *, phenotype_classifier=None, time_resolution_days=7.0,
@@ -175,7 +191,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         time = self._rounded(time)
         self.time_grid_ = self._grid(time)
-        self.hazard_models_ = {cause: self._fit_hazard(X, time, np.isin(event, members))
+        self.fit_notes_ = {}
+        self.hazard_models_ = {cause: self._fit_hazard(X, time, np.isin(event, members), cause)
                                for cause, members in _HAZARD_CAUSES.items()}
         self._fit_phenotype_model(X, time, event)
         return self
@@ -192,10 +209,19 @@ class CauseSpecificHazardsModel(BaseEstimator):
         step = float(self.time_resolution_days)
         return np.arange(1, int(round(time.max() / step)) + 1) * step
 
-    def _fit_hazard(self, X: pd.DataFrame, time: np.ndarray, is_event: np.ndarray):
+    def _fit_hazard(self, X: pd.DataFrame, time: np.ndarray, is_event: np.ndarray, cause: str):
         if not is_event.any():
+            self.fit_notes_[cause] = "no events: zero hazard"
             return None
-        return clone(self.survival_estimator).fit(X, Surv.from_arrays(is_event, time))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.filterwarnings("always", message=_ALL_ZERO_MESSAGE, category=UserWarning)
+            model = clone(self.survival_estimator).fit(X, Surv.from_arrays(is_event, time))
+        for warning in caught:
+            if re.match(_ALL_ZERO_MESSAGE, str(warning.message)):
+                self.fit_notes_[cause] = "penalised Cox kept no feature: hazard does not depend on x"
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return model
 
     def _fit_phenotype_model(self, X: pd.DataFrame, time: np.ndarray, event: np.ndarray) -> None:
         known = np.isin(event, PHENOTYPE_CAUSES)
@@ -217,15 +243,27 @@ class CauseSpecificHazardsModel(BaseEstimator):
         return X.assign(**{_RELAPSE_TIME_FEATURE: np.log1p(np.asarray(time, dtype=float))})
 
     # --------------------------------------------------------------- prediction
-    def _hazard_increments(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    def _hazard_increments(self, X: pd.DataFrame, grid: np.ndarray) -> dict[str, np.ndarray]:
+        """Per hazard cause, the cumulative-hazard increment on each grid interval; shape (n, len(grid))."""
         increments = {}
         for cause, model in self.hazard_models_.items():
             if model is None:
-                increments[cause] = np.zeros((len(X), self.time_grid_.size))
+                increments[cause] = np.zeros((len(X), grid.size))
                 continue
-            cumulative = np.maximum.accumulate(np.maximum(cumulative_hazard_on_grid(model, X, self.time_grid_), 0), axis=1)
+            cumulative = np.maximum.accumulate(np.maximum(cumulative_hazard_on_grid(model, X, grid), 0), axis=1)
             increments[cause] = np.diff(cumulative, axis=1, prepend=0.0)
         return increments
+
+    @staticmethod
+    def _incidence_weights(increments: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Event-free probability at each grid time and the factor turning a cause's hazard
+        increment into its incidence increment, S(t_{j-1}) (1 - exp(-dH_j)) / dH_j."""
+        total = sum(increments.values())
+        event_free = np.exp(-np.cumsum(total, axis=1))
+        before = np.concatenate([np.ones((total.shape[0], 1)), event_free[:, :-1]], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = np.where(total > 0, before * -np.expm1(-total) / total, 0.0)
+        return event_free, factor
 
     def phenotype_shares(self, X: pd.DataFrame) -> np.ndarray:
         """Share of each phenotype among relapses at each grid time; shape (n, 3, len(time_grid_))."""
@@ -262,20 +300,28 @@ class CauseSpecificHazardsModel(BaseEstimator):
         """
         check_is_fitted(self, "hazard_models_")
         X = check_features(X, self.feature_names_in_)
-        increments = self._hazard_increments(X)
-        total = sum(increments.values())
-        event_free = np.exp(-np.cumsum(total, axis=1))
-        before = np.concatenate([np.ones((len(X), 1)), event_free[:, :-1]], axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            scale = np.where(total > 0, before * -np.expm1(-total) / total, 0.0)
+        increments = self._hazard_increments(X, self.time_grid_)
+        event_free, factor = self._incidence_weights(increments)
         shares = self.phenotype_shares(X)
-        cif = {cause: np.cumsum(scale * increments["relapse"] * shares[:, k], axis=1)
+        cif = {cause: np.cumsum(factor * increments["relapse"] * shares[:, k], axis=1)
                for k, cause in enumerate(PHENOTYPE_CAUSES)}
-        cif.update({cause: np.cumsum(scale * increments[cause], axis=1) for cause in ("death", "hsct")})
+        cif.update({cause: np.cumsum(factor * increments[cause], axis=1) for cause in ("death", "hsct")})
         zeros = np.zeros((len(X), 1))
         return CIFCurves(times=np.concatenate([[0.0], self.time_grid_]),
                          cif={cause: np.hstack([zeros, cif[cause]]) for cause in CAUSES},
                          event_free=np.hstack([zeros + 1.0, event_free]))
+
+    def predict_relapse_incidence(self, X: pd.DataFrame, horizon_days: float) -> np.ndarray:
+        """Cumulative incidence of relapse (all phenotypes) at one horizon, computed on the grid up
+        to that horizon only and without the phenotype model (the fast path used by
+        :meth:`predict` and the SHAP explanations); equal to ``predict_cif``'s ``cif_relapse``."""
+        check_is_fitted(self, "hazard_models_")
+        X = check_features(X, self.feature_names_in_)
+        grid = self.time_grid_[: np.searchsorted(self.time_grid_, horizon_days, side="left") + 1]
+        increments = self._hazard_increments(X, grid)
+        _, factor = self._incidence_weights(increments)
+        relapse = np.hstack([np.zeros((len(X), 1)), np.cumsum(factor * increments["relapse"], axis=1)])
+        return read_curve(np.concatenate([[0.0], grid]), relapse, horizon_days)
 
     def predict_cif(self, X: pd.DataFrame, horizons_days: Sequence[float]) -> pd.DataFrame:
         """Cumulative incidences at each horizon (columns: see models.base.cif_columns).
@@ -297,7 +343,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Cumulative incidence of relapse at ``risk_horizon_days`` (the relapse risk score)."""
-        return self.predict_cif_curves(X).at(self.risk_horizon_days)["relapse"]
+        return self.predict_relapse_incidence(X, self.risk_horizon_days)
 
     def predict_survival_function(self, X: pd.DataFrame, return_array: bool = False):
         """Event-free probability (no relapse, death or HSCT) at ``unique_times_``."""

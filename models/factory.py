@@ -48,10 +48,10 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "gbsa": {"n_estimators": 150, "learning_rate": 0.05, "max_depth": 3, "subsample": 0.5,
              "min_samples_leaf": 30, "max_features": "sqrt"},
     "xgb_cox": {"n_estimators": 300, "learning_rate": 0.03, "max_depth": 3, "min_child_weight": 10.0,
-                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0, "n_jobs": 2},
+                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0},
     "xgb_aft": {"distribution": "extreme", "distribution_scale": 1.0, "n_estimators": 300, "learning_rate": 0.03,
                 "max_depth": 3, "min_child_weight": 10.0, "subsample": 0.8, "colsample_bytree": 0.8,
-                "reg_lambda": 1.0, "n_jobs": 2},
+                "reg_lambda": 1.0},
 }
 _ESTIMATORS = {
     "coxnet": CoxnetSurvivalAnalysis,

@@ -237,6 +237,8 @@ class ScoringBundle:
         Columns of ``X`` at fit time, in order.
     builders : tuple of str
         Feature builders (``features.registry``) that make those columns.
+    builder_options : dict
+        Keyword options per builder, as at training (e.g. the BCA recovery thresholds).
     horizons_days : tuple of float
         Prediction horizons, days from the as-of day.
     risk_group_horizon_days : float
@@ -253,6 +255,7 @@ class ScoringBundle:
     estimator_name: str
     feature_columns: tuple[str, ...]
     builders: tuple[str, ...]
+    builder_options: dict[str, dict[str, Any]]
     horizons_days: tuple[float, ...]
     risk_group_horizon_days: float
     risk_group_cutoffs: tuple[float, ...]
@@ -333,7 +336,7 @@ def _feature_matrix(bundle: ScoringBundle, infusions: pd.DataFrame, measurements
     for day in np.unique(as_of):
         patients = infusions.loc[as_of == day]
         known = measurements.loc[measurements["patient_id"].isin(patients["patient_id"])]
-        parts.append(build_feature_rows(patients, known, float(day), bundle.builders))
+        parts.append(build_feature_rows(patients, known, float(day), bundle.builders, bundle.builder_options))
     rows = pd.concat(parts).reindex(pd.Index(infusions["patient_id"], name="patient_id"))
     missing = [column for column in bundle.feature_columns if column not in rows.columns]
     if missing:

@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 from sksurv.ensemble import GradientBoostingSurvivalAnalysis
 from sksurv.ensemble.survival_loss import CoxPH
 from sksurv.functions import StepFunction
+from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.linear_model.coxph import BreslowEstimator
 from sksurv.util import check_array_survival
 
@@ -123,7 +124,7 @@ class _XGBSurvivalBase(BaseEstimator):
     """Shared XGBoost plumbing: parameters, DMatrix, margins, curve methods."""
 
     def __init__(self, *, n_estimators=300, learning_rate=0.05, max_depth=3, min_child_weight=5.0,
-                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, n_jobs=2, random_state=0):
+                 subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0, max_bin=64, n_jobs=1, random_state=0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -131,6 +132,7 @@ class _XGBSurvivalBase(BaseEstimator):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
+        self.max_bin = max_bin
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -138,7 +140,8 @@ class _XGBSurvivalBase(BaseEstimator):
         return {
             "eta": self.learning_rate, "max_depth": self.max_depth, "min_child_weight": self.min_child_weight,
             "subsample": self.subsample, "colsample_bytree": self.colsample_bytree, "lambda": self.reg_lambda,
-            "nthread": self.n_jobs, "seed": self.random_state, "tree_method": "hist", "verbosity": 0,
+            "max_bin": self.max_bin, "nthread": self.n_jobs, "seed": self.random_state, "tree_method": "hist",
+            "verbosity": 0,
         }
 
     def _matrix(self, X) -> xgb.DMatrix:
@@ -177,11 +180,11 @@ class XGBCoxSurvival(_XGBSurvivalBase):
 
     Parameters
     ----------
-    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda
+    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda, max_bin
         XGBoost booster parameters (rounds, eta, depth, min hessian per leaf, row and column
-        sampling, L2 penalty).
+        sampling, L2 penalty, histogram bins).
     n_jobs : int
-        XGBoost threads.
+        XGBoost threads (1 is fastest on a shared two-core machine).
     random_state : int
     """
 
@@ -205,8 +208,7 @@ class XGBCoxSurvival(_XGBSurvivalBase):
     def cumulative_hazard_at(self, X, times) -> np.ndarray:
         """Cumulative hazard of every row at ``times``; shape (n_rows, n_times)."""
         baseline = self.baseline_.cum_baseline_hazard_
-        index = np.searchsorted(baseline.x, np.asarray(times, dtype=float), side="right") - 1
-        baseline_at = np.where(index >= 0, baseline.y[np.clip(index, 0, None)], 0.0)
+        baseline_at = _step_values(baseline.x, baseline.y, np.asarray(times, dtype=float))
         return np.exp(self.margin(X))[:, None] * baseline_at[None, :]
 
 
@@ -237,16 +239,16 @@ class XGBAFTSurvival(_XGBSurvivalBase):
     distribution : {"extreme", "normal", "logistic"}
     distribution_scale : float
         :math:`\sigma` used while boosting.
-    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda, n_jobs, random_state
+    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda, max_bin, n_jobs, random_state
         As :class:`XGBCoxSurvival`.
     """
 
     def __init__(self, *, distribution="extreme", distribution_scale=1.0, n_estimators=300, learning_rate=0.05,
                  max_depth=3, min_child_weight=5.0, subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0,
-                 n_jobs=2, random_state=0):
+                 max_bin=64, n_jobs=1, random_state=0):
         super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
                          min_child_weight=min_child_weight, subsample=subsample, colsample_bytree=colsample_bytree,
-                         reg_lambda=reg_lambda, n_jobs=n_jobs, random_state=random_state)
+                         reg_lambda=reg_lambda, max_bin=max_bin, n_jobs=n_jobs, random_state=random_state)
         self.distribution = distribution
         self.distribution_scale = distribution_scale
 
@@ -302,6 +304,24 @@ def _transform_to_last_step(pipeline: Pipeline, X):
     return X
 
 
+def _breslow_baseline(final) -> BreslowEstimator | None:
+    """The Breslow baseline of a scikit-survival Cox-type model (Coxnet, gradient boosting), if any.
+
+    Reading it lets :func:`cumulative_hazard_on_grid` compute ``exp(risk) * H0(grid)`` as one outer
+    product, instead of scikit-survival's per-row step-function loop (same values, tested).
+    Uses scikit-survival 0.28's ``_get_baseline_model``.
+    """
+    getter = getattr(final, "_get_baseline_model", None)
+    if getter is None:
+        return None
+    return getter(None) if isinstance(final, CoxnetSurvivalAnalysis) else getter()
+
+
+def _step_values(x: np.ndarray, y: np.ndarray, times: np.ndarray) -> np.ndarray:
+    index = np.searchsorted(x, times, side="right") - 1
+    return np.where(index >= 0, y[np.clip(index, 0, None)], 0.0)
+
+
 def cumulative_hazard_on_grid(estimator, X, grid: np.ndarray) -> np.ndarray:
     """Cumulative hazard of every row of ``X`` at the ``grid`` times; shape (n_rows, len(grid)).
 
@@ -319,8 +339,10 @@ def cumulative_hazard_on_grid(estimator, X, grid: np.ndarray) -> np.ndarray:
     Xt = _transform_to_last_step(estimator, X) if isinstance(estimator, Pipeline) else X
     if hasattr(final, "cumulative_hazard_at"):
         return final.cumulative_hazard_at(Xt, grid)
+    baseline = _breslow_baseline(final)
+    if baseline is not None:
+        cumulative = baseline.cum_baseline_hazard_
+        return np.exp(final.predict(Xt))[:, None] * _step_values(cumulative.x, cumulative.y, grid)[None, :]
     values = final.predict_cumulative_hazard_function(Xt, return_array=True)
     index = np.searchsorted(final.unique_times_, grid, side="right") - 1
-    on_grid = values[:, np.clip(index, 0, None)]
-    on_grid[:, index < 0] = 0.0
-    return on_grid
+    return np.where(index[None, :] >= 0, values[:, np.clip(index, 0, None)], 0.0)

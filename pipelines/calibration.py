@@ -25,6 +25,7 @@ from typing import Callable, Literal, Optional, Union
 import numpy as np
 import pandas as pd
 
+from features.contract import validate_cohort
 from pipelines.calibration_targets import (
     AalenJohansenAt,
     CalibrationData,
@@ -46,7 +47,6 @@ from pipelines.calibration_targets import (
     build_outcome_frame,
     build_patient_frame,
     endpoint_times,
-    normalise_measurements,
 )
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "RESULT_COLUMNS",
     "compute_calibration",
     "calibration_misses",
+    "quarantine_summary",
     "render_markdown",
     "run_calibration",
 ]
@@ -62,6 +63,7 @@ __all__ = [
 DAYS_6_MONTHS = 182.6
 DAYS_12_MONTHS = 365.25
 DAYS_24_MONTHS = 730.5
+DAYS_36_MONTHS = 1095.75
 
 Statistic = Literal["hazard_ratio", "percentage", "median_days", "count_share", "difference_points"]
 Analysis = Union[Share, ShareDifference, KaplanMeierAt, KaplanMeierMedian, AalenJohansenAt, LatentMedian,
@@ -167,14 +169,14 @@ def _overall_targets() -> list[CalibrationTarget]:
     return [
         _share("cr_cri_rate", "CR/CRi among infused: 81% (ELIANA), 85-88% (real-world)", "ELIANA / real-world",
                84.5, "all", "responder", target_range=(81.0, 88.0)),
-        _km("efs_6m", "EFS at 6 months 73%", "ELIANA", 73.0, "efs", "all", DAYS_6_MONTHS, ci95=(60.0, 82.0)),
-        _km("efs_12m", "EFS at 12 months 50%", "ELIANA", 50.0, "efs", "all", DAYS_12_MONTHS, ci95=(35.0, 64.0)),
+        _km("efs_6m", "EFS at 6 months 73%", "ELIANA", 73.0, "efs", "all", DAYS_6_MONTHS),
+        _km("efs_12m", "EFS at 12 months 50%", "ELIANA", 50.0, "efs", "all", DAYS_12_MONTHS),
         _not_modeled("os_6m", "OS at 6 months 90%", "ELIANA", "percentage", 90.0, OS_NOT_MODELED),
         _not_modeled("os_12m", "OS at 12 months 76%", "ELIANA", "percentage", 76.0, OS_NOT_MODELED),
         _share("relapse_share_treated", "166 relapses among 420 treated (39.5%)", "CAR-MA", 39.5, "all",
                "first_event == 'relapse'", statistic="count_share"),
-        _km("relapse_responders_24m", "about half of responders relapse (1 - KM relapse-free at 24 months)",
-            "ELIANA", 50.0, "relapse", RESPONDERS, DAYS_24_MONTHS, risk=True),
+        _km("relapse_responders_36m", "about half of responders relapse (ELIANA 3-year RFS 52% censoring at "
+            "subsequent therapy)", "ELIANA", 50.0, "relapse", RESPONDERS, DAYS_36_MONTHS, risk=True),
     ]
 
 
@@ -299,11 +301,13 @@ def _antigen_and_lymphodepletion_targets() -> list[CalibrationTarget]:
                      OS_NOT_MODELED),
         CalibrationTarget("bca_loss_early_hr_low_antigen", "CD19 antigen load <15%: early loss of BCA (by 6 months) "
                           "HR 3.0", "PLAT-02", "hazard_ratio", 3.0, early_bca, HR),
-        CalibrationTarget("relapse_hr_low_fludarabine_auc", "fludarabine AUC <13.8 mg*h/L: relapse HR 2.5", "PRWCC",
-                          "hazard_ratio", 2.5, CoxHazardRatio("relapse", with_auc, flu, "low_fludarabine_auc"), HR),
+        CalibrationTarget("relapse_hr_low_fludarabine_auc", "fludarabine AUC <13.8 mg*h/L: relapse HR 2.5 "
+                          "(2.45, multivariable with burden)", "PRWCC", "hazard_ratio", 2.5,
+                          CoxHazardRatio("relapse", with_auc, flu, "low_fludarabine_auc"), HR, ci95=(1.34, 4.48)),
         CalibrationTarget("relapse_or_bca_loss_hr_low_fludarabine_auc", "fludarabine AUC <13.8 mg*h/L: "
-                          "relapse-or-BCA-loss HR 2.0", "PRWCC", "hazard_ratio", 2.0,
-                          CoxHazardRatio("relapse_or_bca_loss", with_auc, flu, "low_fludarabine_auc"), HR),
+                          "relapse-or-BCA-loss HR 2.0 (1.96)", "PRWCC", "hazard_ratio", 2.0,
+                          CoxHazardRatio("relapse_or_bca_loss", with_auc, flu, "low_fludarabine_auc"), HR,
+                          ci95=(1.19, 3.23)),
     ]
 
 
@@ -311,11 +315,16 @@ def _surveillance_targets() -> list[CalibrationTarget]:
     return [
         CalibrationTarget("relapse_hr_bca_loss_1y", "loss of BCA within 1 year: relapse HR 4.5", "ELIANA/ENSIGN",
                           "hazard_ratio", 4.5,
-                          TimeVaryingCoxHazardRatio("relapse", RESPONDERS, "bca_loss_day", DAYS_12_MONTHS), HR),
-        CalibrationTarget("relapse_hr_ngs_d28", "detectable BM NGS-MRD at day 28: relapse HR 4.9", "ELIANA/ENSIGN",
-                          "hazard_ratio", 4.9, LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_d28", 42.0), HR),
-        CalibrationTarget("relapse_hr_ngs_m3", "detectable BM NGS-MRD at month 3: relapse HR 12", "ELIANA/ENSIGN",
-                          "hazard_ratio", 12.0, LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_m3", 112.0), HR),
+                          TimeVaryingCoxHazardRatio("relapse", RESPONDERS, "bca_loss_day", DAYS_12_MONTHS), HR,
+                          ci95=(2.03, 9.97)),
+        CalibrationTarget("relapse_hr_ngs_d28", "detectable BM NGS-MRD at day 28: relapse HR 4.9 (4.87, with "
+                          "B-cell recovery in the model)", "ELIANA/ENSIGN", "hazard_ratio", 4.9,
+                          LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_d28", 42.0, True), HR,
+                          ci95=(2.18, 10.8)),
+        CalibrationTarget("relapse_hr_ngs_m3", "detectable BM NGS-MRD at month 3: relapse HR 12 (with B-cell "
+                          "recovery in the model)", "ELIANA/ENSIGN", "hazard_ratio", 12.0,
+                          LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_m3", 112.0, True), HR,
+                          ci95=(2.87, 50.0)),
         _share("pb_mrd_pos_bm_negative", "PB MRD positive while BM MRD <0.01% occurs (patients with such a visit, "
                "among patients with paired PB/BM flow MRD)", "DOMAIN", 0.0,
                "pb_pos_bm_below_0_01pct == pb_pos_bm_below_0_01pct", "pb_pos_bm_below_0_01pct == 1",
@@ -356,10 +365,14 @@ def compute_calibration(infusions: pd.DataFrame, measurements: pd.DataFrame, out
                         progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     """Estimate every target's statistic on a cohort and check it against its tolerance (pure).
 
+    The tables go through ``features.contract.validate_cohort`` in quarantine mode: rows that
+    violate the contract are left out and counted in ``results.attrs["data_report"]`` (a dict;
+    see :func:`quarantine_summary`), so a calibration on a partly invalid cohort is visible.
+
     Parameters
     ----------
     infusions, measurements, outcomes : DataFrame
-        A cohort in the data contract (measurements raw or normalised).
+        A cohort in the data contract (raw, as read from its folder).
     ground_truth : DataFrame, optional
         Simulated latent truth; without it, rows that need it get status ``no ground truth``.
     targets : tuple of CalibrationTarget
@@ -374,14 +387,28 @@ def compute_calibration(infusions: pd.DataFrame, measurements: pd.DataFrame, out
         (also when not estimable), ``not modeled`` or ``no ground truth``; ``within_tolerance``
         is True only for ``pass``.
     """
-    patients = build_patient_frame(infusions, outcomes, normalise_measurements(measurements), ground_truth)
+    cohort = validate_cohort(infusions, measurements, outcomes, on_error="quarantine")
+    patients = build_patient_frame(cohort.infusions, cohort.outcomes, cohort.measurements, ground_truth)
     data = CalibrationData(patients, has_ground_truth=ground_truth is not None)
     rows = []
     for target in targets:
         if progress is not None:
             progress(target.id)
         rows.append(_evaluate(target, data))
-    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    results.attrs["data_report"] = cohort.report.to_dict()
+    return results
+
+
+def quarantine_summary(results: pd.DataFrame) -> str:
+    """One line on what the data contract left out of the calibration (from ``results.attrs``)."""
+    report = results.attrs.get("data_report")
+    if report is None:
+        return "data contract: no report"
+    rows = ", ".join(f"{name} {table['rows_quarantined']} of {table['rows_in']}"
+                     for name, table in report["tables"].items())
+    return (f"data contract: {report['patients_out']} of {report['patients_in']} patients analysed; "
+            f"rows quarantined: {rows}")
 
 
 def _evaluate(target: CalibrationTarget, data: CalibrationData) -> dict:
@@ -472,6 +499,7 @@ _DEFINITIONS = """## Definitions
 - **Detectable NGS-MRD**: any BM NGS result above the detection limit, including "detected, below
   quantitation". Landmark analyses use the result in days 14-42 (landmark day 42) and 70-112
   (landmark day 112), among responders event-free and followed at the landmark; time runs from it.
+  As in the ELIANA/ENSIGN multivariable analysis, the model also holds loss of BCA by the landmark.
 - **High burden**: marrow blasts >= 5% before lymphodepletion. Multivariable EFS model (CAR-MA):
   high burden, blinatumomab non-responder, blinatumomab responder (vs naive), active non-CNS EMD,
   KMT2A. Cause-specific relapse models add >= 2 prior CRs; the "no effect" model adds age >= 18,
@@ -509,7 +537,7 @@ def render_markdown(results: pd.DataFrame, n_patients: int, seed: int, command: 
              "Generated file; do not edit. Published figures (/work/shared/DOMAIN.md) vs the same statistics on "
              "the simulated cohort.", "",
              f"Regenerate with `{command}` (N = {n_patients} patients, seed = {seed}).", "",
-             f"**Summary:** {summary} (of {len(results)} figures).", "",
+             f"**Summary:** {summary} (of {len(results)} figures); {quarantine_summary(results)}.", "",
              "Tolerance: HR inside its published 95% CI or within +-30%; percentages within +-5 points of the "
              "published value or range (figures below 10%: within +-50%); medians within +-30%; 'no effect' as "
              "HR 0.77-1.3.", ""]
@@ -561,7 +589,9 @@ def _print_table(results: pd.DataFrame) -> None:
         table.add_row(row["id"], _format_target(row).split(" (95% CI")[0],
                       _format_value(row["simulated"], row["statistic"]), _format_accepted(row),
                       f"[{style.get(row['status'], 'dim')}]{row['status']}[/]")
-    Console(width=max(Console().width, 110)).print(table)
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    console.print(quarantine_summary(results))
 
 
 def _format_accepted(row: pd.Series) -> str:

@@ -4,8 +4,6 @@ The calibration report (``pipelines.calibration``) compares every published figu
 with the same statistic estimated on a simulated cohort. This module holds the pieces it is built
 from, all pure (no I/O):
 
-- :func:`normalise_measurements`: a minimal lab-text parser, used until
-  ``features.contract.validate_cohort`` exists (then it is only a fallback).
 - :func:`build_patient_frame`: one row per infused patient with the derived covariates
   (``high_burden`` = marrow blasts >= 5% ...), the outcome columns and the per-patient summaries
   of the measurements (first observed loss of B-cell aplasia, NGS-MRD at the landmarks, PB/BM
@@ -37,7 +35,6 @@ Endpoints (time origin = infusion, day 0)
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -48,7 +45,6 @@ from lifelines import AalenJohansenFitter, CoxPHFitter, KaplanMeierFitter
 from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 
 from features.longitudinal import BCA_RECOVERY_CELLS_PER_UL, BCA_RECOVERY_PCT_LYMPHOCYTES
-from features.schema import DEFAULT_DETECTION_LIMIT_BY_ASSAY, MRD_ASSAYS
 
 __all__ = [
     "CalibrationDataError",
@@ -59,7 +55,6 @@ __all__ = [
     "ENDPOINTS",
     "AnalysisResult",
     "CalibrationData",
-    "normalise_measurements",
     "build_outcome_frame",
     "build_patient_frame",
     "endpoint_times",
@@ -102,84 +97,6 @@ _COMPETING_CODES = {"relapse": 1, "death": 2, "hsct": 3}
 
 class CalibrationDataError(ValueError):
     """A cohort the calibration analyses cannot use (the message names table, row, column, reason)."""
-
-
-# --- measurements ---------------------------------------------------------------------------------
-_NEGATIVE_TEXT = {"neg", "negative", "not detected", "undetectable"}
-_BELOW_LOQ_TEXT = re.compile(r"^(detected|positive|pos)[ ,]*(<\s*loq|below (the )?(limit of )?quantitation)$")
-_CENSORED_TEXT = re.compile(r"^<\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*(%?)$")
-_NUMBER_TEXT = re.compile(r"^([0-9.]+(?:e[+-]?[0-9]+)?)\s*(%?)$")
-_PERCENT_FACTOR = {**{assay: 0.01 for assay in MRD_ASSAYS}}
-
-
-def normalise_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
-    """Parse raw lab results into the normalised measurement columns (minimal fallback parser).
-
-    Handles numbers, ``"0.06%"``, ``"1.2E-05"``, ``"<0.01%"``, ``"<5"``, ``"NEG"``,
-    ``"negative"`` and ``"detected <LOQ"``; MRD in percent becomes a fraction. A table that
-    already has a boolean ``censored`` column is returned unchanged.
-
-    Parameters
-    ----------
-    measurements : DataFrame
-        Raw measurements (patient_id, day, specimen, assay, value, unit[, detection_limit]).
-
-    Returns
-    -------
-    DataFrame
-        patient_id, day, specimen, assay, value (float), censored, detected_below_loq,
-        detection_limit, unit.
-
-    Raises
-    ------
-    CalibrationDataError
-        On a value that cannot be parsed (naming the row and the text).
-    """
-    if "censored" in measurements.columns:
-        return measurements
-    frame = measurements[["patient_id", "day", "specimen", "assay"]].copy()
-    frame["day"] = pd.to_numeric(frame["day"], errors="raise").astype(float)
-    assay = measurements["assay"].astype(str).to_numpy()
-    unit = measurements.get("unit", pd.Series(None, index=measurements.index)).astype(object).to_numpy()
-    limit = pd.to_numeric(measurements.get("detection_limit", pd.Series(np.nan, index=measurements.index)),
-                          errors="coerce").to_numpy(dtype=float)
-    value, censored, below_loq, percent = _parse_values(measurements["value"])
-    in_percent = percent | (unit == "percent")
-    factor = np.where(in_percent, pd.Series(assay).map(_PERCENT_FACTOR).fillna(1.0).to_numpy(), 1.0)
-    limit = limit * factor
-    default_limit = pd.Series(assay).map(DEFAULT_DETECTION_LIMIT_BY_ASSAY).to_numpy(dtype=float)
-    limit = np.where(np.isfinite(limit), limit, np.where(censored & np.isfinite(value), value * factor, default_limit))
-    value = np.where(censored, limit, value * factor)
-    frame["value"] = value
-    frame["censored"] = censored
-    frame["detected_below_loq"] = below_loq
-    frame["detection_limit"] = limit
-    frame["unit"] = np.where(np.isin(assay, MRD_ASSAYS), "fraction", unit)
-    return frame
-
-
-def _parse_values(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(value in the row's unit, censored, detected below LOQ, written with %) per row."""
-    numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
-    n = len(raw)
-    censored, below_loq, percent = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-    text_rows = np.flatnonzero(np.isnan(numeric) & raw.notna().to_numpy())
-    texts = raw.iloc[text_rows].astype(str).str.strip().str.lower()
-    for position, (row, text) in zip(text_rows, texts.items()):
-        numeric[position], censored[position], below_loq[position], percent[position] = _parse_text(text, row)
-    return numeric, censored, below_loq, percent
-
-
-def _parse_text(text: str, row: object) -> tuple[float, bool, bool, bool]:
-    if text in _NEGATIVE_TEXT:
-        return math.nan, True, False, False
-    if _BELOW_LOQ_TEXT.match(text):
-        return math.nan, True, True, False
-    for pattern, censored in ((_CENSORED_TEXT, True), (_NUMBER_TEXT, False)):
-        match = pattern.match(text)
-        if match:
-            return float(match.group(1)), censored, False, match.group(2) == "%"
-    raise CalibrationDataError(f"measurements, row {row}, column 'value': cannot parse lab result '{text}'")
 
 
 # --- patient frame --------------------------------------------------------------------------------
@@ -262,6 +179,7 @@ def _bca_columns(measurements: pd.DataFrame) -> pd.DataFrame:
     grouped = tests.sort_values("day").groupby("patient_id", sort=False)
     return pd.DataFrame({
         "bca_loss_day": tests[tests["recovered"]].groupby("patient_id")["day"].min(),
+        "bca_first_test_day": grouped["day"].min(),
         "bca_last_test_day": grouped["day"].max(),
         "bca_first_test_aplastic": 1.0 - grouped["recovered"].first().astype(float),
     })
@@ -305,7 +223,7 @@ def build_patient_frame(infusions: pd.DataFrame, outcomes: pd.DataFrame, measure
     infusions, outcomes : DataFrame
         Input tables of the data contract.
     measurements : DataFrame
-        Normalised measurements (see :func:`normalise_measurements`).
+        Normalised measurements (``features.contract.validate_cohort``).
     ground_truth : DataFrame, optional
         Simulated latent truth; adds ``car_persistence_day``.
 
@@ -768,27 +686,38 @@ class LandmarkCoxHazardRatio:
     """Landmark Cox HR of a marker known by ``landmark_day``, among patients in remission then.
 
     Risk set: responders event-free and under follow-up at the landmark with a known marker;
-    time = days from the landmark to the event (others censor), lifelines CoxPHFitter.
+    time = days from the landmark to the event (others censor), lifelines CoxPHFitter. With
+    ``adjust_for_bca_loss`` the model also holds ``bca_lost_by_landmark`` (a recovered B-cell
+    test by the landmark; patients without a B-cell test by then are left out), as in the
+    multivariable ELIANA/ENSIGN analysis.
     """
 
     endpoint: str
     marker: str
     landmark_day: float
+    adjust_for_bca_loss: bool = False
     needs_ground_truth = False
 
     def describe(self) -> str:
+        adjusted = " adjusted for loss of BCA by the landmark" if self.adjust_for_bca_loss else ""
         return (f"landmark Cox at day {self.landmark_day:g}, {self.endpoint} after the landmark, among responders "
-                f"event-free at the landmark: HR of {self.marker}")
+                f"event-free at the landmark: HR of {self.marker}{adjusted}")
 
     def compute(self, data: CalibrationData) -> AnalysisResult:
-        key = ("landmark", self.endpoint, self.marker, self.landmark_day)
+        key = ("landmark", self.endpoint, self.marker, self.landmark_day, self.adjust_for_bca_loss)
         if key not in data.cache:
-            patients = data.patients[data.patients["responder"] & (data.patients["end_day"] > self.landmark_day)
-                                     & data.patients[self.marker].notna()]
-            frame = _survival_frame(patients, self.endpoint)
-            frame = frame.assign(time=frame["time"] - self.landmark_day, **{self.marker: patients[self.marker]})
-            data.cache[key] = _fit_cox(frame[frame["time"] > 0])
+            data.cache[key] = _fit_cox(self._risk_set(data.patients))
         return _hazard_ratio_result(data.cache[key], self.marker)
+
+    def _risk_set(self, patients: pd.DataFrame) -> pd.DataFrame:
+        at_risk = patients[patients["responder"] & (patients["end_day"] > self.landmark_day)]
+        frame = _survival_frame(at_risk, self.endpoint)
+        frame = frame.assign(time=frame["time"] - self.landmark_day, **{self.marker: at_risk[self.marker]})
+        if self.adjust_for_bca_loss:
+            tested = at_risk["bca_first_test_day"] <= self.landmark_day
+            lost = (at_risk["bca_loss_day"] <= self.landmark_day).astype(float)
+            frame["bca_lost_by_landmark"] = lost.where(tested)
+        return frame[frame["time"] > 0].dropna()
 
 
 @dataclass(frozen=True)

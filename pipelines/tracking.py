@@ -58,7 +58,9 @@ class TrackingTarget:
     artifact_location : str or None
         Artifact root of the experiment (None: chosen by a remote tracking server).
     lock_path : Path
-        Lock file that serialises store initialisation and model promotion.
+        Lock file that serialises store initialisation and experiment creation.
+    promotion_lock_path : Path
+        Lock file that serialises model registration and alias switches.
     """
 
     tracking_uri: str
@@ -66,6 +68,7 @@ class TrackingTarget:
     experiment_name: str
     artifact_location: Optional[str]
     lock_path: Path
+    promotion_lock_path: Path
 
 
 def project_root() -> Path:
@@ -236,7 +239,8 @@ def setup_tracking(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     location = client.get_experiment(experiment_id).artifact_location
-    return TrackingTarget(uri, experiment_id, experiment, location, lock_path)
+    promotion_lock = lock_path.with_name(lock_path.name.replace(".lock", ".promotion.lock"))
+    return TrackingTarget(uri, experiment_id, experiment, location, lock_path, promotion_lock)
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:

@@ -82,14 +82,16 @@ def _expansion_kill(cov: Covariates, primary_failure: np.ndarray, rng: np.random
                     pp: PersistenceParams) -> np.ndarray:
     """log10 kill of CD19+ cells during the expansion phase, as a rate per day.
 
-    Deeper with T-cell fitness and CD28 costimulation, shallower with low fludarabine exposure and
-    low antigen load (poor expansion), and much shallower when the product fails to expand.
+    Deeper with T-cell fitness and CD28 costimulation, shallower with low fludarabine exposure,
+    low antigen load (poor expansion) and high burden (low effector-to-target ratio), and much
+    shallower when the product fails to expand.
     """
     low_load = smooth_below(cov.cd19_antigen_load_pct, pp.load_threshold_pct, pp.load_smoothness_log)
     low_flu = smooth_below(cov.flu_auc, pp.flu_threshold, pp.flu_smoothness_log)
     log_kill = (p.expansion_log_kill_mean + rng.normal(0.0, p.expansion_log_kill_sd, cov.n)
                 + p.expansion_kill_per_fitness * cov.tcell_fitness - p.expansion_kill_low_flu * low_flu
-                - p.expansion_kill_low_load * low_load + p.expansion_kill_cd28 * cov.cd28)
+                - p.expansion_kill_low_load * low_load + p.expansion_kill_cd28 * cov.cd28
+                - p.expansion_kill_per_log_burden * (cov.burden_log10 - p.expansion_reference_burden))
     rate = np.maximum(log_kill, 0.3) / p.expansion_days
     return rate * np.where(primary_failure, pp.primary_failure_kill_factor, 1.0)
 
@@ -158,7 +160,8 @@ def draw_disease(cov: Covariates, primary_failure: np.ndarray, rng: np.random.Ge
         b0_m=b0_m, b0_e=b0_e - debulk,
         kill_factor_e=np.where(cov.active_emd, p.em_kill_factor_emd, p.em_kill_factor_other),
         expansion_kill_per_day=_expansion_kill(cov, primary_failure, rng, p, pp),
-        maintenance_kill_per_day=_lognormal(rng, p.maintenance_kill_median, p.maintenance_kill_log_sd, n),
+        maintenance_kill_per_day=_lognormal(rng, p.maintenance_kill_median, p.maintenance_kill_log_sd, n)
+        * 10.0 ** (-p.maintenance_kill_per_log_burden * (cov.burden_log10 - p.expansion_reference_burden)),
         growth_pos=growth_pos,
         growth_neg=rng.normal(p.neg_growth_mean, p.neg_growth_sd, n),
         growth_my=_lognormal(rng, p.myeloid_growth_median, p.myeloid_growth_log_sd, n),
@@ -217,7 +220,8 @@ class ClonalCourse:
     def _killed(self, t: np.ndarray, kill_factor: np.ndarray | float) -> np.ndarray:
         u = np.minimum(t, _col(self.tp, t))
         e = self.expansion_days
-        return _col(kill_factor, t) * (_col(self.k1, t) * np.minimum(u, e) + _col(self.k2, t) * np.maximum(u - e, 0))
+        with np.errstate(invalid="ignore"):  # 0 * inf (no kill, CAR never lost) is NaN: no extinction
+            return _col(kill_factor, t) * (_col(self.k1, t) * np.minimum(u, e) + _col(self.k2, t) * np.maximum(u - e, 0))
 
     def _pos(self, t: np.ndarray, b0: np.ndarray, kill_factor: np.ndarray | float) -> np.ndarray:
         under_car = _col(b0, t) - self._killed(t, kill_factor)
@@ -269,9 +273,13 @@ class ClonalCourse:
 
 
 def _linear_crossing(intercept: np.ndarray, growth: np.ndarray, threshold: float) -> np.ndarray:
-    """Day a line ``intercept + growth * t`` first reaches ``threshold`` (0 if already; inf if never)."""
+    """First upward passage of ``intercept + growth * t`` over ``threshold``.
+
+    0 when the line starts at or above the threshold and never falls below it; ``inf`` when it
+    never passes upward (including a declining line that starts above the threshold).
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
-        day = np.where(intercept >= threshold, 0.0, (threshold - intercept) / growth)
+        day = np.where(intercept >= threshold, np.where(growth >= 0.0, 0.0, np.inf), (threshold - intercept) / growth)
     return np.where(np.isfinite(intercept) & (day >= 0.0), day, np.inf)
 
 

@@ -123,8 +123,13 @@ class DiseaseParams:
     expansion_kill_low_flu: float = 2.0
     expansion_kill_low_load: float = 0.3
     expansion_kill_cd28: float = 0.4
+    expansion_kill_per_log_burden: float = 0.0
+    """Effector-to-target ratio: log10 kill lost per log10 of burden above ``expansion_reference_burden``."""
+    expansion_reference_burden: float = -2.0
     maintenance_kill_median: float = 0.04
     maintenance_kill_log_sd: float = 0.5
+    maintenance_kill_per_log_burden: float = 0.0
+    """Exhaustion: the persisting CAR's kill rate is divided by 10**(this x (burden - reference))."""
     regrowth_median: float = 0.025
     regrowth_log_sd: float = 0.35
     regrowth_factor_two_prior_crs: float = 1.15
@@ -180,6 +185,9 @@ class PersistenceParams:
     log_hr_low_flu: float = 1.2
     log_hr_cd28: float = 1.2
     log_hr_per_fitness: float = -0.3
+    log_hr_per_log_burden: float = 0.0
+    """Exhaustion: log hazard ratio per log10 of marrow burden above 1%."""
+    reference_burden_log10: float = -2.0
     load_threshold_pct: float = 15.0
     load_smoothness_log: float = 0.15
     flu_threshold: float = 13.8

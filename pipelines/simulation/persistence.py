@@ -59,7 +59,8 @@ def draw_persistence(cov: Covariates, rng: np.random.Generator, p: PersistencePa
                      + p.primary_failure_low_flu * low_flu + p.primary_failure_per_fitness * cov.tcell_fitness)
     failure = rng.random(n) < expit(failure_logit)
     log_hr = (p.log_hr_low_load * low_load + p.log_hr_low_flu * low_flu + p.log_hr_cd28 * cov.cd28
-              + p.log_hr_per_fitness * cov.tcell_fitness)
+              + p.log_hr_per_fitness * cov.tcell_fitness
+              + p.log_hr_per_log_burden * np.maximum(cov.burden_log10 - p.reference_burden_log10, 0.0))
     return PersistenceLatent(
         primary_failure=failure,
         primary_failure_day=rng.uniform(*p.primary_failure_days, n),

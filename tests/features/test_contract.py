@@ -99,7 +99,7 @@ BAD_INPUTS = [
              "event", "relapse in NR patient: event", "relapse recorded for a patient with response NR",
              {"infusions": 1, "measurements": 1, "outcomes": 1}),
     BadInput("negative event day", _set("outcomes", 2, "event_day", "-3"), "outcomes", (4,),
-             "event_day", "value out of range: event_day", "-3.0 must be in [0, inf]",
+             "event_day", "value out of range: event_day", "-3.0 must be >= 0",
              {"infusions": 1, "measurements": 1, "outcomes": 1}),
     BadInput("wrong type in a numeric column", _set("infusions", 1, "age_years", "seven"), "infusions", (3,),
              "age_years", "wrong type: age_years", "'seven' is not a number",
@@ -319,3 +319,19 @@ def test_report_refuses_rows_that_vanish():
 def test_unknown_on_error_mode_is_rejected(raw_cohort):
     with pytest.raises(ValueError, match="on_error must be one of fail, quarantine"):
         _validate(raw_cohort, on_error="ignore")
+
+
+def test_infusion_cell_errors_name_value_and_rule(raw_cohort):
+    infusions = raw_cohort["infusions"]
+    infusions.loc[0, ["prior_lines", "cell_dose_per_kg"]] = ["-1", "0"]
+    infusions.loc[1, "sex"] = "X"
+    infusions.loc[2, ["prior_crs", "down_syndrome"]] = ["1.5", "maybe"]
+    with pytest.raises(ContractError) as caught:
+        _validate(raw_cohort)
+    assert caught.value.lines == [
+        "infusions.csv, row 2, column prior_lines: -1 must be >= 0",
+        "infusions.csv, row 2, column cell_dose_per_kg: 0.0 must be > 0",
+        "infusions.csv, row 3, column sex: 'X' not one of F, M",
+        "infusions.csv, row 4, column down_syndrome: 'maybe' is not a boolean (true/false)",
+        "infusions.csv, row 4, column prior_crs: '1.5' is not an integer",
+    ]

@@ -146,3 +146,12 @@ def test_round_trip_of_formatted_fractions(mantissa, exponent, style):
     assert row["censored"] == censored
     if censored:
         np.testing.assert_allclose(row["detection_limit"], fraction, rtol=1e-9)
+
+
+def test_column_of_only_unparseable_text():
+    out = normalise_lab_values(
+        pd.Series(["junk", "junk", "n/a?"], dtype=object), pd.Series([None] * 3, dtype=object),
+        pd.Series(["flow_mrd"] * 3),
+    )
+    assert out["error_kind"].tolist() == ["unparseable value"] * 3
+    assert out["error_reason"].tolist()[2] == "cannot parse lab value 'n/a?'"

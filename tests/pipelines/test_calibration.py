@@ -15,6 +15,7 @@ from pipelines.calibration import (
     CalibrationTarget,
     calibration_misses,
     compute_calibration,
+    quarantine_summary,
     render_markdown,
     run_calibration,
 )
@@ -27,30 +28,23 @@ from pipelines.calibration_targets import (
     Share,
 )
 from pipelines.simulate import simulate_cohort
+from tests.pipelines.test_calibration_targets import contract_infusions, contract_outcomes
 
 CALIBRATION_PATIENTS = 20000
 CALIBRATION_SEED = 20261121  # the seed of `make calibration`
 
 
 def _cohort(n: int, relapse_hazard_ratio: float, seed: int = 0):
-    """Infusions, measurements, outcomes: half high burden, exponential relapse with a known HR."""
+    """Infusions, measurements, outcomes: half high burden, relapse after day 28 with a known HR."""
     rng = np.random.default_rng(seed)
     ids = [f"P{i:05d}" for i in range(n)]
     high = np.arange(n) % 2 == 1
-    infusions = pd.DataFrame({
-        "patient_id": ids, "age_years": 10.0, "sex": "F", "down_syndrome": False, "kmt2a_rearranged": False,
-        "ph_positive": False, "hypodiploid": False, "prior_crs": 1, "prior_hsct": False, "active_non_cns_emd": False,
-        "blinatumomab": "naive", "bm_blasts_pct": np.where(high, 40.0, 1.0), "cns_status": "CNS1",
-        "cd19_antigen_load_pct": 30.0, "costim": "4-1BB",
-    })
-    relapse = rng.exponential(400.0 / np.where(high, relapse_hazard_ratio, 1.0))
+    infusions = contract_infusions(ids, bm_blasts_pct=np.where(high, 40.0, 1.0))
+    relapse = 28.0 + rng.exponential(400.0 / np.where(high, relapse_hazard_ratio, 1.0))
     censor = rng.uniform(30.0, 1500.0, n)
     relapsed = relapse <= censor
-    outcomes = pd.DataFrame({
-        "patient_id": ids, "response": "CR", "response_day": 28.0, "event": np.where(relapsed, "relapse", "none"),
-        "event_day": np.where(relapsed, relapse, np.nan), "last_followup_day": np.maximum(relapse, censor),
-        "relapse_phenotype": np.where(relapsed, "CD19_pos", None), "relapse_site": np.where(relapsed, "medullary", None),
-    })
+    outcomes = contract_outcomes(ids, np.where(relapsed, "relapse", "none"), np.where(relapsed, relapse, np.nan),
+                                 np.minimum(relapse, censor))
     measurements = pd.DataFrame({"patient_id": ids, "day": 28.0, "specimen": "BM", "assay": "ngs_mrd",
                                  "value": "NEG", "unit": "fraction"})
     return infusions, measurements, outcomes
@@ -72,6 +66,7 @@ def test_targets_have_unique_ids_and_cover_every_figure_of_the_domain_table():
     ids = [target.id for target in TARGETS]
     assert len(ids) == len(set(ids))
     required = {"cr_cri_rate", "efs_6m", "efs_12m", "os_6m", "os_12m", "relapse_share_treated",
+                "relapse_responders_36m",
                 "relapse_mix_cd19_pos", "relapse_mix_cd19_neg", "relapse_mix_lineage_switch",
                 "car_persistence_median_latent", "bca_duration_median_observed", "blasts_above_0_below_5",
                 "blasts_ge_50", "death_early", "hsct_in_remission", "efs_hr_high_burden", "efs_12m_low_burden",
@@ -109,6 +104,14 @@ def test_known_cohort_passes_and_a_wrong_target_misses():
     assert calibration_misses(wrong)["id"].tolist() == ["share_high", "hr_high"]
 
 
+def test_rows_violating_the_contract_are_quarantined_and_counted():
+    infusions, measurements, outcomes = _cohort(400, relapse_hazard_ratio=2.5)
+    measurements.loc[3, "value"] = "positive?"
+    results = compute_calibration(infusions, measurements, outcomes, None, _known_targets(50.0, 2.5))
+    assert "400 of 400 patients analysed" in quarantine_summary(results)
+    assert "measurements 1 of 400" in quarantine_summary(results)
+
+
 def test_rows_needing_ground_truth_are_marked_without_it():
     cohort = simulate_cohort(300, seed=1)
     results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, None)
@@ -127,7 +130,7 @@ def test_markdown_is_date_free_and_shows_target_and_simulated_side_by_side():
     assert not re.search(r"\b20\d\d-\d\d-\d\d\b", text)
     row = next(line for line in text.splitlines() if line.startswith("| share_high |"))
     assert f"| 50.0 | {results.loc[0, 'simulated']:.1f} |" in row and "PASS" in row
-    assert "2 pass, 0 miss, 1 not modeled" in text
+    assert "2 pass, 0 miss, 1 not modeled" in text and "1000 of 1000 patients analysed" in text
 
 
 def test_run_calibration_writes_report_and_figure(tmp_path):
@@ -151,12 +154,15 @@ def test_simulator_is_calibrated_to_every_modeled_published_figure():
              + (f" ({row.note})" if isinstance(row.note, str) and row.note else "")
              for row in misses.itertuples()]
     assert misses.empty, f"{len(misses)} published figures outside tolerance:\n" + "\n".join(lines)
+    assert results.attrs["data_report"]["patients_out"] == CALIBRATION_PATIENTS, quarantine_summary(results)
 
 
 def test_efs_definition_matches_eliana_style_on_the_known_cohort():
     infusions, measurements, outcomes = _cohort(2000, relapse_hazard_ratio=1.0, seed=4)
-    outcomes.loc[:199, ["response", "event", "event_day"]] = ["NR", "none", math.nan]
+    outcomes.loc[:199, ["response", "event", "event_day", "relapse_phenotype", "relapse_site"]] = [
+        "NR", "none", math.nan, None, None]
     target = CalibrationTarget("efs_0", "EFS at day 0", "test", "percentage", 90.0,
                                KaplanMeierAt("efs", "all", 0.0), PointsTolerance(5.0))
     result = compute_calibration(infusions, measurements, outcomes, None, (target,))
+    assert "2000 of 2000 patients analysed" in quarantine_summary(result)
     assert result.loc[0, "simulated"] == pytest.approx(90.0)  # the 10% non-responders fail at day 0

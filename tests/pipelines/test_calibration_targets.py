@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from lifelines import CoxTimeVaryingFitter
 
+from features.contract import validate_cohort
 from pipelines.calibration_targets import (
     AalenJohansenAt,
     CalibrationData,
@@ -29,7 +30,6 @@ from pipelines.calibration_targets import (
     build_patient_frame,
     endpoint_times,
     fit_counting_process_cox,
-    normalise_measurements,
 )
 
 
@@ -58,62 +58,29 @@ def _exponential_cohort(n: int, log_hr: float, seed: int) -> pd.DataFrame:
     return _patients(np.minimum(relapse, censor), event, x=x)
 
 
-# --- measurements ------------------------------------------------------------------------------------
-def _raw_measurements(values, units, assay="ngs_mrd", limits=None) -> pd.DataFrame:
-    n = len(values)
-    frame = pd.DataFrame({"patient_id": ["P1"] * n, "day": np.arange(1.0, n + 1), "specimen": "BM", "assay": assay,
-                          "value": pd.Series(values, dtype=object), "unit": units})
-    if limits is not None:
-        frame["detection_limit"] = limits
-    return frame
-
-
-def test_lab_text_is_parsed_into_value_and_censoring():
-    raw = _raw_measurements(["<0.01%", "0.06%", "NEG", "negative", "1.2E-05", "detected <LOQ", 0.002],
-                            [None, None, "fraction", "fraction", "fraction", "fraction", "fraction"],
-                            assay="flow_mrd", limits=[np.nan, np.nan, 1e-4, 1e-4, np.nan, 5e-6, np.nan])
-    out = normalise_measurements(raw)
-    np.testing.assert_allclose(out["value"], [1e-4, 6e-4, 1e-4, 1e-4, 1.2e-5, 5e-6, 0.002])
-    assert out["censored"].tolist() == [True, False, True, True, False, True, False]
-    assert out["detected_below_loq"].tolist() == [False, False, False, False, False, True, False]
-    assert (out["unit"] == "fraction").all()
-
-
-def test_percent_unit_converts_numbers_and_limits_to_fraction():
-    out = normalise_measurements(_raw_measurements([0.5, "<0.01"], ["percent", "percent"], limits=[0.01, 0.01]))
-    np.testing.assert_allclose(out["value"], [0.005, 1e-4])
-    np.testing.assert_allclose(out["detection_limit"], [1e-4, 1e-4])
-
-
-def test_negative_without_limit_uses_the_assay_default():
-    out = normalise_measurements(_raw_measurements(["NEG"], [None]))
-    assert out["censored"].iloc[0] and out["value"].iloc[0] == pytest.approx(1e-6)
-
-
-def test_unparseable_text_names_row_and_column():
-    with pytest.raises(CalibrationDataError, match=r"row 1, column 'value'.*'positive\?'"):
-        normalise_measurements(_raw_measurements(["0.1%", "positive?"], [None, None]))
-
-
 # --- patient frame --------------------------------------------------------------------------------------
-def _infusions(patient_ids, **overrides) -> pd.DataFrame:
-    n = len(patient_ids)
+def contract_infusions(patient_ids, **overrides) -> pd.DataFrame:
+    """Infusions with every required column of the data contract (a plain low-burden child)."""
     frame = pd.DataFrame({
-        "patient_id": patient_ids, "age_years": 10.0, "sex": "F", "down_syndrome": False, "kmt2a_rearranged": False,
-        "ph_positive": False, "hypodiploid": False, "prior_crs": 1, "prior_hsct": False, "active_non_cns_emd": False,
-        "blinatumomab": "naive", "bm_blasts_pct": 1.0, "cns_status": "CNS1", "cd19_antigen_load_pct": 30.0,
-        "costim": "4-1BB", "fludarabine_auc": 15.0,
-    }, index=range(n))
+        "patient_id": list(patient_ids), "age_years": 10.0, "sex": "F", "down_syndrome": False,
+        "kmt2a_rearranged": False, "tp53_altered": False, "hypodiploid": False, "ph_positive": False,
+        "prior_lines": 2, "prior_crs": 1, "prior_hsct": False, "blinatumomab": "naive", "inotuzumab_prior": False,
+        "bm_blasts_pct": 1.0, "cns_status": "CNS1", "active_non_cns_emd": False, "cd19_antigen_load_pct": 30.0,
+        "cd19_dim_pre": False, "cd22_pct_pre": 90.0, "product": "tisagenlecleucel", "costim": "4-1BB",
+        "cell_dose_per_kg": 2e6, "fludarabine_auc": 15.0,
+    })
     for name, values in overrides.items():
         frame[name] = values
     return frame
 
 
-def _outcomes(patient_ids, events, event_days, last_days) -> pd.DataFrame:
-    return pd.DataFrame({"patient_id": patient_ids, "response": "CR", "response_day": 28.0, "event": events,
+def contract_outcomes(patient_ids, events, event_days, last_days) -> pd.DataFrame:
+    """Outcomes of responders (CR on day 28); relapses are CD19-positive and medullary."""
+    relapse = np.asarray(events) == "relapse"
+    return pd.DataFrame({"patient_id": list(patient_ids), "response": "CR", "response_day": 28.0, "event": events,
                          "event_day": event_days, "last_followup_day": last_days,
-                         "relapse_phenotype": [("CD19_pos" if e == "relapse" else None) for e in events],
-                         "relapse_site": [("medullary" if e == "relapse" else None) for e in events]})
+                         "relapse_phenotype": np.where(relapse, "CD19_pos", None),
+                         "relapse_site": np.where(relapse, "medullary", None)})
 
 
 def test_patient_frame_derives_bca_loss_ngs_landmarks_and_pb_bm_discordance():
@@ -132,10 +99,10 @@ def test_patient_frame_derives_bca_loss_ngs_landmarks_and_pb_bm_discordance():
         ("B", 28.0, "PB", "flow_mrd", "0.01%", None),
     ]
     measurements = pd.DataFrame(rows, columns=["patient_id", "day", "specimen", "assay", "value", "unit"])
-    outcomes = _outcomes(ids, ["none", "relapse"], [np.nan, 60.0], [400.0, 60.0])
-    frame = build_patient_frame(_infusions(ids), outcomes, normalise_measurements(measurements)).set_index("patient_id")
-    assert frame.loc["A", "bca_loss_day"] == 182.0 and math.isnan(frame.loc["B", "bca_loss_day"]) is False
-    assert frame.loc["B", "bca_loss_day"] == 28.0
+    outcomes = contract_outcomes(ids, ["none", "relapse"], [np.nan, 60.0], [400.0, 60.0])
+    cohort = validate_cohort(contract_infusions(ids), measurements, outcomes)
+    frame = build_patient_frame(cohort.infusions, cohort.outcomes, cohort.measurements).set_index("patient_id")
+    assert frame.loc["A", "bca_loss_day"] == 182.0 and frame.loc["B", "bca_loss_day"] == 28.0
     assert frame.loc["A", "bca_first_test_aplastic"] == 1.0 and frame.loc["B", "bca_first_test_aplastic"] == 0.0
     assert frame.loc["A", "ngs_bm_detectable_d28"] == 1.0 and frame.loc["A", "ngs_bm_detectable_m3"] == 0.0
     assert frame.loc["B", "ngs_bm_detectable_d28"] == 0.0 and math.isnan(frame.loc["B", "ngs_bm_detectable_m3"])
@@ -144,9 +111,9 @@ def test_patient_frame_derives_bca_loss_ngs_landmarks_and_pb_bm_discordance():
 
 
 def test_duplicate_patient_ids_are_rejected_with_table_and_row():
-    outcomes = _outcomes(["A", "A"], ["none", "none"], [np.nan, np.nan], [10.0, 10.0])
+    outcomes = contract_outcomes(["A", "A"], ["none", "none"], [np.nan, np.nan], [10.0, 10.0])
     with pytest.raises(CalibrationDataError, match=r"outcomes, row 1, column 'patient_id'"):
-        build_patient_frame(_infusions(["A", "B"]), outcomes, pd.DataFrame(
+        build_patient_frame(contract_infusions(["A", "B"]), outcomes, pd.DataFrame(
             columns=["patient_id", "day", "specimen", "assay", "value", "censored", "unit"]))
 
 
@@ -275,6 +242,21 @@ def test_landmark_cox_uses_only_patients_in_remission_at_the_landmark():
     patients.loc[:99, "first_event"] = "relapse"
     result = LandmarkCoxHazardRatio("relapse", "marker", 42.0).compute(CalibrationData(patients, False))
     assert result.n == 5900
+    assert result.value == pytest.approx(3.0, rel=0.10)
+
+
+def test_landmark_cox_adjusts_for_bca_loss_by_the_landmark():
+    rng = np.random.default_rng(9)
+    n = 12000
+    marker, lost = rng.integers(0, 2, n).astype(float), rng.integers(0, 2, n).astype(float)
+    relapse = 42.0 + rng.exponential(300.0 / (3.0 ** marker * 2.0 ** lost))
+    censor = 42.0 + rng.uniform(1.0, 1000.0, n)
+    patients = _patients(np.minimum(relapse, censor), np.where(relapse <= censor, "relapse", "none"), marker=marker,
+                         bca_loss_day=np.where(lost == 1, 30.0, np.nan), bca_first_test_day=28.0)
+    patients.loc[:999, "bca_first_test_day"] = 60.0  # no B-cell test by the landmark: left out
+    result = LandmarkCoxHazardRatio("relapse", "marker", 42.0, adjust_for_bca_loss=True).compute(
+        CalibrationData(patients, False))
+    assert result.n == n - 1000
     assert result.value == pytest.approx(3.0, rel=0.10)
 
 

@@ -110,3 +110,16 @@ def test_acquired_escape_enters_at_the_seed_level():
     assert burden["neg_m"][0] == pytest.approx(p.escape_seed_log10 + 0.02 * 10)
     assert burden["my_m"][1] == pytest.approx(p.escape_seed_log10 + 0.05 * 10)
     assert np.isinf(burden["neg_m"][2]) and np.isinf(burden["my_m"][2])
+
+
+def test_a_declining_clone_above_threshold_never_passes_upward():
+    n = 2
+    course = ClonalCourse(
+        b0_m=np.full(n, -np.inf), b0_e=np.full(n, -np.inf), kill_factor_e=np.ones(n), k1=np.zeros(n),
+        k2=np.zeros(n), tp=np.full(n, np.inf), growth_pos=np.full(n, 0.03), growth_neg=np.array([-0.01, 0.01]),
+        growth_my=np.zeros(n), neg_m=np.full(n, -1.0), my_m=np.full(n, -np.inf), neg_e=np.full(n, -np.inf),
+        escape_day=np.full(n, np.inf), escape_myeloid=np.zeros(n, dtype=bool), escape_seed_log10=-8.0,
+        expansion_days=28.0, floor_log10=-10.0,
+    )
+    crossings = course.crossing_days(THRESHOLD_M, THRESHOLD_E)
+    assert np.isinf(crossings[0, 1]) and crossings[1, 1] == 0.0

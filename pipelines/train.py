@@ -1,0 +1,643 @@
+"""``car-relapse train --config configs/default.yaml``: train, evaluate, track, register (gated).
+
+Steps (each shown with a progress bar):
+
+1. load and check the run config (exit code 2 with every offending key on a bad config);
+2. load the cohort the config names (the embedded synthetic cohort, simulated with its oracle, or
+   a folder in the data contract), validate it (the data report), build the stacked landmark set;
+3. cross-validate every candidate and the clinicians' rule with folds grouped by patient (or
+   site), and score them side by side with the oracle where it is known (models.evaluation);
+4. pick the winner by the configured metric, refit it on all rows, explain it (SHAP);
+5. log everything to MLflow (config as params, every metric per landmark / endpoint / horizon /
+   source, data report, plots, feature list, dataset hash; no patient rows unless
+   ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
+   configured thresholds, moving the ``champion`` / ``previous`` aliases under a lock;
+6. print where to look: run id, model version, the ``mlflow ui`` line and the serve command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from features.contract import ContractError, validate_cohort
+from features.landmarks import feature_columns
+from models.base import ModelInputError
+from models.serving import ScoringBundle
+from pipelines.config import ConfigError, DataConfig, RunConfig, load_config
+from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, setup_tracking
+
+__all__ = [
+    "EXIT_BAD_CONFIG",
+    "EXIT_FAILED",
+    "HIGHER_IS_BETTER",
+    "LOWER_IS_BETTER",
+    "TrainError",
+    "CohortData",
+    "TrainSummary",
+    "check_config",
+    "load_cohort",
+    "dataset_hash",
+    "flatten_config",
+    "metric_key",
+    "summarise_metrics",
+    "select_winner",
+    "train",
+    "run_train",
+]
+
+EXIT_BAD_CONFIG = 2
+EXIT_FAILED = 1
+HIGHER_IS_BETTER = ("uno_c", "harrell_c", "auc")
+LOWER_IS_BETTER = ("brier", "ibs")
+RULE = "rule"
+ORACLE = "oracle"
+_console = Console()
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class CohortData:
+    """Raw cohort tables, where they came from, and the oracle when known (evaluation only)."""
+
+    infusions: pd.DataFrame
+    measurements: pd.DataFrame
+    outcomes: pd.DataFrame
+    source_names: dict[str, str]
+    description: str
+    oracle: Optional[pd.DataFrame] = None
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """Where a training run went."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    winner: str
+    winner_metrics: dict[str, float]
+    registered: bool
+    model_name: str
+    model_version: Optional[str]
+    previous_champion: Optional[str]
+    gate_reasons: tuple[str, ...]
+    model_uri: str
+
+
+# --- config ---------------------------------------------------------------------------------------
+def check_config(config: RunConfig) -> None:
+    """Checks across sections that pydantic cannot express; raises ConfigError naming each key."""
+    from features.registry import get_builder
+    from models.factory import BASELINE_NAME, MODEL_NAMES
+
+    problems = []
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    known_metrics = HIGHER_IS_BETTER + LOWER_IS_BETTER
+    if config.evaluation.selection_metric not in known_metrics:
+        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
+    if float(config.registry.risk_group_horizon_days) not in horizons:
+        problems.append(f"registry.risk_group_horizon_days: {config.registry.risk_group_horizon_days:g} is not one of "
+                        f"evaluation.horizons_days {horizons}")
+    if float(config.evaluation.shap_horizon_days) not in horizons:
+        problems.append(f"evaluation.shap_horizon_days: {config.evaluation.shap_horizon_days:g} is not one of "
+                        f"evaluation.horizons_days {horizons}")
+    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
+        if name not in known_metrics:
+            problems.append(f"registry thresholds: unknown metric '{name}'; known: {known_metrics}")
+    unknown = [name for name in config.models.candidates if name not in MODEL_NAMES]
+    if unknown or not config.models.candidates:
+        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(MODEL_NAMES)}")
+    extra_params = sorted(set(config.models.params) - set(MODEL_NAMES) - {BASELINE_NAME})
+    if extra_params:
+        problems.append(f"models.params: no candidate named {extra_params}")
+    if config.data.source == "folder" and config.data.input_dir is None:
+        problems.append("data.input_dir: required when data.source is 'folder'")
+    for name in config.features.builders:
+        try:
+            get_builder(name)
+        except KeyError as exc:
+            problems.append(f"features.builders: {exc.args[0]}")
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in problems))
+
+
+def flatten_config(config: RunConfig) -> dict[str, str]:
+    """The config as flat MLflow params: ``section.key`` (nested keys joined by dots) -> text."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+    walk("", config.model_dump(mode="json"))
+    return flat
+
+
+# --- data -----------------------------------------------------------------------------------------
+def load_cohort(data: DataConfig) -> CohortData:
+    """The cohort the config names: simulated (with its oracle) or read from a folder.
+
+    Raises
+    ------
+    TrainError
+        A folder without an ``outcomes`` table (training needs outcomes).
+    """
+    if data.source == "synthetic":
+        from pipelines.simulate import simulate_cohort
+
+        synthetic = data.synthetic
+        cohort = simulate_cohort(synthetic.n_patients, synthetic.seed, with_oracle=synthetic.with_oracle)
+        names = {table: table for table in ("infusions", "measurements", "outcomes")}
+        description = f"synthetic (n_patients={synthetic.n_patients}, seed={synthetic.seed})"
+        return CohortData(cohort.infusions, cohort.measurements, cohort.outcomes, names, description, cohort.oracle)
+    from pipelines.io import read_cohort_folder, read_table
+
+    files = read_cohort_folder(data.input_dir)
+    if "outcomes" not in files.tables:
+        raise TrainError(f"{data.input_dir}: training needs an outcomes table (outcomes.csv or outcomes.parquet)")
+    oracle_file = Path(data.input_dir) / "oracle.parquet"
+    oracle = read_table(oracle_file) if oracle_file.is_file() else None
+    tables = files.tables
+    return CohortData(tables["infusions"], tables["measurements"], tables["outcomes"], files.source_names,
+                      f"folder {data.input_dir}", oracle)
+
+
+def _canonical_csv(frame: pd.DataFrame, keys: Sequence[str]) -> bytes:
+    ordered = frame.reindex(columns=sorted(frame.columns))
+    ordered = ordered.sort_values([k for k in keys if k in ordered.columns], kind="stable")
+    return ordered.to_csv(index=False, lineterminator="\n", na_rep="").encode()
+
+
+def dataset_hash(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: pd.DataFrame) -> str:
+    """sha256 of the validated tables in a canonical form (sorted columns and rows, CSV text).
+
+    Row order and column order in the input files do not change the hash; any value does.
+    """
+    digest = hashlib.sha256()
+    for name, frame, keys in (
+        ("infusions", infusions, ["patient_id"]),
+        ("measurements", measurements, ["patient_id", "day", "specimen", "assay", "value"]),
+        ("outcomes", outcomes, ["patient_id"]),
+    ):
+        digest.update(f"[{name}]\n".encode())
+        digest.update(_canonical_csv(frame, keys))
+    return digest.hexdigest()
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+def _sources_cv(landmark_set: pd.DataFrame, config: RunConfig, oracle: Optional[pd.DataFrame],
+                on_fold) -> dict[str, pd.DataFrame]:
+    """Out-of-fold predictions of every candidate and the rule, plus the oracle's, per row."""
+    from models.factory import BASELINE_NAME, make_model
+    from models.oracle import oracle_predictions
+    from models.validation import cross_validated_cif, grouped_splits
+
+    cols = feature_columns(landmark_set)
+    X, y = landmark_set[cols], landmark_set[["time", "event"]]
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    splits = grouped_splits(landmark_set, config.evaluation.cv_folds, config.evaluation.group_by,
+                            config.models.random_state)
+    predictions = {}
+    for name in list(config.models.candidates) + [BASELINE_NAME]:
+        model = make_model(name, config.models.params.get(name), config.models.random_state)
+        predictions[name] = cross_validated_cif(model, X, y, splits, horizons, on_fold=on_fold)
+    if oracle is not None:
+        predictions[ORACLE] = oracle_predictions(landmark_set[["patient_id", "landmark_day"]], oracle, horizons)
+    return predictions
+
+
+def _evaluate(landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], config: RunConfig):
+    from models.evaluation import EvaluationSettings, evaluate_sources
+
+    settings = EvaluationSettings(
+        horizons_days=tuple(float(h) for h in config.evaluation.horizons_days),
+        n_bootstrap=config.evaluation.bootstrap,
+        reference=RULE,
+        random_state=config.models.random_state,
+    )
+    targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
+    return evaluate_sources(targets, predictions, settings)
+
+
+def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per source, each metric for relapse over all landmarks, averaged over the horizons.
+
+    These are the numbers the winner is picked by and the registration gate checks.
+    """
+    rows = metrics[(metrics["landmark_day"].astype(str) == "all") & (metrics["endpoint"] == "relapse")
+                   & (metrics["kind"] == "estimate")]
+    means = rows.groupby(["source", "metric"])["value"].mean()
+    summary: dict[str, dict[str, float]] = {}
+    for (source, metric), value in means.items():
+        summary.setdefault(str(source), {})[str(metric)] = float(value)
+    return summary
+
+
+def select_winner(summary: Mapping[str, Mapping[str, float]], candidates: Sequence[str], metric: str) -> str:
+    """The candidate with the best summary value of ``metric`` (ties: first in config order).
+
+    Raises
+    ------
+    TrainError
+        No candidate has a finite value of the metric.
+    """
+    sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
+    scored = [(sign * summary.get(name, {}).get(metric, np.nan), -i, name) for i, name in enumerate(candidates)]
+    scored = [item for item in scored if np.isfinite(item[0])]
+    if not scored:
+        raise TrainError(f"no candidate has a finite '{metric}'; cannot pick a winner")
+    return max(scored)[2]
+
+
+# --- MLflow logging -------------------------------------------------------------------------------
+def _label(value: Any) -> str:
+    number = float(value)
+    return str(int(number)) if number.is_integer() else f"{number:g}"
+
+
+def metric_key(row: Mapping[str, Any], suffix: str = "") -> str:
+    """MLflow key of one evaluation metric: ``cv/<source>/<endpoint>/lm<day|all>[/h<days>]/<metric>``."""
+    source = str(row["source"]).replace(" - ", "_vs_")
+    landmark = "all" if str(row["landmark_day"]) == "all" else _label(row["landmark_day"])
+    horizon = "" if pd.isna(row["horizon_days"]) else f"/h{_label(row['horizon_days'])}"
+    return f"cv/{source}/{row['endpoint']}/lm{landmark}{horizon}/{row['metric']}{suffix}"
+
+
+def _metric_entries(metrics: pd.DataFrame) -> Iterator[tuple[str, float]]:
+    for row in metrics.to_dict("records"):
+        for column, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+            if np.isfinite(row[column]):
+                yield metric_key(row, suffix), float(row[column])
+
+
+def _log_metrics(run_id: str, metrics: pd.DataFrame, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
+    """Every evaluation metric, the per-source summaries and the winner's, in batches."""
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    entries = list(_metric_entries(metrics))
+    entries += [(f"summary/{source}/{name}", value) for source, values in summary.items()
+                for name, value in values.items() if np.isfinite(value)]
+    entries += [(f"winner/{name}", value) for name, value in summary[winner].items() if np.isfinite(value)]
+    stamp = int(time.time() * 1000)
+    client = MlflowClient()
+    batch = [Metric(key, value, stamp, 0) for key, value in entries]
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start:start + 1000], synchronous=True)
+
+
+def _log_tables(metrics: pd.DataFrame, calibration: pd.DataFrame, report: dict, features: dict) -> None:
+    """Aggregated tables only: metrics, calibration groups, data report, feature list."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        metrics_path, calibration_path = Path(folder) / "metrics.csv", Path(folder) / "calibration.csv"
+        metrics.to_csv(metrics_path, index=False)
+        calibration.to_csv(calibration_path, index=False)
+        mlflow.log_artifact(str(metrics_path), "evaluation")
+        mlflow.log_artifact(str(calibration_path), "evaluation")
+    mlflow.log_dict(report, "data/data_report.json")
+    mlflow.log_dict(features, "features/feature_list.json")
+
+
+def _log_patient_rows(landmark_set: pd.DataFrame, quarantined: Mapping[str, pd.DataFrame]) -> None:
+    """Only when ``registry.log_patient_rows``: the landmark set and the quarantined raw rows."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "landmark_set.parquet"
+        landmark_set.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), "patient_rows")
+        for table, rows in quarantined.items():
+            if len(rows):
+                rows_path = Path(folder) / f"quarantined_{table}.csv"
+                rows.to_csv(rows_path, index=False)
+                mlflow.log_artifact(str(rows_path), "patient_rows")
+
+
+# --- plots (aggregates only) ----------------------------------------------------------------------
+def _figure_grid(n_panels: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = min(n_panels, 4)
+    n_rows = -(-n_panels // n_cols)
+    figure, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 4.0 * n_rows), squeeze=False)
+    for axis in axes.flat[n_panels:]:
+        axis.set_visible(False)
+    return figure, list(axes.flat[:n_panels])
+
+
+def calibration_figure(calibration: pd.DataFrame, sources: Sequence[str], horizon_days: float):
+    """Observed (Aalen-Johansen) vs mean predicted relapse incidence by risk group, per landmark."""
+    rows = calibration[(calibration["endpoint"] == "relapse") & (calibration["horizon_days"] == horizon_days)]
+    landmarks = sorted(rows["landmark_day"].unique())
+    figure, axes = _figure_grid(len(landmarks))
+    for axis, landmark in zip(axes, landmarks):
+        for source in sources:
+            part = rows[(rows["landmark_day"] == landmark) & (rows["source"] == source)]
+            axis.plot(part["predicted"], part["observed"], marker="o", label=source)
+        top = float(np.nanmax(rows[["predicted", "observed"]].to_numpy(dtype=float), initial=0.05)) * 1.05
+        axis.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
+        axis.set(title=f"landmark day {_label(landmark)}", xlabel=f"predicted relapse by {_label(horizon_days)} d",
+                 ylabel="observed (Aalen-Johansen)")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizons_days: Sequence[float]):
+    """Observed cumulative incidence per cause (lines) vs the mean out-of-fold prediction (markers)."""
+    from models.base import CAUSES, cif_column
+    from models.nonparametric import aalen_johansen
+
+    codes = {cause: k + 1 for k, cause in enumerate(CAUSES)}
+    landmarks = sorted(landmark_set["landmark_day"].unique())
+    figure, axes = _figure_grid(len(landmarks))
+    grid = np.linspace(0, max(horizons_days), 100)
+    for axis, landmark in zip(axes, landmarks):
+        rows = (landmark_set["landmark_day"] == landmark).to_numpy()
+        status = landmark_set.loc[rows, "event"].map(codes).fillna(0).astype(int).to_numpy()
+        observed = aalen_johansen(landmark_set.loc[rows, "time"].to_numpy(float), status, grid, len(CAUSES))
+        for k, cause in enumerate(CAUSES):
+            line = axis.plot(grid, observed[k], label=cause)[0]
+            means = [predicted.loc[rows, cif_column(cause, h)].mean() for h in horizons_days]
+            axis.plot(horizons_days, means, marker="o", linestyle="none", color=line.get_color())
+        axis.set(title=f"landmark day {_label(landmark)} (n={int(rows.sum())})", xlabel="days from landmark",
+                 ylabel="cumulative incidence")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def _log_figure(figure, path: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(figure, path)
+    plt.close(figure)
+
+
+# --- the winner: bundle, gate, registration -------------------------------------------------------
+def _bundle(config: RunConfig, estimator, winner: str, columns: Sequence[str], version: Optional[str],
+            run_id: str) -> ScoringBundle:
+    from pipelines.build_features import builder_options
+
+    return ScoringBundle(
+        estimator=estimator,
+        estimator_name=winner,
+        feature_columns=tuple(columns),
+        builders=tuple(config.features.builders),
+        builder_options=builder_options(config.features),
+        horizons_days=tuple(float(h) for h in config.evaluation.horizons_days),
+        risk_group_horizon_days=float(config.registry.risk_group_horizon_days),
+        risk_group_cutoffs=tuple(float(c) for c in config.registry.risk_group_cutoffs),
+        n_top_factors=config.registry.top_factors,
+        model_name=config.registry.model_name if version is not None else None,
+        model_version=version,
+        run_id=run_id,
+    )
+
+
+def _log_bundle(bundle: ScoringBundle):
+    from pipelines.pyfunc_model import log_scoring_model, save_bundle
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_bundle(bundle, Path(folder) / "scoring_bundle.pkl")
+        return log_scoring_model(path)
+
+
+@dataclass(frozen=True)
+class _Registration:
+    registered: bool
+    version: Optional[str]
+    previous: Optional[str]
+    reasons: tuple[str, ...]
+    model_uri: str
+
+
+def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, make_bundle,
+                      winner_metrics: Mapping[str, float]) -> _Registration:
+    """Log the pyfunc; register and promote it only if it passes the gate (under the lock)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.registry import evaluate_gate, next_version, promotion, register_and_promote
+
+    decision = evaluate_gate(winner_metrics, config.registry.thresholds, config.registry.max_thresholds)
+    mlflow.log_dict({"passed": decision.passed, "checks": list(decision.checks)}, "registry/gate.json")
+    mlflow.set_tag("registry.gate", "passed" if decision.passed else "failed")
+    if not decision.passed:
+        info = _log_bundle(make_bundle(None))
+        mlflow.set_tag("registry.registered", "false")
+        return _Registration(False, None, None, decision.reasons, info.model_uri)
+    client = MlflowClient()
+    name = config.registry.model_name
+    with promotion(target.promotion_lock_path):
+        version = next_version(client, name)
+        info = _log_bundle(make_bundle(version))
+        promoted = register_and_promote(client, name, info.model_uri, run_id, expected_version=version)
+    mlflow.set_tags({"registry.registered": "true", "registry.version": promoted.version})
+    return _Registration(True, promoted.version, promoted.previous_champion, (), info.model_uri)
+
+
+# --- orchestration ----------------------------------------------------------------------------------
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=_console)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    cohort: CohortData
+    validated: Any
+    landmark_set: pd.DataFrame
+    columns: list[str]
+
+
+def _prepare(config: RunConfig, progress: Progress) -> _Prepared:
+    """Load, validate and build the landmark set (one progress step each)."""
+    from pipelines.build_features import landmark_set_from_config
+
+    task = progress.add_task("cohort, validation, landmark set", total=3)
+    cohort = load_cohort(config.data)
+    progress.advance(task)
+    validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes,
+                                on_error=config.data.on_error, source_names=cohort.source_names)
+    progress.advance(task)
+    landmark_set = landmark_set_from_config(validated.infusions, validated.measurements, validated.outcomes,
+                                            config.features)
+    if landmark_set.empty:
+        raise TrainError("the landmark set is empty: no patient is in remission and event-free at any landmark")
+    progress.advance(task)
+    return _Prepared(cohort, validated, landmark_set, feature_columns(landmark_set))
+
+
+def _cross_validate(config: RunConfig, prepared: _Prepared, progress: Progress):
+    n_sources = len(config.models.candidates) + 1
+    folds = config.evaluation.cv_folds if config.evaluation.group_by == "patient" \
+        else prepared.landmark_set["site"].nunique()
+    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * folds)
+    predictions = _sources_cv(prepared.landmark_set, config, prepared.cohort.oracle,
+                              on_fold=lambda _: progress.advance(task))
+    task = progress.add_task(f"metrics (bootstrap {config.evaluation.bootstrap})", total=1)
+    evaluation = _evaluate(prepared.landmark_set, predictions, config)
+    progress.advance(task)
+    return predictions, evaluation
+
+
+def _refit(config: RunConfig, prepared: _Prepared, winner: str, progress: Progress):
+    from models.factory import make_model
+
+    task = progress.add_task(f"refit {winner} on all rows", total=1)
+    model = make_model(winner, config.models.params.get(winner), config.models.random_state)
+    model.fit(prepared.landmark_set[prepared.columns], prepared.landmark_set[["time", "event"]])
+    progress.advance(task)
+    return model
+
+
+def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Optional[Path]) -> None:
+    import mlflow
+
+    validated = prepared.validated
+    mlflow.log_params(flatten_config(config))
+    mlflow.set_tags({
+        "data.source": prepared.cohort.description,
+        "data.sha256": dataset_hash(validated.infusions, validated.measurements, validated.outcomes),
+        "data.patients": str(validated.report.patients_out),
+        "data.landmark_rows": str(len(prepared.landmark_set)),
+        "data.oracle": str(prepared.cohort.oracle is not None).lower(),
+    })
+    if config_path is not None:
+        mlflow.log_artifact(str(config_path), "config")
+
+
+def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluation, summary, winner: str,
+                    run_id: str) -> None:
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    _log_metrics(run_id, evaluation.metrics, summary, winner)
+    features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
+    _log_tables(evaluation.metrics, evaluation.calibration, prepared.validated.report.to_dict(), features)
+    shown = [s for s in (winner, RULE, ORACLE) if s in predictions]
+    _log_figure(calibration_figure(evaluation.calibration, shown, float(config.registry.risk_group_horizon_days)),
+                "plots/calibration_relapse.png")
+    _log_figure(incidence_figure(prepared.landmark_set, predictions[winner], horizons),
+                "plots/cumulative_incidence.png")
+    if config.registry.log_patient_rows:
+        _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
+
+
+def train(config: RunConfig, config_path: Optional[Path] = None, tracking_uri: Optional[str] = None) -> TrainSummary:
+    """Run the whole training job for a validated config (see the module docstring).
+
+    Parameters
+    ----------
+    config : RunConfig
+    config_path : Path, optional
+        Logged as an artifact when given.
+    tracking_uri : str, optional
+        Overrides the environment and the config.
+
+    Returns
+    -------
+    TrainSummary
+    """
+    import mlflow
+
+    check_config(config)
+    target = setup_tracking(config.tracking.experiment, tracking_uri, config.tracking.tracking_uri,
+                            config.tracking.artifact_location)
+    with mlflow.start_run(experiment_id=target.experiment_id) as run, _progress() as progress:
+        run_id = run.info.run_id
+        prepared = _prepare(config, progress)
+        _log_run_inputs(config, prepared, config_path)
+        predictions, evaluation = _cross_validate(config, prepared, progress)
+        summary = summarise_metrics(evaluation.metrics)
+        winner = select_winner(summary, config.models.candidates, config.evaluation.selection_metric)
+        _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
+        model = _refit(config, prepared, winner, progress)
+        _log_explanations(config, model, prepared, progress)
+        mlflow.set_tag("winner", winner)
+        task = progress.add_task("log model, gate, register", total=1)
+        registration = _log_and_register(
+            config, target, run_id, lambda version: _bundle(config, model, winner, prepared.columns, version, run_id),
+            summary[winner],
+        )
+        progress.advance(task)
+    return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
+                        registration.registered, config.registry.model_name, registration.version,
+                        registration.previous, registration.reasons, registration.model_uri)
+
+
+def _log_explanations(config: RunConfig, model, prepared: _Prepared, progress: Progress) -> None:
+    """SHAP summary of the refitted winner (placeholder until models.explain lands)."""
+    return None
+
+
+# --- the command ------------------------------------------------------------------------------------
+def _where_to_look(summary: TrainSummary) -> list[str]:
+    from pipelines.tracking import default_tracking_uri
+
+    uri_option = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri '{summary.tracking_uri}'"
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(summary.winner_metrics.items()) if k in HIGHER_IS_BETTER + LOWER_IS_BETTER)
+    lines = [
+        f"run id:      {summary.run_id} (experiment {summary.experiment_id})",
+        f"winner:      {summary.winner}  ({metrics})",
+    ]
+    if summary.registered:
+        previous = f", previous champion: version {summary.previous_champion}" if summary.previous_champion else ""
+        lines.append(f"registered:  {summary.model_name} version {summary.model_version} -> alias 'champion'{previous}")
+    else:
+        lines.append(f"NOT registered (logged as {summary.model_uri}): " + "; ".join(summary.gate_reasons))
+    lines += [
+        f"MLflow UI:   {mlflow_ui_command(summary.tracking_uri)}",
+        f"serve:       car-relapse serve --model models:/{summary.model_name}@champion{uri_option}",
+        f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
+        f"--as-of-day 91 --output scores.parquet{uri_option}",
+    ]
+    return lines
+
+
+def run_train(config_path: Path, tracking_uri: Optional[str] = None) -> TrainSummary:
+    """``car-relapse train``: load the config, train, print where to look.
+
+    Exit codes: 2 for a bad config, 1 for bad data or a failed step; never a traceback for the
+    project's own errors.
+    """
+    import typer
+
+    from pipelines.io import CohortIOError
+    from pipelines.registry import RegistryError
+
+    try:
+        config = load_config(Path(config_path))
+        summary = train(config, Path(config_path), tracking_uri)
+    except ConfigError as exc:
+        _console.print(f"[red]config error:[/red] {exc}", highlight=False)
+        raise typer.Exit(code=EXIT_BAD_CONFIG) from None
+    except (TrainError, ContractError, CohortIOError, ModelInputError, TrackingError, RegistryError) as exc:
+        _console.print(f"[red]training failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(code=EXIT_FAILED) from None
+    for line in _where_to_look(summary):
+        _console.print(line, highlight=False, soft_wrap=True)
+    return summary
