@@ -148,6 +148,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
         Horizon of the relapse incidence returned by :meth:`predict`.
     phenotype_time_knots : int
         Times at which the phenotype shares are computed, interpolated linearly in between.
+    background_rows : int
+        Training rows kept as ``background_`` (reference sample of the SHAP explanations).
 
     Attributes
     ----------
@@ -160,15 +162,18 @@ class CauseSpecificHazardsModel(BaseEstimator):
         feature, which scikit-survival reports as a warning and is recorded here instead).
     time_grid_ : ndarray
         Grid of the curves (days from the landmark).
+    background_ : DataFrame
+        A random sample of the training features (SHAP reference rows).
     """
 
     def __init__(self, survival_estimator=None, *, phenotype_classifier=None, time_resolution_days=7.0,
-                 risk_horizon_days=365.0, phenotype_time_knots=8):
+                 risk_horizon_days=365.0, phenotype_time_knots=8, background_rows=100):
         self.survival_estimator = survival_estimator
         self.phenotype_classifier = phenotype_classifier
         self.time_resolution_days = time_resolution_days
         self.risk_horizon_days = risk_horizon_days
         self.phenotype_time_knots = phenotype_time_knots
+        self.background_rows = background_rows
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> "CauseSpecificHazardsModel":
@@ -195,6 +200,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.hazard_models_ = {cause: self._fit_hazard(X, time, np.isin(event, members), cause)
                                for cause, members in _HAZARD_CAUSES.items()}
         self._fit_phenotype_model(X, time, event)
+        self.background_ = X.sample(n=min(len(X), self.background_rows), random_state=0)
         return self
 
     def _rounded(self, time: np.ndarray) -> np.ndarray:

@@ -29,9 +29,21 @@ from models.bootstrap import PatientBootstrap, percentile_interval
 from models.calibration import calibration_slope, calibration_table, decile_slope, observed_expected_ratio
 from models.metrics import ENDPOINT, ENDPOINTS, Outcome, brier_score, cumulative_auc, harrell_c, integrated_brier_score, uno_c
 
-__all__ = ["ALL_LANDMARKS", "EvaluationResult", "EvaluationSettings", "endpoint_column", "evaluate_sources"]
+__all__ = [
+    "ALL_LANDMARKS",
+    "HIGHER_IS_BETTER",
+    "EvaluationResult",
+    "EvaluationSettings",
+    "best_source",
+    "endpoint_column",
+    "evaluate_sources",
+    "summary_by_source",
+]
 
 ALL_LANDMARKS = "all"
+HIGHER_IS_BETTER = frozenset({"harrell_c", "uno_c", "auc"})
+"""Metrics where larger is better; for the others (Brier, IBS) smaller is, and for the calibration
+slope the distance to 1 is what counts."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,14 @@ def _score_landmark(collector: _Collector, targets: pd.DataFrame, predictions: M
                 collector.add((landmark, endpoint, np.nan, "ibs", source), ibs, ibs_boot, (outcome.n, -1))
 
 
+def _finite_mean(values: np.ndarray):
+    """Mean over the first axis ignoring NaN; NaN where nothing is finite (no warning)."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis=0)
+    count = finite.sum(axis=0)
+    return np.divide(total, count, out=np.full(np.shape(total), np.nan), where=count > 0)
+
+
 def _add_landmark_means(collector: _Collector, landmarks: Sequence[float]) -> None:
     """The "all" landmark: mean over landmarks of the points and of the aligned replicates."""
     groups: dict[tuple, list[tuple]] = {}
@@ -172,11 +192,11 @@ def _add_landmark_means(collector: _Collector, landmarks: Sequence[float]) -> No
     for rest, keys in groups.items():
         if len(keys) != len(landmarks):
             continue
-        point = float(np.nanmean([collector.points[key] for key in keys]))
+        point = float(_finite_mean(np.array([collector.points[key] for key in keys])))
         counts = tuple(int(sum(collector.counts[key][i] for key in keys)) for i in range(2))
         replicates = None
         if all(key in collector.replicates for key in keys):
-            replicates = np.nanmean(np.vstack([collector.replicates[key] for key in keys]), axis=0)
+            replicates = _finite_mean(np.vstack([collector.replicates[key] for key in keys]))
         collector.add((ALL_LANDMARKS, *rest), point, replicates, counts)
 
 
@@ -236,3 +256,31 @@ def evaluate_sources(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFra
     calibration_frame = pd.concat(calibration, ignore_index=True) if calibration else pd.DataFrame()
     return EvaluationResult(metrics=metrics, calibration=calibration_frame, n_rows_scored=int(keep.sum()),
                             n_rows_dropped=int((~keep).sum()), replicates=collector.replicates)
+
+
+def summary_by_source(metrics: pd.DataFrame, endpoint: str = "relapse") -> pd.DataFrame:
+    """Per source and metric, the all-landmark value averaged over the horizons (sources x metrics)."""
+    rows = metrics[(metrics["landmark_day"].astype(str) == ALL_LANDMARKS) & (metrics["endpoint"] == endpoint)
+                   & (metrics["kind"] == "estimate")]
+    return rows.groupby(["source", "metric"])["value"].mean().unstack("metric")
+
+
+def best_source(metrics: pd.DataFrame, candidates: Sequence[str], metric: str = "uno_c") -> str:
+    """The candidate with the best summary value of ``metric`` (ties: first listed).
+
+    Raises
+    ------
+    ModelInputError
+        No candidate has a finite value.
+    """
+    summary = summary_by_source(metrics)
+    if metric not in summary.columns:
+        raise ModelInputError(f"metric {metric!r} was not computed")
+    values = summary[metric].reindex(list(candidates)).to_numpy(dtype=float)
+    if metric == "calibration_slope":
+        values = -np.abs(values - 1.0)
+    elif metric not in HIGHER_IS_BETTER:
+        values = -values
+    if not np.isfinite(values).any():
+        raise ModelInputError(f"no candidate has a finite {metric!r}")
+    return list(candidates)[int(np.nanargmax(values))]

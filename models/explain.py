@@ -129,7 +129,8 @@ def explain_relapse_risk(model, X: pd.DataFrame, horizon_days: float = 365.0, ba
     horizon_days : float
         Horizon of the explained cumulative incidence (permutation method).
     background : DataFrame, optional
-        Reference rows for masking (default: a sample of ``X``); ``n_background`` are used.
+        Reference rows for masking; default the model's ``background_`` (a sample of its training
+        rows), else ``X``. ``n_background`` of them are used.
     n_background, max_rows : int
         Cost bounds.
     method : {"auto", "tree", "permutation"}
@@ -151,7 +152,9 @@ def explain_relapse_risk(model, X: pd.DataFrame, horizon_days: float = 365.0, ba
         if booster is None:
             raise ModelInputError("method='tree' needs an XGBoost model (xgb_cox, xgb_aft)")
         return _tree_explanation(booster, rows)
-    reference = check_features(X if background is None else background, list(X.columns))
+    if background is None:
+        background = getattr(model, "background_", X)
+    reference = check_features(background, list(X.columns))
     return _permutation_explanation(model, rows, _sample(reference, n_background, random_state + 1),
                                     horizon_days, random_state)
 

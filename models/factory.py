@@ -60,7 +60,7 @@ _ESTIMATORS = {
     "xgb_cox": XGBCoxSurvival,
     "xgb_aft": XGBAFTSurvival,
 }
-_COMPETING_PARAMS = ("time_resolution_days", "risk_horizon_days", "phenotype_time_knots")
+_COMPETING_PARAMS = ("time_resolution_days", "risk_horizon_days", "phenotype_time_knots", "background_rows")
 _SEEDED = ("rsf", "gbsa", "xgb_cox", "xgb_aft")
 
 
@@ -118,7 +118,7 @@ def make_model(name: str, params: Mapping[str, Any] | None = None, random_state:
         One of :data:`MODEL_NAMES`, or :data:`BASELINE_NAME` for the clinicians' rule.
     params : mapping, optional
         Hyper-parameters (``ModelsConfig.params[name]``). For candidates, the keys
-        ``time_resolution_days``, ``risk_horizon_days``, ``phenotype_time_knots`` go to
+        ``time_resolution_days``, ``risk_horizon_days``, ``phenotype_time_knots``, ``background_rows`` go to
         :class:`CauseSpecificHazardsModel`, all others to the survival estimator. For the rule, the
         keys are :class:`ClinicianRule` parameters.
     random_state : int

@@ -72,6 +72,8 @@ class ClinicianRule(BaseEstimator):
         Minimum training rows of a (group, landmark) stratum to get its own curves.
     time_resolution_days : float
         Spacing of the curves' time grid.
+    background_rows : int
+        Training rows kept as ``background_`` (reference sample of the SHAP explanations).
     """
 
     def __init__(self, *, bm_blasts_column="bm_blasts_pct", bm_blasts_high_pct=5.0,
@@ -79,7 +81,7 @@ class ClinicianRule(BaseEstimator):
                  kmt2a_column="kmt2a_rearranged", ngs_mrd_column="bm_ngs_mrd_detectable_since_infusion",
                  bca_loss_column="bca_lost_by_landmark", bca_loss_day_column="bca_loss_day_upper",
                  bca_loss_before_day=182.0, landmark_column="landmark_day", min_stratum_rows=30,
-                 time_resolution_days=7.0):
+                 time_resolution_days=7.0, background_rows=100):
         self.bm_blasts_column = bm_blasts_column
         self.bm_blasts_high_pct = bm_blasts_high_pct
         self.blinatumomab_nonresponse_column = blinatumomab_nonresponse_column
@@ -92,6 +94,7 @@ class ClinicianRule(BaseEstimator):
         self.landmark_column = landmark_column
         self.min_stratum_rows = min_stratum_rows
         self.time_resolution_days = time_resolution_days
+        self.background_rows = background_rows
 
     def _required_columns(self) -> list[str]:
         return [self.bm_blasts_column, self.blinatumomab_nonresponse_column, self.emd_column, self.kmt2a_column,
@@ -132,6 +135,7 @@ class ClinicianRule(BaseEstimator):
                 rows = (group == g) & (landmark == day)
                 if rows.sum() >= self.min_stratum_rows:
                     self.stratum_curves_[(g, float(day))] = self._curves(time[rows], status[rows])
+        self.background_ = X.sample(n=min(len(X), self.background_rows), random_state=0)
         return self
 
     def _curves(self, time: np.ndarray, status: np.ndarray) -> np.ndarray:

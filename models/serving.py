@@ -247,6 +247,9 @@ class ScoringBundle:
         Increasing cut-offs of that incidence: low < first <= intermediate < last <= high.
     n_top_factors : int
         Contributing factors reported per patient (0 = none).
+    explain_horizon_days : float
+        Horizon of the explained relapse incidence (permutation SHAP; tree SHAP explains the
+        relapse hazard, see ``models.explain``).
     model_name, model_version, run_id : str, optional
         Registered model name and version, and the training run (None when unregistered).
     """
@@ -260,6 +263,7 @@ class ScoringBundle:
     risk_group_horizon_days: float
     risk_group_cutoffs: tuple[float, ...]
     n_top_factors: int = 5
+    explain_horizon_days: float = 365.0
     model_name: Optional[str] = None
     model_version: Optional[str] = None
     run_id: Optional[str] = None
@@ -364,13 +368,24 @@ def assign_risk_groups(relapse_incidence: np.ndarray, cutoffs: Sequence[float]) 
 
 
 def _top_factor_columns(bundle: ScoringBundle, X: pd.DataFrame) -> dict[str, np.ndarray]:
-    """``top_factor_{i}`` (feature), ``_value`` and ``_contribution`` columns, i = 1..k."""
+    """``top_factor_{i}`` (feature), ``_value``, ``_contribution`` (i = 1..k) and what they explain."""
     if bundle.n_top_factors == 0:
         return {}
     from models.explain import top_factors
 
-    factors = top_factors(bundle.estimator, X, bundle.n_top_factors)
-    return _flatten_factors(factors, bundle.n_top_factors)
+    long = top_factors(bundle.estimator, X.reset_index(drop=True), bundle.n_top_factors,
+                       horizon_days=bundle.explain_horizon_days)
+    k = int(long["rank"].max()) if len(long) else 0
+    if len(long) != k * len(X) or not (long["row"].to_numpy() == np.repeat(np.arange(len(X)), k)).all():
+        raise ValueError("models.explain.top_factors did not explain every row in order")
+    columns: dict[str, np.ndarray] = {}
+    for rank in range(k):
+        part = long.iloc[rank::k]
+        columns[f"top_factor_{rank + 1}"] = part["feature"].to_numpy(dtype=object)
+        columns[f"top_factor_{rank + 1}_value"] = part["value"].to_numpy(dtype=float)
+        columns[f"top_factor_{rank + 1}_contribution"] = part["contribution"].to_numpy(dtype=float)
+    columns["top_factor_output"] = long["output"].iloc[::k].to_numpy(dtype=object) if k else np.array([], dtype=object)
+    return columns
 
 
 def _model_identity(bundle: ScoringBundle, n_rows: int) -> dict[str, np.ndarray]:

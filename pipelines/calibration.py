@@ -26,7 +26,12 @@ import numpy as np
 import pandas as pd
 
 from features.contract import validate_cohort
+from features.longitudinal import BCA_RECOVERY_CELLS_PER_UL, BCA_RECOVERY_PCT_LYMPHOCYTES
 from pipelines.calibration_targets import (
+    HIGH_BURDEN_BLASTS_PCT,
+    LOW_CD19_ANTIGEN_LOAD_PCT,
+    LOW_FLUDARABINE_AUC,
+    NGS_LANDMARKS,
     AalenJohansenAt,
     CalibrationData,
     CoxHazardRatio,
@@ -319,11 +324,11 @@ def _surveillance_targets() -> list[CalibrationTarget]:
                           ci95=(2.03, 9.97)),
         CalibrationTarget("relapse_hr_ngs_d28", "detectable BM NGS-MRD at day 28: relapse HR 4.9 (4.87, with "
                           "B-cell recovery in the model)", "ELIANA/ENSIGN", "hazard_ratio", 4.9,
-                          LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_d28", 42.0, True), HR,
+                          LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_d28", NGS_LANDMARKS["d28"][1], True), HR,
                           ci95=(2.18, 10.8)),
         CalibrationTarget("relapse_hr_ngs_m3", "detectable BM NGS-MRD at month 3: relapse HR 12 (with B-cell "
                           "recovery in the model)", "ELIANA/ENSIGN", "hazard_ratio", 12.0,
-                          LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_m3", 112.0, True), HR,
+                          LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_m3", NGS_LANDMARKS["m3"][1], True), HR,
                           ci95=(2.87, 50.0)),
         _share("pb_mrd_pos_bm_negative", "PB MRD positive while BM MRD <0.01% occurs (patients with such a visit, "
                "among patients with paired PB/BM flow MRD)", "DOMAIN", 0.0,
@@ -456,7 +461,8 @@ def _format_target(row: pd.Series) -> str:
     if row["tolerance_high"] == math.inf:
         return "> 0"
     if row["target_low"] != row["target_high"]:
-        text = f"{_format_value(row['target_low'], row['statistic'])}-{_format_value(row['target_high'], row['statistic'])}"
+        low, high = (_format_value(row[key], row["statistic"]) for key in ("target_low", "target_high"))
+        text = f"{low}-{high}"
     else:
         text = _format_value(row["target"], row["statistic"])
     if np.isfinite(row["ci95_low"]):
@@ -485,30 +491,35 @@ def _note_with_sample(row: pd.Series) -> str:
     return "; ".join(part for part in (sample, row["note"]) if part)
 
 
-_DEFINITIONS = """## Definitions
+def _definitions() -> str:
+    """The definitions section of the report, from the thresholds the analyses use."""
+    (d28_first, d28_last), (m3_first, m3_last) = NGS_LANDMARKS["d28"], NGS_LANDMARKS["m3"]
+    return f"""## Definitions
 
 - Time origin: CAR infusion (day 0). Responders: response CR or CRi at the day-28 assessment.
 - **EFS** (ELIANA style): events = no response (at day 0), relapse, death; consolidative HSCT censors
   (the CAR-only course is not observed after it); otherwise censored at last follow-up.
 - **Relapse** (cause-specific, among responders): the relapse (of the named phenotype) is the event;
   death, HSCT and relapses of another phenotype censor.
-- **Loss of B-cell aplasia (BCA)**: first post-infusion PB B-cell result >= 1% of lymphocytes or
-  >= 10 cells/uL (`features.longitudinal` thresholds); its day is the visit where it is first seen
-  (interval-censored in truth). In the time-varying Cox model the covariate switches on at that day
-  if it is within 1 year; a loss first seen on the day of the relapse itself does not count.
+- **Loss of B-cell aplasia (BCA)**: first post-infusion PB B-cell result >= {BCA_RECOVERY_PCT_LYMPHOCYTES:g}% of
+  lymphocytes or >= {BCA_RECOVERY_CELLS_PER_UL:g} cells/uL (`features.longitudinal` thresholds); its day is the
+  visit where it is first seen (interval-censored in truth). In the time-varying Cox model the covariate
+  switches on at that day if it is within 1 year; a loss first seen on the day of the relapse does not count.
 - **Detectable NGS-MRD**: any BM NGS result above the detection limit, including "detected, below
-  quantitation". Landmark analyses use the result in days 14-42 (landmark day 42) and 70-112
-  (landmark day 112), among responders event-free and followed at the landmark; time runs from it.
-  As in the ELIANA/ENSIGN multivariable analysis, the model also holds loss of BCA by the landmark.
-- **High burden**: marrow blasts >= 5% before lymphodepletion. Multivariable EFS model (CAR-MA):
-  high burden, blinatumomab non-responder, blinatumomab responder (vs naive), active non-CNS EMD,
-  KMT2A. Cause-specific relapse models add >= 2 prior CRs; the "no effect" model adds age >= 18,
-  male sex, Down syndrome, prior HSCT, Ph-positive, hypodiploid.
+  quantitation". Landmark analyses use the results of days {d28_first:g}-{d28_last:g} (landmark day {d28_last:g})
+  and {m3_first:g}-{m3_last:g} (landmark day {m3_last:g}), among responders event-free and followed at the
+  landmark; time runs from it. As in the ELIANA/ENSIGN multivariable analysis, the model also holds loss
+  of BCA by the landmark.
+- **High burden**: marrow blasts >= {HIGH_BURDEN_BLASTS_PCT:g}% before lymphodepletion. Multivariable EFS model
+  (CAR-MA): {", ".join(CARMA_EFS_COVARIATES)}. Cause-specific relapse models add prior_crs_ge2; the "no
+  effect" model adds age_ge_18, male, down_syndrome, prior_hsct, ph_positive, hypodiploid.
+- **Low antigen load / fludarabine exposure**: CD19 antigen load < {LOW_CD19_ANTIGEN_LOAD_PCT:g}% of BM cells;
+  fludarabine AUC < {LOW_FLUDARABINE_AUC:g} mg*h/L (patients without an AUC are left out of those models).
 - **Cumulative incidences** (death, HSCT) by Aalen-Johansen with relapse, death and HSCT as
   competing first events.
-- Cox models: lifelines CoxPHFitter (Efron ties), complete cases. The time-varying model uses a
-  vectorised counting-process Cox (Breslow ties; equal to lifelines' CoxTimeVaryingFitter without
-  ties, which needs minutes at this size).
+- Cox models: lifelines CoxPHFitter (Efron ties, damped Newton steps), complete cases. The time-varying
+  model uses a vectorised counting-process Cox (Breslow ties; equal to lifelines' CoxTimeVaryingFitter
+  without ties, which needs minutes at this size).
 """
 
 
@@ -542,7 +553,7 @@ def render_markdown(results: pd.DataFrame, n_patients: int, seed: int, command: 
              "published value or range (figures below 10%: within +-50%); medians within +-30%; 'no effect' as "
              "HR 0.77-1.3.", ""]
     lines += _markdown_table(results)
-    lines += ["", _DEFINITIONS]
+    lines += ["", _definitions()]
     for path in figures:
         lines += [f"![{Path(path).stem}]({path})", ""]
     return "\n".join(lines).rstrip() + "\n"

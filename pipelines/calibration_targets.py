@@ -87,6 +87,8 @@ NGS_LANDMARKS: dict[str, tuple[float, float]] = {"d28": (14.0, 42.0), "m3": (70.
 """BM NGS-MRD windows (first, last day); the landmark is the window's last day (no later data)."""
 PB_BM_PAIR_TOLERANCE_DAYS = 3.0
 """PB and BM results at most this many days apart count as the same visit."""
+BM_FLOW_MRD_NEGATIVE_BELOW = 1e-4
+"""BM flow MRD below this fraction (0.01%) counts as negative for the PB/BM discordance."""
 RESPONSES_IN_REMISSION = ("CR", "CRi")
 COX_NEWTON_STEP_SIZES = (0.5, 0.2, 0.05)
 """Newton step sizes tried in turn for lifelines' CoxPHFitter."""
@@ -100,12 +102,9 @@ class CalibrationDataError(ValueError):
 
 
 # --- patient frame --------------------------------------------------------------------------------
-def _indicator(series: pd.Series) -> pd.Series:
-    """Booleans (or 0/1, 'true'/'false', 'yes'/'no') as 1.0/0.0, missing as NaN."""
-    mapping = {True: 1.0, False: 0.0, 1: 1.0, 0: 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0,
-               "1": 1.0, "0": 0.0}
-    lowered = series.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
-    return lowered.map(mapping).astype(float)
+def _indicator(series: pd.Series) -> np.ndarray:
+    """A (contract-typed) boolean column as 1.0 / 0.0, missing as NaN."""
+    return series.astype("boolean").to_numpy(dtype=float, na_value=np.nan)
 
 
 def _flag(condition: pd.Series, known: pd.Series) -> pd.Series:
@@ -127,7 +126,7 @@ def _covariates(infusions: pd.DataFrame) -> pd.DataFrame:
         out[f"blinatumomab_{status}"] = _flag(blina == status, blina.notna())
     for column in ("active_non_cns_emd", "kmt2a_rearranged", "down_syndrome", "prior_hsct", "ph_positive",
                    "hypodiploid"):
-        out[column] = _indicator(infusions[column]).to_numpy()
+        out[column] = _indicator(infusions[column])
     prior_crs = pd.to_numeric(infusions["prior_crs"], errors="coerce")
     out["prior_crs_ge2"] = _flag(prior_crs >= 2, prior_crs.notna())
     out["low_cd19_antigen_load"] = _flag(load < LOW_CD19_ANTIGEN_LOAD_PCT, load.notna())
@@ -166,8 +165,7 @@ def _post_infusion_rows(measurements: pd.DataFrame, specimen: str, assay: str) -
 
 def _detectable(rows: pd.DataFrame) -> pd.Series:
     """Detectable = quantified above zero, or detected below the limit of quantitation."""
-    below_loq = rows["detected_below_loq"].astype(bool) if "detected_below_loq" in rows else False
-    return (~rows["censored"].astype(bool) & (rows["value"] > 0)) | below_loq
+    return (~rows["censored"].astype(bool) & (rows["value"] > 0)) | rows["detected_below_loq"].astype(bool)
 
 
 def _bca_columns(measurements: pd.DataFrame) -> pd.DataFrame:
@@ -200,7 +198,7 @@ def _pb_bm_discordance(measurements: pd.DataFrame) -> pd.Series:
     """1.0 if any visit has detectable PB flow MRD while BM flow MRD < 0.01%; NaN without a pair."""
     pb = _post_infusion_rows(measurements, "PB", "flow_mrd").assign(pb_pos=lambda r: _detectable(r))
     bm = _post_infusion_rows(measurements, "BM", "flow_mrd")
-    bm = bm.assign(bm_below=lambda r: r["censored"].astype(bool) | (r["value"] < 1e-4))
+    bm = bm.assign(bm_below=lambda r: r["censored"].astype(bool) | (r["value"] < BM_FLOW_MRD_NEGATIVE_BELOW))
     left = pb[["patient_id", "day", "pb_pos"]].astype({"patient_id": str}).sort_values("day")
     right = bm[["patient_id", "day", "bm_below"]].astype({"patient_id": str}).sort_values("day")
     pairs = pd.merge_asof(left, right, on="day", by="patient_id", direction="nearest",
@@ -386,7 +384,8 @@ class KaplanMeierAt:
         survival = float(fitter.survival_function_at_times(self.day).iloc[0])
         at_risk = int((frame["time"] > self.day).sum())
         value = 100.0 * (1.0 - survival if self.risk else survival)
-        return AnalysisResult(value, len(frame), int(frame["event"].sum()), note=f"{at_risk} at risk at day {self.day:g}")
+        note = f"{at_risk} at risk at day {self.day:g}"
+        return AnalysisResult(value, len(frame), int(frame["event"].sum()), note=note)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,16 @@ class EvaluationConfig(_Strict):
     shap_horizon_days: float = 365.0
     shap_background: int = Field(100, ge=10)
     selection_metric: str = "uno_c"
+    endpoints: list[Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"]] = Field(
+        default_factory=lambda: ["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"],
+        description="Endpoints scored: relapse (any phenotype) and each phenotype.",
+    )
+    bootstrap_endpoints: list[str] = Field(
+        default_factory=lambda: ["relapse"],
+        description="Endpoints that get bootstrap CIs (resampling patients costs time per endpoint).",
+    )
+    calibration_groups: int = Field(10, ge=2, description="Quantile groups of the calibration tables (deciles).")
+    shap_max_rows: int = Field(50, ge=1, description="Rows explained by the model-agnostic SHAP explainer.")
 
 
 class RegistryConfig(_Strict):

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from models.serving import REJECT_COLUMNS, ScoringBundle, ScoringInputError, score_tables
 from pipelines.io import CohortIOError, read_cohort_folder
-from pipelines.tracking import TrackingError, init_store, resolve_tracking_uri
+from pipelines.tracking import TrackingError, init_store, quiet_mlflow, resolve_tracking_uri
 
 __all__ = ["OUTPUT_SUFFIXES", "ScoreError", "ScoreSummary", "load_scoring_bundle", "rejects_path", "score_cohort",
            "run_score"]
@@ -204,6 +204,7 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
     """
     import typer
 
+    quiet_mlflow()
     started = time.perf_counter()
     output = Path(output)
     try:

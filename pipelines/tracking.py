@@ -33,6 +33,7 @@ __all__ = [
     "init_store",
     "setup_tracking",
     "mlflow_ui_command",
+    "quiet_mlflow",
 ]
 
 _DB_NAME = "mlflow.db"
@@ -246,3 +247,17 @@ def setup_tracking(
 def mlflow_ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (localhost)."""
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+
+
+def quiet_mlflow() -> None:
+    """Silence MLflow's chatter that says nothing to a user of this project.
+
+    The ``value`` field of a measurement is ``str | float`` on purpose (lab text or a number),
+    which MLflow reports as an "AnyType" warning every time the model is logged or loaded; the
+    artifact download progress bars are replaced by the project's own progress bars.
+    """
+    import logging
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow.types.type_hints").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.models.signature").setLevel(logging.WARNING)

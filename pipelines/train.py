@@ -34,7 +34,7 @@ from features.landmarks import feature_columns
 from models.base import ModelInputError
 from models.serving import ScoringBundle
 from pipelines.config import ConfigError, DataConfig, RunConfig, load_config
-from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, setup_tracking
+from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
 
 __all__ = [
     "EXIT_BAD_CONFIG",
@@ -53,6 +53,8 @@ __all__ = [
     "select_winner",
     "train",
     "run_train",
+    "without_training_rows",
+    "report_without_patient_details",
 ]
 
 EXIT_BAD_CONFIG = 2
@@ -61,6 +63,7 @@ HIGHER_IS_BETTER = ("uno_c", "harrell_c", "auc")
 LOWER_IS_BETTER = ("brier", "ibs")
 RULE = "rule"
 ORACLE = "oracle"
+_SHAP_ROWS = 300
 _console = Console()
 
 
@@ -318,6 +321,13 @@ def _log_tables(metrics: pd.DataFrame, calibration: pd.DataFrame, report: dict, 
     mlflow.log_dict(features, "features/feature_list.json")
 
 
+def report_without_patient_details(report: dict) -> dict:
+    """The data report with counts only: no patient ids and no example lines quoting row values."""
+    redacted = {**report, "quarantined_patients": len(report.get("quarantined_patients", []))}
+    redacted["tables"] = {name: {**table, "examples": []} for name, table in report.get("tables", {}).items()}
+    return redacted
+
+
 def _log_patient_rows(landmark_set: pd.DataFrame, quarantined: Mapping[str, pd.DataFrame]) -> None:
     """Only when ``registry.log_patient_rows``: the landmark set and the quarantined raw rows."""
     import mlflow
@@ -413,10 +423,23 @@ def _bundle(config: RunConfig, estimator, winner: str, columns: Sequence[str], v
         risk_group_horizon_days=float(config.registry.risk_group_horizon_days),
         risk_group_cutoffs=tuple(float(c) for c in config.registry.risk_group_cutoffs),
         n_top_factors=config.registry.top_factors,
+        explain_horizon_days=float(config.evaluation.shap_horizon_days),
         model_name=config.registry.model_name if version is not None else None,
         model_version=version,
         run_id=run_id,
     )
+
+
+def without_training_rows(model, features: pd.DataFrame):
+    """Replace the model's SHAP background (a sample of training rows) by one row of medians.
+
+    The fitted model is pickled into the registered artifact; unless ``registry.log_patient_rows``
+    allows it, it must not carry patient-level rows. Explanations then measure each feature's
+    contribution against the median training patient.
+    """
+    if getattr(model, "background_", None) is not None:
+        model.background_ = features.median().to_frame().T.reset_index(drop=True)
+    return model
 
 
 def _log_bundle(bundle: ScoringBundle):
@@ -537,7 +560,10 @@ def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluat
     horizons = [float(h) for h in config.evaluation.horizons_days]
     _log_metrics(run_id, evaluation.metrics, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
-    _log_tables(evaluation.metrics, evaluation.calibration, prepared.validated.report.to_dict(), features)
+    report = prepared.validated.report.to_dict()
+    if not config.registry.log_patient_rows:
+        report = report_without_patient_details(report)
+    _log_tables(evaluation.metrics, evaluation.calibration, report, features)
     shown = [s for s in (winner, RULE, ORACLE) if s in predictions]
     _log_figure(calibration_figure(evaluation.calibration, shown, float(config.registry.risk_group_horizon_days)),
                 "plots/calibration_relapse.png")
@@ -577,6 +603,8 @@ def train(config: RunConfig, config_path: Optional[Path] = None, tracking_uri: O
         _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
         model = _refit(config, prepared, winner, progress)
         _log_explanations(config, model, prepared, progress)
+        if not config.registry.log_patient_rows:
+            model = without_training_rows(model, prepared.landmark_set[prepared.columns])
         mlflow.set_tag("winner", winner)
         task = progress.add_task("log model, gate, register", total=1)
         registration = _log_and_register(
@@ -590,8 +618,23 @@ def train(config: RunConfig, config_path: Optional[Path] = None, tracking_uri: O
 
 
 def _log_explanations(config: RunConfig, model, prepared: _Prepared, progress: Progress) -> None:
-    """SHAP summary of the refitted winner (placeholder until models.explain lands)."""
-    return None
+    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner."""
+    import mlflow
+
+    from models.explain import explain_relapse_risk, global_importance, plot_beeswarm, plot_importance_bar
+
+    task = progress.add_task("SHAP summary", total=1)
+    explanation = explain_relapse_risk(
+        model, prepared.landmark_set[prepared.columns], horizon_days=float(config.evaluation.shap_horizon_days),
+        n_background=config.evaluation.shap_background, max_rows=_SHAP_ROWS, random_state=config.models.random_state,
+    )
+    mlflow.log_figure(plot_beeswarm(explanation), "plots/shap_summary.png")
+    mlflow.log_figure(plot_importance_bar(explanation), "plots/shap_importance.png")
+    importance = global_importance(explanation)
+    mlflow.log_dict({"output": explanation.output, "method": explanation.method,
+                     "rows_explained": len(explanation.data),
+                     "importance": importance.to_dict("records")}, "explain/global_importance.json")
+    progress.advance(task)
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -629,6 +672,7 @@ def run_train(config_path: Path, tracking_uri: Optional[str] = None) -> TrainSum
     from pipelines.io import CohortIOError
     from pipelines.registry import RegistryError
 
+    quiet_mlflow()
     try:
         config = load_config(Path(config_path))
         summary = train(config, Path(config_path), tracking_uri)

@@ -123,17 +123,17 @@ class DiseaseParams:
     expansion_kill_low_flu: float = 2.0
     expansion_kill_low_load: float = 0.3
     expansion_kill_cd28: float = 0.4
-    expansion_kill_per_log_burden: float = 0.0
+    expansion_kill_per_log_burden: float = 0.6
     """Effector-to-target ratio: log10 kill lost per log10 of burden above ``expansion_reference_burden``."""
     expansion_reference_burden: float = -2.0
     maintenance_kill_median: float = 0.04
     maintenance_kill_log_sd: float = 0.5
-    maintenance_kill_per_log_burden: float = 0.0
+    maintenance_kill_per_log_burden: float = 0.35
     """Exhaustion: the persisting CAR's kill rate is divided by 10**(this x (burden - reference))."""
-    regrowth_median: float = 0.025
+    regrowth_median: float = 0.03
     regrowth_log_sd: float = 0.35
     regrowth_factor_two_prior_crs: float = 1.15
-    neg_growth_mean: float = 0.03
+    neg_growth_mean: float = 0.035
     neg_growth_sd: float = 0.03
     """Normal: some CD19-negative variants are unfit (net decline) and never grow out."""
     myeloid_growth_median: float = 0.06
@@ -146,13 +146,13 @@ class DiseaseParams:
     hidden_seed_offset: float = 1.2
     hidden_seed_factor_blina_responder: float = 1.5
     hidden_seed_factor_blina_nonresponder: float = 3.0
-    kmt2a_myeloid_seed_factor: float = 2.0
+    kmt2a_myeloid_seed_factor: float = 1.6
     escape_total_slope: float = 0.35
     escape_total_offset: float = 1.86
     escape_tau_days: float = 30.0
     escape_seed_log10: float = -8.0
     p_escape_myeloid_kmt2a: float = 0.8
-    p_escape_myeloid_other: float = 0.045
+    p_escape_myeloid_other: float = 0.03
     em_emd_mean: float = -1.5
     em_cns3_mean: float = -2.5
     em_cns2_mean: float = -3.5
@@ -161,7 +161,7 @@ class DiseaseParams:
     occult_em_offset: float = -2.5
     occult_em_sd: float = 1.0
     em_kill_factor_emd: float = 0.5
-    em_kill_factor_other: float = 0.7
+    em_kill_factor_other: float = 0.8
     p_patchy_marrow: float = 0.15
     p_patchy_marrow_emd: float = 0.35
     combined_site_window_days: float = 30.0
@@ -180,12 +180,12 @@ class PersistenceParams:
     """A product that fails to expand kills at this fraction of the usual expansion rate."""
     p_long_persistence: float = 0.08
     weibull_shape: float = 1.3
-    weibull_scale_days: float = 650.0
-    log_hr_low_load: float = 1.4
+    weibull_scale_days: float = 800.0
+    log_hr_low_load: float = 1.6
     log_hr_low_flu: float = 1.2
     log_hr_cd28: float = 1.2
     log_hr_per_fitness: float = -0.3
-    log_hr_per_log_burden: float = 0.0
+    log_hr_per_log_burden: float = 0.3
     """Exhaustion: log hazard ratio per log10 of marrow burden above 1%."""
     reference_burden_log10: float = -2.0
     load_threshold_pct: float = 15.0
