@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.registry import patient_index, register_builder, require_columns
+from features.registry import log10_positive, patient_index, register_builder, require_columns
 
 __all__ = [
     "BLASTS_FLOOR_PCT",
@@ -77,13 +77,6 @@ def _log10_floored(values: np.ndarray, floor: float) -> np.ndarray:
     return np.log10(np.maximum(values, floor))  # maximum propagates NaN (fmax would not)
 
 
-def _log10_positive(values: np.ndarray) -> np.ndarray:
-    positive = values > 0
-    out = np.full(values.shape, np.nan)
-    out[positive] = np.log10(values[positive])
-    return out
-
-
 def _burden_features(infusions: pd.DataFrame) -> dict[str, np.ndarray]:
     blasts = _numeric(infusions, "bm_blasts_pct")
     missing = np.isnan(blasts)
@@ -117,7 +110,7 @@ def _product_features(infusions: pd.DataFrame) -> dict[str, np.ndarray]:
         "cd19_antigen_load_below_15pct_flag": _flag(load < CD19_LOAD_LOW_PCT, np.isnan(load)),
         "cd22_pct_pre": _numeric(infusions, "cd22_pct_pre"),
         "costim_cd28_flag": _level_flag(infusions, "costim", ("CD28",)),
-        "cell_dose_log10_per_kg": _log10_positive(_numeric(infusions, "cell_dose_per_kg")),
+        "cell_dose_log10_per_kg": log10_positive(_numeric(infusions, "cell_dose_per_kg")),
         "fludarabine_auc_mg_h_per_l": auc,
         "fludarabine_auc_below_13p8_flag": _flag(auc < FLUDARABINE_AUC_LOW_MG_H_PER_L, np.isnan(auc)),
     }

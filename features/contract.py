@@ -42,6 +42,7 @@ from features.schema import (
     COLUMNS_BY_TABLE,
     NORMALISED_MEASUREMENT_COLUMNS,
     NORMALISED_MEASUREMENTS_SCHEMA,
+    REMISSION_RESPONSES,
     SCHEMA_BY_TABLE,
     SPECIMENS,
 )
@@ -372,17 +373,26 @@ def _outcome_rule_problems(outcomes: pd.DataFrame) -> pd.DataFrame:
     return _concat_problems(frames)
 
 
-def _relapse_notes(outcomes: Optional[pd.DataFrame]) -> list[str]:
-    """Relapses with unknown phenotype or site are kept (event ``relapse_unknown``) and noted."""
+def _outcome_notes(outcomes: Optional[pd.DataFrame]) -> list[str]:
+    """Kept rows whose missing values matter downstream, counted so that none goes unnoticed.
+
+    Relapses with unknown phenotype or site stay (event ``relapse_unknown``); patients without a
+    response, or in remission without a response day, stay in the cohort but can never enter a
+    landmark risk set (``features.landmarks``), which the note says.
+    """
     if outcomes is None:
         return []
     relapses = outcomes[outcomes["event"] == "relapse"]
-    notes = []
-    for column in ("relapse_phenotype", "relapse_site"):
-        n_unknown = int(relapses[column].isna().sum())
-        if n_unknown:
-            notes.append(f"outcomes: {n_unknown} relapse(s) without {column} (kept; the value is unknown)")
-    return notes
+    counts = {
+        f"relapse(s) without {column} (kept; the value is unknown)": relapses[column].isna().sum()
+        for column in ("relapse_phenotype", "relapse_site")
+    }
+    counts["patient(s) without response (kept; in no landmark risk set)"] = outcomes["response"].isna().sum()
+    remission = outcomes["response"].isin(REMISSION_RESPONSES)
+    counts["patient(s) in CR/CRi without response_day (kept; in no landmark risk set after day 0)"] = (
+        remission & outcomes["response_day"].isna()
+    ).sum()
+    return [f"outcomes: {int(n)} {what}" for what, n in counts.items() if n]
 
 
 def _after_followup_problems(measurements: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
@@ -453,7 +463,14 @@ class DataReport:
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dictionary of the report."""
+        """The report as a JSON-serialisable dictionary.
+
+        Returns
+        -------
+        dict
+            ``on_error``, patients in / out, quarantined patient ids, notes, and per table its
+            source, row counts, reasons, examples and column lists.
+        """
         return {
             "on_error": self.on_error,
             "patients_in": int(self.patients_in),
@@ -476,7 +493,13 @@ class DataReport:
         }
 
     def render(self) -> Group:
-        """A rich renderable: a summary table, the quarantine reasons with examples, and notes."""
+        """The report for the terminal.
+
+        Returns
+        -------
+        rich.console.Group
+            A summary table, the quarantine reasons with examples, and the notes.
+        """
         summary = Table(title=f"Data report (on_error={self.on_error})")
         for header in ("table", "source", "rows in", "rows out", "quarantined", "unknown columns"):
             numeric = header.startswith(("rows", "quar"))
@@ -687,7 +710,7 @@ def _assemble(
         patients_in=len(patients_in),
         patients_out=len(kept),
         quarantined_patients=tuple(sorted(set(patients_in) - kept)),
-        notes=tuple(_relapse_notes(outputs.get("outcomes"))),
+        notes=tuple(_outcome_notes(outputs.get("outcomes"))),
     )
     quarantined = {name: _quarantined_rows(name, raw[name], problems, sources[name]) for name in raw}
     return ValidatedCohort(outputs["infusions"], measurements, outputs.get("outcomes"), report, quarantined)

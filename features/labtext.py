@@ -218,6 +218,7 @@ class _LabRows:
 
     @classmethod
     def build(cls, values, units, assays, detection_limits) -> "_LabRows":
+        """Parse ``values`` once and take the other raw columns as numpy arrays."""
         parsed = parse_lab_text(values)
         assay = assays.astype(object).to_numpy()
         assay_codes, assay_names = pd.factorize(pd.Series(assay, dtype=object))

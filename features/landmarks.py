@@ -38,7 +38,7 @@ from features.registry import (
     patient_index,
     require_columns,
 )
-from features.schema import PHENOTYPES
+from features.schema import PHENOTYPES, REMISSION_RESPONSES
 
 __all__ = [
     "EVENT_CODES",
@@ -65,7 +65,6 @@ EVENT_CODES: tuple[str, ...] = (
     "death",
     "hsct",
 )
-REMISSION_RESPONSES = ("CR", "CRi")
 HSCT_POLICIES = ("competing", "censor")
 _OUTCOME_COLUMNS = ("patient_id", "response", "response_day", "event", "event_day", "last_followup_day")
 
@@ -201,8 +200,18 @@ def _prepared_measurements(measurements: pd.DataFrame, index: pd.Index) -> pd.Da
 
 
 def feature_columns(landmark_set: pd.DataFrame) -> list[str]:
-    """Feature columns of a landmark set: every column but :data:`ID_COLUMNS` and
-    :data:`TARGET_COLUMNS` (``landmark_day`` is a feature)."""
+    """Feature columns of a landmark set: every column but :data:`ID_COLUMNS` and :data:`TARGET_COLUMNS`.
+
+    Parameters
+    ----------
+    landmark_set : DataFrame
+        Output of :func:`build_landmark_set` (or feature rows for scoring).
+
+    Returns
+    -------
+    list of str
+        The model inputs, in column order; ``landmark_day`` is one of them.
+    """
     excluded = set(ID_COLUMNS) | set(TARGET_COLUMNS)
     return [column for column in landmark_set.columns if column not in excluded]
 

@@ -19,8 +19,10 @@ Conventions
   upper bound of the true value): a fall to undetectable therefore shows a slope no steeper than
   the true one, and a rise from undetectable one no steeper than the true rise. Fewer than two
   usable results, or all on the same day, give NaN.
-- Results of one series on the same day are ordered by value, so the *last* result of a day is
-  its highest known value (the worst result of that day).
+- Results of one series on the same day are ordered detectable after not detectable, then by
+  value, so the *last* result of a day is its worst: the highest detectable result if any, else
+  the highest censored limit. A censored "<0.1%" never hides a detected 0.05% of the same day,
+  and the features do not depend on the order of the rows.
 - A patient without any result of a series (e.g. no trackable NGS clone) gets ``_tests_count`` 0
   and NaN for every other feature of that series.
 """
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.registry import patient_index, register_builder, require_columns
+from features.registry import log10_positive, patient_index, register_builder, require_columns
 from features.schema import MRD_ASSAYS
 
 __all__ = [
@@ -86,7 +88,7 @@ class SeriesSpec:
 
 @dataclass(frozen=True)
 class _Rows:
-    """Selected measurement rows, sorted by (group, day, value with missing values first)."""
+    """Selected measurement rows, sorted by (group, day, detectable, value with missing values first)."""
 
     group: np.ndarray
     day: np.ndarray
@@ -110,14 +112,6 @@ def _flags(measurements: pd.DataFrame, column: str) -> np.ndarray:
     if column not in measurements.columns:
         return np.zeros(len(measurements), dtype=bool)
     return measurements[column].to_numpy(dtype=bool, na_value=False)
-
-
-def _log10_positive(values: np.ndarray) -> np.ndarray:
-    """log10 of positive values; zero, negative or missing -> NaN."""
-    out = np.full(values.shape, np.nan)
-    positive = values > 0
-    out[positive] = np.log10(values[positive])
-    return out
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -153,11 +147,11 @@ def _select_rows(
     group = patient[keep].astype(np.int64) * len(specs) + series[keep]
     raw = measurements["value"].to_numpy(dtype=float, na_value=np.nan)[keep]
     log_scaled = np.array([spec.log10 for spec in specs])[series[keep]]
-    value = np.where(log_scaled, _log10_positive(raw), raw)
+    value = np.where(log_scaled, log10_positive(raw), raw)
     censored = _flags(measurements, "censored")[keep]
     quantified = ~censored & ~(log_scaled & ~(raw > 0))  # an uncensored 0 on a log scale is not detected
     detectable = quantified | _flags(measurements, "detected_below_loq")[keep]
-    order = np.lexsort((np.where(np.isnan(value), -np.inf, value), day[keep], group))
+    order = np.lexsort((np.where(np.isnan(value), -np.inf, value), detectable, day[keep], group))
     return _Rows(
         group[order], day[keep][order], value[order], censored[order], detectable[order],
         len(index) * len(specs),
@@ -276,12 +270,21 @@ _MRD_STATS = ("last", "last_censored", "detectable_last", "detectable_since_infu
 def mrd_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
     """MRD features per specimen (BM, PB) and assay (flow, NGS, PCR) at the landmark.
 
-    Columns ``{bm|pb}_{flow|ngs|pcr}_mrd_`` + (unit):
-    ``log10_last`` (log10 fraction of nucleated cells; detection limit when censored),
-    ``last_censored``, ``detectable_last``, ``detectable_since_infusion`` (flags),
-    ``log10_max_since_infusion`` (log10 fraction, among detectable results after infusion),
-    ``log10_slope_per_30d`` (log10 units per 30 days over the last 3 results),
-    ``days_since_last`` (days), ``tests_count`` (results). See :func:`series_features`.
+    Parameters
+    ----------
+    infusions, measurements, landmark_day
+        Builder arguments (:data:`features.registry.FeatureBuilder`); the ``flow_mrd``,
+        ``ngs_mrd`` and ``pcr_mrd`` rows of BM and PB with ``day <= landmark_day`` are used.
+
+    Returns
+    -------
+    DataFrame
+        One row per patient (index ``patient_id``). Prefix ``{bm|pb}_{flow|ngs|pcr}_mrd_`` +
+        ``log10_last`` (log10 fraction of nucleated cells; detection limit when censored),
+        ``last_censored``, ``detectable_last``, ``detectable_since_infusion`` (flags),
+        ``log10_max_since_infusion`` (log10 fraction, among detectable results after
+        infusion), ``log10_slope_per_30d`` (log10 units per 30 days over the last 3 results),
+        ``days_since_last`` (days), ``tests_count`` (results). See :func:`series_features`.
     """
     return series_features(infusions, measurements, landmark_day, _MRD_SPECS, _MRD_STATS)
 
@@ -296,12 +299,23 @@ _ANTIGEN_SPECS = (
 def antigen_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
     """Antigen expression on blasts (BM and PB pooled) at the landmark.
 
-    Columns ``{cd19|cd22}_pct_blasts_`` + (unit): ``last`` (% of blasts expressing the antigen),
-    ``slope_per_30d`` (percentage points per 30 days over the last 3 results; a falling CD19
-    share is the CD19-dim / negative trend), ``days_since_last`` (days), ``tests_count``.
-    Blasts are measurable only with disease, so these are mostly NaN in remission.
+    Parameters
+    ----------
+    infusions, measurements, landmark_day
+        Builder arguments (:data:`features.registry.FeatureBuilder`); the ``cd19_pct_blasts``
+        and ``cd22_pct_blasts`` rows with ``day <= landmark_day`` are used.
+
+    Returns
+    -------
+    DataFrame
+        Per patient (index ``patient_id``), ``{cd19|cd22}_pct_blasts_`` + ``last`` (% of
+        blasts expressing the antigen; the bound when censored, e.g. 1 for ``<1%``),
+        ``last_censored`` (flag: the last result is an upper bound), ``slope_per_30d``
+        (percentage points per 30 days over the last 3 results; a falling CD19 share is the
+        CD19-dim / negative trend), ``days_since_last`` (days), ``tests_count`` (results).
+        Blasts are measurable only with disease, so these are mostly NaN in remission.
     """
-    stats = ("last", "slope_per_30d", "days_since_last", "tests_count")
+    stats = ("last", "last_censored", "slope_per_30d", "days_since_last", "tests_count")
     return series_features(infusions, measurements, landmark_day, _ANTIGEN_SPECS, stats)
 
 
@@ -315,10 +329,19 @@ _CAR_SPECS = tuple(
 def car_copies_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
     """CAR transgene copies per specimen (PB, BM) at the landmark, where measured.
 
-    Columns ``{pb|bm}_car_copies_`` + (unit): ``log10_last`` (log10 copies/ug DNA; detection
-    limit when censored), ``last_censored``, ``detectable_last`` (flags),
-    ``log10_max_since_infusion`` (log10 copies/ug, peak expansion so far), ``days_since_last``
-    (days), ``tests_count``.
+    Parameters
+    ----------
+    infusions, measurements, landmark_day
+        Builder arguments (:data:`features.registry.FeatureBuilder`); the ``car_copies`` rows of
+        PB and BM with ``day <= landmark_day`` are used.
+
+    Returns
+    -------
+    DataFrame
+        For each patient (index ``patient_id``), ``{pb|bm}_car_copies_`` + ``log10_last``
+        (log10 copies/ug DNA; detection limit when censored), ``last_censored``,
+        ``detectable_last`` (flags), ``log10_max_since_infusion`` (log10 copies/ug, peak
+        expansion so far), ``days_since_last`` (days), ``tests_count`` (results).
     """
     stats = ("last", "last_censored", "detectable_last", "max_since_infusion", "days_since_last", "tests_count")
     return series_features(infusions, measurements, landmark_day, _CAR_SPECS, stats)

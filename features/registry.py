@@ -14,6 +14,8 @@ this package without registering it.
 
 :func:`build_feature_rows` is what both the landmark-set builder (training) and batch scoring
 (at an as-of day, without outcomes) call, so training and scoring compute features the same way.
+:func:`patient_index`, :func:`require_columns` and :func:`log10_positive` are small helpers shared
+by the builders.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "available_builders",
     "build_feature_rows",
     "get_builder",
+    "log10_positive",
     "patient_index",
     "register_builder",
     "require_columns",
@@ -81,13 +84,29 @@ def _load_builtin_builders() -> None:
 
 
 def available_builders() -> tuple[str, ...]:
-    """Names of every registered builder, sorted."""
+    """Names of every registered builder, sorted.
+
+    Returns
+    -------
+    tuple of str
+        Registry names, the built-in builders included.
+    """
     _load_builtin_builders()
     return tuple(sorted(_REGISTRY))
 
 
 def get_builder(name: str) -> FeatureBuilder:
     """Look a builder up by registry name or by ``"module:function"`` import path.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (``"mrd"``) or import path (``"package.module:function"``).
+
+    Returns
+    -------
+    callable
+        The builder, see :data:`FeatureBuilder`.
 
     Raises
     ------
@@ -107,14 +126,51 @@ def get_builder(name: str) -> FeatureBuilder:
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], table: str) -> None:
-    """Raise :class:`FeatureInputError` naming the table and every missing column."""
+    """Raise :class:`FeatureInputError` naming the table and every missing column.
+
+    Parameters
+    ----------
+    frame : DataFrame
+    columns : sequence of str
+        Columns the caller needs.
+    table : str
+        Table name used in the message (``"measurements"``).
+    """
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise FeatureInputError(f"{table}: missing required column(s) {', '.join(missing)}")
 
 
+def log10_positive(values: np.ndarray) -> np.ndarray:
+    """log10 of the positive entries; zero, negative or missing entries give NaN (no warning).
+
+    Parameters
+    ----------
+    values : ndarray of float
+
+    Returns
+    -------
+    ndarray of float
+        Same shape as ``values``.
+    """
+    out = np.full(values.shape, np.nan)
+    positive = values > 0
+    out[positive] = np.log10(values[positive])
+    return out
+
+
 def patient_index(infusions: pd.DataFrame) -> pd.Index:
     """The patient ids of ``infusions`` as a unique ``Index`` named ``patient_id``.
+
+    Parameters
+    ----------
+    infusions : DataFrame
+        One row per patient.
+
+    Returns
+    -------
+    Index
+        The ids in table order.
 
     Raises
     ------

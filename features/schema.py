@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_DETECTION_LIMIT_BY_ASSAY",
     "MAX_VALUE_BY_CANONICAL_UNIT",
     "RESPONSES",
+    "REMISSION_RESPONSES",
     "EVENTS",
     "PHENOTYPES",
     "SITES_OF_RELAPSE",
@@ -102,6 +103,7 @@ MAX_VALUE_BY_CANONICAL_UNIT: dict[str, float] = {
 }
 
 RESPONSES = ("CR", "CRi", "NR")
+REMISSION_RESPONSES = ("CR", "CRi")
 EVENTS = ("relapse", "death", "hsct", "none")
 PHENOTYPES = ("CD19_pos", "CD19_neg", "lineage_switch")
 SITES_OF_RELAPSE = ("medullary", "extramedullary", "combined")
@@ -293,12 +295,23 @@ COLUMNS_BY_TABLE: dict[str, tuple[ColumnSpec, ...]] = {
 
 
 def required_columns(table: str) -> tuple[str, ...]:
-    """Names of the columns that must be present in ``table``."""
+    """Names of the columns that must be present in ``table``.
+
+    Parameters
+    ----------
+    table : str
+        A key of :data:`COLUMNS_BY_TABLE`.
+
+    Returns
+    -------
+    tuple of str
+        In declaration order.
+    """
     return tuple(spec.name for spec in COLUMNS_BY_TABLE[table] if spec.required)
 
 
 def optional_columns(table: str) -> tuple[str, ...]:
-    """Names of the declared columns of ``table`` that may be absent."""
+    """Names of the declared columns of ``table`` that may be absent (see :func:`required_columns`)."""
     return tuple(spec.name for spec in COLUMNS_BY_TABLE[table] if not spec.required)
 
 

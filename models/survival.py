@@ -261,9 +261,12 @@ class XGBAFTSurvival(_XGBSurvivalBase):
         matrix = self._matrix(X)
         matrix.set_float_info("label_lower_bound", time)
         matrix.set_float_info("label_upper_bound", np.where(event, time, np.inf))
+        # start boosting from the exponential-model mean event time (XGBoost's base_score is on the
+        # time scale for AFT); from the default 0.5 the first hundreds of rounds only move the intercept
         params = {**self._booster_params(), "objective": "survival:aft", "eval_metric": "aft-nloglik",
                   "aft_loss_distribution": self.distribution,
-                  "aft_loss_distribution_scale": self.distribution_scale}
+                  "aft_loss_distribution_scale": self.distribution_scale,
+                  "base_score": float(time.sum() / max(event.sum(), 1))}
         self.booster_ = xgb.train(params, matrix, num_boost_round=self.n_estimators)
         margin = self.booster_.predict(matrix, output_margin=True)
         self.location_shift_, self.scale_ = self._fit_shift_and_scale(margin, event, time)

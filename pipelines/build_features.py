@@ -3,7 +3,9 @@
 ``car-relapse features --input DIR --landmarks 0,28,91,182 --horizon-days 730 --out FILE`` reads
 the three tables and validates and normalises them (``pipelines.validate.load_and_validate``), builds
 the landmark set (``features.landmarks``), writes it as Parquet or CSV and prints a summary (rows
-and events per landmark). Bad input ends with a clear message and exit code 2, never a traceback.
+and events per landmark), preceded by the data report whenever rows were quarantined or the
+report has notes (nothing is dropped without a line on screen). Bad input ends with a clear
+message and exit code 2, never a traceback.
 
 :func:`landmark_set_from_config` is the same build driven by a run config, for the training job.
 """
@@ -20,11 +22,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from features.contract import ON_ERROR_MODES, ContractError, ValidatedCohort
+from features.contract import ON_ERROR_MODES, ContractError, DataReport, ValidatedCohort
 from features.landmarks import EVENT_CODES, build_landmark_set
 from features.registry import FeatureInputError, get_builder
 from pipelines.config import FeaturesConfig
-from pipelines.io import CohortIOError
+from pipelines.io import CohortIOError, write_table
 from pipelines.validate import EXIT_BAD_INPUT, load_and_validate
 
 __all__ = [
@@ -48,6 +50,16 @@ class FeaturesJobError(ValueError):
 def parse_landmarks(text: str) -> list[float]:
     """Landmark days from ``"0,28,91,182"``.
 
+    Parameters
+    ----------
+    text : str
+        Comma-separated days since infusion (blanks allowed).
+
+    Returns
+    -------
+    list of float
+        In the order given.
+
     Raises
     ------
     FeaturesJobError
@@ -68,7 +80,17 @@ def parse_landmarks(text: str) -> list[float]:
 
 
 def builder_options(config: FeaturesConfig) -> dict[str, dict[str, Any]]:
-    """Keyword options of the configured builders (today: the BCA recovery thresholds)."""
+    """Keyword options of the configured builders (today: the BCA recovery thresholds).
+
+    Parameters
+    ----------
+    config : FeaturesConfig
+
+    Returns
+    -------
+    dict of str to dict
+        Builder name -> keyword options, only for builders listed in ``config.builders``.
+    """
     options = {
         "bca": {
             "recovery_cells_per_ul": config.bca_recovery_cells_per_ul,
@@ -110,21 +132,46 @@ def landmark_set_from_config(
     )
 
 
-def write_landmark_set(landmark_set: pd.DataFrame, out: Path) -> None:
-    """Write the set as Parquet or CSV by the file suffix (parent folders are created)."""
-    out = Path(out)
-    suffix = out.suffix.lower()
-    if suffix not in OUTPUT_SUFFIXES:
+def _check_output_path(out: Path) -> None:
+    if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise FeaturesJobError(f"--out: '{out}' must end in .parquet or .csv")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        landmark_set.to_parquet(out, index=False)
-    else:
-        landmark_set.to_csv(out, index=False)
+
+
+def write_landmark_set(landmark_set: pd.DataFrame, out: Path) -> None:
+    """Write the set as Parquet or CSV by the file suffix (parent folders are created).
+
+    Parameters
+    ----------
+    landmark_set : DataFrame
+        Output of :func:`landmark_set_from_config`.
+    out : Path
+        ``.parquet`` or ``.csv`` file.
+
+    Raises
+    ------
+    FeaturesJobError
+        Any other suffix.
+    CohortIOError
+        The file cannot be written.
+    """
+    _check_output_path(out)
+    write_table(landmark_set, Path(out))
 
 
 def event_summary(landmark_set: pd.DataFrame) -> pd.DataFrame:
-    """Rows per landmark (``rows``) and events per type within the horizon, one row per landmark."""
+    """Rows per landmark and events per type within the horizon.
+
+    Parameters
+    ----------
+    landmark_set : DataFrame
+        With ``landmark_day`` and ``event`` columns.
+
+    Returns
+    -------
+    DataFrame
+        One row per landmark day; ``rows`` then one count column per event code present, in
+        :data:`features.landmarks.EVENT_CODES` order.
+    """
     counts = pd.crosstab(landmark_set["landmark_day"], landmark_set["event"])
     counts = counts.reindex(columns=[code for code in EVENT_CODES if code in counts.columns])
     counts.insert(0, "rows", counts.sum(axis=1))
@@ -188,8 +235,7 @@ def run_features(input_dir: Path, landmarks: str, horizon_days: float, out: Path
     console, errors = Console(), Console(stderr=True)
     try:
         config = _features_config(landmarks, horizon_days)
-        if Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
-            raise FeaturesJobError(f"--out: '{out}' must end in .parquet or .csv")
+        _check_output_path(out)
         with console.status(f"Reading and validating {input_dir} ..."):
             cohort = _load_cohort(input_dir, on_error)
         with console.status(f"Building features at landmarks {config.landmark_days} ..."):
@@ -198,4 +244,11 @@ def run_features(input_dir: Path, landmarks: str, horizon_days: float, out: Path
     except _INPUT_ERRORS as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    if _report_has_news(cohort.report):
+        console.print(cohort.report.render())
     console.print(_summary_table(event_summary(landmark_set), Path(out), config.horizon_days))
+
+
+def _report_has_news(report: DataReport) -> bool:
+    """Whether the data report says anything beyond "every row kept" (quarantines or notes)."""
+    return bool(report.notes) or any(table.rows_quarantined for table in report.tables.values())

@@ -18,6 +18,8 @@ from typing import Optional
 
 import pandas as pd
 
+from features.schema import TABLES
+
 __all__ = [
     "COHORT_TABLES",
     "REQUIRED_TABLES",
@@ -30,7 +32,7 @@ __all__ = [
     "write_cohort_folder",
 ]
 
-COHORT_TABLES = ("infusions", "measurements", "outcomes")
+COHORT_TABLES = TABLES
 REQUIRED_TABLES = ("infusions", "measurements")
 TABLE_EXTENSIONS = (".csv", ".parquet")
 

@@ -27,7 +27,7 @@ __all__ = ["OUTPUT_SUFFIXES", "ScoreError", "ScoreSummary", "load_scoring_bundle
            "run_score"]
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
-_console = Console()
+_console = Console(soft_wrap=True, highlight=False)
 
 
 class ScoreError(RuntimeError):

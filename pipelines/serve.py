@@ -21,7 +21,7 @@ from pipelines.tracking import TrackingError, init_store, resolve_tracking_uri
 
 __all__ = ["ServeError", "serve_command", "example_curl", "check_model_uri", "run_serve"]
 
-_console = Console()
+_console = Console(soft_wrap=True, highlight=False)
 
 
 class ServeError(RuntimeError):

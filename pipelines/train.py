@@ -28,10 +28,12 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError, validate_cohort
 from features.landmarks import feature_columns
 from models.base import ModelInputError
+from models.evaluation import HIGHER_IS_BETTER, best_source
 from models.serving import ScoringBundle
 from pipelines.config import ConfigError, DataConfig, RunConfig, load_config
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
@@ -39,8 +41,8 @@ from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command,
 __all__ = [
     "EXIT_BAD_CONFIG",
     "EXIT_FAILED",
-    "HIGHER_IS_BETTER",
     "LOWER_IS_BETTER",
+    "SELECTION_METRICS",
     "TrainError",
     "CohortData",
     "TrainSummary",
@@ -50,7 +52,6 @@ __all__ = [
     "flatten_config",
     "metric_key",
     "summarise_metrics",
-    "select_winner",
     "train",
     "run_train",
     "without_training_rows",
@@ -59,12 +60,11 @@ __all__ = [
 
 EXIT_BAD_CONFIG = 2
 EXIT_FAILED = 1
-HIGHER_IS_BETTER = ("uno_c", "harrell_c", "auc")
-LOWER_IS_BETTER = ("brier", "ibs")
+LOWER_IS_BETTER = frozenset({"brier", "ibs"})
+SELECTION_METRICS = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | {"calibration_slope"}))
 RULE = "rule"
 ORACLE = "oracle"
-_SHAP_ROWS = 300
-_console = Console()
+_console = Console(soft_wrap=True, highlight=False)
 
 
 class TrainError(RuntimeError):
@@ -108,7 +108,7 @@ def check_config(config: RunConfig) -> None:
 
     problems = []
     horizons = [float(h) for h in config.evaluation.horizons_days]
-    known_metrics = HIGHER_IS_BETTER + LOWER_IS_BETTER
+    known_metrics = SELECTION_METRICS
     if config.evaluation.selection_metric not in known_metrics:
         problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
     if float(config.registry.risk_group_horizon_days) not in horizons:
@@ -228,10 +228,14 @@ def _sources_cv(landmark_set: pd.DataFrame, config: RunConfig, oracle: Optional[
 def _evaluate(landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], config: RunConfig):
     from models.evaluation import EvaluationSettings, evaluate_sources
 
+    evaluation = config.evaluation
     settings = EvaluationSettings(
-        horizons_days=tuple(float(h) for h in config.evaluation.horizons_days),
-        n_bootstrap=config.evaluation.bootstrap,
+        horizons_days=tuple(float(h) for h in evaluation.horizons_days),
+        endpoints=tuple(evaluation.endpoints),
+        n_bootstrap=evaluation.bootstrap,
+        bootstrap_endpoints=tuple(evaluation.bootstrap_endpoints),
         reference=RULE,
+        calibration_groups=evaluation.calibration_groups,
         random_state=config.models.random_state,
     )
     targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
@@ -239,33 +243,12 @@ def _evaluate(landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame
 
 
 def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per source, each metric for relapse over all landmarks, averaged over the horizons.
+    """Per source, each relapse metric over all landmarks averaged over the horizons
+    (``models.evaluation.summary_by_source``): what the winner is picked by and the gate checks."""
+    from models.evaluation import summary_by_source
 
-    These are the numbers the winner is picked by and the registration gate checks.
-    """
-    rows = metrics[(metrics["landmark_day"].astype(str) == "all") & (metrics["endpoint"] == "relapse")
-                   & (metrics["kind"] == "estimate")]
-    means = rows.groupby(["source", "metric"])["value"].mean()
-    summary: dict[str, dict[str, float]] = {}
-    for (source, metric), value in means.items():
-        summary.setdefault(str(source), {})[str(metric)] = float(value)
-    return summary
-
-
-def select_winner(summary: Mapping[str, Mapping[str, float]], candidates: Sequence[str], metric: str) -> str:
-    """The candidate with the best summary value of ``metric`` (ties: first in config order).
-
-    Raises
-    ------
-    TrainError
-        No candidate has a finite value of the metric.
-    """
-    sign = 1.0 if metric in HIGHER_IS_BETTER else -1.0
-    scored = [(sign * summary.get(name, {}).get(metric, np.nan), -i, name) for i, name in enumerate(candidates)]
-    scored = [item for item in scored if np.isfinite(item[0])]
-    if not scored:
-        raise TrainError(f"no candidate has a finite '{metric}'; cannot pick a winner")
-    return max(scored)[2]
+    table = summary_by_source(metrics)
+    return {str(source): {str(m): float(v) for m, v in row.items()} for source, row in table.iterrows()}
 
 
 # --- MLflow logging -------------------------------------------------------------------------------
@@ -345,39 +328,20 @@ def _log_patient_rows(landmark_set: pd.DataFrame, quarantined: Mapping[str, pd.D
 
 # --- plots (aggregates only) ----------------------------------------------------------------------
 def _figure_grid(n_panels: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n_cols = min(n_panels, 4)
     n_rows = -(-n_panels // n_cols)
-    figure, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 4.0 * n_rows), squeeze=False)
-    for axis in axes.flat[n_panels:]:
+    figure = Figure(figsize=(4.2 * n_cols, 4.0 * n_rows))
+    axes = np.atleast_1d(figure.subplots(n_rows, n_cols, squeeze=False)).ravel()
+    for axis in axes[n_panels:]:
         axis.set_visible(False)
-    return figure, list(axes.flat[:n_panels])
-
-
-def calibration_figure(calibration: pd.DataFrame, sources: Sequence[str], horizon_days: float):
-    """Observed (Aalen-Johansen) vs mean predicted relapse incidence by risk group, per landmark."""
-    rows = calibration[(calibration["endpoint"] == "relapse") & (calibration["horizon_days"] == horizon_days)]
-    landmarks = sorted(rows["landmark_day"].unique())
-    figure, axes = _figure_grid(len(landmarks))
-    for axis, landmark in zip(axes, landmarks):
-        for source in sources:
-            part = rows[(rows["landmark_day"] == landmark) & (rows["source"] == source)]
-            axis.plot(part["predicted"], part["observed"], marker="o", label=source)
-        top = float(np.nanmax(rows[["predicted", "observed"]].to_numpy(dtype=float), initial=0.05)) * 1.05
-        axis.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1)
-        axis.set(title=f"landmark day {_label(landmark)}", xlabel=f"predicted relapse by {_label(horizon_days)} d",
-                 ylabel="observed (Aalen-Johansen)")
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+    return figure, list(axes[:n_panels])
 
 
 def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizons_days: Sequence[float]):
-    """Observed cumulative incidence per cause (lines) vs the mean out-of-fold prediction (markers)."""
+    """Observed (Aalen-Johansen) cumulative incidence per cause (lines) vs the mean out-of-fold
+    prediction (markers), one panel per landmark: calibration in the large, over time."""
     from models.base import CAUSES, cif_column
     from models.nonparametric import aalen_johansen
 
@@ -398,14 +362,6 @@ def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizo
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     return figure
-
-
-def _log_figure(figure, path: str) -> None:
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    mlflow.log_figure(figure, path)
-    plt.close(figure)
 
 
 # --- the winner: bundle, gate, registration -------------------------------------------------------
@@ -557,6 +513,10 @@ def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Optiona
 
 def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluation, summary, winner: str,
                     run_id: str) -> None:
+    import mlflow
+
+    from models.plots import plot_calibration, plot_metric_by_landmark
+
     horizons = [float(h) for h in config.evaluation.horizons_days]
     _log_metrics(run_id, evaluation.metrics, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
@@ -565,10 +525,13 @@ def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluat
         report = report_without_patient_details(report)
     _log_tables(evaluation.metrics, evaluation.calibration, report, features)
     shown = [s for s in (winner, RULE, ORACLE) if s in predictions]
-    _log_figure(calibration_figure(evaluation.calibration, shown, float(config.registry.risk_group_horizon_days)),
-                "plots/calibration_relapse.png")
-    _log_figure(incidence_figure(prepared.landmark_set, predictions[winner], horizons),
-                "plots/cumulative_incidence.png")
+    horizon = float(config.registry.risk_group_horizon_days)
+    mlflow.log_figure(plot_calibration(evaluation.calibration, horizon, sources=shown), "plots/calibration_relapse.png")
+    mlflow.log_figure(plot_metric_by_landmark(evaluation.metrics, config.evaluation.selection_metric, horizon,
+                                              sources=[*config.models.candidates, *shown[1:]]),
+                      f"plots/{config.evaluation.selection_metric}_by_landmark.png")
+    mlflow.log_figure(incidence_figure(prepared.landmark_set, predictions[winner], horizons),
+                      "plots/cumulative_incidence.png")
     if config.registry.log_patient_rows:
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
@@ -593,13 +556,14 @@ def train(config: RunConfig, config_path: Optional[Path] = None, tracking_uri: O
     check_config(config)
     target = setup_tracking(config.tracking.experiment, tracking_uri, config.tracking.tracking_uri,
                             config.tracking.artifact_location)
-    with mlflow.start_run(experiment_id=target.experiment_id) as run, _progress() as progress:
+    with mlflow.start_run(experiment_id=target.experiment_id) as run, _progress() as progress, \
+            threadpool_limits(1, user_api="blas"):
         run_id = run.info.run_id
         prepared = _prepare(config, progress)
         _log_run_inputs(config, prepared, config_path)
         predictions, evaluation = _cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
-        winner = select_winner(summary, config.models.candidates, config.evaluation.selection_metric)
+        winner = best_source(evaluation.metrics, config.models.candidates, config.evaluation.selection_metric)
         _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
         model = _refit(config, prepared, winner, progress)
         _log_explanations(config, model, prepared, progress)
@@ -626,7 +590,8 @@ def _log_explanations(config: RunConfig, model, prepared: _Prepared, progress: P
     task = progress.add_task("SHAP summary", total=1)
     explanation = explain_relapse_risk(
         model, prepared.landmark_set[prepared.columns], horizon_days=float(config.evaluation.shap_horizon_days),
-        n_background=config.evaluation.shap_background, max_rows=_SHAP_ROWS, random_state=config.models.random_state,
+        n_background=config.evaluation.shap_background, max_rows=config.evaluation.shap_max_rows,
+        random_state=config.models.random_state,
     )
     mlflow.log_figure(plot_beeswarm(explanation), "plots/shap_summary.png")
     mlflow.log_figure(plot_importance_bar(explanation), "plots/shap_importance.png")
@@ -642,7 +607,7 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
     from pipelines.tracking import default_tracking_uri
 
     uri_option = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri '{summary.tracking_uri}'"
-    metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(summary.winner_metrics.items()) if k in HIGHER_IS_BETTER + LOWER_IS_BETTER)
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(summary.winner_metrics.items()) if k in SELECTION_METRICS)
     lines = [
         f"run id:      {summary.run_id} (experiment {summary.experiment_id})",
         f"winner:      {summary.winner}  ({metrics})",

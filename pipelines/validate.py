@@ -54,8 +54,23 @@ def load_and_validate(input_dir: Path, on_error: str = "fail") -> ValidatedCohor
 
 
 def _write_json(payload: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    """Write ``payload`` as indented JSON; a file that cannot be written is a :class:`CohortIOError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+    except OSError as exc:
+        raise CohortIOError(f"{path}: cannot write the data report: {exc}") from None
+
+
+def _print_error(errors: Console, message: str) -> None:
+    """Print ``error: message`` to stderr as plain text (no markup, no highlighting)."""
+    errors.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _fail(errors: Console, message: str) -> None:
+    """Print the error and end the command with exit code 2."""
+    _print_error(errors, message)
+    raise typer.Exit(code=EXIT_BAD_INPUT)
 
 
 def run_validate(input_dir: Path, on_error: str = "fail", report_path: Optional[Path] = None) -> ValidatedCohort:
@@ -81,23 +96,19 @@ def run_validate(input_dir: Path, on_error: str = "fail", report_path: Optional[
     """
     console, errors = Console(), Console(stderr=True)
     if on_error not in ON_ERROR_MODES:
-        errors.print(
-            f"error: --on-error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}",
-            markup=False, soft_wrap=True,
-        )
-        raise typer.Exit(code=EXIT_BAD_INPUT)
+        _fail(errors, f"--on-error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
     try:
-        cohort = load_and_validate(input_dir, on_error)
-    except CohortIOError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    except ContractError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        try:
+            cohort = load_and_validate(input_dir, on_error)
+        except ContractError as exc:
+            _print_error(errors, str(exc))
+            if report_path is not None:
+                _write_json({"status": "failed", "problems": exc.lines}, Path(report_path))
+            raise typer.Exit(code=EXIT_BAD_INPUT) from None
+        console.print(cohort.report.render())
         if report_path is not None:
-            _write_json({"status": "failed", "problems": exc.lines}, Path(report_path))
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    console.print(cohort.report.render())
-    if report_path is not None:
-        _write_json({"status": "ok", **cohort.report.to_dict()}, Path(report_path))
-        console.print(f"data report written to {report_path}", markup=False)
+            _write_json({"status": "ok", **cohort.report.to_dict()}, Path(report_path))
+            console.print(f"data report written to {report_path}", markup=False)
+    except CohortIOError as exc:  # unreadable cohort, or a report file that cannot be written
+        _fail(errors, str(exc))
     return cohort

@@ -94,12 +94,12 @@ class CovariateParams:
     normal_b_factor_blinatumomab: float = 0.5
     p_cd19_dim_base: float = 0.10
     p_cd19_dim_blina_responder: float = 0.14
-    p_cd19_dim_blina_nonresponder: float = 0.65
+    p_cd19_dim_blina_nonresponder: float = 0.8
     flu_auc_median: float = 15.0
     flu_auc_log_sd: float = 0.38
     cell_dose_median_per_kg: float = 1.7e6
     cell_dose_log_sd: float = 0.5
-    tcell_fitness_blina_nonresponder: float = -1.3
+    tcell_fitness_blina_nonresponder: float = -1.6
     tcell_fitness_per_extra_line: float = -0.08
 
 
@@ -123,18 +123,18 @@ class DiseaseParams:
     expansion_kill_low_flu: float = 2.0
     expansion_kill_low_load: float = 0.3
     expansion_kill_cd28: float = 0.4
-    expansion_kill_per_log_burden: float = 0.6
+    expansion_kill_per_log_burden: float = 0.5
     """Effector-to-target ratio: log10 kill lost per log10 of burden above ``expansion_reference_burden``."""
     expansion_reference_burden: float = -2.0
     maintenance_kill_median: float = 0.04
     maintenance_kill_log_sd: float = 0.5
-    maintenance_kill_per_log_burden: float = 0.35
+    maintenance_kill_per_log_burden: float = 0.2
     """Exhaustion: the persisting CAR's kill rate is divided by 10**(this x (burden - reference))."""
-    regrowth_median: float = 0.03
+    regrowth_median: float = 0.024
     regrowth_log_sd: float = 0.35
     regrowth_factor_two_prior_crs: float = 1.15
-    neg_growth_mean: float = 0.035
-    neg_growth_sd: float = 0.03
+    neg_growth_mean: float = 0.022
+    neg_growth_sd: float = 0.015
     """Normal: some CD19-negative variants are unfit (net decline) and never grow out."""
     myeloid_growth_median: float = 0.06
     myeloid_growth_log_sd: float = 0.3
@@ -142,13 +142,13 @@ class DiseaseParams:
     dim_fraction_log10_mean: float = -0.8
     hidden_fraction_log10_mean: float = -5.0
     hidden_fraction_log10_sd: float = 1.0
-    hidden_seed_slope: float = 0.3
-    hidden_seed_offset: float = 1.2
-    hidden_seed_factor_blina_responder: float = 1.5
-    hidden_seed_factor_blina_nonresponder: float = 3.0
-    kmt2a_myeloid_seed_factor: float = 1.6
-    escape_total_slope: float = 0.35
-    escape_total_offset: float = 1.86
+    hidden_seed_slope: float = 0.35
+    hidden_seed_offset: float = 0.3
+    hidden_seed_factor_blina_responder: float = 2.0
+    hidden_seed_factor_blina_nonresponder: float = 5.0
+    kmt2a_myeloid_seed_factor: float = 1.0
+    escape_total_slope: float = 0.45
+    escape_total_offset: float = 0.9
     escape_tau_days: float = 30.0
     escape_seed_log10: float = -8.0
     p_escape_myeloid_kmt2a: float = 0.8
@@ -161,7 +161,7 @@ class DiseaseParams:
     occult_em_offset: float = -2.5
     occult_em_sd: float = 1.0
     em_kill_factor_emd: float = 0.5
-    em_kill_factor_other: float = 0.8
+    em_kill_factor_other: float = 0.72
     p_patchy_marrow: float = 0.15
     p_patchy_marrow_emd: float = 0.35
     combined_site_window_days: float = 30.0
@@ -171,17 +171,17 @@ class DiseaseParams:
 class PersistenceParams:
     """CAR persistence (B-cell aplasia) time T_p."""
 
-    primary_failure_logit: float = -4.2
+    primary_failure_logit: float = -4.7
     primary_failure_low_load: float = 0.7
     primary_failure_low_flu: float = 0.6
-    primary_failure_per_fitness: float = -0.8
+    primary_failure_per_fitness: float = -1.0
     primary_failure_days: tuple[float, float] = (7.0, 24.0)
     primary_failure_kill_factor: float = 0.1
     """A product that fails to expand kills at this fraction of the usual expansion rate."""
     p_long_persistence: float = 0.08
     weibull_shape: float = 1.3
     weibull_scale_days: float = 800.0
-    log_hr_low_load: float = 1.6
+    log_hr_low_load: float = 1.75
     log_hr_low_flu: float = 1.2
     log_hr_cd28: float = 1.2
     log_hr_per_fitness: float = -0.3
@@ -262,8 +262,8 @@ class EventParams:
     late_death_factor_prior_hsct: float = 1.5
     late_death_start_day: float = 60.0
     hsct_hazard_base: float = 0.006
-    hsct_hazard_bca_loss: float = 0.1
-    hsct_hazard_mrd_positive: float = 0.15
+    hsct_hazard_bca_loss: float = 0.06
+    hsct_hazard_mrd_positive: float = 0.08
     hsct_factor_prior_hsct: float = 0.25
     hsct_last_decision_day: float = 730.0
     hsct_delay_days: tuple[float, float] = (21.0, 56.0)

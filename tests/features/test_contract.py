@@ -13,6 +13,7 @@ from rich.console import Console
 
 from features.contract import (
     MAX_ERROR_LINES,
+    OUTCOME_RULES,
     ContractError,
     TableReport,
     display_row,
@@ -108,6 +109,53 @@ BAD_INPUTS = [
              "relapse_phenotype", "phenotype without relapse: relapse_phenotype",
              "relapse_phenotype 'CD19_pos' given but event is 'none'",
              {"infusions": 1, "measurements": 3, "outcomes": 1}),
+    BadInput("site without relapse", _set("outcomes", 1, "relapse_site", "medullary"), "outcomes", (3,),
+             "relapse_site", "site without relapse: relapse_site", "relapse_site 'medullary' given but event is 'none'",
+             {"infusions": 1, "measurements": 3, "outcomes": 1}),
+    BadInput("event day without event", _set("outcomes", 1, "event_day", "100"), "outcomes", (3,),
+             "event_day", "event day without event: event_day", "event_day 100 given but event is 'none'",
+             {"infusions": 1, "measurements": 3, "outcomes": 1}),
+    BadInput("missing event day", _set("outcomes", 2, "event_day", None), "outcomes", (4,),
+             "event_day", "missing event day: event_day", "event 'death' has no event_day",
+             {"infusions": 1, "measurements": 1, "outcomes": 1}),
+    BadInput("event after last follow-up", _set("outcomes", 0, "event_day", "350"), "outcomes", (2,),
+             "event_day", "event after last follow-up: event_day", "event_day 350 is after last_followup_day 300",
+             {"infusions": 1, "measurements": 6, "outcomes": 1}),
+    BadInput("response after last follow-up", _set("outcomes", 2, "response_day", "70"), "outcomes", (4,),
+             "response_day", "response after last follow-up: response_day",
+             "response_day 70 is after last_followup_day 60", {"infusions": 1, "measurements": 1, "outcomes": 1}),
+    BadInput("missing event", _set("outcomes", 1, "event", None), "outcomes", (3,),
+             "event", "missing value: event", "value is missing", {"infusions": 1, "measurements": 3, "outcomes": 1}),
+    BadInput("duplicate outcome row", _append_copy("outcomes", 1), "outcomes", (3, 5),
+             "patient_id", "duplicate patient_id: patient_id", "patient_id 'P2' appears 2 times",
+             {"infusions": 1, "measurements": 3, "outcomes": 2}),
+    BadInput("outcome for unknown patient", _set("outcomes", 2, "patient_id", "P9"), "outcomes", (4,),
+             "patient_id", "unknown patient: patient_id", "patient_id 'P9' has no row in infusions",
+             {"infusions": 1, "measurements": 1, "outcomes": 1}),  # and P3 has no outcome row any more
+    BadInput("missing patient id", _set("infusions", 2, "patient_id", None), "infusions", (4,),
+             "patient_id", "missing value: patient_id", "value is missing",
+             {"infusions": 1, "measurements": 1, "outcomes": 1}),  # P3's rows: unknown patient
+    BadInput("value out of range", _set("infusions", 2, "age_years", "45"), "infusions", (4,),
+             "age_years", "value out of range: age_years", "45.0 must be in [0, 40]",
+             {"infusions": 1, "measurements": 1, "outcomes": 1}),
+    BadInput("wrong type in a boolean column", _set("infusions", 0, "prior_hsct", "maybe"), "infusions", (2,),
+             "prior_hsct", "wrong type: prior_hsct", "'maybe' is not a boolean (true/false)",
+             {"infusions": 1, "measurements": 6, "outcomes": 1}),
+    BadInput("missing measurement day", _set("measurements", 6, "day", None), "measurements", (8,),
+             "day", "missing value: day", "value is missing", {"infusions": 0, "measurements": 1, "outcomes": 0}),
+    BadInput("infinite measurement day", _set("measurements", 6, "day", "inf"), "measurements", (8,),
+             "day", "wrong type: day", "'inf' is not a number", {"infusions": 0, "measurements": 1, "outcomes": 0}),
+    BadInput("missing lab value", _set("measurements", 7, "value", None), "measurements", (9,),
+             "value", "missing value: value", "value is missing", {"infusions": 0, "measurements": 1, "outcomes": 0}),
+    BadInput("number without unit", _set("measurements", 3, "unit", None), "measurements", (5,),
+             "unit", "missing unit: unit", "numeric result '0' needs a unit",
+             {"infusions": 0, "measurements": 1, "outcomes": 0}),
+    BadInput("percent contradicts the unit column", _set("measurements", 4, "unit", "cells/uL"), "measurements", (6,),
+             "unit", "unit conflict: unit", "'%' in '2%' contradicts unit 'cells/uL'",
+             {"infusions": 0, "measurements": 1, "outcomes": 0}),
+    BadInput("detection limit not positive", _set("measurements", 5, "detection_limit", "0"), "measurements", (7,),
+             "detection_limit", "value out of range: detection_limit", "0.0 must be > 0",
+             {"infusions": 0, "measurements": 1, "outcomes": 0}),
 ]
 
 
@@ -142,6 +190,11 @@ def test_bad_input_is_quarantined_and_counted(raw_cohort, case):
     offending = quarantined[quarantined["row"].isin(case.csv_rows)]
     assert len(offending) == len(case.csv_rows)
     assert offending["quarantine_reasons"].str.contains(case.fragment, regex=False).all()
+
+
+def test_every_outcome_rule_has_a_bad_input_case():
+    covered = {case.reason_key.split(":")[0] for case in BAD_INPUTS}
+    assert {kind for _, kind, _, _ in OUTCOME_RULES} <= covered
 
 
 def test_missing_required_column_is_an_error_in_both_modes(raw_cohort):
@@ -243,13 +296,15 @@ def test_relapse_without_phenotype_is_kept_and_noted(raw_cohort):
     assert cohort.report.notes == ("outcomes: 1 relapse(s) without relapse_phenotype (kept; the value is unknown)",)
 
 
-def test_event_day_after_last_followup_and_missing_event_day(raw_cohort):
-    raw_cohort["outcomes"].loc[0, "event_day"] = "350"
-    raw_cohort["outcomes"].loc[2, "event_day"] = None
-    with pytest.raises(ContractError) as caught:
-        _validate(raw_cohort)
-    assert "outcomes.csv, row 2, column event_day: event_day 350 is after last_followup_day 300" in caught.value.lines
-    assert "outcomes.csv, row 4, column event_day: event 'death' has no event_day" in caught.value.lines
+def test_patients_who_can_never_be_at_risk_are_kept_and_noted(raw_cohort):
+    raw_cohort["outcomes"].loc[1, "response_day"] = None  # P2: CR, day unknown
+    raw_cohort["outcomes"].loc[2, "response"] = None  # P3: died, response never assessed
+    cohort = _validate(raw_cohort)
+    assert len(cohort.outcomes) == 3
+    assert cohort.report.notes == (
+        "outcomes: 1 patient(s) without response (kept; in no landmark risk set)",
+        "outcomes: 1 patient(s) in CR/CRi without response_day (kept; in no landmark risk set after day 0)",
+    )
 
 
 def test_parquet_and_in_memory_rows_are_zero_based(raw_cohort):

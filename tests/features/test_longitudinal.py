@@ -233,6 +233,34 @@ def test_missing_column_is_named():
         mrd_features(infusions_of("P1"), table, 91.0)
 
 
+def test_same_day_detected_result_beats_a_higher_censored_limit():
+    rows = [
+        ("P6", 28, "PB", "flow_mrd", 5e-4, False),  # detected 0.05%
+        ("P6", 28, "PB", "flow_mrd", 1e-3, True),   # "<0.1%" from another lab: uninformative
+    ]
+    for ordered in (rows, rows[::-1]):
+        row = mrd_features(infusions_of("P6"), measurements_of(ordered), 28.0).loc["P6"]
+        assert row["pb_flow_mrd_log10_last"] == pytest.approx(math.log10(5e-4))
+        assert (row["pb_flow_mrd_detectable_last"], row["pb_flow_mrd_last_censored"]) == (1.0, 0.0)
+
+
+def test_same_day_below_quantitation_beats_negative_at_the_same_limit():
+    rows = [
+        ("P7", 91, "BM", "ngs_mrd", 1e-6, True, "fraction", False),  # NEG
+        ("P7", 91, "BM", "ngs_mrd", 1e-6, True, "fraction", True),   # detected <LOQ
+    ]
+    for ordered in (rows, rows[::-1]):
+        row = mrd_features(infusions_of("P7"), measurements_of(ordered), 91.0).loc["P7"]
+        assert (row["bm_ngs_mrd_detectable_last"], row["bm_ngs_mrd_last_censored"]) == (1.0, 1.0)
+
+
+def test_censored_antigen_result_is_an_upper_bound_not_zero():
+    rows = [("A2", 120, "BM", "cd19_pct_blasts", 1.0, True)]  # "<1%" CD19+ blasts: CD19-negative relapse
+    row = antigen_features(infusions_of("A2"), measurements_of(rows), 120.0).loc["A2"]
+    assert (row["cd19_pct_blasts_last"], row["cd19_pct_blasts_last_censored"]) == (1.0, 1.0)
+    assert math.isnan(row["cd22_pct_blasts_last_censored"])
+
+
 def test_same_day_results_keep_the_worst_as_last():
     rows = [
         ("P5", 28, "BM", "flow_mrd", 5e-4, False),

@@ -12,6 +12,8 @@ import pytest
 
 from features.schema import (
     ASSAYS,
+    CANONICAL_UNITS,
+    RAW_UNITS,
     COLUMNS_BY_TABLE,
     DEFAULT_DETECTION_LIMIT_BY_ASSAY,
     MEASUREMENTS_SCHEMA,
@@ -54,6 +56,12 @@ def test_raw_columns_are_the_ones_fixed_in_the_architecture(table):
     documented = set(re.findall(r"^\| ([a-z0-9_, ]+) \|", section, flags=re.MULTILINE))
     documented_names = {name.strip() for cell in documented for name in cell.split(",")} - {"column"}
     assert {spec.name for spec in COLUMNS_BY_TABLE[table]} == documented_names
+
+
+def test_unit_lists_are_the_units_of_the_conversion_table():
+    assert set(RAW_UNITS) == {unit for conversions in UNIT_CONVERSIONS.values() for unit in conversions}
+    assert set(CANONICAL_UNITS) == {canon for conversions in UNIT_CONVERSIONS.values() for canon, _ in conversions.values()}
+    assert set(UNIT_CONVERSIONS) == set(ASSAYS)
 
 
 def test_required_and_optional_columns():

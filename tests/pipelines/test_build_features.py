@@ -116,6 +116,26 @@ def test_cli_builds_the_set_from_lab_text(cohort_folder, tmp_path):
     assert "day 91" in result.output and "relapse_CD19_pos" in result.output
 
 
+def test_cli_quarantine_prints_the_data_report(tmp_path):
+    broken = raw_measurements()
+    broken.loc[3, "value"] = "0,06%"  # A's day-91 flow MRD: a decimal comma
+    write_cohort_folder(tmp_path / "bad", raw_infusions(), broken, raw_outcomes(), file_format="csv")
+    out = tmp_path / "set.csv"
+    args = ["features", "--input", str(tmp_path / "bad"), "--landmarks", "91", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--on-error", "quarantine"])
+    assert result.exit_code == 0, result.output
+    assert "unparseable value: value" in result.output and "measurements.csv, row 5" in result.output
+    built = pd.read_csv(out).set_index("patient_id")
+    assert built.loc["A", "bm_flow_mrd_log10_last"] == pytest.approx(-4.0)  # day-91 row gone: day-28 "<0.01%"
+
+
+def test_cli_output_that_cannot_be_written_exits_2(cohort_folder, tmp_path):
+    (tmp_path / "set.csv").mkdir()
+    result = CliRunner().invoke(app, ["features", "--input", str(cohort_folder), "--out", str(tmp_path / "set.csv")])
+    assert result.exit_code == 2
+    assert "cannot write" in result.output and "Traceback" not in result.output
+
+
 def test_cli_bad_input_exits_2_with_the_reason(cohort_folder, tmp_path):
     runner = CliRunner()
     broken = raw_measurements()

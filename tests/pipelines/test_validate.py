@@ -77,6 +77,16 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+def test_report_that_cannot_be_written_exits_2_with_a_message(good_folder, bad_folder, tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()  # a folder where the report file should go
+    for folder, first_line in ((good_folder, "cannot write the data report"), (bad_folder, "cannot parse lab value")):
+        result = _invoke("--input", str(folder), "--report", str(occupied))
+        assert result.exit_code == 2
+        assert first_line in result.stderr and "cannot write the data report" in result.stderr
+        assert "Traceback" not in result.output
+
+
 def test_missing_table_exits_2(raw_cohort, tmp_path):
     write_cohort_folder(tmp_path, raw_cohort["infusions"], raw_cohort["measurements"], file_format="csv")
     (tmp_path / "measurements.csv").unlink()

@@ -1,0 +1,73 @@
+"""Calibration: slope 1 for the true incidences, < 1 for exaggerated ones; tables by Aalen-Johansen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.calibration import calibration_slope, calibration_table, decile_slope, observed_expected_ratio
+from models.metrics import Outcome
+from models.nonparametric import aalen_johansen
+from tests.models.conftest import simulate_known_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort_and_truth():
+    cohort = simulate_known_cohort(n=6000, seed=11)
+    outcome = Outcome.from_events(cohort.y["time"], cohort.y["event"], "relapse")
+    truth = cohort.true_cif(365.0)
+    true_relapse = truth["relapse_CD19_pos"] + truth["relapse_CD19_neg"] + truth["relapse_lineage_switch"]
+    return outcome, true_relapse
+
+
+def test_true_incidence_is_calibrated(cohort_and_truth):
+    outcome, truth = cohort_and_truth
+    assert calibration_slope(outcome, truth, 365.0) == pytest.approx(1.0, abs=0.08)
+    assert observed_expected_ratio(outcome, truth, 365.0) == pytest.approx(1.0, abs=0.05)
+
+
+def test_exaggerated_predictions_have_slope_below_one(cohort_and_truth):
+    outcome, truth = cohort_and_truth
+    # doubling the spread on the cloglog scale around its mean: true slope 0.5
+    cloglog = np.log(-np.log1p(-truth))
+    exaggerated = -np.expm1(-np.exp(cloglog.mean() + 2.0 * (cloglog - cloglog.mean())))
+    assert calibration_slope(outcome, exaggerated, 365.0) == pytest.approx(0.5, abs=0.06)
+
+
+def test_uniformly_too_high_predictions_keep_slope_but_lower_observed_expected(cohort_and_truth):
+    outcome, truth = cohort_and_truth
+    too_high = 1.0 - (1.0 - truth) ** 2  # cloglog shifted by log 2: same slope, higher level
+    assert calibration_slope(outcome, too_high, 365.0) == pytest.approx(calibration_slope(outcome, truth, 365.0))
+    assert observed_expected_ratio(outcome, too_high, 365.0) < 0.8
+
+
+def test_calibration_table_observed_is_aalen_johansen_within_group(cohort_and_truth):
+    outcome, truth = cohort_and_truth
+    table = calibration_table(outcome, truth, 365.0, n_groups=10)
+    assert list(table["group"]) == list(range(1, 11))
+    assert table["n_rows"].sum() == outcome.n
+    assert table["predicted"].is_monotonic_increasing
+    top = truth >= np.quantile(truth, 0.9)
+    expected = aalen_johansen(outcome.time[top], outcome.status[top], [365.0], n_causes=2)[0, 0]
+    assert table["observed"].iloc[-1] == pytest.approx(expected, abs=0.01)
+    assert decile_slope(table) == pytest.approx(1.0, abs=0.15)
+
+
+def test_calibration_with_two_predicted_values_gives_two_groups(cohort_and_truth):
+    outcome, truth = cohort_and_truth
+    binary = np.where(truth > np.median(truth), 0.5, 0.2)
+    assert len(calibration_table(outcome, binary, 365.0)) == 2
+
+
+def test_constant_prediction_has_no_slope(cohort_and_truth):
+    outcome, _ = cohort_and_truth
+    assert np.isnan(calibration_slope(outcome, np.full(outcome.n, 0.3), 365.0))
+
+
+def test_bootstrap_slopes_scatter_around_the_point(cohort_and_truth):
+    outcome, truth = cohort_and_truth
+    multiplicities = np.random.default_rng(1).multinomial(outcome.n, np.full(outcome.n, 1 / outcome.n), size=20)
+    slopes = calibration_slope(outcome, truth, 365.0, multiplicities.astype(float))
+    assert slopes.shape == (20,)
+    assert np.std(slopes) > 0
+    assert abs(np.mean(slopes) - calibration_slope(outcome, truth, 365.0)) < 3 * np.std(slopes)

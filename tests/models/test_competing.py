@@ -1,0 +1,169 @@
+"""The competing-risks models: one shared contract for every model, and recovery of known truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from models.base import CAUSES, CompetingRisksModel, ModelInputError, cif_column, cif_columns, event_free_column
+from models.factory import BASELINE_NAME, MODEL_NAMES, make_model
+from models.metrics import Outcome
+from models.nonparametric import aalen_johansen
+from tests.models.conftest import simulate_known_cohort
+
+HORIZONS = (182.0, 365.0, 730.0)
+
+
+@pytest.fixture(scope="module")
+def contract_data(known_cohort):
+    """The known cohort plus the clinicians' rule columns (so every model can be fitted on it)."""
+    X = known_cohort.X.assign(
+        bm_blasts_pct=np.where(known_cohort.X["x0"] > 0.5, 20.0, 1.0),
+        blinatumomab_nonresponder=(known_cohort.X["x1"] < -1.5).astype(float),
+        active_non_cns_emd=0.0,
+        kmt2a_rearranged=np.nan,
+    )
+    return X, known_cohort.y
+
+
+@pytest.fixture(scope="module", params=MODEL_NAMES + (BASELINE_NAME,))
+def fitted(request, contract_data):
+    X, y = contract_data
+    model = make_model(request.param, random_state=0)
+    return request.param, model, model.fit(X, y)
+
+
+def test_fit_returns_the_model_and_follows_the_protocol(fitted):
+    _, model, result = fitted
+    assert result is model
+    assert isinstance(model, CompetingRisksModel)
+
+
+def test_predict_cif_layout_and_parts_sum_to_one(fitted, contract_data):
+    _, model, _ = fitted
+    X, _ = contract_data
+    cif = model.predict_cif(X.iloc[:200], HORIZONS)
+    assert list(cif.columns) == cif_columns(HORIZONS)
+    assert cif.index.equals(X.index[:200])
+    assert np.isfinite(cif.to_numpy()).all() and (cif.to_numpy() >= -1e-12).all() and (cif.to_numpy() <= 1 + 1e-12).all()
+    for h in HORIZONS:
+        parts = cif[[cif_column(cause, h) for cause in CAUSES] + [event_free_column(h)]].sum(axis=1)
+        np.testing.assert_allclose(parts, 1.0, atol=1e-9)
+        phenotypes = cif[[cif_column(cause, h) for cause in CAUSES[:3]]].sum(axis=1)
+        np.testing.assert_allclose(cif[cif_column("relapse", h)], phenotypes, atol=1e-12)
+
+
+def test_curves_are_monotone_in_time(fitted, contract_data):
+    _, model, _ = fitted
+    X, _ = contract_data
+    curves = model.predict_cif_curves(X.iloc[:100])
+    for cause in CAUSES:
+        assert np.all(np.diff(curves.cif[cause], axis=1) >= -1e-12)
+    assert np.all(np.diff(curves.event_free, axis=1) <= 1e-12)
+    cif = model.predict_cif(X.iloc[:100], HORIZONS)
+    assert np.all(cif[event_free_column(182)] >= cif[event_free_column(730)] - 1e-12)
+
+
+def test_predict_is_a_relapse_risk_score(fitted, contract_data):
+    name, model, _ = fitted
+    X, y = contract_data
+    risk = model.predict(X)
+    assert risk.shape == (len(X),) and np.isfinite(risk).all()
+    if name != BASELINE_NAME:
+        np.testing.assert_allclose(risk, model.predict_cif(X, [365.0])[cif_column("relapse", 365)], atol=1e-12)
+    from models.metrics import harrell_c
+
+    assert harrell_c(Outcome.from_events(y["time"], y["event"]), risk) > 0.55
+
+
+def test_clone_refits_to_the_same_predictions(fitted, contract_data):
+    _, model, _ = fitted
+    X, y = contract_data
+    twin = clone(model)
+    assert twin.get_params(deep=False).keys() == model.get_params(deep=False).keys()
+    np.testing.assert_allclose(twin.fit(X, y).predict_cif(X.iloc[:50], HORIZONS), model.predict_cif(X.iloc[:50], HORIZONS))
+
+
+def test_missing_values_at_prediction_are_handled(fitted, contract_data):
+    _, model, _ = fitted
+    X, _ = contract_data
+    holes = X.iloc[:30].copy()
+    holes.iloc[::2, :3] = np.nan
+    assert np.isfinite(model.predict_cif(holes, HORIZONS).to_numpy()).all()
+
+
+def test_missing_feature_column_is_a_clear_error(fitted, contract_data):
+    _, model, _ = fitted
+    X, _ = contract_data
+    with pytest.raises(ModelInputError, match="missing column"):
+        model.predict_cif(X.drop(columns=["bm_blasts_pct"]).iloc[:5], HORIZONS)
+
+
+@pytest.mark.parametrize("bad, match", [({"time": -1.0}, "time"), ({"event": "relapse"}, "event")])
+def test_bad_target_is_a_clear_error(contract_data, bad, match):
+    X, y = contract_data
+    y = y.copy()
+    column, value = next(iter(bad.items()))
+    y.loc[y.index[7], column] = value
+    with pytest.raises(ModelInputError, match=f"row {y.index[7]}.*'{match}'"):
+        make_model("xgb_cox").fit(X, y)
+
+
+def _relapse_hazard_coefficients(model, names):
+    pipeline = model.hazard_models_["relapse"]
+    scale = pipeline.named_steps["scale"].scale_[: len(names)]
+    return pipeline.named_steps["model"].coef_[: len(names), -1] / scale
+
+
+def test_coxnet_recovers_known_hazard_ratios():
+    cohort = simulate_known_cohort(n=4000, seed=5)
+    model = make_model("coxnet", {"alphas": [0.05, 0.01, 0.002, 0.0005]}).fit(cohort.X, cohort.y)
+    coefficients = _relapse_hazard_coefficients(model, list(cohort.X.columns))
+    np.testing.assert_allclose(coefficients[:2], cohort.beta, atol=0.08)
+    assert abs(coefficients[3]) < 0.05  # the pure-noise feature
+    hsct = model.hazard_models_["hsct"]
+    gamma = hsct.named_steps["model"].coef_[2, -1] / hsct.named_steps["scale"].scale_[2]
+    assert gamma == pytest.approx(cohort.gamma, abs=0.12)
+
+
+def test_incidences_recover_the_known_truth():
+    cohort = simulate_known_cohort(n=4000, seed=6)
+    model = make_model("coxnet", {"alphas": [0.05, 0.01, 0.002, 0.0005]}).fit(cohort.X, cohort.y)
+    predicted = model.predict_cif(cohort.X, [365.0])
+    truth = cohort.true_cif(365.0)
+    for cause in CAUSES:
+        error = np.mean(np.abs(predicted[cif_column(cause, 365)] - truth[cause]))
+        assert error < 0.02, cause
+
+
+def test_without_informative_features_incidences_equal_aalen_johansen():
+    cohort = simulate_known_cohort(n=3000, seed=7, beta=(0.0, 0.0), gamma=0.0)
+    noise = pd.DataFrame({"noise": np.random.default_rng(0).normal(size=3000)})
+    model = make_model("coxnet", {"alphas": [5.0]}).fit(noise, cohort.y)
+    assert "kept no feature" in model.fit_notes_["relapse"]
+    predicted = model.predict_cif(noise.iloc[:1], [365.0]).iloc[0]
+    status = np.select([cohort.y["event"].str.startswith("relapse"), cohort.y["event"] == "death",
+                        cohort.y["event"] == "hsct"], [1, 2, 3], 0)
+    expected = aalen_johansen(cohort.y["time"].to_numpy(), status, [365.0], n_causes=3)[:, 0]
+    np.testing.assert_allclose([predicted[cif_column(c, 365)] for c in ("relapse", "death", "hsct")], expected, atol=0.01)
+
+
+def test_unknown_phenotype_relapses_still_count_as_relapses():
+    cohort = simulate_known_cohort(n=3000, seed=8)
+    masked = cohort.y.copy()
+    relapses = np.flatnonzero(masked["event"].str.startswith("relapse").to_numpy())
+    masked.loc[masked.index[relapses[::4]], "event"] = "relapse_unknown"
+    known = make_model("xgb_cox").fit(cohort.X, cohort.y).predict_cif(cohort.X, [365.0])
+    partly_unknown = make_model("xgb_cox").fit(cohort.X, masked).predict_cif(cohort.X, [365.0])
+    column = cif_column("relapse", 365)
+    np.testing.assert_allclose(partly_unknown[column], known[column], atol=1e-9)
+
+
+def test_hsct_as_censoring_gives_zero_hsct_incidence():
+    cohort = simulate_known_cohort(n=1000, seed=9)
+    censored = cohort.y.assign(event=cohort.y["event"].replace({"hsct": "none"}))
+    model = make_model("xgb_cox").fit(cohort.X, censored)
+    assert model.fit_notes_["hsct"].startswith("no events")
+    assert (model.predict_cif(cohort.X.iloc[:20], HORIZONS)[[cif_column("hsct", h) for h in HORIZONS]] == 0).all().all()

@@ -1,0 +1,240 @@
+"""End to end: train (twice, then below threshold), register, serve with MLflow's real scoring
+server in a subprocess, and compare its answers with batch scoring of the same patients.
+
+Request formats: the model's signature comes from typed inputs (pydantic, see
+``pipelines/pyfunc_model.py``), so MLflow's scoring server accepts the ``inputs`` format only;
+``dataframe_split``, ``dataframe_records`` and ``instances`` are answered with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from models.serving import EXAMPLE_PATIENT, tables_to_records
+from pipelines.io import write_table
+from pipelines.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version
+from pipelines.score import load_scoring_bundle, run_score
+from pipelines.serve import serve_command
+from pipelines.simulate import simulate_cohort
+from pipelines.train import run_train
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "car-relapse-e2e"
+CHAMPION = f"models:/{MODEL}@champion"
+AS_OF_DAY = 91.0
+TINY_CONFIG = {
+    "data": {"source": "synthetic", "synthetic": {"n_patients": 500, "seed": 20261121, "with_oracle": True}},
+    "features": {"landmark_days": [0, 91]},
+    "models": {"candidates": ["xgb_cox", "xgb_aft"],
+               "params": {"xgb_cox": {"n_estimators": 80}, "xgb_aft": {"n_estimators": 80}}},
+    "evaluation": {"cv_folds": 3, "bootstrap": 5, "shap_max_rows": 20},
+    "registry": {"model_name": MODEL, "thresholds": {"uno_c": 0.55}, "top_factors": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def store(empty_mlflow_db, tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("e2e_store")
+    shutil.copy(empty_mlflow_db, folder / "mlflow.db")
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+def _write_config(folder: Path, name: str, store: str, **registry) -> Path:
+    config = {**TINY_CONFIG, "tracking": {"tracking_uri": store, "experiment": "e2e"},
+              "registry": {**TINY_CONFIG["registry"], **registry}}
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trainings(store, tmp_path_factory):
+    """Two trainings that pass the gate, then one that cannot (threshold 0.99)."""
+    folder = tmp_path_factory.mktemp("e2e_configs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        first = run_train(_write_config(folder, "tiny.yaml", store))
+        second = run_train(_write_config(folder, "tiny.yaml", store))
+        gated = run_train(_write_config(folder, "strict.yaml", store, thresholds={"uno_c": 0.99}))
+    return first, second, gated
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """New patients (not in training): the CSV folder for batch scoring and the in-memory tables."""
+    simulated = simulate_cohort(20, 4242)
+    folder = tmp_path_factory.mktemp("e2e_cohort")
+    write_table(simulated.infusions, folder / "infusions.csv")
+    write_table(simulated.measurements, folder / "measurements.csv")
+    return folder, simulated.infusions, simulated.measurements
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trainings, store):
+    """MLflow's scoring server for the champion, as a subprocess on a free localhost port."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(serve_command(CHAMPION, "127.0.0.1", port), env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, process)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"scoring server exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("scoring server did not answer /ping in time")
+
+
+def _post(url: str, body: str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def batch_scores(trainings, store, cohort, tmp_path_factory):
+    folder, _, _ = cohort
+    output = tmp_path_factory.mktemp("e2e_scores") / "scores.parquet"
+    summary = run_score(CHAMPION, folder, AS_OF_DAY, output, chunk_size=7, tracking_uri=store)
+    assert summary.rejected_rows == 0 and summary.patients_scored == 20
+    return pd.read_parquet(output)
+
+
+# --- registry -----------------------------------------------------------------------------------------
+def test_two_trainings_two_versions_and_a_gated_one(trainings, store):
+    first, second, gated = trainings
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    assert (first.model_version, second.model_version) == ("1", "2")
+    assert alias_version(client, MODEL, ALIAS_CHAMPION) == "2"
+    assert alias_version(client, MODEL, ALIAS_PREVIOUS) == "1"
+    assert not gated.registered and gated.model_version is None
+    assert "uno_c" in gated.gate_reasons[0] and "fails >= 0.99" in gated.gate_reasons[0]
+    assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
+    assert client.get_run(gated.run_id).data.tags["registry.registered"] == "false"
+    assert client.get_logged_model(gated.model_uri.split("/")[-1]).source_run_id == gated.run_id
+
+
+def test_run_logs_metrics_params_and_report(trainings, store):
+    run = MlflowClient(tracking_uri=store).get_run(trainings[1].run_id)
+    assert run.data.params["models.candidates"] == '["xgb_cox", "xgb_aft"]'
+    assert {"cv/xgb_cox/relapse/lm91/h365/uno_c", "cv/oracle/relapse/lm0/h182/uno_c",
+            "cv/rule/relapse/lmall/h730/brier", "cv/xgb_aft/relapse_CD19_neg/lm0/h365/auc",
+            "winner/uno_c"} <= set(run.data.metrics)
+    assert len(run.data.tags["data.sha256"]) == 64
+
+
+def _artifact_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()]
+
+
+def test_no_patient_rows_in_artifacts(trainings, store):
+    from pipelines.tracking import artifact_root_for
+
+    root = artifact_root_for(store)
+    files = _artifact_files(root)
+    names = {path.name for path in files}
+    assert {"data_report.json", "metrics.csv", "calibration_relapse.png", "shap_summary.png",
+            "feature_list.json", "MLmodel", "scoring_bundle.pkl"} <= names
+    assert not any("patient_rows" in path.parts for path in files)
+    patient_id = re.compile(r"P\d{6}")
+    for path in files:
+        if path.suffix in {".json", ".csv", ".yaml", ".txt"}:
+            assert not patient_id.search(path.read_text()), f"patient id in artifact {path}"
+    bundle = load_scoring_bundle(CHAMPION, store)
+    assert len(bundle.estimator.background_) == 1
+
+
+# --- serving == batch -----------------------------------------------------------------------------------
+def test_served_answers_equal_batch_scoring(server, batch_scores, cohort, trainings):
+    _, infusions, measurements = cohort
+    records = tables_to_records(infusions, measurements, AS_OF_DAY)
+    status, body = _post(server, json.dumps({"inputs": records}))
+    assert status == 200
+    served = pd.DataFrame(body["predictions"])
+    pd.testing.assert_frame_equal(served, batch_scores, check_exact=True, check_dtype=False)
+    assert (served["model_version"] == "2").all() and (served["model_run_id"] == trainings[1].run_id).all()
+
+
+def test_single_patient_request_equals_its_batch_row(server, batch_scores, cohort):
+    _, infusions, measurements = cohort
+    records = tables_to_records(infusions.iloc[[5]], measurements, AS_OF_DAY)
+    status, body = _post(server, json.dumps({"inputs": records}))
+    assert status == 200
+    expected = batch_scores.iloc[[5]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.DataFrame(body["predictions"]), expected, check_exact=True, check_dtype=False)
+
+
+@pytest.mark.parametrize("fmt", ["dataframe_split", "dataframe_records", "instances"])
+def test_other_request_formats_are_refused_with_a_reason(server, fmt):
+    payload = {"dataframe_split": {"columns": ["patient_id"], "data": [["x"]]},
+               "dataframe_records": [{"patient_id": "x"}], "instances": [EXAMPLE_PATIENT]}[fmt]
+    status, body = _post(server, json.dumps({fmt: payload}))
+    assert status == 400
+    assert "'inputs' key" in body["message"]
+
+
+def _without(field: str) -> dict:
+    return {key: value for key, value in EXAMPLE_PATIENT.items() if key != field}
+
+
+BAD_REQUESTS = {
+    "missing field": (json.dumps({"inputs": [_without("bm_blasts_pct")]}), ["bm_blasts_pct", "missing"]),
+    "missing required key": (json.dumps({"inputs": [_without("as_of_day")]}), ["as_of_day", "Field required"]),
+    "wrong type": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "age_years": "eleven"}]}),
+                   ["age_years", "valid number"]),
+    "unknown assay": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": [
+        {**EXAMPLE_PATIENT["measurements"][0], "assay": "flow_mdr"}]}]}), ["flow_mdr", "assay"]),
+    "malformed JSON": ('{"inputs": [{"patient_id": "x",', ["valid JSON"]),
+    "2.5 for an integer": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "prior_lines": 2.5}]}),
+                           ["prior_lines", "valid integer"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_400_naming_the_problem_and_the_server_keeps_serving(server, case):
+    body, expected = BAD_REQUESTS[case]
+    status, answer = _post(server, body)
+    assert 400 <= status < 500
+    for text in expected:
+        assert text in answer["message"]
+    status, answer = _post(server, json.dumps({"inputs": [EXAMPLE_PATIENT]}))
+    assert status == 200 and answer["predictions"][0]["patient_id"] == "EXAMPLE-001"

@@ -1,0 +1,163 @@
+"""Tests of pipelines.train that need no full training run (that is test_serve_e2e.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+
+from pipelines.config import ConfigError, DataConfig, RunConfig
+from pipelines.train import (
+    TrainError,
+    check_config,
+    dataset_hash,
+    flatten_config,
+    load_cohort,
+    metric_key,
+    report_without_patient_details,
+    run_train,
+    summarise_metrics,
+    without_training_rows,
+)
+
+
+def _config(**sections) -> RunConfig:
+    return RunConfig.model_validate(sections)
+
+
+# --- config ------------------------------------------------------------------------------------------
+def test_default_config_passes_the_cross_section_checks():
+    check_config(RunConfig())
+
+
+def test_cross_section_problems_are_all_listed():
+    config = _config(
+        evaluation={"selection_metric": "accuracy", "horizons_days": [182, 730]},
+        registry={"thresholds": {"uno_c": 0.6, "f1": 0.5}},
+        models={"candidates": ["xgb_cox", "deep_net"], "params": {"svm": {}}},
+        features={"builders": ["baseline", "no_such_builder"]},
+    )
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    message = str(error.value)
+    for expected in (
+        "evaluation.selection_metric: 'accuracy'",
+        "registry.risk_group_horizon_days: 365 is not one of evaluation.horizons_days",
+        "evaluation.shap_horizon_days: 365 is not one of",
+        "unknown metric 'f1'",
+        "models.candidates: unknown ['deep_net']",
+        "models.params: no candidate named ['svm']",
+        "no_such_builder",
+    ):
+        assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("models:\n  candidatez: [xgb_cox]\n", "models.candidatez: Extra inputs are not permitted"),
+        ("evaluation:\n  cv_folds: 1\n", "evaluation.cv_folds: Input should be greater than or equal to 2"),
+        ("registry:\n  risk_group_cutoffs: [0.4, 0.2]\n", "registry.risk_group_cutoffs"),
+        ("data: [1, 2\n", "not valid YAML"),
+        ("evaluation:\n  selection_metric: f1\n", "evaluation.selection_metric: 'f1'"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(tmp_path, capsys, yaml_text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(typer.Exit) as stop:
+        run_train(path)
+    assert stop.value.exit_code == 2
+    assert expected in capsys.readouterr().out
+
+
+def test_missing_config_file_exits_2(tmp_path, capsys):
+    with pytest.raises(typer.Exit) as stop:
+        run_train(tmp_path / "nope.yaml")
+    assert stop.value.exit_code == 2
+    assert "config file not found" in capsys.readouterr().out
+
+
+def test_flattened_config_params():
+    flat = flatten_config(_config(models={"params": {"xgb_cox": {"n_estimators": 50}}}))
+    assert flat["models.params.xgb_cox.n_estimators"] == "50"
+    assert flat["features.landmark_days"] == "[0.0, 28.0, 91.0, 182.0]"
+    assert flat["data.synthetic.n_patients"] == "5000"
+    assert flat["tracking.tracking_uri"] == "None"
+
+
+# --- data ---------------------------------------------------------------------------------------------
+def _tables():
+    infusions = pd.DataFrame({"patient_id": ["a", "b"], "age_years": [3.5, 12.0]})
+    measurements = pd.DataFrame({"patient_id": ["a", "a", "b"], "day": [28.0, 0.0, 28.0],
+                                 "specimen": ["BM", "PB", "BM"], "assay": ["ngs_mrd", "b_cell_count", "ngs_mrd"],
+                                 "value": [1e-5, 3.0, 0.0]})
+    outcomes = pd.DataFrame({"patient_id": ["a", "b"], "event": ["none", "relapse"]})
+    return infusions, measurements, outcomes
+
+
+def test_dataset_hash_ignores_order_but_not_values():
+    infusions, measurements, outcomes = _tables()
+    reference = dataset_hash(infusions, measurements, outcomes)
+    shuffled = measurements.iloc[[2, 0, 1]][["value", "assay", "patient_id", "specimen", "day"]]
+    assert dataset_hash(infusions.iloc[::-1], shuffled, outcomes) == reference
+    changed = measurements.copy()
+    changed.loc[0, "value"] = 1.1e-5
+    assert dataset_hash(infusions, changed, outcomes) != reference
+    assert len(reference) == 64
+
+
+def test_a_folder_without_outcomes_cannot_train(tmp_path):
+    infusions, measurements, _ = _tables()
+    infusions.to_csv(tmp_path / "infusions.csv", index=False)
+    measurements.to_csv(tmp_path / "measurements.csv", index=False)
+    with pytest.raises(TrainError, match="training needs an outcomes table"):
+        load_cohort(DataConfig(source="folder", input_dir=tmp_path))
+
+
+# --- metrics and logging helpers --------------------------------------------------------------------
+def _metrics_frame() -> pd.DataFrame:
+    rows = []
+    for source, c_values, brier in (("xgb_cox", (0.70, 0.74), 0.20), ("rsf", (0.72, 0.78), 0.18)):
+        for horizon, value in zip((182.0, 365.0), c_values):
+            rows.append(("all", "relapse", horizon, "uno_c", source, "estimate", value))
+            rows.append(("all", "relapse", horizon, "brier", source, "estimate", brier))
+            rows.append((28.0, "relapse", horizon, "uno_c", source, "estimate", 0.5))
+            rows.append(("all", "relapse_CD19_neg", horizon, "uno_c", source, "estimate", 0.9))
+    rows.append(("all", "relapse", 365.0, "uno_c", "rsf - rule", "difference", 0.2))
+    return pd.DataFrame(rows, columns=["landmark_day", "endpoint", "horizon_days", "metric", "source", "kind", "value"])
+
+
+def test_summary_averages_horizons_over_all_landmarks_for_relapse():
+    summary = summarise_metrics(_metrics_frame())
+    assert summary["xgb_cox"]["uno_c"] == pytest.approx(0.72)
+    assert summary["rsf"]["uno_c"] == pytest.approx(0.75)
+    assert summary["rsf"]["brier"] == pytest.approx(0.18)
+    assert "rsf - rule" not in summary
+
+
+def test_metric_keys():
+    row = {"source": "xgb_cox - rule", "endpoint": "relapse", "landmark_day": 28.0, "horizon_days": 365.0,
+           "metric": "uno_c"}
+    assert metric_key(row) == "cv/xgb_cox_vs_rule/relapse/lm28/h365/uno_c"
+    assert metric_key({**row, "landmark_day": "all", "horizon_days": np.nan, "metric": "ibs"}, "_ci_low") \
+        == "cv/xgb_cox_vs_rule/relapse/lmall/ibs_ci_low"
+
+
+def test_report_redaction_keeps_counts_only():
+    report = {"patients_in": 3, "quarantined_patients": ["P1", "P2"],
+              "tables": {"measurements": {"rows_in": 9, "examples": ["measurements, row 4, column value: 'x'"]}}}
+    redacted = report_without_patient_details(report)
+    assert redacted["quarantined_patients"] == 2
+    assert redacted["tables"]["measurements"] == {"rows_in": 9, "examples": []}
+    assert report["quarantined_patients"] == ["P1", "P2"]
+
+
+def test_background_rows_replaced_by_medians():
+    class Fitted:
+        background_ = pd.DataFrame({"a": [1.0, 2.0], "b": [5.0, np.nan]})
+
+    features = pd.DataFrame({"a": [1.0, 2.0, 10.0], "b": [4.0, 6.0, np.nan]})
+    model = without_training_rows(Fitted(), features)
+    assert model.background_.to_dict("list") == {"a": [2.0], "b": [5.0]}
