@@ -29,7 +29,9 @@ from models.nonparametric import aalen_johansen
 
 __all__ = ["calibration_slope", "calibration_table", "decile_slope", "observed_expected_ratio", "observed_incidence"]
 
-_CLIP = 1e-6
+_CLIP = 1e-4
+"""Predictions are clipped to [1e-4, 1 - 1e-4] before the cloglog transform: below 1e-4 nothing
+distinguishes them, and exact zeros (e.g. a Monte Carlo oracle) would otherwise dominate the fit."""
 
 
 def _cloglog(p: np.ndarray) -> np.ndarray:
@@ -37,13 +39,22 @@ def _cloglog(p: np.ndarray) -> np.ndarray:
     return np.log(-np.log1p(-p))
 
 
-def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, iterations: int = 50) -> tuple[float, float]:
-    """Weighted binomial maximum likelihood with cloglog link: returns (intercept, slope)."""
+def _cloglog_log_likelihood(design: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray) -> float:
+    eta = np.clip(design @ beta, -30.0, 30.0)
+    risk = np.exp(eta)
+    log_mu = np.log(np.maximum(-np.expm1(-risk), 1e-300))
+    return float(np.sum(w * (y * log_mu - (1.0 - y) * risk)))
+
+
+def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, iterations: int = 100) -> tuple[float, float]:
+    """Weighted binomial maximum likelihood with cloglog link, by Newton steps halved until the
+    likelihood improves; starts from perfect calibration (0, 1). Returns (intercept, slope)."""
     design = np.column_stack([np.ones_like(x), x])
-    beta = np.array([np.log(-np.log1p(-np.clip(np.average(y, weights=w), _CLIP, 1 - _CLIP))), 1.0])
+    beta = np.array([0.0, 1.0])
+    current = _cloglog_log_likelihood(design, y, w, beta)
     for _ in range(iterations):
-        eta = np.clip(design @ beta, -30.0, 5.0)
-        mu = np.clip(-np.expm1(-np.exp(eta)), _CLIP, 1.0 - _CLIP)
+        eta = np.clip(design @ beta, -30.0, 30.0)
+        mu = np.clip(-np.expm1(-np.exp(eta)), 1e-12, 1.0 - 1e-12)
         dmu = np.exp(eta - np.exp(eta))
         score = design.T @ (w * (y - mu) * dmu / (mu * (1 - mu)))
         information = (design * (w * dmu**2 / (mu * (1 - mu)))[:, None]).T @ design
@@ -51,8 +62,13 @@ def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, iterations: int = 
             step = np.linalg.solve(information, score)
         except np.linalg.LinAlgError:
             return np.nan, np.nan
-        beta = beta + step
-        if np.max(np.abs(step)) < 1e-8:
+        for _ in range(40):
+            candidate = _cloglog_log_likelihood(design, y, w, beta + step)
+            if candidate >= current - 1e-12:
+                break
+            step = step / 2.0
+        beta, improvement, current = beta + step, candidate - current, candidate
+        if np.max(np.abs(step)) < 1e-8 or abs(improvement) < 1e-10:
             break
     return float(beta[0]), float(beta[1])
 

@@ -16,10 +16,12 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 
 from pipelines.io import write_cohort_folder, write_table
 from pipelines.simulation.course import CourseDraws, CourseOutcome, LatentPatients, draw_course, draw_latent_patients, run_course
-from pipelines.simulation.events import draw_censoring_day
+from pipelines.simulation.disease import PHENOTYPE_OF_CLONE
+from pipelines.simulation.events import EVENT_RELAPSE, draw_censoring_day
 from pipelines.simulation.oracle import CAUSES, TrueIncidence, oracle_table, true_incidence
 from pipelines.simulation.params import SimulationParams
 from pipelines.simulation.tables import (
@@ -62,8 +64,7 @@ def _streams(seed: int) -> dict[str, np.random.Generator]:
 
 
 def _crossing_by_phenotype(crossings: np.ndarray) -> dict[str, np.ndarray]:
-    from pipelines.simulation.disease import PHENOTYPE_OF_CLONE
-
+    """Earliest crossing over both compartments of each phenotype's clones."""
     return {f"crossing_day_{name}": crossings[:, PHENOTYPE_OF_CLONE == k].min(axis=1)
             for k, name in enumerate(_PHENOTYPE_CAUSES)}
 
@@ -73,7 +74,7 @@ def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutc
     """Latent times, the true first event and the true CIFs at infusion (6/12/24 months)."""
     first = outcome.first
     event = EVENT_NAMES[first.event].copy()
-    relapse = first.event == 1
+    relapse = first.event == EVENT_RELAPSE
     phenotype = np.array(_PHENOTYPE_CAUSES, dtype=object)[outcome.relapse.phenotype]
     frame = pd.DataFrame({
         "patient_id": ids, "car_persistence_day": draws.tp, **_crossing_by_phenotype(outcome.crossings),
@@ -154,7 +155,9 @@ def run_simulate(n_patients: int, seed: int, out_dir: Path, with_oracle: bool = 
     """
     if file_format not in ("parquet", "csv"):
         raise SimulationError(f"--format must be parquet or csv, got '{file_format}'")
-    cohort = simulate_cohort(n_patients, seed, with_oracle=with_oracle)
+    what = "cohort and Monte Carlo oracle" if with_oracle else "cohort"
+    with Console(stderr=True).status(f"Simulating a {what} of {n_patients} patients (seed {seed})"):
+        cohort = simulate_cohort(n_patients, seed, with_oracle=with_oracle)
     out_dir = Path(out_dir)
     write_cohort_folder(out_dir, cohort.infusions, cohort.measurements, cohort.outcomes, file_format=file_format)
     write_table(cohort.ground_truth, out_dir / "ground_truth.parquet")

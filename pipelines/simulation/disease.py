@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.simulation.arrays import sample_decaying_hazard, smooth_below
-from pipelines.simulation.covariates import BLINA_NONRESPONDER, BLINA_RESPONDER, Covariates
+from pipelines.simulation.covariates import Covariates
 from pipelines.simulation.params import DiseaseParams, PersistenceParams
 
 __all__ = [
@@ -62,6 +62,8 @@ class DiseaseLatent:
     escape_total: np.ndarray
     p_escape_myeloid: np.ndarray
     patchy_marrow: np.ndarray
+    lymphodepletion_log_kill: np.ndarray
+    """Debulking of every clone between the pre-infusion work-up and infusion."""
 
 
 def _lognormal(rng: np.random.Generator, median: float, log_sd: float, n: int) -> np.ndarray:
@@ -168,6 +170,7 @@ def draw_disease(cov: Covariates, primary_failure: np.ndarray, rng: np.random.Ge
         neg_pre_m=_surviving(neg_pre_m - debulk, p), my_pre_m=_surviving(my_pre_m - debulk, p),
         neg_pre_e=_surviving(b0_e - debulk + (neg_pre_m - cov.burden_log10), p),
         escape_total=escape_total, p_escape_myeloid=p_myeloid, patchy_marrow=patchy,
+        lymphodepletion_log_kill=debulk,
     )
 
 

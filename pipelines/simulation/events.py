@@ -19,7 +19,7 @@ import numpy as np
 from pipelines.simulation.arrays import first_true_index, sample_decaying_hazard
 from pipelines.simulation.disease import MARROW_CLONES, PHENOTYPE_OF_CLONE, ClonalCourse
 from pipelines.simulation.observation import MRD_SERIES, Schedule, VisitObservations
-from pipelines.simulation.params import DiseaseParams, EventParams, ObservationParams
+from pipelines.simulation.params import DiseaseParams, EventParams
 
 __all__ = [
     "EVENT_NONE",

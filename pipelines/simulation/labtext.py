@@ -60,7 +60,8 @@ def _round_significant(values: np.ndarray, digits: int) -> np.ndarray:
 
 
 def format_results(value: np.ndarray, detected: np.ndarray, limit: np.ndarray, unit: str, percent_unit: str | None,
-                   text_share: np.ndarray, rng: np.random.Generator, loq: np.ndarray | None = None) -> ResultRows:
+                   text_share: np.ndarray, rng: np.random.Generator, loq: np.ndarray | None = None,
+                   p_loq_text: float = 0.5) -> ResultRows:
     """Write results lab-style.
 
     Parameters
@@ -81,8 +82,9 @@ def format_results(value: np.ndarray, detected: np.ndarray, limit: np.ndarray, u
         Per row, the probability that a quantified result is written as text.
     rng : numpy.random.Generator
     loq : ndarray of float, optional
-        Limit of quantitation (NGS): detected results below it are written "detected <LOQ" in
-        about half of the rows.
+        Limit of quantitation (NGS): detected results below it are written "detected <LOQ" (censored
+        at the quantitation limit) with probability ``p_loq_text``.
+    p_loq_text : float
 
     Returns
     -------
@@ -98,7 +100,7 @@ def format_results(value: np.ndarray, detected: np.ndarray, limit: np.ndarray, u
     _write_quantified_text(out, units, limits, value, as_text, unit, percent_unit, rng)
     _write_censored(out, units, limits, ~detected, unit, percent_unit, rng)
     if loq is not None:
-        below_loq = detected & (value < loq) & (rng.random(n) < 0.5)
+        below_loq = detected & (value < loq) & (rng.random(n) < p_loq_text)
         out[below_loq] = "detected <LOQ"
         units[below_loq] = unit
         limits[below_loq] = loq[below_loq]

@@ -159,17 +159,25 @@ def _log10_sum(*terms: np.ndarray) -> np.ndarray:
     return total / _LN10
 
 
-def sampled_log10_burden(course: ClonalCourse, t: np.ndarray, pb_offset: np.ndarray,
+def sampled_log10_burden(clones: dict[str, np.ndarray], pb_offset: np.ndarray,
                          em_to_pb_offset: float) -> dict[str, np.ndarray]:
-    """True log10 burden seen by each specimen/assay family at days ``t``.
+    """True log10 burden seen by each specimen / assay family, from the clone burdens.
+
+    Parameters
+    ----------
+    clones : dict
+        Burden of each clone (:meth:`ClonalCourse.log10_burden`), shape (n,) or (n, k).
+    pb_offset : ndarray, shape (n,)
+        How many logs blood runs below marrow.
+    em_to_pb_offset : float
+        How many logs below its own burden EM disease appears in blood.
 
     Returns
     -------
     dict
-        ``bm_lymphoid`` (flow), ``bm_all`` (NGS), ``pb_lymphoid``, ``pb_all``, ``pos_m``, ``neg_m``.
+        ``bm_lymphoid`` (flow), ``bm_all`` (NGS), ``pb_lymphoid``, ``pb_all``.
     """
-    clones = course.log10_burden(t)
-    offset = pb_offset[:, None] if np.ndim(t) == 2 else pb_offset
+    offset = pb_offset[:, None] if np.ndim(clones["pos_m"]) == 2 else pb_offset
     em_total = _log10_sum(clones["pos_e"], clones["neg_e"])
     bm_lymphoid = _log10_sum(clones["pos_m"], clones["neg_m"])
     bm_all = _log10_sum(bm_lymphoid, clones["my_m"])
@@ -177,7 +185,6 @@ def sampled_log10_burden(course: ClonalCourse, t: np.ndarray, pb_offset: np.ndar
         "bm_lymphoid": bm_lymphoid, "bm_all": bm_all,
         "pb_lymphoid": _log10_sum(bm_lymphoid - offset, em_total - em_to_pb_offset),
         "pb_all": _log10_sum(bm_all - offset, em_total - em_to_pb_offset),
-        "pos_m": clones["pos_m"], "neg_m": clones["neg_m"],
     }
 
 
@@ -198,7 +205,7 @@ def observe_visits(course: ClonalCourse, latent: ObservationLatent, schedule: Sc
     VisitObservations
         Keys of :data:`MRD_SERIES`.
     """
-    truth = sampled_log10_burden(course, schedule.day, latent.pb_offset_log10, p.em_to_pb_offset)
+    truth = sampled_log10_burden(course.log10_burden(schedule.day), latent.pb_offset_log10, p.em_to_pb_offset)
     patch_sd = np.where(latent.patchy_marrow, p.patch_sd_patchy, p.patch_sd_regular)[:, None]
     patch = -np.abs(noise.patch) * patch_sd
     pb = noise.pb_sampling * p.pb_noise_sd

@@ -20,11 +20,10 @@ import pandas as pd
 from pipelines.simulation.arrays import take_rows
 from pipelines.simulation.course import CourseDraws, CourseOutcome, LatentPatients, decision_view, run_course
 from pipelines.simulation.disease import sample_escape
-from pipelines.simulation.events import EVENT_DEATH, EVENT_HSCT, EVENT_RELAPSE
+from pipelines.simulation.events import EVENT_DEATH, EVENT_HSCT, EVENT_RELAPSE, sample_death_day
 from pipelines.simulation.observation import VisitNoise, draw_visit_noise
 from pipelines.simulation.params import SimulationParams
 from pipelines.simulation.persistence import sample_persistence_day
-from pipelines.simulation.events import sample_death_day
 
 __all__ = [
     "CAUSES",

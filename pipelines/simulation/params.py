@@ -93,7 +93,7 @@ class CovariateParams:
     normal_b_factor_inotuzumab: float = 0.15
     normal_b_factor_blinatumomab: float = 0.5
     p_cd19_dim_base: float = 0.10
-    p_cd19_dim_blina_responder: float = 0.14
+    p_cd19_dim_blina_responder: float = 0.16
     p_cd19_dim_blina_nonresponder: float = 0.8
     flu_auc_median: float = 15.0
     flu_auc_log_sd: float = 0.38
@@ -108,7 +108,7 @@ class DiseaseParams:
     """Clonal burdens, CAR killing and leukemia growth."""
 
     floor_log10: float = -10.0
-    """Extinction level (about one cell)."""
+    """Extinction level (about a hundred cells in 1e12): below it a clone is gone."""
     marrow_threshold_log10: float = -1.30103
     """Clinical relapse / no response: 5% marrow blasts."""
     em_threshold_log10: float = -2.0
@@ -123,12 +123,12 @@ class DiseaseParams:
     expansion_kill_low_flu: float = 2.0
     expansion_kill_low_load: float = 0.3
     expansion_kill_cd28: float = 0.4
-    expansion_kill_per_log_burden: float = 0.5
+    expansion_kill_per_log_burden: float = 0.8
     """Effector-to-target ratio: log10 kill lost per log10 of burden above ``expansion_reference_burden``."""
     expansion_reference_burden: float = -2.0
     maintenance_kill_median: float = 0.04
     maintenance_kill_log_sd: float = 0.5
-    maintenance_kill_per_log_burden: float = 0.2
+    maintenance_kill_per_log_burden: float = 0.12
     """Exhaustion: the persisting CAR's kill rate is divided by 10**(this x (burden - reference))."""
     regrowth_median: float = 0.024
     regrowth_log_sd: float = 0.35
@@ -139,19 +139,19 @@ class DiseaseParams:
     myeloid_growth_median: float = 0.06
     myeloid_growth_log_sd: float = 0.3
     dim_seed_factor: float = 5.0
-    dim_fraction_log10_mean: float = -0.8
+    dim_fraction_log10_mean: float = -0.6
     hidden_fraction_log10_mean: float = -5.0
     hidden_fraction_log10_sd: float = 1.0
     hidden_seed_slope: float = 0.35
-    hidden_seed_offset: float = 0.3
-    hidden_seed_factor_blina_responder: float = 2.0
+    hidden_seed_offset: float = 0.45
+    hidden_seed_factor_blina_responder: float = 1.6
     hidden_seed_factor_blina_nonresponder: float = 5.0
-    kmt2a_myeloid_seed_factor: float = 1.0
+    kmt2a_myeloid_seed_factor: float = 0.8
     escape_total_slope: float = 0.45
     escape_total_offset: float = 0.9
     escape_tau_days: float = 30.0
     escape_seed_log10: float = -8.0
-    p_escape_myeloid_kmt2a: float = 0.8
+    p_escape_myeloid_kmt2a: float = 0.9
     p_escape_myeloid_other: float = 0.03
     em_emd_mean: float = -1.5
     em_cns3_mean: float = -2.5
@@ -180,12 +180,12 @@ class PersistenceParams:
     """A product that fails to expand kills at this fraction of the usual expansion rate."""
     p_long_persistence: float = 0.08
     weibull_shape: float = 1.3
-    weibull_scale_days: float = 800.0
+    weibull_scale_days: float = 950.0
     log_hr_low_load: float = 1.75
     log_hr_low_flu: float = 1.2
     log_hr_cd28: float = 1.2
     log_hr_per_fitness: float = -0.3
-    log_hr_per_log_burden: float = 0.3
+    log_hr_per_log_burden: float = 0.5
     """Exhaustion: log hazard ratio per log10 of marrow burden above 1%."""
     reference_burden_log10: float = -2.0
     load_threshold_pct: float = 15.0
@@ -258,12 +258,12 @@ class EventParams:
 
     p_treatment_related_death: float = 0.02
     treatment_related_tau_days: float = 20.0
-    late_death_per_year: float = 0.012
+    late_death_per_year: float = 0.025
     late_death_factor_prior_hsct: float = 1.5
     late_death_start_day: float = 60.0
-    hsct_hazard_base: float = 0.006
-    hsct_hazard_bca_loss: float = 0.06
-    hsct_hazard_mrd_positive: float = 0.08
+    hsct_hazard_base: float = 0.008
+    hsct_hazard_bca_loss: float = 0.04
+    hsct_hazard_mrd_positive: float = 0.03
     hsct_factor_prior_hsct: float = 0.25
     hsct_last_decision_day: float = 730.0
     hsct_delay_days: tuple[float, float] = (21.0, 56.0)

@@ -138,11 +138,12 @@ class _Block:
 
 
 def _mrd_block(patient: np.ndarray, day: np.ndarray, log10_value: np.ndarray, specimen: str, assay: str,
-               limit: float, text_share: np.ndarray, rng: np.random.Generator, loq_factor: float | None) -> _Block:
+               limit: float, text_share: np.ndarray, rng: np.random.Generator, po: ObservationParams) -> _Block:
+    """MRD results (fraction of nucleated cells) against ``limit``; NGS may be "detected <LOQ"."""
     value = np.minimum(10.0 ** log10_value, 1.0)
     limits = np.full(value.shape[0], limit)
-    loq = limits * loq_factor if loq_factor is not None else None
-    rows = format_results(value, value >= limit, limits, "fraction", "percent", text_share, rng, loq)
+    loq = limits * po.ngs_loq_factor if assay == "ngs_mrd" else None
+    rows = format_results(value, value >= limit, limits, "fraction", "percent", text_share, rng, loq, po.p_loq_text)
     return _Block(patient, day, specimen, assay, rows)
 
 
@@ -163,25 +164,33 @@ def _antigen_blocks(patient: np.ndarray, day: np.ndarray, burden: dict, latent: 
     return blocks
 
 
-def _point_blocks(patient: np.ndarray, day: np.ndarray, latent: LatentPatients, outcome: CourseOutcome,
+def _point_blocks(patient: np.ndarray, day: np.ndarray, clones: dict[str, np.ndarray], latent: LatentPatients,
                   params: SimulationParams, text_share: np.ndarray, rng: np.random.Generator) -> list[_Block]:
-    """Marrow MRD and antigen at single days per patient (pre-infusion work-up, relapse diagnosis)."""
+    """Marrow MRD and antigen at one day per patient (pre-infusion work-up, relapse diagnosis).
+
+    ``clones`` holds each clone's burden of these patients on that day.
+    """
     po = params.observation
-    clonal = take_rows(outcome.clonal, patient)
-    truth = sampled_log10_burden(clonal, day, latent.observation.pb_offset_log10[patient], po.em_to_pb_offset)
+    truth = sampled_log10_burden(clones, latent.observation.pb_offset_log10[patient], po.em_to_pb_offset)
     m = patient.shape[0]
     flow = truth["bm_lymphoid"] + rng.normal(0.0, po.assay_noise_sd, m)
     ngs_rows = latent.observation.ngs_trackable[patient] & (rng.random(m) < po.p_ngs_done)
     ngs = truth["bm_all"] + rng.normal(0.0, po.assay_noise_sd, m)
-    blocks = [_mrd_block(patient, day, flow, "BM", "flow_mrd", po.flow_limit, text_share, rng, None),
+    blocks = [_mrd_block(patient, day, flow, "BM", "flow_mrd", po.flow_limit, text_share, rng, po),
               _mrd_block(patient[ngs_rows], day[ngs_rows], ngs[ngs_rows], "BM", "ngs_mrd", po.ngs_limit,
-                         text_share[ngs_rows], rng, po.ngs_loq_factor)]
+                         text_share[ngs_rows], rng, po)]
     blasts = flow >= np.log10(po.flow_limit)
-    clones = clonal.log10_burden(day)
     blast_burden = {key: clones[key][blasts] for key in ("pos_m", "neg_m", "my_m")}
     blocks += _antigen_blocks(patient[blasts], day[blasts], blast_burden, latent, text_share[blasts], rng,
                               po.antigen_noise_sd)
     return blocks
+
+
+def _pre_infusion_clones(outcome: CourseOutcome, latent: LatentPatients) -> dict[str, np.ndarray]:
+    """Clone burdens at the work-up: the burden at infusion before lymphodepletion's debulking."""
+    at_infusion = outcome.clonal.log10_burden(np.zeros(latent.n))
+    debulk = latent.disease.lymphodepletion_log_kill
+    return {key: value + debulk for key, value in at_infusion.items()}
 
 
 def _visit_blocks(latent: LatentPatients, draws: CourseDraws, outcome: CourseOutcome, observed: ObservedOutcome,
@@ -194,16 +203,14 @@ def _visit_blocks(latent: LatentPatients, draws: CourseDraws, outcome: CourseOut
     limits = {"bm_flow": po.flow_limit, "bm_ngs": po.ngs_limit, "pb_flow": po.flow_limit, "pb_ngs": po.ngs_limit}
     for series, values in outcome.observed.log10.items():
         rows = window & ~np.isnan(values)
-        patient, slot = np.nonzero(rows)
+        patient, _ = np.nonzero(rows)
         specimen, assay = series.split("_")
-        specimen = specimen.upper()
-        loq = po.ngs_loq_factor if assay == "ngs" else None
-        blocks.append(_mrd_block(patient, sched.day[rows], values[rows], specimen, f"{assay}_mrd", limits[series],
-                                 share[rows], rng, loq))
+        blocks.append(_mrd_block(patient, sched.day[rows], values[rows], specimen.upper(), f"{assay}_mrd",
+                                 limits[series], share[rows], rng, po))
     blocks += _b_cell_blocks(latent.b_cells_in_pct, sched.day, outcome.b_cells_value, window, share, rng, po)
     blocks += _car_copy_blocks(latent, draws, window, share, rng, params)
     marrow_blasts = window & outcome.observed.detected["bm_flow"]
-    patient, slot = np.nonzero(marrow_blasts)
+    patient, _ = np.nonzero(marrow_blasts)
     clones = take_rows(outcome.clonal, patient).log10_burden(sched.day[marrow_blasts])
     blocks += _antigen_blocks(patient, sched.day[marrow_blasts], clones, latent, share[marrow_blasts], rng,
                               po.antigen_noise_sd)
@@ -254,11 +261,13 @@ def measurements_table(ids: np.ndarray, latent: LatentPatients, draws: CourseDra
     """The ``measurements`` table (long; raw, lab-style), sorted by patient and day."""
     share = np.array([s.lab_text_share for s in params.sites])[latent.cov.site]
     everyone = np.arange(latent.n)
-    blocks = _point_blocks(everyone, latent.schedule.pre_infusion_day, latent, outcome, params, share, rng)
+    blocks = _point_blocks(everyone, latent.schedule.pre_infusion_day, _pre_infusion_clones(outcome, latent), latent,
+                           params, share, rng)
     blocks += _pre_infusion_b_cells(latent, share, rng, params.observation)
     blocks += _visit_blocks(latent, draws, outcome, observed, params, share, rng)
     relapsed = np.flatnonzero(observed.event == EVENT_RELAPSE)
-    blocks += _point_blocks(relapsed, observed.event_day[relapsed], latent, outcome, params, share[relapsed], rng)
+    at_relapse = take_rows(outcome.clonal, relapsed).log10_burden(observed.event_day[relapsed])
+    blocks += _point_blocks(relapsed, observed.event_day[relapsed], at_relapse, latent, params, share[relapsed], rng)
     patient = np.concatenate([b.patient for b in blocks])
     day = np.concatenate([b.day for b in blocks]).astype(float)
     order = np.lexsort((day, patient))

@@ -71,3 +71,14 @@ def test_bootstrap_slopes_scatter_around_the_point(cohort_and_truth):
     assert slopes.shape == (20,)
     assert np.std(slopes) > 0
     assert abs(np.mean(slopes) - calibration_slope(outcome, truth, 365.0)) < 3 * np.std(slopes)
+
+
+def test_slope_stays_finite_with_many_zero_predictions():
+    """A rare endpoint predicted exactly 0 for most rows (like a Monte Carlo oracle) must not make
+    the recalibration fit diverge."""
+    rng = np.random.default_rng(4)
+    n = 4000
+    truth = np.where(rng.random(n) < 0.7, 0.0, rng.uniform(0.05, 0.3, n))
+    event = rng.random(n) < np.maximum(truth, 1e-5)
+    outcome = Outcome(np.where(event, 100.0, 400.0), event.astype(int))
+    assert calibration_slope(outcome, truth, 365.0) == pytest.approx(1.0, abs=0.25)

@@ -92,32 +92,34 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(trainings, store):
+def server(trainings, store, tmp_path_factory):
     """MLflow's scoring server for the champion, as a subprocess on a free localhost port."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(serve_command(CHAMPION, "127.0.0.1", port), env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path_factory.mktemp("e2e_server") / "server.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(serve_command(CHAMPION, "127.0.0.1", port), env=env, start_new_session=True,
+                                   stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, process)
+        _wait_until_up(url, process, log)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
 
 
-def _wait_until_up(url: str, process: subprocess.Popen, timeout_s: float = 120.0) -> None:
+def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"scoring server exited: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"scoring server exited: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{url}/ping", timeout=2):
                 return
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError("scoring server did not answer /ping in time")
+    raise RuntimeError(f"scoring server did not answer /ping in time: {log.read_text()[-2000:]}")
 
 
 def _post(url: str, body: str) -> tuple[int, dict]:
@@ -148,7 +150,7 @@ def test_two_trainings_two_versions_and_a_gated_one(trainings, store):
     assert alias_version(client, MODEL, ALIAS_PREVIOUS) == "1"
     assert not gated.registered and gated.model_version is None
     assert "uno_c" in gated.gate_reasons[0] and "fails >= 0.99" in gated.gate_reasons[0]
-    assert sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")) == ["1", "2"]
     assert client.get_run(gated.run_id).data.tags["registry.registered"] == "false"
     assert client.get_logged_model(gated.model_uri.split("/")[-1]).source_run_id == gated.run_id
 

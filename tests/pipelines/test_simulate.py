@@ -161,6 +161,15 @@ def test_blood_is_sometimes_positive_while_the_marrow_is_negative(parsed):
     assert same_visit["patient_id"].nunique() >= 3
 
 
+def test_pre_infusion_marrow_mrd_matches_the_reported_blasts(cohort, parsed):
+    work_up = parsed[(parsed["day"] < 0) & (parsed["specimen"] == "BM") & (parsed["assay"] == "flow_mrd")]
+    data = work_up.merge(cohort.infusions[["patient_id", "bm_blasts_pct"]], on="patient_id")
+    high = data[data["bm_blasts_pct"] >= 5]
+    log_ratio = np.log10(high["value"]) - np.log10(high["bm_blasts_pct"] / 100.0)
+    assert len(high) > 300
+    assert abs(np.median(log_ratio)) < 0.15 and (np.abs(log_ratio) < 0.6).mean() > 0.95
+
+
 def test_cd19_negative_relapse_under_the_car_and_cd19_positive_after_its_loss(cohort):
     data = _merged(cohort)
     relapse = data[data["event"] == "relapse"]

@@ -75,7 +75,7 @@ def test_escape_arises_only_while_the_car_persists():
     rng = np.random.default_rng(1)
     n = 20000
     latent = DiseaseLatent(*(np.zeros(n),) * 11, escape_total=np.full(n, 2.0), p_escape_myeloid=np.full(n, 0.3),
-                           patchy_marrow=np.zeros(n, bool))
+                           patchy_marrow=np.zeros(n, bool), lymphodepletion_log_kill=np.ones(n))
     tp = rng.uniform(1, 200, n)
     day, myeloid = sample_escape(latent, tp, rng, DiseaseParams())
     arose = np.isfinite(day)
@@ -89,7 +89,7 @@ def test_conditional_escape_never_precedes_the_condition():
     rng = np.random.default_rng(2)
     n = 5000
     latent = DiseaseLatent(*(np.zeros(n),) * 11, escape_total=np.full(n, 5.0), p_escape_myeloid=np.zeros(n),
-                           patchy_marrow=np.zeros(n, bool))
+                           patchy_marrow=np.zeros(n, bool), lymphodepletion_log_kill=np.ones(n))
     day, _ = sample_escape(latent, np.full(n, np.inf), rng, DiseaseParams(), after_day=60.0)
     assert np.all(day[np.isfinite(day)] > 60.0)
 
@@ -103,6 +103,7 @@ def test_acquired_escape_enters_at_the_seed_level():
         growth_pos=np.full(n, 0.03), growth_neg=np.full(n, 0.02), growth_my=np.full(n, 0.05),
         neg_pre_m=np.full(n, -np.inf), my_pre_m=np.full(n, -np.inf), neg_pre_e=np.full(n, -np.inf),
         escape_total=np.ones(n), p_escape_myeloid=np.zeros(n), patchy_marrow=np.zeros(n, bool),
+        lymphodepletion_log_kill=np.ones(n),
     )
     escape_day = np.array([10.0, 50.0, np.inf])
     course = clonal_course(latent, np.full(n, np.inf), escape_day, np.array([False, True, False]), p)

@@ -1,0 +1,131 @@
+"""Serving latency: single-patient requests to MLflow's real scoring server under 8 concurrent clients.
+
+Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--workers 1]
+[--model URI --tracking-uri URI]``. Without ``--model``, the benchmark model of
+``benchmarks.bench_scoring`` is trained and registered first in a temporary store (not timed).
+The server is started exactly as ``car-relapse serve`` starts it (``mlflow models serve
+--env-manager local`` on 127.0.0.1, a free port), warmed up, then the clients send a bounded
+number of requests, each one patient (distinct simulated patients, as of day 91), over keep-alive
+connections; the server is stopped at the end. Targets: median < 50 ms, p99 < 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["request_bodies", "start_server", "run_clients", "main"]
+
+
+def request_bodies(n_patients: int, as_of_day: float = 91.0, seed: int = 77) -> list[bytes]:
+    """One JSON body per simulated patient: ``{"inputs": [record]}``."""
+    from models.serving import tables_to_records
+    from pipelines.simulate import simulate_cohort
+
+    cohort = simulate_cohort(n_patients, seed)
+    records = tables_to_records(cohort.infusions, cohort.measurements, as_of_day)
+    return [json.dumps({"inputs": [record]}).encode() for record in records]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model_uri: str, tracking_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+    """Start the scoring server (own process group) and wait for ``/ping``."""
+    from pipelines.serve import serve_command
+
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(serve_command(model_uri, "127.0.0.1", port, workers), env=env,
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return process, port
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise RuntimeError(f"scoring server did not start: {log.read_text()[-2000:]}")
+
+
+def _client(port: int, bodies: list[bytes], counter, n_requests: int, latencies: list, errors: list) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    while (index := next(counter)) < n_requests:
+        start = time.perf_counter()
+        connection.request("POST", "/invocations", body=bodies[index % len(bodies)], headers=headers)
+        response = connection.getresponse()
+        response.read()
+        latencies.append(time.perf_counter() - start)
+        if response.status != 200:
+            errors.append(response.status)
+    connection.close()
+
+
+def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int) -> tuple[np.ndarray, list, float]:
+    """Send ``n_requests`` from ``n_clients`` threads; return latencies (s), error codes, wall time."""
+    counter, latencies, errors = itertools.count(), [], []
+    threads = [threading.Thread(target=_client, args=(port, bodies, counter, n_requests, latencies, errors))
+               for _ in range(n_clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return np.asarray(latencies), errors, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare, start the server, warm up, measure, stop; print the figures."""
+    from benchmarks.bench_scoring import train_benchmark_model
+    from pipelines.tracking import quiet_mlflow
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1, help="Uvicorn worker processes of the server.")
+    parser.add_argument("--patients", type=int, default=200, help="Distinct patients the requests cycle over.")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--tracking-uri", default=None)
+    args = parser.parse_args(argv)
+    quiet_mlflow()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        model_uri, tracking_uri = (args.model, args.tracking_uri) if args.model else train_benchmark_model(folder)
+        bodies = request_bodies(args.patients)
+        process, port = start_server(model_uri, tracking_uri, args.workers, folder / "server.log")
+        try:
+            run_clients(port, bodies, 2 * args.clients, args.clients)  # warm-up
+            latencies, errors, wall = run_clients(port, bodies, args.requests, args.clients)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+    ms = latencies * 1000.0
+    print(f"serving, {args.clients} clients, {args.workers} worker(s), {len(ms)} single-patient requests: "
+          f"median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, "
+          f"max {ms.max():.1f} ms, {len(ms) / wall:.1f} requests/s, {len(errors)} errors; "
+          "targets: median < 50 ms, p99 < 200 ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
