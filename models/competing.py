@@ -287,7 +287,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         return at_knots[:, :, low] * (1.0 - weight) + at_knots[:, :, high] * weight
 
     def _shares_at(self, X: pd.DataFrame, relapse_time: float) -> np.ndarray:
-        probabilities = self.phenotype_model_.predict_proba(self._with_relapse_time(X, np.full(len(X), relapse_time)))
+        probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(X, np.full(len(X), relapse_time)))
         shares = np.zeros((len(X), len(PHENOTYPE_CAUSES)))
         for column, label in enumerate(self.phenotype_model_.classes_):
             shares[:, PHENOTYPE_CAUSES.index(label)] = probabilities[:, column]
@@ -370,6 +370,23 @@ class CauseSpecificHazardsModel(BaseEstimator):
         """The fitted single-outcome model of the relapse (any phenotype) hazard, or None."""
         check_is_fitted(self, "hazard_models_")
         return self.hazard_models_["relapse"]
+
+
+def _predict_proba(classifier, X: pd.DataFrame) -> np.ndarray:
+    """``predict_proba``; for a (pipeline ending in a) LogisticRegression the logits are row-wise
+    sums of products instead of a BLAS product, so a patient gets bit-identical probabilities alone
+    and in a batch. Other classifiers use their own ``predict_proba``."""
+    final = classifier.steps[-1][1] if isinstance(classifier, Pipeline) else classifier
+    if not isinstance(final, LogisticRegression):
+        return classifier.predict_proba(X)
+    Z = classifier[:-1].transform(X) if isinstance(classifier, Pipeline) and len(classifier.steps) > 1 else X
+    logits = (np.asarray(Z, dtype=float)[:, None, :] * final.coef_[None, :, :]).sum(axis=2) + final.intercept_
+    if logits.shape[1] == 1:
+        positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.column_stack([1.0 - positive, positive])
+    logits -= logits.max(axis=1, keepdims=True)
+    odds = np.exp(logits)
+    return odds / odds.sum(axis=1, keepdims=True)
 
 
 def cif_frame(curves: CIFCurves, horizons_days: Sequence[float], index: pd.Index) -> pd.DataFrame:

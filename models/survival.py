@@ -25,7 +25,7 @@ from scipy import optimize, special
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
-from sksurv.ensemble import GradientBoostingSurvivalAnalysis
+from sksurv.ensemble import GradientBoostingSurvivalAnalysis, RandomSurvivalForest
 from sksurv.ensemble.survival_loss import CoxPH
 from sksurv.functions import StepFunction
 from sksurv.linear_model import CoxnetSurvivalAnalysis
@@ -320,6 +320,28 @@ def _breslow_baseline(final) -> BreslowEstimator | None:
     return getter(None) if isinstance(final, CoxnetSurvivalAnalysis) else getter()
 
 
+def _risk_score(final, X) -> np.ndarray:
+    """``final.predict(X)``; for Coxnet the linear predictor is a row-wise sum of products, not a
+    BLAS product, so a patient scores bit-identically alone and in a batch (BLAS kernels differ)."""
+    if isinstance(final, CoxnetSurvivalAnalysis):
+        return (np.asarray(X, dtype=float) * final.coef_[:, -1]).sum(axis=1) - final.offset_[-1]
+    return final.predict(X)
+
+
+def _forest_cumulative_hazard(forest: RandomSurvivalForest, X) -> np.ndarray:
+    """The forest's cumulative hazard, averaged over its trees in a fixed order.
+
+    scikit-survival accumulates the trees from parallel threads in whatever order they finish,
+    so the last bits of a prediction change from run to run and between a patient alone and in a
+    batch; summing in tree order makes predictions reproducible (same values otherwise).
+    """
+    X = np.asarray(X, dtype=np.float32)
+    total = np.zeros((X.shape[0], forest.unique_times_.size))
+    for tree in forest.estimators_:
+        total += tree.predict_cumulative_hazard_function(X, return_array=True)
+    return total / len(forest.estimators_)
+
+
 def _step_values(x: np.ndarray, y: np.ndarray, times: np.ndarray) -> np.ndarray:
     index = np.searchsorted(x, times, side="right") - 1
     return np.where(index >= 0, y[np.clip(index, 0, None)], 0.0)
@@ -345,7 +367,8 @@ def cumulative_hazard_on_grid(estimator, X, grid: np.ndarray) -> np.ndarray:
     baseline = _breslow_baseline(final)
     if baseline is not None:
         cumulative = baseline.cum_baseline_hazard_
-        return np.exp(final.predict(Xt))[:, None] * _step_values(cumulative.x, cumulative.y, grid)[None, :]
-    values = final.predict_cumulative_hazard_function(Xt, return_array=True)
+        return np.exp(_risk_score(final, Xt))[:, None] * _step_values(cumulative.x, cumulative.y, grid)[None, :]
+    values = _forest_cumulative_hazard(final, Xt) if isinstance(final, RandomSurvivalForest) \
+        else final.predict_cumulative_hazard_function(Xt, return_array=True)
     index = np.searchsorted(final.unique_times_, grid, side="right") - 1
     return np.where(index[None, :] >= 0, values[:, np.clip(index, 0, None)], 0.0)

@@ -12,6 +12,26 @@ from typing import Optional
 
 import typer
 
+_PROJECT_PACKAGES = frozenset({"features", "models", "pipelines"})
+
+
+def _run_job(job, **kwargs) -> None:
+    """Call a job function; the project's own error types become a message and exit code 2.
+
+    Errors raised by car-relapse itself (bad input, bad config, missing model ...) are meant for
+    the user, so they are printed without a traceback. Anything else is a bug and propagates.
+    """
+    try:
+        job(**kwargs)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - filtered by origin just below
+        if type(exc).__module__.split(".")[0] not in _PROJECT_PACKAGES:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+
+
 app = typer.Typer(
     name="car-relapse",
     help="Predict relapse and relapse phenotype after CD19 CAR T-cell therapy.",
@@ -32,7 +52,7 @@ def simulate(
     """Simulate a synthetic cohort (three input tables plus a separate ground truth)."""
     from pipelines.simulate import run_simulate
 
-    run_simulate(n_patients=patients, seed=seed, out_dir=out, with_oracle=oracle, file_format=file_format)
+    _run_job(run_simulate, n_patients=patients, seed=seed, out_dir=out, with_oracle=oracle, file_format=file_format)
 
 
 @app.command()
@@ -44,7 +64,7 @@ def validate(
     """Validate a cohort folder against the data contract and print the data report."""
     from pipelines.validate import run_validate
 
-    run_validate(input_dir=input_dir, on_error=on_error, report_path=report)
+    _run_job(run_validate, input_dir=input_dir, on_error=on_error, report_path=report)
 
 
 @app.command()
@@ -58,7 +78,7 @@ def features(
     """Build the stacked landmark training set."""
     from pipelines.build_features import run_features
 
-    run_features(input_dir=input_dir, landmarks=landmarks, horizon_days=horizon_days, out=out, on_error=on_error)
+    _run_job(run_features, input_dir=input_dir, landmarks=landmarks, horizon_days=horizon_days, out=out, on_error=on_error)
 
 
 @app.command()
@@ -70,7 +90,7 @@ def calibrate(
     """Regenerate the calibration report (published targets vs simulated figures)."""
     from pipelines.calibration import run_calibration
 
-    run_calibration(n_patients=patients, seed=seed, out_path=out)
+    _run_job(run_calibration, n_patients=patients, seed=seed, out_path=out)
 
 
 @app.command()
@@ -81,7 +101,7 @@ def evaluate(
     """Evaluate the configured candidates against the oracle and the clinicians' rule."""
     from pipelines.evaluate import run_evaluate
 
-    run_evaluate(config_path=config, out_dir=out)
+    _run_job(run_evaluate, config_path=config, out_dir=out)
 
 
 @app.command()
@@ -91,7 +111,7 @@ def train(
     """Train the configured candidates, log to MLflow and register the winner (gated)."""
     from pipelines.train import run_train
 
-    run_train(config_path=config)
+    _run_job(run_train, config_path=config)
 
 
 @app.command()
@@ -106,7 +126,8 @@ def score(
     """Batch-score a cohort folder with a registered model."""
     from pipelines.score import run_score
 
-    run_score(
+    _run_job(
+        run_score,
         model_uri=model,
         input_dir=input_dir,
         as_of_day=as_of_day,
@@ -126,7 +147,7 @@ def serve(
     """Serve the champion model with MLflow's scoring server on localhost."""
     from pipelines.serve import run_serve
 
-    run_serve(model_uri=model, host=host, port=port, tracking_uri=tracking_uri)
+    _run_job(run_serve, model_uri=model, host=host, port=port, tracking_uri=tracking_uri)
 
 
 def main() -> None:  # pragma: no cover - console entry

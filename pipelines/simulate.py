@@ -1,8 +1,15 @@
 """The mechanistic synthetic cohort: simulate the three input tables, the ground truth and the oracle.
 
 ``simulate_cohort`` is pure (no I/O): it returns DataFrames. ``run_simulate`` writes them to a
-cohort folder. The mechanism lives in ``pipelines.simulation`` (see its modules and
-/work/shared/SIMULATOR.md); the parameters in ``pipelines.simulation.params``.
+cohort folder. The mechanism lives in ``pipelines.simulation`` (its package docstring maps the modules);
+the calibrated parameters in ``pipelines.simulation.params``.
+
+Ground truth (``ground_truth.parquet``, one row per patient): latent CAR persistence day,
+each phenotype's latent crossing day, the latent first event and day (before censoring, within
+``params.horizon_days``), the latent response, and the true CIFs at infusion for 6/12/24 months.
+The CIFs at infusion are conditional on remission (as the landmark-0 risk set of
+``features.landmarks`` is); ``true_p_response`` is the probability of remission itself, and
+patients whose Monte Carlo replicates never respond get NaN.
 
 Random streams are independent per purpose (latent patients, their course, the tables, the
 ground-truth and oracle Monte Carlo), so asking for the oracle never changes the tables.
@@ -19,7 +26,14 @@ import pandas as pd
 from rich.console import Console
 
 from pipelines.io import write_cohort_folder, write_table
-from pipelines.simulation.course import CourseDraws, CourseOutcome, LatentPatients, draw_course, draw_latent_patients, run_course
+from pipelines.simulation.course import (
+    CourseDraws,
+    CourseOutcome,
+    LatentPatients,
+    draw_course,
+    draw_latent_patients,
+    run_course,
+)
 from pipelines.simulation.disease import PHENOTYPE_OF_CLONE
 from pipelines.simulation.events import EVENT_RELAPSE, draw_censoring_day
 from pipelines.simulation.oracle import CAUSES, TrueIncidence, oracle_table, true_incidence

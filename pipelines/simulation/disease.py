@@ -224,7 +224,8 @@ class ClonalCourse:
         u = np.minimum(t, _col(self.tp, t))
         e = self.expansion_days
         with np.errstate(invalid="ignore"):  # 0 * inf (no kill, CAR never lost) is NaN: no extinction
-            return _col(kill_factor, t) * (_col(self.k1, t) * np.minimum(u, e) + _col(self.k2, t) * np.maximum(u - e, 0))
+            killed = _col(self.k1, t) * np.minimum(u, e) + _col(self.k2, t) * np.maximum(u - e, 0)
+            return _col(kill_factor, t) * killed
 
     def _pos(self, t: np.ndarray, b0: np.ndarray, kill_factor: np.ndarray | float) -> np.ndarray:
         under_car = _col(b0, t) - self._killed(t, kill_factor)
@@ -234,7 +235,8 @@ class ClonalCourse:
     def _escaping(self, t: np.ndarray, pre: np.ndarray, growth: np.ndarray, myeloid: bool) -> np.ndarray:
         g, day = _col(growth, t), _col(self.escape_day, t)
         lineage = _col(self.escape_myeloid == myeloid, t)
-        acquired = np.where(lineage & (t >= day), self.escape_seed_log10 + g * (t - np.minimum(day, t)), -np.inf)
+        since = t - np.minimum(day, t)
+        acquired = np.where(lineage & (t >= day), self.escape_seed_log10 + g * since, -np.inf)
         return np.maximum(_col(pre, t) + g * t, acquired)
 
     def log10_burden(self, t: np.ndarray) -> dict[str, np.ndarray]:

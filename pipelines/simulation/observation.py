@@ -223,7 +223,8 @@ def observe_visits(course: ClonalCourse, latent: ObservationLatent, schedule: Sc
 
 
 def observe_b_cells(true_per_ul: np.ndarray, lymphocytes_per_ul: np.ndarray, in_pct: np.ndarray,
-                    schedule_mask: np.ndarray, noise: np.ndarray, p: ObservationParams) -> tuple[np.ndarray, np.ndarray]:
+                    schedule_mask: np.ndarray, noise: np.ndarray,
+                    p: ObservationParams) -> tuple[np.ndarray, np.ndarray]:
     """Observed peripheral B cells in each patient's reporting unit, and B-cell recovery flags.
 
     Parameters

@@ -86,6 +86,15 @@ def test_clone_refits_to_the_same_predictions(fitted, contract_data):
     np.testing.assert_allclose(twin.fit(X, y).predict_cif(X.iloc[:50], HORIZONS), model.predict_cif(X.iloc[:50], HORIZONS))
 
 
+def test_a_row_predicts_bit_identically_alone_and_in_a_batch(fitted, contract_data):
+    _, model, _ = fitted
+    X, _ = contract_data
+    batch = model.predict_cif(X.iloc[:40], HORIZONS)
+    for position in (0, 17, 39):
+        alone = model.predict_cif(X.iloc[[position]], HORIZONS)
+        np.testing.assert_array_equal(alone.to_numpy(), batch.iloc[[position]].to_numpy())
+
+
 def test_missing_values_at_prediction_are_handled(fitted, contract_data):
     _, model, _ = fitted
     X, _ = contract_data

@@ -90,6 +90,15 @@ def test_grid_hazard_fast_path_equals_scikit_survival(name):
     np.testing.assert_allclose(cumulative_hazard_on_grid(pipeline, X.iloc[:7], grid), expected, rtol=1e-10)
 
 
+def test_forest_hazard_in_tree_order_equals_scikit_survival():
+    X, y, _ = _weibull_data(400, 6)
+    pipeline = make_survival_estimator("rsf", {"n_estimators": 10, "max_samples": 0.5}).fit(X, y)
+    forest = pipeline.steps[-1][1]
+    expected = pipeline.predict_cumulative_hazard_function(X.iloc[:20], return_array=True)
+    np.testing.assert_allclose(cumulative_hazard_on_grid(pipeline, X.iloc[:20], forest.unique_times_), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
 def _gbsg2_split():
     X, y = load_gbsg2()
     grade = OrdinalEncoder(categories=[["I", "II", "III"]]).fit_transform(X[["tgrade"]].astype(object))
