@@ -13,7 +13,7 @@ runner = CliRunner()
 
 
 def test_every_documented_command_is_registered():
-    names = {command.name for command in cli.app.registered_commands}
+    names = {command.name or command.callback.__name__ for command in cli.app.registered_commands}
     assert names == {"simulate", "validate", "features", "calibrate", "evaluate", "train", "score", "serve"}
 
 
