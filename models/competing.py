@@ -71,7 +71,7 @@ from models.base import (
     event_free_column,
     relapse_column,
 )
-from models.survival import cumulative_hazard_on_grid
+from models.survival import batch_invariant_dot, cumulative_hazard_on_grid
 
 __all__ = ["CIFCurves", "CauseSpecificHazardsModel", "cif_frame", "default_phenotype_classifier", "read_curve"]
 
@@ -373,14 +373,14 @@ class CauseSpecificHazardsModel(BaseEstimator):
 
 
 def _predict_proba(classifier, X: pd.DataFrame) -> np.ndarray:
-    """``predict_proba``; for a (pipeline ending in a) LogisticRegression the logits are row-wise
-    sums of products instead of a BLAS product, so a patient gets bit-identical probabilities alone
-    and in a batch. Other classifiers use their own ``predict_proba``."""
+    """``predict_proba``; for a (pipeline ending in a) LogisticRegression the logits come from
+    :func:`models.survival.batch_invariant_dot`, so a patient gets bit-identical probabilities
+    alone and in a batch. Other classifiers use their own ``predict_proba``."""
     final = classifier.steps[-1][1] if isinstance(classifier, Pipeline) else classifier
     if not isinstance(final, LogisticRegression):
         return classifier.predict_proba(X)
     Z = classifier[:-1].transform(X) if isinstance(classifier, Pipeline) and len(classifier.steps) > 1 else X
-    logits = (np.asarray(Z, dtype=float)[:, None, :] * final.coef_[None, :, :]).sum(axis=2) + final.intercept_
+    logits = batch_invariant_dot(Z, final.coef_) + final.intercept_
     if logits.shape[1] == 1:
         positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
         return np.column_stack([1.0 - positive, positive])

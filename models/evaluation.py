@@ -145,6 +145,7 @@ class _Collector:
         self.counts: dict[tuple, tuple[int, int]] = {}
 
     def add(self, key: tuple, point: float, replicates: np.ndarray | None, counts: tuple[int, int]) -> None:
+        """Record a point estimate, its bootstrap replicates (or None) and (rows, events)."""
         self.points[key] = float(point)
         self.counts[key] = counts
         if replicates is not None:

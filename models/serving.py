@@ -14,6 +14,10 @@ Steps for a set of patients and their as-of days:
    event-free), assign the risk group from the relapse incidence at the risk-group horizon;
 4. explain: the top contributing factors per patient.
 
+A scoring server answers concurrent requests in threads; :class:`MicroBatcher` scores the
+requests waiting at the same moment in one call (the cost of scoring a few patients is mostly per
+call), each patient's numbers being independent of the batch.
+
 The request types (:class:`PatientRecord`, :class:`MeasurementRecord`) are generated from the
 column declarations in ``features.schema``, so the served signature follows the data contract:
 every numeric field is a float (or an integer where the contract declares an integer, which then
@@ -23,18 +27,22 @@ rejects 2.5 instead of truncating it).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from features.contract import ContractError, validate_cohort
+from features.registry import build_feature_rows
 from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS, ColumnSpec
+from models.base import relapse_column
 
 __all__ = [
     "RISK_GROUPS",
-    "ID_OUTPUT_COLUMNS",
+    "REJECT_COLUMNS",
     "ScoringInputError",
     "MeasurementRecord",
     "PatientRecord",
@@ -47,10 +55,11 @@ __all__ = [
     "assign_risk_groups",
     "score_tables",
     "score_records",
+    "MicroBatcher",
 ]
 
 RISK_GROUPS = ("low", "intermediate", "high")
-ID_OUTPUT_COLUMNS = ("patient_id", "as_of_day")
+REJECT_COLUMNS = ("table", "row", "patient_id", "reason")
 
 
 class ScoringInputError(ValueError):
@@ -279,14 +288,12 @@ class ScoringResult:
         One row per scored patient (see :func:`score_tables`).
     rejects : DataFrame
         Columns ``table``, ``row``, ``patient_id``, ``reason``: one line per rejected input row
-        (row = position in the given table, 0-based) or patient (table ``patients``).
+        (``row`` = 0-based position in the given table); a rejected patient has its rows listed.
     """
 
     scores: pd.DataFrame
     rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(REJECT_COLUMNS)))
 
-
-REJECT_COLUMNS = ("table", "row", "patient_id", "reason")
 
 
 def _as_of_days(patient_ids: pd.Series, as_of_day: Union[float, pd.Series]) -> np.ndarray:
@@ -321,8 +328,6 @@ def _rejects_from_quarantine(quarantined: dict[str, pd.DataFrame]) -> pd.DataFra
 
 def _validate(infusions: pd.DataFrame, measurements: pd.DataFrame, on_error: str):
     """Typed infusions, normalised measurements and rejects (data contract)."""
-    from features.contract import ContractError, validate_cohort
-
     try:
         cohort = validate_cohort(infusions, measurements, None, on_error=on_error)
     except ContractError as exc:
@@ -333,8 +338,6 @@ def _validate(infusions: pd.DataFrame, measurements: pd.DataFrame, on_error: str
 def _feature_matrix(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
                     as_of: np.ndarray) -> pd.DataFrame:
     """Feature rows (bundle's columns, infusions order), each at the patient's as-of day."""
-    from features.registry import build_feature_rows
-
     measurements = measurements.sort_values("day", kind="stable")
     parts = []
     for day in np.unique(as_of):
@@ -371,7 +374,7 @@ def _top_factor_columns(bundle: ScoringBundle, X: pd.DataFrame) -> dict[str, np.
     """``top_factor_{i}`` (feature), ``_value``, ``_contribution`` (i = 1..k) and what they explain."""
     if bundle.n_top_factors == 0:
         return {}
-    from models.explain import top_factors
+    from models.explain import top_factors  # imports shap (seconds): only when factors are asked for
 
     long = top_factors(bundle.estimator, X.reset_index(drop=True), bundle.n_top_factors,
                        horizon_days=bundle.explain_horizon_days)
@@ -401,8 +404,6 @@ def _model_identity(bundle: ScoringBundle, n_rows: int) -> dict[str, np.ndarray]
 def _score_valid(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
                  as_of: np.ndarray) -> pd.DataFrame:
     """Output frame for validated tables (see :func:`score_tables`)."""
-    from models.base import relapse_column
-
     X = _feature_matrix(bundle, infusions, measurements, as_of)
     cif = bundle.estimator.predict_cif(X, list(bundle.horizons_days))
     relapse = cif[relapse_column(bundle.risk_group_horizon_days)].to_numpy(dtype=float)
@@ -472,3 +473,88 @@ def score_records(bundle: ScoringBundle, records: Sequence[BaseModel]) -> pd.Dat
         duplicated = as_of_days.index[as_of_days.index.duplicated()].unique().tolist()[:5]
         raise ScoringInputError(f"duplicate patient_id in the request: {duplicated}")
     return score_tables(bundle, infusions, measurements, as_of_days, on_error="fail").scores
+
+
+# --- concurrent requests ---------------------------------------------------------------------------------
+class _Job:
+    """One caller's records and, once scored, its rows or its error."""
+
+    def __init__(self, records: Sequence[BaseModel]):
+        self.records = list(records)
+        self.finished = False
+        self.rows: Optional[pd.DataFrame] = None
+        self.error: Optional[BaseException] = None
+
+    def finish(self, rows: Optional[pd.DataFrame] = None, error: Optional[BaseException] = None) -> None:
+        self.rows, self.error, self.finished = rows, error, True
+
+    def outcome(self) -> pd.DataFrame:
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+
+class MicroBatcher:
+    """Score concurrent callers together: one call for every request waiting at that moment.
+
+    A scoring server runs requests in threads; most of the cost of scoring a few patients is
+    per call (validation, model overheads), not per patient. The first caller to find the scorer
+    idle scores everything queued so far in one call and hands each caller its own rows; callers
+    arriving meanwhile wait and the next of them scores the next batch. Each patient's numbers do
+    not depend on who else is in the batch (as batch scoring in chunks assumes). If a combined
+    batch is refused (one request's bad input, or the same patient in two requests), each request
+    is scored on its own, so every caller gets its own answer or its own error.
+
+    Parameters
+    ----------
+    score : callable
+        ``score(records) -> DataFrame`` with one row per record, in order (e.g.
+        ``functools.partial(score_records, bundle)``).
+    """
+
+    def __init__(self, score: Callable[[Sequence[BaseModel]], pd.DataFrame]):
+        self._score = score
+        self._condition = threading.Condition()
+        self._pending: list[_Job] = []
+        self._busy = False
+
+    def __call__(self, records: Sequence[BaseModel]) -> pd.DataFrame:
+        """Score ``records`` (possibly together with other callers' records)."""
+        job = _Job(records)
+        with self._condition:
+            self._pending.append(job)
+            while self._busy and not job.finished:
+                self._condition.wait()
+            if job.finished:
+                return job.outcome()
+            self._busy = True
+            batch, self._pending = self._pending, []
+        try:
+            self._run(batch)
+        finally:
+            with self._condition:
+                self._busy = False
+                self._condition.notify_all()
+        return job.outcome()
+
+    def _run(self, batch: list[_Job]) -> None:
+        if len(batch) > 1:
+            try:
+                rows = self._score([record for job in batch for record in job.records])
+            except ScoringInputError:
+                pass
+            except Exception as error:  # a bug, not a request problem: every caller sees it
+                for job in batch:
+                    job.finish(error=error)
+                return
+            else:
+                start = 0
+                for job in batch:
+                    job.finish(rows=rows.iloc[start:start + len(job.records)].reset_index(drop=True))
+                    start += len(job.records)
+                return
+        for job in batch:
+            try:
+                job.finish(rows=self._score(job.records))
+            except Exception as error:
+                job.finish(error=error)

@@ -37,6 +37,7 @@ __all__ = [
     "FastGradientBoostingSurvivalAnalysis",
     "XGBAFTSurvival",
     "XGBCoxSurvival",
+    "batch_invariant_dot",
     "cox_partial_likelihood",
     "cumulative_hazard_on_grid",
 ]
@@ -89,10 +90,12 @@ def cox_partial_likelihood(event: np.ndarray, time: np.ndarray, prediction: np.n
 class FastCoxPHLoss(CoxPH):
     """scikit-survival's Cox partial-likelihood loss, computed by :func:`cox_partial_likelihood`."""
 
-    def __call__(self, y_true, raw_prediction, sample_weight=None):  # noqa: D102 - see CoxPH
+    def __call__(self, y_true, raw_prediction, sample_weight=None):
+        """Negative log partial likelihood (sample weights are ignored, as in scikit-survival)."""
         return cox_partial_likelihood(y_true["event"], y_true["time"], raw_prediction.ravel())[0]
 
-    def gradient(self, y_true, raw_prediction, sample_weight=None, **kwargs):  # noqa: D102 - see CoxPH
+    def gradient(self, y_true, raw_prediction, sample_weight=None, **kwargs):
+        """Negative gradient of the partial likelihood, times the sample weights when given."""
         gradient = cox_partial_likelihood(y_true["event"], y_true["time"], raw_prediction.ravel())[1]
         return gradient if sample_weight is None else gradient * sample_weight
 
@@ -320,11 +323,35 @@ def _breslow_baseline(final) -> BreslowEstimator | None:
     return getter(None) if isinstance(final, CoxnetSurvivalAnalysis) else getter()
 
 
+def batch_invariant_dot(X, coefficients: np.ndarray) -> np.ndarray:
+    """``X @ coefficients.T`` accumulated feature by feature in a fixed order.
+
+    BLAS products and numpy reductions pick different kernels and summation orders for one row
+    than for many, so the last bits of a row's result depend on the batch it comes in. Adding one
+    feature at a time makes every row's result independent of the batch (a patient scores
+    bit-identically alone and in a batch); the cost is one vector operation per feature.
+
+    Parameters
+    ----------
+    X : array-like (n, p)
+    coefficients : ndarray (k, p) or (p,)
+
+    Returns
+    -------
+    ndarray (n, k), or (n,) for 1-d coefficients
+    """
+    X = np.asarray(X, dtype=float)
+    matrix = np.atleast_2d(coefficients)
+    total = np.zeros((X.shape[0], matrix.shape[0]))
+    for feature in range(X.shape[1]):
+        total += X[:, feature, None] * matrix[None, :, feature]
+    return total[:, 0] if np.ndim(coefficients) == 1 else total
+
+
 def _risk_score(final, X) -> np.ndarray:
-    """``final.predict(X)``; for Coxnet the linear predictor is a row-wise sum of products, not a
-    BLAS product, so a patient scores bit-identically alone and in a batch (BLAS kernels differ)."""
+    """``final.predict(X)``; for Coxnet computed by :func:`batch_invariant_dot`."""
     if isinstance(final, CoxnetSurvivalAnalysis):
-        return (np.asarray(X, dtype=float) * final.coef_[:, -1]).sum(axis=1) - final.offset_[-1]
+        return batch_invariant_dot(X, final.coef_[:, -1]) - final.offset_[-1]
     return final.predict(X)
 
 

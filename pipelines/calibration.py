@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from pipelines.calibration_targets import (
     LOW_FLUDARABINE_AUC,
     NGS_LANDMARKS,
     AalenJohansenAt,
+    Analysis,
     CalibrationData,
     CoxHazardRatio,
     HazardRatioTolerance,
@@ -48,6 +49,7 @@ from pipelines.calibration_targets import (
     Share,
     ShareDifference,
     TimeVaryingCoxHazardRatio,
+    Tolerance,
     accepts,
     build_outcome_frame,
     build_patient_frame,
@@ -71,9 +73,6 @@ DAYS_24_MONTHS = 730.5
 DAYS_36_MONTHS = 1095.75
 
 Statistic = Literal["hazard_ratio", "percentage", "median_days", "count_share", "difference_points"]
-Analysis = Union[Share, ShareDifference, KaplanMeierAt, KaplanMeierMedian, AalenJohansenAt, LatentMedian,
-                 CoxHazardRatio, TimeVaryingCoxHazardRatio, LandmarkCoxHazardRatio, NotModeled]
-Tolerance = Union[PointsTolerance, RelativeTolerance, HazardRatioTolerance, IntervalTolerance, PositiveTolerance]
 
 
 @dataclass(frozen=True)

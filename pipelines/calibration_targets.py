@@ -8,9 +8,11 @@ from, all pure (no I/O):
   (``high_burden`` = marrow blasts >= 5% ...), the outcome columns and the per-patient summaries
   of the measurements (first observed loss of B-cell aplasia, NGS-MRD at the landmarks, PB/BM
   discordance) the analyses need.
-- Analyses (frozen dataclasses with ``describe()`` and ``compute(data)``): crude shares,
-  Kaplan-Meier, Aalen-Johansen, Cox (lifelines), time-varying Cox, landmark Cox.
-- Tolerance rules (``bounds``, ``accepts``, ``describe``).
+- Analyses (frozen dataclasses derived from :class:`Analysis`, with ``describe()`` and
+  ``compute(data)``): crude shares, Kaplan-Meier, Aalen-Johansen, Cox (lifelines), time-varying
+  Cox, landmark Cox. A Cox fit rejected for non-convergence, a covariate left out of a model and
+  rows left out of an analysis are said in the result's note, never skipped silently.
+- Tolerance rules (derived from :class:`Tolerance`: ``bounds``, ``describe``; :func:`accepts`).
 
 Endpoints (time origin = infusion, day 0)
 -----------------------------------------
@@ -36,8 +38,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import pandas as pd
@@ -55,6 +58,9 @@ __all__ = [
     "ENDPOINTS",
     "AnalysisResult",
     "CalibrationData",
+    "Analysis",
+    "Tolerance",
+    "CountingProcessCoxFit",
     "build_outcome_frame",
     "build_patient_frame",
     "endpoint_times",
@@ -305,6 +311,9 @@ class AnalysisResult:
     note: str = ""
 
 
+_EMPTY_POPULATION = AnalysisResult(math.nan, 0, note="empty population")
+
+
 @dataclass
 class CalibrationData:
     """The prepared cohort: the patient frame plus a cache of fitted models (by specification)."""
@@ -325,33 +334,59 @@ def _survival_frame(patients: pd.DataFrame, endpoint: str, horizon_day: Optional
 
 
 # --- analyses ---------------------------------------------------------------------------------------
+class Analysis(ABC):
+    """How one published figure is estimated on a prepared cohort (the base of every analysis).
+
+    Subclasses are frozen dataclasses whose fields define the endpoint and the population;
+    ``needs_ground_truth`` says whether the analysis reads the simulated latent truth.
+    """
+
+    needs_ground_truth: ClassVar[bool] = False
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line saying what is estimated, on whom (shown in the report's ``analysis`` column)."""
+
+    @abstractmethod
+    def compute(self, data: CalibrationData) -> AnalysisResult:
+        """Estimate the figure on ``data``.
+
+        Parameters
+        ----------
+        data : CalibrationData
+            The prepared cohort (models fitted once are cached in ``data.cache``).
+
+        Returns
+        -------
+        AnalysisResult
+            ``value`` is NaN when the figure cannot be estimated; the note says why.
+        """
+
+
 @dataclass(frozen=True)
-class Share:
+class Share(Analysis):
     """Percentage of ``population`` meeting ``condition`` (a pandas expression); crude count share."""
 
     population: str
     condition: str
-    needs_ground_truth = False
 
     def describe(self) -> str:
         return f"crude share: [{self.condition}] among [{self.population}]"
 
     def compute(self, data: CalibrationData) -> AnalysisResult:
-        frame = data.select(self.population)
-        hits = frame.eval(self.condition, engine="python").astype(float).dropna()
+        hits = data.select(self.population).eval(self.condition, engine="python").astype(float).dropna()
         if hits.empty:
-            return AnalysisResult(math.nan, 0, note="empty population")
+            return _EMPTY_POPULATION
         return AnalysisResult(100.0 * float(hits.mean()), int(hits.size), note=f"{int(hits.sum())}/{hits.size}")
 
 
 @dataclass(frozen=True)
-class ShareDifference:
+class ShareDifference(Analysis):
     """Share of ``condition`` in ``population`` minus its share in ``reference`` (points)."""
 
     population: str
     reference: str
     condition: str
-    needs_ground_truth = False
 
     def describe(self) -> str:
         return f"difference of crude shares of [{self.condition}]: [{self.population}] minus [{self.reference}]"
@@ -362,53 +397,58 @@ class ShareDifference:
                               note=f"{first.value:.1f}% (n={first.n}) vs {second.value:.1f}% (n={second.n})")
 
 
+def _kaplan_meier(data: CalibrationData, endpoint: str, population: str
+                  ) -> tuple[pd.DataFrame, Optional[KaplanMeierFitter]]:
+    """The survival frame of ``endpoint`` among ``population`` and its Kaplan-Meier fit (None if empty)."""
+    frame = _survival_frame(data.select(population), endpoint)
+    if frame.empty:
+        return frame, None
+    return frame, KaplanMeierFitter().fit(frame["time"], frame["event"])
+
+
 @dataclass(frozen=True)
-class KaplanMeierAt:
+class KaplanMeierAt(Analysis):
     """Kaplan-Meier event-free probability (``risk=False``) or 1 - it, in %, at ``day``."""
 
     endpoint: str
     population: str
     day: float
     risk: bool = False
-    needs_ground_truth = False
 
     def describe(self) -> str:
         what = "1 - KM" if self.risk else "KM"
         return f"{what} of {self.endpoint} at day {self.day:g} among [{self.population}]"
 
     def compute(self, data: CalibrationData) -> AnalysisResult:
-        frame = _survival_frame(data.select(self.population), self.endpoint)
-        if frame.empty:
-            return AnalysisResult(math.nan, 0, note="empty population")
-        fitter = KaplanMeierFitter().fit(frame["time"], frame["event"])
+        frame, fitter = _kaplan_meier(data, self.endpoint, self.population)
+        if fitter is None:
+            return _EMPTY_POPULATION
         survival = float(fitter.survival_function_at_times(self.day).iloc[0])
         at_risk = int((frame["time"] > self.day).sum())
         value = 100.0 * (1.0 - survival if self.risk else survival)
-        note = f"{at_risk} at risk at day {self.day:g}"
-        return AnalysisResult(value, len(frame), int(frame["event"].sum()), note=note)
+        return AnalysisResult(value, len(frame), int(frame["event"].sum()),
+                              note=f"{at_risk} at risk at day {self.day:g}")
 
 
 @dataclass(frozen=True)
-class KaplanMeierMedian:
+class KaplanMeierMedian(Analysis):
     """Kaplan-Meier median time (days) to ``endpoint``."""
 
     endpoint: str
     population: str
-    needs_ground_truth = False
 
     def describe(self) -> str:
         return f"KM median time to {self.endpoint} among [{self.population}]"
 
     def compute(self, data: CalibrationData) -> AnalysisResult:
-        frame = _survival_frame(data.select(self.population), self.endpoint)
-        if frame.empty:
-            return AnalysisResult(math.nan, 0, note="empty population")
-        fitter = KaplanMeierFitter().fit(frame["time"], frame["event"])
+        frame, fitter = _kaplan_meier(data, self.endpoint, self.population)
+        if fitter is None:
+            return _EMPTY_POPULATION
         return AnalysisResult(float(fitter.median_survival_time_), len(frame), int(frame["event"].sum()))
 
 
 @dataclass(frozen=True)
-class AalenJohansenAt:
+class AalenJohansenAt(Analysis):
     """Aalen-Johansen cumulative incidence (%) of ``cause`` by ``day`` (minus that by ``from_day``).
 
     Competing first events: relapse, death, HSCT; no response is not an event (NR patients are
@@ -419,7 +459,6 @@ class AalenJohansenAt:
     population: str
     day: float
     from_day: Optional[float] = None
-    needs_ground_truth = False
 
     def describe(self) -> str:
         window = f"between day {self.from_day:g} and {self.day:g}" if self.from_day else f"by day {self.day:g}"
@@ -428,10 +467,10 @@ class AalenJohansenAt:
 
     def compute(self, data: CalibrationData) -> AnalysisResult:
         frame = data.select(self.population)
+        if frame.empty:
+            return _EMPTY_POPULATION
         codes = frame["first_event"].map(_COMPETING_CODES).fillna(0).astype(int).to_numpy()
         time = frame["end_day"].to_numpy(dtype=float)
-        if time.size == 0:
-            return AnalysisResult(math.nan, 0, note="empty population")
         days = [self.day] if self.from_day is None else [self.from_day, self.day]
         incidence = _aalen_johansen(time, codes, _COMPETING_CODES[self.cause], days)
         value = incidence[-1] - (incidence[0] if self.from_day is not None else 0.0)
@@ -458,12 +497,12 @@ def _aalen_johansen(time: np.ndarray, codes: np.ndarray, cause: int, days: list[
 
 
 @dataclass(frozen=True)
-class LatentMedian:
+class LatentMedian(Analysis):
     """Median of a ground-truth latent time (``inf`` = beyond the horizon) among ``population``."""
 
     column: str
     population: str
-    needs_ground_truth = True
+    needs_ground_truth: ClassVar[bool] = True
 
     def describe(self) -> str:
         return f"median of latent {self.column} (ground truth) among [{self.population}]"
@@ -477,12 +516,27 @@ class LatentMedian:
         return AnalysisResult(float(np.median(values)), int(values.size), note=f"{100 * share_inf:.1f}% never lost")
 
 
+# --- Cox models -------------------------------------------------------------------------------------
+@dataclass
+class _CoxFit:
+    """A fitted Cox model as the report needs it: HRs, 95% CIs, and what was left out and why."""
+
+    n: int
+    events: int
+    hazard_ratio: dict[str, float] = field(default_factory=dict)
+    ci95: dict[str, tuple[float, float]] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    """Covariates left out of the model -> reason (constant, or separation)."""
+    notes: list[str] = field(default_factory=list)
+    """Everything else the report must say (rows left out, rejected fits, warnings)."""
+
+
 @dataclass(frozen=True)
-class CoxHazardRatio:
+class CoxHazardRatio(Analysis):
     """Hazard ratio of ``covariate`` from a Cox model (lifelines CoxPHFitter, Efron ties).
 
     The model (endpoint, population, covariates, horizon) is fitted once and cached; rows with a
-    missing covariate are left out (complete cases).
+    missing covariate are left out (complete cases, counted in the note).
     """
 
     endpoint: str
@@ -490,7 +544,6 @@ class CoxHazardRatio:
     covariates: tuple[str, ...]
     covariate: str
     horizon_day: Optional[float] = None
-    needs_ground_truth = False
 
     def describe(self) -> str:
         kind = "univariable" if len(self.covariates) == 1 else "multivariable"
@@ -505,55 +558,81 @@ class CoxHazardRatio:
         if key not in data.cache:
             frame = _survival_frame(data.select(self.population), self.endpoint, self.horizon_day)
             design = data.select(self.population).loc[frame.index, list(self.covariates)]
-            data.cache[key] = _fit_cox(frame.join(design).dropna())
+            data.cache[key] = _fit_cox(frame.join(design))
         return _hazard_ratio_result(data.cache[key], self.covariate)
 
 
-def _fit_cox(frame: pd.DataFrame) -> dict:
-    """Fit lifelines' CoxPHFitter and keep each covariate's HR and 95% CI.
+def _fit_cox(frame: pd.DataFrame) -> _CoxFit:
+    """Fit lifelines' CoxPHFitter on the complete rows of ``frame`` (time, event, covariates).
 
-    Constant covariates, and binary covariates without an event at one level (separation: the
-    HR is infinite or zero), are left out of the model and reported as not estimable; lifelines'
-    warnings are kept in the note.
+    Rows with a missing covariate are left out and counted. Constant covariates, and binary
+    covariates without an event at one level (separation: the HR is infinite or zero), are left
+    out of the model and reported as not estimable. Fits rejected for non-convergence and
+    lifelines' other warnings are kept in the notes.
     """
-    fit = {"n": len(frame), "events": int(frame["event"].sum()), "hr": {}, "ci": {}, "note": "", "excluded": {}}
-    for name in (c for c in frame.columns if c not in ("time", "event")):
-        reason = _not_estimable_reason(frame, name)
-        if reason:
-            fit["excluded"][name] = reason
-    covariates = [c for c in frame.columns if c not in ("time", "event") and c not in fit["excluded"]]
-    if not covariates or fit["events"] == 0:
-        fit["note"] = "no events" if fit["events"] == 0 else ""
+    complete = frame.dropna()
+    fit = _CoxFit(n=len(complete), events=int(complete["event"].sum()))
+    if len(complete) < len(frame):
+        fit.notes.append(f"{len(frame) - len(complete)} rows with a missing covariate left out")
+    candidates = [c for c in complete.columns if c not in ("time", "event")]
+    fit.excluded = {name: reason for name in candidates if (reason := _not_estimable_reason(complete, name))}
+    covariates = [c for c in candidates if c not in fit.excluded]
+    if fit.events == 0:
+        fit.notes.append("no events")
+    if not covariates or fit.events == 0:
         return fit
-    model, warning_names = _damped_cox_fit(frame[covariates + ["time", "event"]])
+    model, warning_names, rejected = _damped_cox_fit(complete[covariates + ["time", "event"]])
+    fit.notes += [f"fit rejected, {attempt}" for attempt in rejected]
     if model is None:
-        fit["note"] = "did not converge"
+        fit.notes.append("did not converge at any step size")
         return fit
     ci = model.confidence_intervals_
     for name in covariates:
-        fit["hr"][name] = float(model.hazard_ratios_[name])
-        fit["ci"][name] = (math.exp(ci.loc[name].iloc[0]), math.exp(ci.loc[name].iloc[1]))
-    fit["note"] = "; ".join(warning_names)
+        fit.hazard_ratio[name] = float(model.hazard_ratios_[name])
+        fit.ci95[name] = (math.exp(ci.loc[name].iloc[0]), math.exp(ci.loc[name].iloc[1]))
+    if warning_names:
+        fit.notes.append(f"warnings: {', '.join(warning_names)}")
     return fit
 
 
-def _damped_cox_fit(frame: pd.DataFrame) -> tuple[Optional[CoxPHFitter], list[str]]:
+def _damped_cox_fit(frame: pd.DataFrame) -> tuple[Optional[CoxPHFitter], list[str], list[str]]:
     """CoxPHFitter with damped Newton steps, trying smaller steps while it fails to converge.
 
     lifelines' default step (0.95) can diverge or stop at a wrong optimum (HR 1e-30 instead of
-    30) with a ``ConvergenceWarning``; such a fit is rejected. Returns the model (None if every
-    step size fails) and the names of the other warnings raised.
+    30) with a ``ConvergenceWarning``; such a fit is rejected, and so is one that raises
+    ``ConvergenceError``.
+
+    Returns
+    -------
+    model : CoxPHFitter or None
+        The first accepted fit (None if every step size fails).
+    warning_names : list of str
+        Names of the other warnings the accepted fit raised.
+    rejected : list of str
+        One line per rejected attempt: step size, exception or warning, and its message.
     """
+    rejected = []
     for step_size in COX_NEWTON_STEP_SIZES:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 model = CoxPHFitter().fit(frame, "time", "event", fit_options={"step_size": step_size})
-            except ConvergenceError:
+            except ConvergenceError as error:
+                rejected.append(f"step size {step_size:g}: ConvergenceError ({_first_sentence(error)})")
                 continue
-        if not any(issubclass(w.category, ConvergenceWarning) for w in caught):
-            return model, sorted({w.category.__name__ for w in caught})
-    return None, []
+        convergence = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+        if convergence:
+            rejected.append(f"step size {step_size:g}: ConvergenceWarning ({_first_sentence(convergence[0].message)})")
+            continue
+        return model, sorted({w.category.__name__ for w in caught}), rejected
+    return None, [], rejected
+
+
+def _first_sentence(message: object, max_chars: int = 120) -> str:
+    """The first line / sentence of a warning or error message, shortened for a table cell."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else type(message).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
 
 
 def _not_estimable_reason(frame: pd.DataFrame, name: str) -> str:
@@ -566,86 +645,166 @@ def _not_estimable_reason(frame: pd.DataFrame, name: str) -> str:
     return ""
 
 
-def _hazard_ratio_result(fit: dict, covariate: str) -> AnalysisResult:
-    if covariate not in fit["hr"]:
-        note = fit["excluded"].get(covariate) or fit["note"] or "model not fitted"
-        return AnalysisResult(math.nan, fit["n"], fit["events"], note=f"not estimable: {note}")
-    low, high = fit["ci"][covariate]
-    note = f"95% CI {low:.2f}-{high:.2f}" + (f"; warnings: {fit['note']}" if fit["note"] else "")
-    return AnalysisResult(fit["hr"][covariate], fit["n"], fit["events"], note=note)
+def _hazard_ratio_result(fit: _CoxFit, covariate: str) -> AnalysisResult:
+    """The HR of ``covariate`` with its CI and every note of the fit (adjusters left out included)."""
+    if covariate not in fit.hazard_ratio:
+        reason = fit.excluded.get(covariate) or "; ".join(fit.notes) or "model not fitted"
+        return AnalysisResult(math.nan, fit.n, fit.events, note=f"not estimable: {reason}")
+    low, high = fit.ci95[covariate]
+    left_out = [f"adjustment left out: {reason}" for name, reason in fit.excluded.items() if name != covariate]
+    note = "; ".join([f"95% CI {low:.2f}-{high:.2f}"] + left_out + fit.notes)
+    return AnalysisResult(fit.hazard_ratio[covariate], fit.n, fit.events, note=note)
 
 
-def fit_counting_process_cox(start: np.ndarray, stop: np.ndarray, event: np.ndarray,
-                             covariates: np.ndarray, max_iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+# --- counting-process (time-varying) Cox -------------------------------------------------------------
+@dataclass(frozen=True)
+class CountingProcessCoxFit:
+    """Result of :func:`fit_counting_process_cox`.
+
+    ``log_hazard_ratio`` and ``standard_error`` hold one value per covariate (NaN when the fit
+    did not converge); ``rows_dropped`` counts rows left out because their interval was empty
+    or not finite (stop <= start); ``iterations`` counts Newton-Raphson iterations.
+    """
+
+    log_hazard_ratio: np.ndarray
+    standard_error: np.ndarray
+    rows_used: int
+    rows_dropped: int
+    converged: bool
+    iterations: int
+
+
+_NEWTON_STEP_TOLERANCE = 1e-9
+"""Newton-Raphson has converged when no log hazard ratio moves more than this."""
+_LOGLIK_RELATIVE_ROUNDING = 1e-12
+"""Relative rounding error of the summed log partial likelihood (a smaller drop is not an overshoot)."""
+
+
+@dataclass(frozen=True)
+class _RiskSets:
+    """Counting-process rows prepared for the Breslow partial likelihood."""
+
+    start: np.ndarray
+    stop: np.ndarray
+    x: np.ndarray
+    event_times: np.ndarray
+    deaths: np.ndarray
+    """Number of events at each of ``event_times``."""
+    x_events: np.ndarray
+    """Sum of the covariates over the event rows."""
+
+
+def fit_counting_process_cox(start: np.ndarray, stop: np.ndarray, event: np.ndarray, covariates: np.ndarray,
+                             max_iterations: int = 50) -> CountingProcessCoxFit:
     """Cox model on counting-process rows (start, stop], Breslow ties, by Newton-Raphson.
 
     The partial likelihood is that of lifelines' ``CoxTimeVaryingFitter`` (which uses Efron ties
     and is identical without tied event times) but vectorised: risk-set sums at each event time
     t are (sum of exp(x'b) over rows with stop >= t) - (same over rows with start >= t), from
     suffix sums over sorted stops and starts. ``CoxTimeVaryingFitter`` needs minutes for 20,000
-    patients; this takes milliseconds.
+    patients; this takes milliseconds. A step that lowers the likelihood is halved.
 
     Parameters
     ----------
     start, stop : ndarray of float
-        Interval of each row (start < stop).
+        Interval of each row (days). Rows with ``stop <= start`` (or a non-finite bound or
+        covariate) are at risk nowhere; they are left out and counted in ``rows_dropped``.
     event : ndarray of bool
         Event at ``stop``.
     covariates : ndarray of float, shape (n_rows, n_covariates)
         Covariate values over the interval.
     max_iterations : int
+        Newton-Raphson iterations (including halved steps) before giving up.
 
     Returns
     -------
-    (ndarray, ndarray)
-        log hazard ratios and their standard errors.
+    CountingProcessCoxFit
+        ``converged`` is False (and the estimates NaN) when the iterations ran out, there was
+        no event, or the information matrix was singular.
     """
+    start, stop = np.asarray(start, dtype=float), np.asarray(stop, dtype=float)
     x = np.asarray(covariates, dtype=float).reshape(len(stop), -1)
-    beta = np.zeros(x.shape[1])
-    times = np.unique(stop[event])
-    deaths = np.bincount(np.searchsorted(times, stop[event]), minlength=times.size)
-    x_events = x[event].sum(axis=0)
-    previous = -np.inf
-    for _ in range(max_iterations):
-        loglik, gradient, information = _cox_terms(start, stop, x, beta, times, deaths, x_events)
-        if loglik < previous:  # halve a step that overshot
-            beta = (beta + last_beta) / 2.0
+    valid = (stop > start) & np.isfinite(start) & np.isfinite(stop) & np.isfinite(x).all(axis=1)
+    event = np.asarray(event, dtype=bool)[valid]
+    risk_sets = _risk_sets(start[valid], stop[valid], event, x[valid])
+    beta, converged, iterations = np.full(x.shape[1], np.nan), False, 0
+    standard_error = np.full(x.shape[1], np.nan)
+    if event.any():
+        try:
+            beta, converged, iterations = _newton_raphson(risk_sets, max_iterations)
+            standard_error = np.sqrt(np.diag(np.linalg.inv(_cox_terms(risk_sets, beta)[2])))
+        except np.linalg.LinAlgError:
+            converged = False
+    if not converged:
+        beta, standard_error = np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
+    return CountingProcessCoxFit(beta, standard_error, int(valid.sum()), int((~valid).sum()), converged, iterations)
+
+
+def _risk_sets(start: np.ndarray, stop: np.ndarray, event: np.ndarray, x: np.ndarray) -> _RiskSets:
+    event_times = np.unique(stop[event])
+    deaths = np.bincount(np.searchsorted(event_times, stop[event]), minlength=event_times.size)
+    return _RiskSets(start, stop, x, event_times, deaths, x[event].sum(axis=0))
+
+
+def _newton_raphson(risk_sets: _RiskSets, max_iterations: int) -> tuple[np.ndarray, bool, int]:
+    """Maximise the partial likelihood from beta = 0; returns (beta, converged, iterations).
+
+    Converged when the Newton step is below ``_NEWTON_STEP_TOLERANCE``. A step that lowers the
+    log likelihood by more than its rounding error (``_LOGLIK_RELATIVE_ROUNDING``) is halved.
+    """
+    beta = np.zeros(risk_sets.x.shape[1])
+    accepted_beta, accepted_loglik = beta, -np.inf
+    for iteration in range(1, max_iterations + 1):
+        loglik, gradient, information = _cox_terms(risk_sets, beta)
+        if not loglik >= accepted_loglik - _LOGLIK_RELATIVE_ROUNDING * abs(accepted_loglik):
+            beta = (beta + accepted_beta) / 2.0  # the step overshot (or left the finite region)
             continue
         step = np.linalg.solve(information, gradient)
-        last_beta, previous = beta, loglik
+        accepted_beta, accepted_loglik = beta, loglik
         beta = beta + step
-        if np.max(np.abs(step)) < 1e-9:
-            break
-    _, _, information = _cox_terms(start, stop, x, beta, times, deaths, x_events)
-    return beta, np.sqrt(np.diag(np.linalg.inv(information)))
+        if np.max(np.abs(step)) < _NEWTON_STEP_TOLERANCE:
+            return beta, True, iteration
+    return beta, False, max_iterations
 
 
-def _cox_terms(start, stop, x, beta, times, deaths, x_events):
+def _cox_terms(risk_sets: _RiskSets, beta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Breslow log partial likelihood, its gradient and the observed information at ``beta``."""
+    x = risk_sets.x
     eta = x @ beta
     weight = np.exp(eta - eta.max())
     moments = [weight, weight[:, None] * x, weight[:, None, None] * x[:, :, None] * x[:, None, :]]
-    at_risk = [_risk_set_sum(m, start, stop, times) for m in moments]
-    s0, s1, s2 = at_risk[0], at_risk[1], at_risk[2]
+    s0, s1, s2 = (_risk_set_sum(m, risk_sets.start, risk_sets.stop, risk_sets.event_times) for m in moments)
     mean = s1 / s0[:, None]
-    loglik = float(x_events @ beta - np.sum(deaths * (np.log(s0) + eta.max())))
-    gradient = x_events - (deaths[:, None] * mean).sum(axis=0)
+    deaths = risk_sets.deaths
+    loglik = float(risk_sets.x_events @ beta - np.sum(deaths * (np.log(s0) + eta.max())))
+    gradient = risk_sets.x_events - (deaths[:, None] * mean).sum(axis=0)
     covariance = s2 / s0[:, None, None] - mean[:, :, None] * mean[:, None, :]
     return loglik, gradient, (deaths[:, None, None] * covariance).sum(axis=0)
 
 
 def _risk_set_sum(values: np.ndarray, start: np.ndarray, stop: np.ndarray, times: np.ndarray) -> np.ndarray:
     """For each time t: sum of ``values`` over rows with start < t <= stop."""
-    def suffix_sum(keys: np.ndarray, side: str) -> np.ndarray:
+    def suffix_sum(keys: np.ndarray) -> np.ndarray:
+        """Sum of ``values`` over rows with key >= t, for each t of ``times``."""
         order = np.argsort(keys, kind="stable")
         cumulative = np.concatenate([np.cumsum(values[order][::-1], axis=0)[::-1], np.zeros((1,) + values.shape[1:])])
-        return cumulative[np.searchsorted(keys[order], times, side=side)]
+        return cumulative[np.searchsorted(keys[order], times, side="left")]
 
-    return suffix_sum(stop, "left") - suffix_sum(start, "left")
+    return suffix_sum(stop) - suffix_sum(start)
+
+
+def _switch_rows(time: np.ndarray, event: np.ndarray, switch: np.ndarray, switches: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Counting-process rows (start, stop, event, exposed) of a 0 -> 1 covariate switching at ``switch``."""
+    start = np.concatenate([np.zeros(time.size), switch[switches]])
+    stop = np.concatenate([np.where(switches, switch, time), time[switches]])
+    status = np.concatenate([event & ~switches, event[switches]])
+    exposed = np.concatenate([np.zeros(time.size), np.ones(int(switches.sum()))])
+    return start, stop, status, exposed
 
 
 @dataclass(frozen=True)
-class TimeVaryingCoxHazardRatio:
+class TimeVaryingCoxHazardRatio(Analysis):
     """HR of a 0 -> 1 time-varying covariate switching at ``switch_column`` (if <= ``switch_by_day``).
 
     Counting-process Cox (see :func:`fit_counting_process_cox`), time since infusion; a switch
@@ -656,7 +815,6 @@ class TimeVaryingCoxHazardRatio:
     population: str
     switch_column: str
     switch_by_day: float
-    needs_ground_truth = False
 
     def describe(self) -> str:
         return (f"time-varying Cox (counting process), {self.endpoint} among [{self.population}]: HR after "
@@ -668,20 +826,23 @@ class TimeVaryingCoxHazardRatio:
         switch = patients.loc[frame.index, self.switch_column].to_numpy(dtype=float)
         time, event = frame["time"].to_numpy(), frame["event"].to_numpy(dtype=bool)
         switches = np.isfinite(switch) & (switch <= self.switch_by_day) & (switch > 0) & (switch < time)
-        start = np.concatenate([np.zeros(time.size), switch[switches]])
-        stop = np.concatenate([np.where(switches, switch, time), time[switches]])
-        status = np.concatenate([event & ~switches, event[switches]])
-        exposed = np.concatenate([np.zeros(time.size), np.ones(int(switches.sum()))])
-        if status.sum() == 0 or switches.sum() == 0:
-            return AnalysisResult(math.nan, len(frame), int(event.sum()), note="not estimable: no events or no switch")
-        log_hr, se = fit_counting_process_cox(start, stop, status, exposed[:, None])
-        low, high = np.exp(log_hr[0] - 1.96 * se[0]), np.exp(log_hr[0] + 1.96 * se[0])
-        note = f"95% CI {low:.2f}-{high:.2f}; {int(switches.sum())} switched"
-        return AnalysisResult(float(np.exp(log_hr[0])), len(frame), int(event.sum()), note=note)
+        n, events = len(frame), int(event.sum())
+        if events == 0 or not switches.any():
+            return AnalysisResult(math.nan, n, events, note="not estimable: no events or no switch")
+        start, stop, status, exposed = _switch_rows(time, event, switch, switches)
+        fit = fit_counting_process_cox(start, stop, status, exposed[:, None])
+        notes = [f"{fit.rows_dropped} rows with an empty interval (stop <= start) left out"] if fit.rows_dropped else []
+        if not fit.converged:
+            reason = f"Newton-Raphson did not converge ({fit.iterations} iterations)"
+            return AnalysisResult(math.nan, n, events, note="; ".join([f"not estimable: {reason}"] + notes))
+        log_hr, se = fit.log_hazard_ratio[0], fit.standard_error[0]
+        low, high = np.exp(log_hr - 1.96 * se), np.exp(log_hr + 1.96 * se)
+        note = "; ".join([f"95% CI {low:.2f}-{high:.2f}", f"{int(switches.sum())} switched"] + notes)
+        return AnalysisResult(float(np.exp(log_hr)), n, events, note=note)
 
 
 @dataclass(frozen=True)
-class LandmarkCoxHazardRatio:
+class LandmarkCoxHazardRatio(Analysis):
     """Landmark Cox HR of a marker known by ``landmark_day``, among patients in remission then.
 
     Risk set: responders event-free and under follow-up at the landmark with a known marker;
@@ -695,7 +856,6 @@ class LandmarkCoxHazardRatio:
     marker: str
     landmark_day: float
     adjust_for_bca_loss: bool = False
-    needs_ground_truth = False
 
     def describe(self) -> str:
         adjusted = " adjusted for loss of BCA by the landmark" if self.adjust_for_bca_loss else ""
@@ -716,15 +876,14 @@ class LandmarkCoxHazardRatio:
             tested = at_risk["bca_first_test_day"] <= self.landmark_day
             lost = (at_risk["bca_loss_day"] <= self.landmark_day).astype(float)
             frame["bca_lost_by_landmark"] = lost.where(tested)
-        return frame[frame["time"] > 0].dropna()
+        return frame[frame["time"] > 0]
 
 
 @dataclass(frozen=True)
-class NotModeled:
+class NotModeled(Analysis):
     """A published figure the simulator cannot reproduce, with the reason."""
 
     reason: str
-    needs_ground_truth = False
 
     def describe(self) -> str:
         return "not modeled"
@@ -734,27 +893,68 @@ class NotModeled:
 
 
 # --- tolerance rules --------------------------------------------------------------------------------
+class Tolerance(ABC):
+    """An acceptance rule: the interval a simulated figure must fall in, given the published one.
+
+    ``describe`` shows the rule and its interval, the bounds formatted with ``_bounds_format``
+    (None: the rule says it all).
+    """
+
+    _bounds_format: ClassVar[Optional[str]] = ".3g"
+
+    @abstractmethod
+    def bounds(self, target: float, target_range: Optional[tuple[float, float]] = None,
+               ci: Optional[tuple[float, float]] = None) -> tuple[float, float]:
+        """Accepted interval (low, high) for the published ``target``.
+
+        Parameters
+        ----------
+        target : float
+            Published value (midpoint of a published range).
+        target_range : tuple of float, optional
+            Published range (low, high).
+        ci : tuple of float, optional
+            Published 95% confidence interval.
+
+        Returns
+        -------
+        tuple of float
+        """
+
+    @abstractmethod
+    def rule(self, ci: Optional[tuple[float, float]] = None) -> str:
+        """The rule in words (e.g. ``+-5 points``); ``ci`` is the published 95% CI, if any."""
+
+    def describe(self, target: float, target_range: Optional[tuple[float, float]] = None,
+                 ci: Optional[tuple[float, float]] = None) -> str:
+        """The rule and its interval, short (the report's ``tolerance`` column); arguments as in ``bounds``."""
+        if self._bounds_format is None:
+            return self.rule(ci)
+        low, high = self.bounds(target, target_range, ci)
+        return f"{self.rule(ci)} ({low:{self._bounds_format}}-{high:{self._bounds_format}})"
+
+
 def _range(target: float, target_range: Optional[tuple[float, float]]) -> tuple[float, float]:
     return target_range if target_range is not None else (target, target)
 
 
 @dataclass(frozen=True)
-class PointsTolerance:
+class PointsTolerance(Tolerance):
     """Percentage within +-``points`` of the published value (or of the published range)."""
 
     points: float = 5.0
+    _bounds_format: ClassVar[Optional[str]] = ".1f"
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         low, high = _range(target, target_range)
         return max(low - self.points, 0.0), min(high + self.points, 100.0)
 
-    def describe(self, target, target_range=None, ci=None) -> str:
-        low, high = self.bounds(target, target_range, ci)
-        return f"+-{self.points:g} points ({low:.1f}-{high:.1f})"
+    def rule(self, ci=None) -> str:
+        return f"+-{self.points:g} points"
 
 
 @dataclass(frozen=True)
-class RelativeTolerance:
+class RelativeTolerance(Tolerance):
     """Within +-``fraction`` of the published value (or range), relative."""
 
     fraction: float = 0.30
@@ -763,16 +963,16 @@ class RelativeTolerance:
         low, high = _range(target, target_range)
         return low * (1.0 - self.fraction), high * (1.0 + self.fraction)
 
-    def describe(self, target, target_range=None, ci=None) -> str:
-        low, high = self.bounds(target, target_range, ci)
-        return f"+-{100 * self.fraction:g}% ({low:.3g}-{high:.3g})"
+    def rule(self, ci=None) -> str:
+        return f"+-{100 * self.fraction:g}%"
 
 
 @dataclass(frozen=True)
-class HazardRatioTolerance:
+class HazardRatioTolerance(Tolerance):
     """Hazard ratio inside the published 95% CI, or within +-``fraction`` of the published HR."""
 
     fraction: float = 0.30
+    _bounds_format: ClassVar[Optional[str]] = ".2f"
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         low, high = target * (1.0 - self.fraction), target * (1.0 + self.fraction)
@@ -780,42 +980,58 @@ class HazardRatioTolerance:
             low, high = min(low, ci[0]), max(high, ci[1])
         return low, high
 
-    def describe(self, target, target_range=None, ci=None) -> str:
-        low, high = self.bounds(target, target_range, ci)
-        rule = "in 95% CI or +-30%" if ci is not None else "+-30%"
-        return f"{rule} ({low:.2f}-{high:.2f})"
+    def rule(self, ci=None) -> str:
+        relative = f"+-{100 * self.fraction:g}%"
+        return f"in 95% CI or {relative}" if ci is not None else relative
 
 
 @dataclass(frozen=True)
-class IntervalTolerance:
+class IntervalTolerance(Tolerance):
     """Within a fixed interval (e.g. 'no effect': HR 0.77-1.3)."""
 
     low: float
     high: float
+    _bounds_format: ClassVar[Optional[str]] = None
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         return self.low, self.high
 
-    def describe(self, target, target_range=None, ci=None) -> str:
+    def rule(self, ci=None) -> str:
         return f"within {self.low:g}-{self.high:g}"
 
 
 @dataclass(frozen=True)
-class PositiveTolerance:
+class PositiveTolerance(Tolerance):
     """Strictly above zero (the phenomenon occurs)."""
+
+    _bounds_format: ClassVar[Optional[str]] = None
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         return 0.0, math.inf
 
-    def describe(self, target, target_range=None, ci=None) -> str:
+    def rule(self, ci=None) -> str:
         return "> 0"
 
 
-def accepts(tolerance, simulated: float, target: float, target_range=None, ci=None) -> bool:
-    """Whether ``simulated`` satisfies ``tolerance`` (NaN never does; ``> 0`` is strict)."""
+def accepts(tolerance: Tolerance, simulated: float, target: float, target_range: Optional[tuple[float, float]] = None,
+            ci: Optional[tuple[float, float]] = None) -> bool:
+    """Whether ``simulated`` satisfies ``tolerance`` (NaN never does; ``> 0`` is strict).
+
+    Parameters
+    ----------
+    tolerance : Tolerance
+    simulated : float
+        The figure estimated on the simulated cohort.
+    target, target_range, ci
+        The published figure, as in :meth:`Tolerance.bounds`.
+
+    Returns
+    -------
+    bool
+    """
     if simulated is None or not np.isfinite(simulated):
         return False
-    low, high = tolerance.bounds(target, target_range, ci)
     if isinstance(tolerance, PositiveTolerance):
         return simulated > 0.0
+    low, high = tolerance.bounds(target, target_range, ci)
     return low <= simulated <= high

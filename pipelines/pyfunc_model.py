@@ -18,6 +18,7 @@ This file must import nothing from ``pipelines``: the model ships only ``feature
 
 from __future__ import annotations
 
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
@@ -27,7 +28,7 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from models.serving import EXAMPLE_PATIENT, PatientRecord, ScoringBundle, ScoringInputError, score_records
+from models.serving import EXAMPLE_PATIENT, MicroBatcher, PatientRecord, ScoringBundle, ScoringInputError, score_records
 
 __all__ = ["BUNDLE_ARTIFACT", "CarRelapseModel", "save_bundle", "load_bundle", "pip_requirements", "log_scoring_model"]
 
@@ -68,13 +69,14 @@ class CarRelapseModel(mlflow.pyfunc.PythonModel):
     """Relapse and phenotype risk for patients in the data contract, as of a given day."""
 
     def load_context(self, context) -> None:
-        """Load the fitted scoring bundle shipped as an artifact."""
+        """Load the fitted scoring bundle shipped as an artifact; concurrent requests share calls."""
         self._bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
+        self._score = MicroBatcher(partial(score_records, self._bundle))
 
     def predict(self, context, model_input: list[PatientRecord], params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
         """One output row per patient (see ``models.serving.score_records``)."""
         try:
-            return score_records(self._bundle, model_input)
+            return self._score(model_input)
         except ScoringInputError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
 

@@ -192,3 +192,63 @@ def test_quarantine_mode_reports_rejected_rows(bundle, new_patients):
     rejected = result.rejects
     assert rejected[["table", "row"]].values.tolist() == [["measurements", 0]]
     assert "lots" in rejected["reason"].iloc[0]
+
+
+# --- concurrent requests ----------------------------------------------------------------------------------
+def _run_concurrently(bundle, requests):
+    """Send ``requests`` to one MicroBatcher: the first alone, the others while it is busy.
+
+    Returns each request's rows (or error) and the sizes of the scoring calls made.
+    """
+    import threading
+    from functools import partial
+
+    from models.serving import MicroBatcher
+
+    first_call_started, others_queued = threading.Event(), threading.Event()
+    call_sizes = []
+
+    def spy(records):
+        call_sizes.append(len(records))
+        if len(call_sizes) == 1:  # hold the first call until every other request is queued
+            first_call_started.set()
+            others_queued.wait(timeout=30)
+        return partial(score_records, bundle)(records)
+
+    batcher = MicroBatcher(spy)
+    results: dict[int, object] = {}
+
+    def call(i):
+        try:
+            results[i] = batcher(requests[i])
+        except ScoringInputError as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    threads[0].start()
+    first_call_started.wait(timeout=30)
+    for thread in threads[1:]:
+        thread.start()
+    while len(batcher._pending) < len(requests) - 1:
+        threading.Event().wait(0.01)
+    others_queued.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results, call_sizes
+
+
+def test_micro_batcher_scores_waiting_requests_in_one_call(bundle):
+    requests = [[_record(patient_id=f"A{i}")] for i in range(4)]
+    results, call_sizes = _run_concurrently(bundle, requests)
+    assert call_sizes == [1, 3]
+    for i in range(4):
+        assert results[i]["patient_id"].tolist() == [f"A{i}"]
+
+
+def test_micro_batcher_isolates_a_bad_request(bundle):
+    requests = [[_record(patient_id=f"A{i}")] for i in range(3)] + [[_record(patient_id="BAD", sex="X")]]
+    results, call_sizes = _run_concurrently(bundle, requests)
+    assert call_sizes == [1, 3, 1, 1, 1]  # the combined call is refused, then one call per request
+    for i in range(3):
+        assert results[i]["patient_id"].tolist() == [f"A{i}"]
+    assert isinstance(results[3], ScoringInputError) and "sex" in str(results[3])

@@ -20,6 +20,7 @@ from models.survival import (
     FastGradientBoostingSurvivalAnalysis,
     XGBAFTSurvival,
     XGBCoxSurvival,
+    batch_invariant_dot,
     cox_partial_likelihood,
     cumulative_hazard_on_grid,
 )
@@ -147,3 +148,13 @@ def test_whas500_cross_validated_concordance_in_line_with_scikit_survival(name):
         model = make_model(name, {**params, "risk_horizon_days": 365}).fit(X.iloc[train], _as_landmark_target(y[train]))
         scores.append(concordance_index_censored(y[test]["fstat"], y[test]["lenfol"], model.predict(X.iloc[test]))[0])
     assert np.mean(scores) == pytest.approx(0.753, abs=0.04)
+
+
+def test_batch_invariant_dot_is_the_matrix_product_and_batch_independent():
+    rng = np.random.default_rng(8)
+    X, coefficients = rng.normal(size=(30, 12)), rng.normal(size=(3, 12))
+    full = batch_invariant_dot(X, coefficients)
+    np.testing.assert_allclose(full, X @ coefficients.T, rtol=1e-12)
+    for row in (0, 13, 29):
+        np.testing.assert_array_equal(batch_invariant_dot(X[[row]], coefficients), full[[row]])
+    np.testing.assert_allclose(batch_invariant_dot(X, coefficients[0]), X @ coefficients[0], rtol=1e-12)

@@ -10,6 +10,7 @@ import pytest
 from lifelines import CoxTimeVaryingFitter
 
 from features.contract import validate_cohort
+from pipelines import calibration_targets
 from pipelines.calibration_targets import (
     AalenJohansenAt,
     CalibrationData,
@@ -182,14 +183,28 @@ def test_cox_recovers_a_known_hazard_ratio():
     assert "95% CI" in result.note
 
 
-def test_cox_recovers_a_large_hazard_ratio_where_lifelines_default_step_fails():
-    # with this seed lifelines' default Newton step stops at HR 1e-30 (KMT2A lineage switch: HR ~32)
+def _kmt2a_like_patients() -> pd.DataFrame:
+    """8% exposed with relapse HR 30, 20,000 patients: lifelines' default Newton step (0.95) stops at
+    a wrong optimum (HR 1e-30) with a ConvergenceWarning (as for the KMT2A lineage-switch HR ~32)."""
     rng = np.random.default_rng(2)
     x = (rng.random(20000) < 0.08).astype(float)
     relapse, censor = rng.exponential(20000.0 / np.exp(math.log(30.0) * x)), rng.uniform(0.0, 1095.0, 20000)
-    patients = _patients(np.minimum(relapse, censor), np.where(relapse <= censor, "relapse", "none"), x=x)
-    result = CoxHazardRatio("relapse", "all", ("x",), "x").compute(CalibrationData(patients, False))
+    return _patients(np.minimum(relapse, censor), np.where(relapse <= censor, "relapse", "none"), x=x)
+
+
+def test_cox_recovers_a_large_hazard_ratio_and_reports_rejected_fits(monkeypatch):
+    patients = _kmt2a_like_patients()
+    analysis = CoxHazardRatio("relapse", "all", ("x",), "x")
+    result = analysis.compute(CalibrationData(patients, False))
+    assert result.value == pytest.approx(30.0, rel=0.15) and "rejected" not in result.note
+    monkeypatch.setattr(calibration_targets, "COX_NEWTON_STEP_SIZES", (0.95, 0.5))
+    result = analysis.compute(CalibrationData(patients, False))
     assert result.value == pytest.approx(30.0, rel=0.15)
+    assert "fit rejected, step size 0.95: ConvergenceWarning" in result.note
+    monkeypatch.setattr(calibration_targets, "COX_NEWTON_STEP_SIZES", (0.95,))
+    result = analysis.compute(CalibrationData(patients, False))
+    assert math.isnan(result.value)
+    assert "ConvergenceWarning" in result.note and "did not converge at any step size" in result.note
 
 
 def test_cox_reports_separation_instead_of_a_number():
@@ -199,26 +214,52 @@ def test_cox_reports_separation_instead_of_a_number():
     assert math.isnan(result.value) and "no event with x = 0" in result.note
 
 
-def test_counting_process_cox_equals_lifelines_time_varying_fitter():
-    rng = np.random.default_rng(4)
-    n = 300
+def _switching_rows(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Counting-process rows of a covariate switching 0 -> 1 at an exponential time (HR 3 after it)."""
+    rng = np.random.default_rng(seed)
     switch = rng.exponential(200.0, n)
     before = rng.exponential(300.0, n)
     time = np.where(before < switch, before, switch + rng.exponential(100.0, n))
     censor = rng.uniform(0, 900, n)
     stop_all, event_all = np.minimum(time, censor), time <= censor
     switched = switch < stop_all
-    start = np.concatenate([np.zeros(n), switch[switched]])
-    stop = np.concatenate([np.where(switched, switch, stop_all), stop_all[switched]])
-    event = np.concatenate([event_all & ~switched, event_all[switched]])
-    exposed = np.concatenate([np.zeros(n), np.ones(int(switched.sum()))])
-    ids = np.concatenate([np.arange(n), np.flatnonzero(switched)])
-    reference = CoxTimeVaryingFitter().fit(
-        pd.DataFrame({"id": ids, "start": start, "stop": stop, "event": event, "exposed": exposed}),
-        id_col="id", start_col="start", stop_col="stop", event_col="event")
-    log_hr, se = fit_counting_process_cox(start, stop, event, exposed[:, None])
-    assert log_hr[0] == pytest.approx(reference.params_["exposed"], abs=1e-6)
-    assert se[0] == pytest.approx(reference.standard_errors_["exposed"], rel=1e-4)
+    return {"id": np.concatenate([np.arange(n), np.flatnonzero(switched)]),
+            "start": np.concatenate([np.zeros(n), switch[switched]]),
+            "stop": np.concatenate([np.where(switched, switch, stop_all), stop_all[switched]]),
+            "event": np.concatenate([event_all & ~switched, event_all[switched]]),
+            "exposed": np.concatenate([np.zeros(n), np.ones(int(switched.sum()))])}
+
+
+def test_counting_process_cox_equals_lifelines_time_varying_fitter():
+    rows = _switching_rows(300, seed=4)
+    reference = CoxTimeVaryingFitter().fit(pd.DataFrame(rows), id_col="id", start_col="start", stop_col="stop",
+                                           event_col="event")
+    fit = fit_counting_process_cox(rows["start"], rows["stop"], rows["event"], rows["exposed"][:, None])
+    assert fit.converged and fit.rows_dropped == 0 and fit.rows_used == len(rows["stop"])
+    assert fit.log_hazard_ratio[0] == pytest.approx(reference.params_["exposed"], abs=1e-6)
+    assert fit.standard_error[0] == pytest.approx(reference.standard_errors_["exposed"], rel=1e-4)
+
+
+def test_counting_process_cox_leaves_out_and_counts_empty_intervals():
+    rows = _switching_rows(300, seed=4)
+    clean = fit_counting_process_cox(rows["start"], rows["stop"], rows["event"], rows["exposed"][:, None])
+    # an event at day 0 (stop == start) and a reversed interval used to turn every estimate into NaN
+    start = np.concatenate([rows["start"], [0.0, 50.0]])
+    stop = np.concatenate([rows["stop"], [0.0, 20.0]])
+    event = np.concatenate([rows["event"], [True, True]])
+    exposed = np.concatenate([rows["exposed"], [1.0, 0.0]])
+    fit = fit_counting_process_cox(start, stop, event, exposed[:, None])
+    assert fit.converged and fit.rows_dropped == 2 and fit.rows_used == len(rows["stop"])
+    np.testing.assert_allclose(fit.log_hazard_ratio, clean.log_hazard_ratio, rtol=1e-12)
+
+
+def test_counting_process_cox_says_when_it_does_not_converge():
+    rows = _switching_rows(300, seed=4)
+    stopped = fit_counting_process_cox(rows["start"], rows["stop"], rows["event"], rows["exposed"][:, None],
+                                       max_iterations=1)
+    assert not stopped.converged and stopped.iterations == 1 and np.isnan(stopped.log_hazard_ratio).all()
+    constant = fit_counting_process_cox(rows["start"], rows["stop"], rows["event"], np.ones((len(rows["stop"]), 1)))
+    assert not constant.converged and np.isnan(constant.standard_error).all()
 
 
 def test_time_varying_cox_recovers_the_hazard_ratio_after_bca_loss():
@@ -233,6 +274,31 @@ def test_time_varying_cox_recovers_the_hazard_ratio_after_bca_loss():
     result = TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
         CalibrationData(patients, False))
     assert result.value == pytest.approx(4.0, rel=0.10)
+
+
+def test_time_varying_cox_counts_rows_left_out_instead_of_returning_nan():
+    rng = np.random.default_rng(8)
+    n = 4000
+    loss = rng.uniform(30.0, 700.0, n)
+    relapse = rng.exponential(800.0, n)
+    end = np.minimum(relapse, 1000.0)
+    events = np.where(relapse <= 1000.0, "relapse", "none").astype(object)
+    end[:25], events[:25] = 0.0, "relapse"   # events at day 0: empty (0, 0] intervals
+    patients = _patients(end, events, bca_loss_day=loss)
+    result = TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
+        CalibrationData(patients, False))
+    assert np.isfinite(result.value) and result.value == pytest.approx(1.0, abs=0.2)
+    assert "25 rows with an empty interval (stop <= start) left out" in result.note
+
+
+def test_cox_note_names_adjusters_left_out_and_rows_with_missing_covariates():
+    patients = _exponential_cohort(3000, math.log(2.0), seed=10)
+    patients["constant"] = 1.0
+    patients.loc[:99, "x"] = np.nan
+    result = CoxHazardRatio("relapse", "all", ("x", "constant"), "x").compute(CalibrationData(patients, False))
+    assert result.n == 2900 and result.value == pytest.approx(2.0, rel=0.15)
+    assert "adjustment left out: constant does not vary" in result.note
+    assert "100 rows with a missing covariate left out" in result.note
 
 
 def test_landmark_cox_uses_only_patients_in_remission_at_the_landmark():
