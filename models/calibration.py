@@ -106,11 +106,13 @@ def observed_incidence(outcome: Outcome, t: float, weights: np.ndarray | None = 
 
 
 def observed_expected_ratio(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.ndarray | None = None):
-    """Observed (Aalen-Johansen) over mean predicted cumulative incidence at t."""
+    """Observed (Aalen-Johansen) over mean predicted cumulative incidence at t (NaN if none predicted)."""
     cif = np.asarray(cif, dtype=float)
     if multiplicities is None:
-        return observed_incidence(outcome, t) / cif.mean()
-    return np.array([observed_incidence(outcome, t, m) / (m @ cif / m.sum()) for m in multiplicities])
+        expected = cif.mean()
+        return observed_incidence(outcome, t) / expected if expected > 0 else np.nan
+    return np.array([observed_incidence(outcome, t, m) / e if (e := m @ cif / m.sum()) > 0 else np.nan
+                     for m in multiplicities])
 
 
 def calibration_table(outcome: Outcome, cif: np.ndarray, t: float, n_groups: int = 10) -> pd.DataFrame:

@@ -27,7 +27,15 @@ import pandas as pd
 from models.base import ModelInputError, cif_column, relapse_column
 from models.bootstrap import PatientBootstrap, percentile_interval
 from models.calibration import calibration_slope, calibration_table, decile_slope, observed_expected_ratio
-from models.metrics import ENDPOINT, ENDPOINTS, Outcome, brier_score, cumulative_auc, harrell_c, integrated_brier_score, uno_c
+from models.metrics import (
+    ENDPOINT,
+    ENDPOINTS,
+    Outcome,
+    brier_score,
+    concordance_indices,
+    cumulative_auc,
+    integrated_brier_score,
+)
 
 __all__ = [
     "ALL_LANDMARKS",
@@ -115,23 +123,29 @@ def _common_rows(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],
     return keep
 
 
-def _horizon_metrics(outcome: Outcome, prediction: np.ndarray, horizon: float, multiplicities):
-    """(metric name -> value or replicates) at one horizon."""
-    values = {
-        "harrell_c": harrell_c(outcome, prediction, horizon, multiplicities),
-        "uno_c": uno_c(outcome, prediction, horizon, multiplicities),
+def _horizon_metrics(outcome: Outcome, prediction: np.ndarray, horizon: float, multiplicities) -> dict:
+    """(metric name -> value, or replicates when multiplicities are given) at one horizon."""
+    return {
+        **concordance_indices(outcome, prediction, horizon, multiplicities),
         "auc": cumulative_auc(outcome, prediction, horizon, multiplicities),
         "brier": brier_score(outcome, prediction, horizon, multiplicities),
         "calibration_slope": calibration_slope(outcome, prediction, horizon, multiplicities),
     }
-    if multiplicities is None:
-        values["observed_expected"] = observed_expected_ratio(outcome, prediction, horizon)
-    return values
+
+
+def _with_point(multiplicities: np.ndarray | None) -> np.ndarray | None:
+    """Multiplicities with a first row of ones, so one pass gives the point estimate and replicates."""
+    return None if multiplicities is None else np.vstack([np.ones(multiplicities.shape[1]), multiplicities])
 
 
 def _point_and_replicates(outcome, prediction, horizon, multiplicities) -> tuple[dict, dict]:
-    points = _horizon_metrics(outcome, prediction, horizon, None)
-    replicates = {} if multiplicities is None else _horizon_metrics(outcome, prediction, horizon, multiplicities)
+    values = _horizon_metrics(outcome, prediction, horizon, _with_point(multiplicities))
+    if multiplicities is None:
+        points, replicates = values, {}
+    else:
+        points = {metric: float(value[0]) for metric, value in values.items()}
+        replicates = {metric: value[1:] for metric, value in values.items()}
+    points["observed_expected"] = observed_expected_ratio(outcome, prediction, horizon)
     return points, replicates
 
 
@@ -171,10 +185,9 @@ def _score_landmark(collector: _Collector, targets: pd.DataFrame, predictions: M
                 calibration.append(table.assign(landmark_day=landmark, endpoint=endpoint, horizon_days=horizon,
                                                 source=source))
             if len(settings.horizons_days) >= 2:
-                stacked = np.column_stack(cifs)
-                ibs = integrated_brier_score(outcome, stacked, settings.horizons_days)
-                ibs_boot = None if boot is None else integrated_brier_score(outcome, stacked, settings.horizons_days, boot)
-                collector.add((landmark, endpoint, np.nan, "ibs", source), ibs, ibs_boot, (outcome.n, -1))
+                ibs = integrated_brier_score(outcome, np.column_stack(cifs), settings.horizons_days, _with_point(boot))
+                point, replicates = (ibs, None) if boot is None else (ibs[0], ibs[1:])
+                collector.add((landmark, endpoint, np.nan, "ibs", source), point, replicates, (outcome.n, -1))
 
 
 def _finite_mean(values: np.ndarray):

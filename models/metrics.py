@@ -52,6 +52,7 @@ __all__ = [
     "ENDPOINTS",
     "Outcome",
     "brier_score",
+    "concordance_indices",
     "cumulative_auc",
     "harrell_c",
     "integrated_brier_score",
@@ -116,39 +117,52 @@ def _chunks(rows: np.ndarray, n_columns: int) -> Iterator[np.ndarray]:
 
 def _concordant(risk_rows: np.ndarray, risk: np.ndarray) -> np.ndarray:
     """1 when the row's score is higher than the column's, 0.5 for ties, else 0."""
-    difference = risk_rows[:, None] - risk[None, :]
-    return np.where(np.abs(difference) <= _TIED_TOLERANCE, 0.5, (difference > 0).astype(float))
+    difference = np.subtract.outer(risk_rows, risk)
+    score = (difference > _TIED_TOLERANCE).astype(float)
+    score[np.abs(difference) <= _TIED_TOLERANCE] = 0.5
+    return score
 
 
-def _pairwise_ratio(blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], multiplicities: np.ndarray | None):
-    """sum m_i m_j W_ij Q_ij / sum m_i m_j W_ij over blocks (rows, W, Q)."""
-    numerator = 0.0 if multiplicities is None else np.zeros(multiplicities.shape[0])
-    denominator = 0.0 if multiplicities is None else np.zeros(multiplicities.shape[0])
-    for rows, weight, score in blocks:
-        if multiplicities is None:
-            numerator += np.sum(weight * score)
-            denominator += np.sum(weight)
-            continue
-        row_multiplicity = multiplicities[:, rows]
-        numerator += np.einsum("bk,bk->b", row_multiplicity, multiplicities @ (weight * score).T)
-        denominator += np.einsum("bk,bk->b", row_multiplicity, multiplicities @ weight.T)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return numerator / denominator
+def _ratio(numerator: np.ndarray, denominator: np.ndarray):
+    ratio = np.divide(numerator, denominator, out=np.full(np.shape(numerator), np.nan), where=denominator > 0)
+    return float(ratio) if ratio.ndim == 0 else ratio
 
 
-def _concordance_blocks(outcome: Outcome, risk: np.ndarray, tau: float | None, ipcw: bool):
+def _pairwise_ratios(blocks: Iterator[tuple[np.ndarray, np.ndarray, list[np.ndarray]]], n_weights: int,
+                     multiplicities: np.ndarray | None) -> list:
+    """Per weight matrix W: sum m_i m_j W_ij Q_ij / sum m_i m_j W_ij over blocks (rows, Q, [W, ...]).
+
+    NaN when there is no pair. With multiplicities (B, n) each ratio is an array of B values.
+    """
+    shape = () if multiplicities is None else (multiplicities.shape[0],)
+    numerators = [np.zeros(shape) for _ in range(n_weights)]
+    denominators = [np.zeros(shape) for _ in range(n_weights)]
+    for rows, score, weights in blocks:
+        for k, weight in enumerate(weights):
+            if multiplicities is None:
+                numerators[k] += np.sum(weight * score)
+                denominators[k] += np.sum(weight)
+                continue
+            row_multiplicity = multiplicities[:, rows]
+            numerators[k] += np.einsum("bk,bk->b", row_multiplicity, multiplicities @ (weight * score).T)
+            denominators[k] += np.einsum("bk,bk->b", row_multiplicity, multiplicities @ weight.T)
+    return [_ratio(numerator, denominator) for numerator, denominator in zip(numerators, denominators)]
+
+
+def _concordance_blocks(outcome: Outcome, risk: np.ndarray, tau: float | None):
+    """Blocks of case rows: concordance scores and the Harrell (unit) and Uno (IPCW) pair weights."""
     time, status = outcome.time, outcome.status
     limit = np.inf if tau is None else tau
     cases = np.flatnonzero((status == ENDPOINT) & (time < limit))
-    g_at_time = outcome.censoring(time) if ipcw else np.ones(outcome.n)
-    inverse_g = _inverse(g_at_time)
+    inverse_g = _inverse(outcome.censoring(time))
     competing = status == COMPETING
     for rows in _chunks(cases, outcome.n):
         t_i = time[rows][:, None]
         type_a = (time[None, :] > t_i) | ((time[None, :] == t_i) & (status[None, :] == CENSORED))
         type_b = competing[None, :] & (time[None, :] <= t_i)
-        weight = inverse_g[rows][:, None] * (type_a * inverse_g[rows][:, None] + type_b * inverse_g[None, :])
-        yield rows, weight, _concordant(risk[rows], risk)
+        case_weight = inverse_g[rows][:, None]
+        uno = case_weight * (type_a * case_weight + type_b * inverse_g[None, :])
+        yield rows, _concordant(risk[rows], risk), [(type_a | type_b).astype(float), uno]
 
 
 def _check_risk(outcome: Outcome, values: np.ndarray, name: str) -> np.ndarray:
@@ -158,6 +172,25 @@ def _check_risk(outcome: Outcome, values: np.ndarray, name: str) -> np.ndarray:
     if np.isnan(values).any():
         raise ModelInputError(f"{name}: predictions contain NaN")
     return values
+
+
+def concordance_indices(outcome: Outcome, risk: np.ndarray, tau: float | None = None,
+                        multiplicities: np.ndarray | None = None) -> dict:
+    """Harrell's and Uno's concordance from one pass over the pairs.
+
+    Parameters
+    ----------
+    outcome, risk, tau, multiplicities
+        As :func:`harrell_c`.
+
+    Returns
+    -------
+    dict
+        ``{"harrell_c": ..., "uno_c": ...}``, floats or arrays of B values.
+    """
+    risk = _check_risk(outcome, risk, "concordance")
+    harrell, uno = _pairwise_ratios(_concordance_blocks(outcome, risk, tau), 2, multiplicities)
+    return {"harrell_c": harrell, "uno_c": uno}
 
 
 def harrell_c(outcome: Outcome, risk: np.ndarray, tau: float | None = None, multiplicities: np.ndarray | None = None):
@@ -177,8 +210,7 @@ def harrell_c(outcome: Outcome, risk: np.ndarray, tau: float | None = None, mult
     -------
     float or ndarray
     """
-    risk = _check_risk(outcome, risk, "harrell_c")
-    return _pairwise_ratio(_concordance_blocks(outcome, risk, tau, ipcw=False), multiplicities)
+    return concordance_indices(outcome, risk, tau, multiplicities)["harrell_c"]
 
 
 def uno_c(outcome: Outcome, risk: np.ndarray, tau: float | None = None, multiplicities: np.ndarray | None = None):
@@ -193,8 +225,7 @@ def uno_c(outcome: Outcome, risk: np.ndarray, tau: float | None = None, multipli
     -------
     float or ndarray
     """
-    risk = _check_risk(outcome, risk, "uno_c")
-    return _pairwise_ratio(_concordance_blocks(outcome, risk, tau, ipcw=True), multiplicities)
+    return concordance_indices(outcome, risk, tau, multiplicities)["uno_c"]
 
 
 def known_status_weights(outcome: Outcome, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,9 +262,9 @@ def cumulative_auc(outcome: Outcome, risk: np.ndarray, t: float, multiplicities:
 
     def blocks():
         for rows in _chunks(cases, outcome.n):
-            yield rows, weight[rows][:, None] * control_weight[None, :], _concordant(risk[rows], risk)
+            yield rows, _concordant(risk[rows], risk), [weight[rows][:, None] * control_weight[None, :]]
 
-    return _pairwise_ratio(blocks(), multiplicities)
+    return _pairwise_ratios(blocks(), 1, multiplicities)[0]
 
 
 def _weighted_mean(terms: np.ndarray, multiplicities: np.ndarray | None):

@@ -64,6 +64,7 @@ __all__ = [
     "calibration_misses",
     "quarantine_summary",
     "render_markdown",
+    "efs_by_burden_figure",
     "run_calibration",
 ]
 
@@ -559,7 +560,15 @@ def render_markdown(results: pd.DataFrame, n_patients: int, seed: int, command: 
 
 
 def efs_by_burden_figure(infusions: pd.DataFrame, outcomes: pd.DataFrame, path: Path) -> None:
-    """Kaplan-Meier EFS by marrow burden with the published points (PRWCC, ELIANA), saved as PNG."""
+    """Kaplan-Meier EFS by marrow burden with the published points (PRWCC, ELIANA), saved as PNG.
+
+    Parameters
+    ----------
+    infusions, outcomes : DataFrame
+        A cohort's tables in the data contract.
+    path : Path
+        PNG file to write (its folder is created); no date in the metadata, so it is reproducible.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -642,6 +651,7 @@ def run_calibration(n_patients: int, seed: int, out_path: Path) -> pd.DataFrame:
         progress.advance(task)
 
         def advance(target_id: str) -> None:
+            """Show the target being computed and advance the bar."""
             progress.update(task, description=f"computing {target_id}", advance=1)
 
         results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, cohort.ground_truth,

@@ -74,11 +74,12 @@ class CarRelapseModel(mlflow.pyfunc.PythonModel):
         self._score = MicroBatcher(partial(score_records, self._bundle))
 
     def predict(self, context, model_input: list[PatientRecord], params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
-        """One output row per patient (see ``models.serving.score_records``)."""
+        """One output row per patient (see ``models.serving.score_records``); missing values are None."""
         try:
-            return self._score(model_input)
+            scores = self._score(model_input)
         except ScoringInputError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
+        return scores.astype(object).where(scores.notna(), None)  # missing -> JSON null, not NaN
 
 
 def pip_requirements() -> list[str]:

@@ -91,7 +91,7 @@ def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutc
     relapse = first.event == EVENT_RELAPSE
     phenotype = np.array(_PHENOTYPE_CAUSES, dtype=object)[outcome.relapse.phenotype]
     frame = pd.DataFrame({
-        "patient_id": ids, "car_persistence_day": draws.tp, **_crossing_by_phenotype(outcome.crossings),
+        "patient_id": ids, "car_persistence_day": draws.car_loss_day, **_crossing_by_phenotype(outcome.crossings),
         "true_response": outcome.responder, "true_event": event,
         "true_event_day": np.where(np.isfinite(first.day), first.day, np.nan),
         "true_relapse_phenotype": np.where(relapse, phenotype, None),
@@ -161,6 +161,19 @@ def run_simulate(n_patients: int, seed: int, out_dir: Path, with_oracle: bool = 
 
     Writes ``infusions``, ``measurements`` and ``outcomes`` in ``file_format`` (parquet or csv),
     and ``ground_truth.parquet`` (plus ``oracle.parquet`` with ``with_oracle``).
+
+    Parameters
+    ----------
+    n_patients : int
+        Number of patients (>= 1).
+    seed : int
+        Random seed.
+    out_dir : Path
+        The cohort folder.
+    with_oracle : bool
+        Also compute and write the Monte Carlo oracle (slower).
+    file_format : {"parquet", "csv"}
+        Format of the three input tables.
 
     Raises
     ------

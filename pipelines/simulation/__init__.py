@@ -31,3 +31,5 @@ Modules, in the order the course unfolds
 
 ``pipelines.simulate.simulate_cohort`` runs them; ``run_simulate`` writes the cohort folder.
 """
+
+__all__: list[str] = []

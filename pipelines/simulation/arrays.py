@@ -1,4 +1,4 @@
-"""Small array helpers shared by the simulation modules: row selection of array dataclasses."""
+"""Small array helpers shared by the simulation modules: rows of array dataclasses, columns, hazards."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["take_rows", "expit", "smooth_below", "first_true_index", "sample_decaying_hazard"]
+__all__ = ["take_rows", "as_column", "expit", "smooth_below", "first_true_index", "sample_decaying_hazard"]
 
 T = TypeVar("T")
 
@@ -35,6 +35,17 @@ def take_rows(record: T, rows: np.ndarray) -> T:
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             values[spec.name] = take_rows(value, rows)
     return dataclasses.replace(record, **values)
+
+
+def as_column(values: np.ndarray | float, like: np.ndarray) -> np.ndarray | float:
+    """Per-patient values (shape (n,)) as a column when ``like`` is 2-d (patients x times).
+
+    Scalars, and any values when ``like`` is 1-d, are returned unchanged, so one formula serves
+    one day per patient and a grid of days per patient.
+    """
+    if np.ndim(values) == 1 and np.ndim(like) == 2:
+        return values[:, None]
+    return values
 
 
 def expit(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -53,6 +54,8 @@ __all__ = [
     "decision_view",
 ]
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class LatentPatients:
@@ -64,8 +67,11 @@ class LatentPatients:
     observation: ObservationLatent
     schedule: Schedule
     hsct_policy: np.ndarray
+    """The center's multiplier of the per-visit HSCT decision hazard."""
     b_cells_in_pct: np.ndarray
+    """The center reports B cells in % of lymphocytes (else cells/uL)."""
     hsct_delay_days: np.ndarray
+    """Work-up time from the HSCT decision to the transplant."""
 
     @property
     def n(self) -> int:
@@ -77,10 +83,13 @@ class LatentPatients:
 class CourseDraws:
     """The random course of each patient given its latent parameters."""
 
-    tp: np.ndarray
+    car_loss_day: np.ndarray
+    """T_p, the day the CAR stops working (``inf``: persists)."""
     escape_day: np.ndarray
+    """Day an escape variant arises under CAR pressure (``inf``: none)."""
     escape_myeloid: np.ndarray
     death_day: np.ndarray
+    """Latent day of death in remission (``inf`` never happens: the late hazard is constant)."""
     noise: VisitNoise
 
 
@@ -90,22 +99,32 @@ class CourseOutcome:
 
     clonal: ClonalCourse
     crossings: np.ndarray
+    """Crossing day of each clone, shape (n, 5) (:meth:`ClonalCourse.crossing_days`)."""
     responder: np.ndarray
+    """Remission (CR/CRi) at the response assessment."""
     relapse: Relapse
     hsct_day: np.ndarray
+    """Day of a consolidative HSCT if nothing comes first (``inf``: not decided)."""
     first: FirstEvent
     observed: VisitObservations
     b_cells_value: np.ndarray
+    """Observed B cells at each visit slot in the center's unit (NaN: not done)."""
 
 
 def draw_latent_patients(n: int, rng: np.random.Generator, params: SimulationParams) -> LatentPatients:
     """Draw the latent parameters of ``n`` patients.
 
+    Covariates first, then CAR persistence (its primary failure weakens expansion), the leukemia,
+    the observation properties and the visit schedule, all from the one latent-patient stream.
+
     Parameters
     ----------
     n : int
+        Number of patients.
     rng : numpy.random.Generator
+        The latent-patient stream (the order of the draws is part of the calibrated cohort).
     params : SimulationParams
+        Every parameter; the sites give the HSCT policy and the B-cell reporting unit.
 
     Returns
     -------
@@ -128,13 +147,16 @@ def draw_latent_patients(n: int, rng: np.random.Generator, params: SimulationPar
 
 def draw_course(latent: LatentPatients, rng: np.random.Generator, params: SimulationParams,
                 full_noise: bool = True) -> CourseDraws:
-    """Draw a patient's course from infusion on.
+    """Draw a patient's course from infusion on: T_p, acquired escape, death and result noise.
 
     Parameters
     ----------
     latent : LatentPatients
+        The patients.
     rng : numpy.random.Generator
+        The course stream.
     params : SimulationParams
+        Persistence, disease and event parameters.
     full_noise : bool
         Also draw the noise only the output tables need (CAR copies, antigen).
 
@@ -142,10 +164,10 @@ def draw_course(latent: LatentPatients, rng: np.random.Generator, params: Simula
     -------
     CourseDraws
     """
-    tp = sample_persistence_day(latent.persistence, rng, params.persistence)
-    escape_day, escape_myeloid = sample_escape(latent.disease, tp, rng, params.disease)
+    car_loss_day = sample_persistence_day(latent.persistence, rng, params.persistence)
+    escape_day, escape_myeloid = sample_escape(latent.disease, car_loss_day, rng, params.disease)
     return CourseDraws(
-        tp=tp, escape_day=escape_day, escape_myeloid=escape_myeloid,
+        car_loss_day=car_loss_day, escape_day=escape_day, escape_myeloid=escape_myeloid,
         death_day=sample_death_day(latent.cov.prior_hsct, rng, params.events),
         noise=draw_visit_noise(latent.schedule.day.shape, rng, full=full_noise),
     )
@@ -154,24 +176,29 @@ def draw_course(latent: LatentPatients, rng: np.random.Generator, params: Simula
 def run_course(latent: LatentPatients, draws: CourseDraws, params: SimulationParams) -> CourseOutcome:
     """Resolve response, relapse, HSCT and the first event from the latent state and the draws.
 
+    Deterministic: the same latent state and draws give the same course (the oracle relies on it).
+
     Parameters
     ----------
     latent : LatentPatients
+        The patients (rows may repeat: Monte Carlo replicates).
     draws : CourseDraws
+        Their course draws.
     params : SimulationParams
+        Thresholds, observation and event parameters.
 
     Returns
     -------
     CourseOutcome
     """
     dp = params.disease
-    clonal = clonal_course(latent.disease, draws.tp, draws.escape_day, draws.escape_myeloid, dp)
+    clonal = clonal_course(latent.disease, draws.car_loss_day, draws.escape_day, draws.escape_myeloid, dp)
     crossings = clonal.crossing_days(dp.marrow_threshold_log10, dp.em_threshold_log10)
     response_day = latent.schedule.day[:, 0]
     responder = responds(clonal, response_day, draws.death_day, dp)
     relapse = relapse_from_crossings(crossings, dp)
     observed = observe_visits(clonal, latent.observation, latent.schedule, draws.noise, params.observation)
-    true_b = b_cells_per_ul(latent.schedule.day, draws.tp, latent.persistence, params.persistence)
+    true_b = b_cells_per_ul(latent.schedule.day, draws.car_loss_day, latent.persistence, params.persistence)
     b_value, b_recovered = observe_b_cells(true_b, latent.persistence.lymphocytes_per_ul, latent.b_cells_in_pct,
                                            latent.schedule.b_cells, draws.noise.b_cells, params.observation)
     eligible_until = np.where(responder, np.minimum(relapse.day, draws.death_day), -np.inf)
@@ -183,7 +210,7 @@ def run_course(latent: LatentPatients, draws: CourseDraws, params: SimulationPar
                          hsct_day=hsct_day, first=first, observed=observed, b_cells_value=b_value)
 
 
-def _first_columns(record, k: int):
+def _first_columns(record: T, k: int) -> T:
     """Copy of a dataclass with every 2-d array field cut to its first ``k`` columns."""
     values = {spec.name: getattr(record, spec.name)[:, :k] for spec in dataclasses.fields(record)
               if isinstance(getattr(record, spec.name), np.ndarray) and getattr(record, spec.name).ndim == 2}
@@ -195,6 +222,20 @@ def decision_view(latent: LatentPatients, draws: CourseDraws, params: Simulation
     """Restrict the schedule and noise to the visits at which an HSCT can still be decided.
 
     Events do not depend on later visits, so the Monte Carlo oracle runs on this view.
+
+    Parameters
+    ----------
+    latent : LatentPatients
+        The patients.
+    draws : CourseDraws
+        Their course draws.
+    params : SimulationParams
+        The nominal visit days and the last day an HSCT is decided.
+
+    Returns
+    -------
+    (LatentPatients, CourseDraws)
+        The same with the visit-slot arrays cut to the decision visits.
     """
     nominal = np.asarray(params.observation.visit_days, dtype=float)
     k = int(np.sum(nominal <= params.events.hsct_last_decision_day))

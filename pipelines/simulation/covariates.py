@@ -103,7 +103,7 @@ def _draw_antigen(n: int, cov: dict, rng: np.random.Generator, p: CovariateParam
     p_dim = np.choose(blina, [p.p_cd19_dim_base, p.p_cd19_dim_blina_responder, p.p_cd19_dim_blina_nonresponder])
     dim = rng.random(n) < p_dim
     positive_share = np.where(dim, rng.beta(6, 4, n), rng.beta(40, 1, n))
-    normal_b = p.normal_b_bm_pct_median * np.exp(rng.normal(0.0, p.normal_b_bm_log_sd, n))
+    normal_b = p.normal_b_bm_pct.draw(rng, n)
     normal_b *= np.where(cov["inotuzumab"], p.normal_b_factor_inotuzumab, 1.0)
     normal_b *= np.where(blina != BLINA_NAIVE, p.normal_b_factor_blinatumomab, 1.0)
     blasts = 100.0 * 10.0 ** cov["burden_log10"]
@@ -149,7 +149,7 @@ def draw_covariates(n: int, rng: np.random.Generator, p: CovariateParams,
         tp53=rng.random(n) < p.p_tp53, hypodiploid=rng.random(n) < p.p_hypodiploid,
         ph_positive=rng.random(n) < p.p_ph_positive, bm_blasts_pct=blasts_pct, cns_status=cns,
         active_emd=rng.random(n) < p.p_active_emd, cd28=rng.random(n) < cd28_share,
-        cell_dose_per_kg=np.round(p.cell_dose_median_per_kg * np.exp(rng.normal(0, p.cell_dose_log_sd, n)), -3),
-        flu_auc=p.flu_auc_median * np.exp(rng.normal(0.0, p.flu_auc_log_sd, n)),
+        cell_dose_per_kg=np.round(p.cell_dose_per_kg.draw(rng, n), -3),
+        flu_auc=p.fludarabine_auc_mg_h_per_l.draw(rng, n),
         flu_auc_measured=measured, tcell_fitness=fitness, **cov,
     )

@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 EVENT_NONE, EVENT_RELAPSE, EVENT_DEATH, EVENT_HSCT = 0, 1, 2, 3
+"""Event codes (``tables.EVENT_NAMES`` spells them)."""
 SITE_MEDULLARY, SITE_EXTRAMEDULLARY, SITE_COMBINED = 0, 1, 2
+"""Relapse site codes (``tables.SITE_NAMES`` spells them)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,11 @@ class Relapse:
     """Latent relapse of each patient (if nothing else happened first)."""
 
     day: np.ndarray
+    """Days since infusion of the first clone's crossing; ``inf``: never."""
     phenotype: np.ndarray
+    """0 CD19_pos, 1 CD19_neg, 2 lineage_switch: the phenotype of the clone that crossed first."""
     site: np.ndarray
+    """A ``SITE_*`` code: the compartment(s) crossing within ``combined_site_window_days``."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,30 @@ class FirstEvent:
     """The first event after infusion (latent, before administrative censoring)."""
 
     event: np.ndarray
+    """An ``EVENT_*`` code."""
     day: np.ndarray
+    """Days since infusion; ``inf`` for ``EVENT_NONE``."""
 
 
 def responds(course: ClonalCourse, response_day: np.ndarray, death_day: np.ndarray,
              p: DiseaseParams) -> np.ndarray:
-    """Remission at the response assessment: alive, marrow clones < 5%, no evident EM disease."""
+    """Remission at the response assessment: alive, marrow clones < 5%, no evident EM disease.
+
+    Parameters
+    ----------
+    course : ClonalCourse
+        The latent clone burdens.
+    response_day : ndarray
+        Day of the response assessment (days since infusion, about 28).
+    death_day : ndarray
+        Latent day of death (a patient dead by the assessment does not respond).
+    p : DiseaseParams
+        Marrow and extramedullary thresholds.
+
+    Returns
+    -------
+    ndarray of bool
+    """
     burden = course.log10_burden(response_day)
     marrow = np.maximum.reduce([burden["pos_m"], burden["neg_m"], burden["my_m"]])
     em = np.maximum(burden["pos_e"], burden["neg_e"])
@@ -95,7 +118,24 @@ def relapse_from_crossings(crossings: np.ndarray, p: DiseaseParams) -> Relapse:
 
 def sample_death_day(prior_hsct: np.ndarray, rng: np.random.Generator, p: EventParams,
                      after_day: np.ndarray | float = 0.0) -> np.ndarray:
-    """Day of death in remission, given alive at ``after_day``: early toxicity or later infection."""
+    """Day of death in remission, given alive at ``after_day``: early toxicity or later infection.
+
+    Parameters
+    ----------
+    prior_hsct : ndarray of bool
+        A transplant before CAR T cells raises the later (infection) hazard.
+    rng : numpy.random.Generator
+        The course stream.
+    p : EventParams
+        Treatment-related death probability and decay, later death rate.
+    after_day : float or ndarray
+        Condition on being alive at this day (the oracle's landmark).
+
+    Returns
+    -------
+    ndarray
+        Days since infusion (the earlier of the two causes).
+    """
     n = prior_hsct.shape[0]
     total = -np.log1p(-p.p_treatment_related_death)
     early = sample_decaying_hazard(total, p.treatment_related_tau_days, rng, n, after_day)
@@ -123,7 +163,14 @@ def hsct_decision_day(observed: VisitObservations, schedule: Schedule, b_cells_r
         Center policy multiplier per patient.
     prior_hsct : ndarray of bool
     decision_uniform : ndarray, shape (n, V)
+        Uniform draw of each visit's decision (decided when below 1 - exp(-hazard)).
     p : EventParams
+        Per-visit hazards of deciding an HSCT and the last day a decision is taken.
+
+    Returns
+    -------
+    ndarray
+        Day of the deciding visit (days since infusion); the transplant follows after a delay.
     """
     mrd_positive = np.zeros_like(schedule.attended)
     for series in MRD_SERIES:
@@ -142,6 +189,21 @@ def first_event(responder: np.ndarray, response_day: np.ndarray, relapse_day: np
 
     Non-responders leave the CAR-only course at the assessment: their only possible event is a
     death before it.
+
+    Parameters
+    ----------
+    responder : ndarray of bool
+        Remission at the assessment.
+    response_day : ndarray
+        Day of the assessment.
+    relapse_day, death_day, hsct_day : ndarray
+        Latent day of each event (``inf``: never), days since infusion.
+    horizon_days : float
+        Events after it count as none.
+
+    Returns
+    -------
+    FirstEvent
     """
     relapse = np.where(responder, relapse_day, np.inf)
     hsct = np.where(responder, hsct_day, np.inf)
@@ -154,7 +216,22 @@ def first_event(responder: np.ndarray, response_day: np.ndarray, relapse_day: np
 
 
 def draw_censoring_day(site_start_day: np.ndarray, rng: np.random.Generator, p: EventParams) -> np.ndarray:
-    """Administrative censoring (staggered enrolment to a common cut-off) or loss to follow-up."""
+    """Administrative censoring (staggered enrolment to a common cut-off) or loss to follow-up.
+
+    Parameters
+    ----------
+    site_start_day : ndarray
+        Day (from the consortium start) each patient's center began to enrol.
+    rng : numpy.random.Generator
+        The censoring stream.
+    p : EventParams
+        Last enrolment day, consortium cut-off and the loss-to-follow-up rate.
+
+    Returns
+    -------
+    ndarray
+        Whole days from infusion to the end of follow-up.
+    """
     n = site_start_day.shape[0]
     enrolment_day = rng.uniform(site_start_day, p.last_enrolment_day, n)
     administrative = p.consortium_cutoff_day - enrolment_day

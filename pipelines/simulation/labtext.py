@@ -23,8 +23,11 @@ class ResultRows:
     """Formatted results: text value, unit (None = empty) and detection limit in that unit."""
 
     value: np.ndarray
+    """What the lab writes: a number as text, ``"0.06%"``, ``"<0.01%"``, ``"NEG"``, ``"detected <LOQ"`` ..."""
     unit: np.ndarray
+    """The row's unit (``fraction``, ``percent``, ``cells/uL`` ...); None when the text carries ``%``."""
     detection_limit: np.ndarray
+    """In the row's unit (the quantitation limit for "detected <LOQ"); NaN when none applies."""
 
 
 def format_significant(values: np.ndarray, digits: int = 3, style: str = "g") -> np.ndarray:

@@ -41,8 +41,11 @@ class ObservationLatent:
     """Per-patient properties of the observation process."""
 
     pb_offset_log10: np.ndarray
+    """How many logs the blood runs below the marrow."""
     ngs_trackable: np.ndarray
+    """The leukemia has a clonal rearrangement NGS can track (about 90%)."""
     patchy_marrow: np.ndarray
+    """An aspirate can miss the disease (see :class:`~pipelines.simulation.disease.DiseaseLatent`)."""
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,19 @@ class Schedule:
     """Visit days and which assays were done (arrays of shape (n, V); V = schedule slots)."""
 
     day: np.ndarray
+    """Visit day (days since infusion); slot 0 is the response assessment."""
     attended: np.ndarray
+    """The visit took place (slot 0 always)."""
     bm: np.ndarray
+    """A marrow aspirate was done (flow MRD)."""
     bm_ngs: np.ndarray
+    """NGS MRD was run on the aspirate (if the patient has a trackable clone)."""
     pb_flow: np.ndarray
     pb_ngs: np.ndarray
     b_cells: np.ndarray
     car_copies: np.ndarray
     pre_infusion_day: np.ndarray
+    """Day of the pre-infusion work-up, shape (n,) (negative)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +80,11 @@ class VisitNoise:
     pb_ngs: np.ndarray
     b_cells: np.ndarray
     decision: np.ndarray
+    """Uniform (0, 1) of the HSCT decision at the visit."""
     car_copies: Optional[np.ndarray] = None
     antigen: Optional[np.ndarray] = None
+    """Drawn but unused: antigen results take their noise from the tables stream. Dropping it would
+    shift every later draw of the course stream, so it stays until the next recalibration."""
 
 
 @dataclass(frozen=True)
@@ -81,14 +92,32 @@ class VisitObservations:
     """Observed log10 results at each visit (n, V); NaN where the assay was not done."""
 
     log10: dict[str, np.ndarray]
+    """Observed log10 fraction of nucleated cells by :data:`MRD_SERIES` key."""
     detected: dict[str, np.ndarray]
+    """At or above the assay's detection limit (False where not done)."""
 
 
 def draw_observation_latent(n: int, patchy: np.ndarray, rng: np.random.Generator,
                             p: ObservationParams) -> ObservationLatent:
-    """Draw the patient-level observation properties (PB offset, NGS clone)."""
+    """Draw the patient-level observation properties (PB offset, NGS clone).
+
+    Parameters
+    ----------
+    n : int
+        Number of patients.
+    patchy : ndarray of bool
+        Patchy marrow disease (drawn with the disease).
+    rng : numpy.random.Generator
+        The latent-patient stream.
+    p : ObservationParams
+        PB offset distribution and the share with a trackable NGS clone.
+
+    Returns
+    -------
+    ObservationLatent
+    """
     return ObservationLatent(
-        pb_offset_log10=rng.normal(p.pb_offset_mean, p.pb_offset_sd, n),
+        pb_offset_log10=p.pb_offset_log10.draw(rng, n),
         ngs_trackable=rng.random(n) < p.p_ngs_trackable,
         patchy_marrow=patchy,
     )
@@ -138,8 +167,23 @@ def draw_schedule(site: np.ndarray, response_day: np.ndarray, rng: np.random.Gen
 
 
 def draw_visit_noise(shape: tuple[int, int], rng: np.random.Generator, full: bool = True) -> VisitNoise:
-    """Draw the noise of every result; ``full=False`` skips what only the tables need."""
+    """Draw the noise of every result at every visit slot.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (patients, visit slots).
+    rng : numpy.random.Generator
+        The course stream (the order of the draws below is part of the calibrated cohort).
+    full : bool
+        Also draw what only the tables need (CAR copies, antigen); the oracle does without.
+
+    Returns
+    -------
+    VisitNoise
+    """
     def normal() -> np.ndarray:
+        """Standard-normal float32 noise of one result series."""
         return rng.standard_normal(shape, dtype=np.float32)
 
     extra = dict(car_copies=normal(), antigen=normal()) if full else {}

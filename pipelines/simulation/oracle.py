@@ -76,9 +76,9 @@ def conditional_draws(latent: LatentPatients, realised: CourseDraws, landmark_da
     CourseDraws
     """
     s = float(landmark_day)
-    fresh_tp = sample_persistence_day(latent.persistence, rng, params.persistence, after_day=s)
-    tp = _keep_past(realised.tp, fresh_tp, realised.tp <= s)
-    fresh_escape, fresh_myeloid = sample_escape(latent.disease, tp, rng, params.disease, after_day=s)
+    fresh_loss_day = sample_persistence_day(latent.persistence, rng, params.persistence, after_day=s)
+    car_loss_day = _keep_past(realised.car_loss_day, fresh_loss_day, realised.car_loss_day <= s)
+    fresh_escape, fresh_myeloid = sample_escape(latent.disease, car_loss_day, rng, params.disease, after_day=s)
     escaped = realised.escape_day <= s
     fresh_noise = draw_visit_noise(latent.schedule.day.shape, rng, full=False)
     past_visit = latent.schedule.day <= s
@@ -87,7 +87,7 @@ def conditional_draws(latent: LatentPatients, realised: CourseDraws, landmark_da
         for name in ("patch", "bm_flow", "bm_ngs", "pb_sampling", "pb_flow", "pb_ngs", "b_cells", "decision")
     })
     return CourseDraws(
-        tp=tp, escape_day=_keep_past(realised.escape_day, fresh_escape, escaped),
+        car_loss_day=car_loss_day, escape_day=_keep_past(realised.escape_day, fresh_escape, escaped),
         escape_myeloid=_keep_past(realised.escape_myeloid, fresh_myeloid, escaped),
         death_day=sample_death_day(latent.cov.prior_hsct, rng, params.events, after_day=s), noise=noise,
     )

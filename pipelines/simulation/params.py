@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = [
+    "Normal",
+    "LogNormal",
     "SiteParams",
     "CovariateParams",
     "DiseaseParams",
@@ -20,6 +24,42 @@ __all__ = [
     "SimulationParams",
     "DEFAULT_SITES",
 ]
+
+
+@dataclass(frozen=True)
+class Normal:
+    """A normal distribution of a per-patient parameter (mean and sd in the parameter's unit)."""
+
+    mean: float
+    sd: float
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Draw ``n`` values, one per patient, with a single ``rng.normal`` call.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The random stream.
+        n : int
+            Number of patients.
+
+        Returns
+        -------
+        ndarray of float, shape (n,)
+        """
+        return rng.normal(self.mean, self.sd, n)
+
+
+@dataclass(frozen=True)
+class LogNormal:
+    """A log-normal distribution: median (in the parameter's unit) and sd of the natural log."""
+
+    median: float
+    log_sd: float
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``median * exp(x)`` with ``x`` drawn as :meth:`Normal.draw` of ``Normal(0, log_sd)``."""
+        return self.median * np.exp(Normal(0.0, self.log_sd).draw(rng, n))
 
 
 @dataclass(frozen=True)
@@ -88,17 +128,16 @@ class CovariateParams:
     p_cns2: float = 0.08
     p_cns3: float = 0.06
     p_active_emd: float = 0.09
-    normal_b_bm_pct_median: float = 3.0
-    normal_b_bm_log_sd: float = 0.9
+    normal_b_bm_pct: LogNormal = LogNormal(median=3.0, log_sd=0.9)
+    """Normal CD19+ B cells before lymphodepletion, % of marrow cells (before the factors below)."""
     normal_b_factor_inotuzumab: float = 0.15
     normal_b_factor_blinatumomab: float = 0.5
     p_cd19_dim_base: float = 0.10
     p_cd19_dim_blina_responder: float = 0.16
     p_cd19_dim_blina_nonresponder: float = 0.8
-    flu_auc_median: float = 15.0
-    flu_auc_log_sd: float = 0.38
-    cell_dose_median_per_kg: float = 1.7e6
-    cell_dose_log_sd: float = 0.5
+    fludarabine_auc_mg_h_per_l: LogNormal = LogNormal(median=15.0, log_sd=0.38)
+    cell_dose_per_kg: LogNormal = LogNormal(median=1.7e6, log_sd=0.5)
+    """CAR+ T cells infused per kg."""
     tcell_fitness_blina_nonresponder: float = -1.6
     tcell_fitness_per_extra_line: float = -0.08
 
@@ -114,11 +153,11 @@ class DiseaseParams:
     em_threshold_log10: float = -2.0
     """Clinically evident extramedullary disease (marrow-equivalent burden)."""
     expansion_days: float = 28.0
-    lymphodepletion_log_kill: float = 1.0
+    lymphodepletion_log10_kill: float = 1.0
     """Debulking of every clone by fludarabine/cyclophosphamide at optimal exposure."""
-    lymphodepletion_log_kill_low_flu: float = 0.2
-    expansion_log_kill_mean: float = 7.0
-    expansion_log_kill_sd: float = 1.3
+    lymphodepletion_log10_kill_low_flu: float = 0.2
+    expansion_log10_kill: Normal = Normal(mean=7.0, sd=1.3)
+    """log10 kill of CD19-positive cells over the expansion phase, before the modifiers below."""
     expansion_kill_per_fitness: float = 0.6
     expansion_kill_low_flu: float = 2.0
     expansion_kill_low_load: float = 0.3
@@ -126,18 +165,16 @@ class DiseaseParams:
     expansion_kill_per_log_burden: float = 0.8
     """Effector-to-target ratio: log10 kill lost per log10 of burden above ``expansion_reference_burden``."""
     expansion_reference_burden: float = -2.0
-    maintenance_kill_median: float = 0.04
-    maintenance_kill_log_sd: float = 0.5
+    maintenance_kill_log10_per_day: LogNormal = LogNormal(median=0.04, log_sd=0.5)
+    """Kill rate of the persisting CAR after expansion, at the reference burden."""
     maintenance_kill_per_log_burden: float = 0.12
     """Exhaustion: the persisting CAR's kill rate is divided by 10**(this x (burden - reference))."""
-    regrowth_median: float = 0.024
-    regrowth_log_sd: float = 0.35
+    regrowth_log10_per_day: LogNormal = LogNormal(median=0.024, log_sd=0.35)
+    """Growth of the CD19-positive clone after CAR loss."""
     regrowth_factor_two_prior_crs: float = 1.15
-    neg_growth_mean: float = 0.022
-    neg_growth_sd: float = 0.015
-    """Normal: some CD19-negative variants are unfit (net decline) and never grow out."""
-    myeloid_growth_median: float = 0.06
-    myeloid_growth_log_sd: float = 0.3
+    neg_growth_log10_per_day: Normal = Normal(mean=0.022, sd=0.015)
+    """Normal, not log-normal: some CD19-negative variants are unfit (net decline) and never grow out."""
+    myeloid_growth_log10_per_day: LogNormal = LogNormal(median=0.06, log_sd=0.3)
     dim_seed_factor: float = 5.0
     dim_fraction_log10_mean: float = -0.6
     hidden_fraction_log10_mean: float = -5.0
@@ -196,13 +233,12 @@ class PersistenceParams:
     lymphodepletion_b_recovery_day: float = 30.0
     """Lymphodepletion alone keeps B cells away about this long, CAR or not."""
     b_recovery_tau_days: float = 25.0
-    b_cells_max_median_per_ul: float = 250.0
-    b_cells_max_log_sd: float = 0.6
-    alc_median_per_ul: float = 1200.0
-    alc_log_sd: float = 0.4
+    b_cells_max_per_ul: LogNormal = LogNormal(median=250.0, log_sd=0.6)
+    """Peripheral CD19+ B cells once fully recovered."""
+    lymphocytes_per_ul: LogNormal = LogNormal(median=1200.0, log_sd=0.4)
+    """Other (non-B) peripheral lymphocytes, the denominator of B cells in % of lymphocytes."""
     b_cells_aplasia_per_ul: float = 0.2
-    car_peak_log10_mean: float = 4.5
-    car_peak_log10_sd: float = 0.5
+    car_peak_log10_copies_per_ug: Normal = Normal(mean=4.5, sd=0.5)
     car_peak_day: float = 14.0
     car_decline_log10_per_day: float = 0.008
     car_plateau_log10: float = 2.3
@@ -239,8 +275,8 @@ class ObservationParams:
     b_cells_recovery_pct: float = 1.0
     car_copies_limit: float = 5.0
     assay_noise_sd: float = 0.2
-    pb_offset_mean: float = 1.5
-    pb_offset_sd: float = 0.3
+    pb_offset_log10: Normal = Normal(mean=1.5, sd=0.3)
+    """How many logs peripheral blood runs below the marrow (per patient)."""
     pb_noise_sd: float = 0.35
     em_to_pb_offset: float = 1.0
     patch_sd_patchy: float = 1.0

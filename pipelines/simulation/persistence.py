@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.simulation.arrays import expit, smooth_below
+from pipelines.simulation.arrays import as_column, expit, smooth_below
 from pipelines.simulation.covariates import Covariates
 from pipelines.simulation.params import PersistenceParams
 
@@ -31,22 +31,34 @@ class PersistenceLatent:
     """Per-patient latent persistence parameters (arrays of length n)."""
 
     primary_failure: np.ndarray
+    """The product fails to expand: the CAR is lost on ``primary_failure_day``."""
     primary_failure_day: np.ndarray
     long_persistence: np.ndarray
+    """The CAR persists for years (T_p = inf)."""
     log_hazard_ratio: np.ndarray
+    """Log hazard ratio of CAR loss of the others (Weibull proportional hazards)."""
     b_cells_max_per_ul: np.ndarray
     lymphocytes_per_ul: np.ndarray
+    """Other (non-B) peripheral lymphocytes."""
     car_peak_log10: np.ndarray
+    """Peak CAR transgene copies (log10 per ug of blood DNA)."""
 
 
 def draw_persistence(cov: Covariates, rng: np.random.Generator, p: PersistenceParams) -> PersistenceLatent:
     """Draw the latent persistence parameters of each patient.
 
+    The probability of primary failure and the hazard of later loss rise smoothly below the
+    antigen-load (15%) and fludarabine-exposure (13.8 mg*h/L) thresholds and with poor T-cell
+    fitness; CD28 costimulation and high marrow burden (exhaustion) raise the hazard too.
+
     Parameters
     ----------
     cov : Covariates
+        Antigen load, fludarabine exposure, construct, T-cell fitness and burden.
     rng : numpy.random.Generator
+        The latent-patient stream.
     p : PersistenceParams
+        Failure logit, Weibull hazard ratios, B-cell and CAR-copy distributions.
 
     Returns
     -------
@@ -66,9 +78,9 @@ def draw_persistence(cov: Covariates, rng: np.random.Generator, p: PersistencePa
         primary_failure_day=rng.uniform(*p.primary_failure_days, n),
         long_persistence=(rng.random(n) < p.p_long_persistence) & ~failure,
         log_hazard_ratio=log_hr,
-        b_cells_max_per_ul=p.b_cells_max_median_per_ul * np.exp(rng.normal(0.0, p.b_cells_max_log_sd, n)),
-        lymphocytes_per_ul=p.alc_median_per_ul * np.exp(rng.normal(0.0, p.alc_log_sd, n)),
-        car_peak_log10=rng.normal(p.car_peak_log10_mean, p.car_peak_log10_sd, n),
+        b_cells_max_per_ul=p.b_cells_max_per_ul.draw(rng, n),
+        lymphocytes_per_ul=p.lymphocytes_per_ul.draw(rng, n),
+        car_peak_log10=p.car_peak_log10_copies_per_ug.draw(rng, n),
     )
 
 
@@ -80,10 +92,21 @@ def sample_persistence_day(latent: PersistenceLatent, rng: np.random.Generator, 
     Weibull proportional-hazards time ``H(t) = (t / scale)^shape * exp(lp)`` conditioned on
     ``T_p > after_day``.
 
+    Parameters
+    ----------
+    latent : PersistenceLatent
+        Per-patient failure flags and log hazard ratios.
+    rng : numpy.random.Generator
+        The course stream.
+    p : PersistenceParams
+        Weibull shape and scale.
+    after_day : float or ndarray
+        Condition on persistence at this day (the oracle's landmark).
+
     Returns
     -------
     ndarray
-        Day of CAR loss.
+        Day of CAR loss (``inf``: persists).
     """
     n = latent.log_hazard_ratio.shape[0]
     after = np.broadcast_to(np.asarray(after_day, dtype=float), (n,))
@@ -91,28 +114,61 @@ def sample_persistence_day(latent: PersistenceLatent, rng: np.random.Generator, 
     cumulative_at_start = (after / p.weibull_scale_days) ** p.weibull_shape * rate
     total = cumulative_at_start + rng.exponential(1.0, n)
     weibull = p.weibull_scale_days * (total / rate) ** (1.0 / p.weibull_shape)
-    tp = np.where(latent.long_persistence, np.inf, weibull)
-    return np.where(latent.primary_failure, latent.primary_failure_day, tp)
+    car_loss_day = np.where(latent.long_persistence, np.inf, weibull)
+    return np.where(latent.primary_failure, latent.primary_failure_day, car_loss_day)
 
 
-def b_cells_per_ul(t: np.ndarray, tp: np.ndarray, latent: PersistenceLatent, p: PersistenceParams) -> np.ndarray:
-    """True peripheral CD19+ B cells (cells/uL) at days ``t`` (shape (n,) or (n, k))."""
-    two_d = np.ndim(t) == 2
-    tp_c = tp[:, None] if two_d else tp
-    b_max = latent.b_cells_max_per_ul[:, None] if two_d else latent.b_cells_max_per_ul
-    recovery_start = np.maximum(tp_c, p.lymphodepletion_b_recovery_day) + p.b_recovery_lag_days
+def b_cells_per_ul(t: np.ndarray, car_loss_day: np.ndarray, latent: PersistenceLatent,
+                   p: PersistenceParams) -> np.ndarray:
+    """True peripheral CD19+ B cells (cells/uL) at days ``t``.
+
+    Aplastic while the CAR persists (and for a month after lymphodepletion in any case), then a
+    recovery towards the patient's own maximum over weeks, starting a lag after T_p.
+
+    Parameters
+    ----------
+    t : ndarray, shape (n,) or (n, k)
+        Days since infusion.
+    car_loss_day : ndarray, shape (n,)
+        T_p.
+    latent : PersistenceLatent
+        For each patient's recovered B-cell level.
+    p : PersistenceParams
+        Recovery lag, time constant and the aplastic level.
+
+    Returns
+    -------
+    ndarray, shape of ``t``
+    """
+    loss_day, b_max = as_column(car_loss_day, t), as_column(latent.b_cells_max_per_ul, t)
+    recovery_start = np.maximum(loss_day, p.lymphodepletion_b_recovery_day) + p.b_recovery_lag_days
     since = np.maximum(t - recovery_start, 0.0)
     recovered = b_max * -np.expm1(-since / p.b_recovery_tau_days)
     return p.b_cells_aplasia_per_ul + recovered
 
 
-def car_copies_log10(t: np.ndarray, tp: np.ndarray, latent: PersistenceLatent, p: PersistenceParams) -> np.ndarray:
-    """True log10 CAR transgene copies per ug of blood DNA at days ``t``."""
-    two_d = np.ndim(t) == 2
-    tp_c = tp[:, None] if two_d else tp
-    peak = latent.car_peak_log10[:, None] if two_d else latent.car_peak_log10
+def car_copies_log10(t: np.ndarray, car_loss_day: np.ndarray, latent: PersistenceLatent,
+                     p: PersistenceParams) -> np.ndarray:
+    """True log10 CAR transgene copies per ug of blood DNA at days ``t``.
+
+    Expansion to the patient's peak, a slow decline to a plateau, and a fast fall after T_p.
+
+    Parameters
+    ----------
+    t, car_loss_day : ndarray
+        Days since infusion (shape (n,) or (n, k)) and T_p (shape (n,)), as in :func:`b_cells_per_ul`.
+    latent : PersistenceLatent
+        For each patient's peak level.
+    p : PersistenceParams
+        Peak day, decline, plateau and loss rates.
+
+    Returns
+    -------
+    ndarray, shape of ``t``
+    """
+    loss_day, peak = as_column(car_loss_day, t), as_column(latent.car_peak_log10, t)
     rising = peak - 0.25 * np.maximum(p.car_peak_day - t, 0.0)
     declining = np.maximum(peak - p.car_decline_log10_per_day * np.maximum(t - p.car_peak_day, 0.0),
                            p.car_plateau_log10)
     level = np.where(t < p.car_peak_day, rising, declining)
-    return level - p.car_loss_log10_per_day * np.maximum(t - tp_c, 0.0)
+    return level - p.car_loss_log10_per_day * np.maximum(t - loss_day, 0.0)

@@ -45,7 +45,9 @@ class ObservedOutcome:
     """What the center observes of each patient's course, in whole days."""
 
     event: np.ndarray
+    """An ``events.EVENT_*`` code; ``EVENT_NONE`` when censored first."""
     event_day: np.ndarray
+    """Whole days since infusion (the latent day rounded up); NaN without an event."""
     last_followup_day: np.ndarray
     observed_until: np.ndarray
     """Visits strictly before this day are observed."""
@@ -83,7 +85,24 @@ def observed_outcome(latent: LatentPatients, outcome: CourseOutcome, censor_day:
 
 def infusions_table(ids: np.ndarray, latent: LatentPatients, params: SimulationParams,
                     rng: np.random.Generator) -> pd.DataFrame:
-    """The ``infusions`` table (one row per patient), with realistic gaps."""
+    """The ``infusions`` table (one row per patient), with realistic gaps.
+
+    Parameters
+    ----------
+    ids : ndarray of str
+        Patient identifiers.
+    latent : LatentPatients
+        The reported covariates (latent burden, fitness and unmeasured fludarabine AUC stay out).
+    params : SimulationParams
+        Site names.
+    rng : numpy.random.Generator
+        The tables stream (product names and missing values).
+
+    Returns
+    -------
+    DataFrame
+        Columns of docs/architecture.md (infusions).
+    """
     cov = latent.cov
     n = cov.n
     blasts_seen = cov.bm_blasts_pct > 0
@@ -112,7 +131,28 @@ def infusions_table(ids: np.ndarray, latent: LatentPatients, params: SimulationP
 
 def outcomes_table(ids: np.ndarray, latent: LatentPatients, outcome: CourseOutcome,
                    observed: ObservedOutcome, rng: np.random.Generator, params: SimulationParams) -> pd.DataFrame:
-    """The ``outcomes`` table (one row per patient)."""
+    """The ``outcomes`` table (one row per patient).
+
+    Parameters
+    ----------
+    ids : ndarray of str
+        Patient identifiers.
+    latent : LatentPatients
+        For the response-assessment day.
+    outcome : CourseOutcome
+        Latent response, relapse phenotype and site.
+    observed : ObservedOutcome
+        The censored first event and follow-up.
+    rng : numpy.random.Generator
+        The tables stream (CR vs CRi).
+    params : SimulationParams
+        Share of CRi among remissions.
+
+    Returns
+    -------
+    DataFrame
+        Columns of docs/architecture.md (outcomes).
+    """
     response_day = latent.schedule.day[:, 0]
     died_first = (observed.event == EVENT_DEATH) & (observed.event_day <= response_day)
     cri = rng.random(ids.shape[0]) < params.events.p_cri_given_remission
@@ -189,7 +229,7 @@ def _point_blocks(patient: np.ndarray, day: np.ndarray, clones: dict[str, np.nda
 def _pre_infusion_clones(outcome: CourseOutcome, latent: LatentPatients) -> dict[str, np.ndarray]:
     """Clone burdens at the work-up: the burden at infusion before lymphodepletion's debulking."""
     at_infusion = outcome.clonal.log10_burden(np.zeros(latent.n))
-    debulk = latent.disease.lymphodepletion_log_kill
+    debulk = latent.disease.lymphodepletion_log10_kill
     return {key: value + debulk for key, value in at_infusion.items()}
 
 
@@ -237,7 +277,7 @@ def _car_copy_blocks(latent: LatentPatients, draws: CourseDraws, window: np.ndar
     sched, po = latent.schedule, params.observation
     rows = window & sched.car_copies
     patient, _ = np.nonzero(rows)
-    level = car_copies_log10(sched.day, draws.tp, latent.persistence, params.persistence)[rows]
+    level = car_copies_log10(sched.day, draws.car_loss_day, latent.persistence, params.persistence)[rows]
     value = 10.0 ** (level + 0.3 * draws.noise.car_copies[rows])
     limit = np.full(value.shape[0], po.car_copies_limit)
     result = format_results(np.round(value, 1), value >= limit, limit, "copies/ug", None, share[rows], rng)
@@ -258,7 +298,33 @@ def _pre_infusion_b_cells(latent: LatentPatients, text_share: np.ndarray, rng: n
 
 def measurements_table(ids: np.ndarray, latent: LatentPatients, draws: CourseDraws, outcome: CourseOutcome,
                        observed: ObservedOutcome, params: SimulationParams, rng: np.random.Generator) -> pd.DataFrame:
-    """The ``measurements`` table (long; raw, lab-style), sorted by patient and day."""
+    """The ``measurements`` table (long; raw, lab-style), sorted by patient and day.
+
+    Pre-infusion work-up (marrow MRD, antigen, B cells), every result at attended visits before
+    the first event or the end of follow-up, and the marrow at relapse diagnosis.
+
+    Parameters
+    ----------
+    ids : ndarray of str
+        Patient identifiers.
+    latent : LatentPatients
+        Schedule, observation properties and sites.
+    draws : CourseDraws
+        T_p (CAR copies) and result noise.
+    outcome : CourseOutcome
+        Clone burdens and the observed MRD series.
+    observed : ObservedOutcome
+        What is observed until when.
+    params : SimulationParams
+        Assay limits and noise, lab-text shares.
+    rng : numpy.random.Generator
+        The tables stream.
+
+    Returns
+    -------
+    DataFrame
+        Columns of docs/architecture.md (measurements).
+    """
     share = np.array([s.lab_text_share for s in params.sites])[latent.cov.site]
     everyone = np.arange(latent.n)
     blocks = _point_blocks(everyone, latent.schedule.pre_infusion_day, _pre_infusion_clones(outcome, latent), latent,

@@ -126,3 +126,10 @@ def test_predictions_with_nan_are_rejected(single_event):
     risk[3] = np.nan
     with pytest.raises(ModelInputError, match="NaN"):
         uno_c(Outcome(time, event.astype(int)), risk)
+
+
+def test_no_comparable_pair_gives_nan_not_an_error():
+    outcome = Outcome(np.array([5.0, 6.0, 7.0]), np.array([0, COMPETING, 0]))
+    assert np.isnan(harrell_c(outcome, np.array([0.1, 0.2, 0.3])))
+    assert np.isnan(uno_c(outcome, np.array([0.1, 0.2, 0.3]), tau=4.0))
+    assert np.isnan(cumulative_auc(outcome, np.array([0.1, 0.2, 0.3]), 6.5))

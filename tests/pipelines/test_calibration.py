@@ -114,12 +114,16 @@ def test_rows_violating_the_contract_are_quarantined_and_counted():
 
 def test_rows_needing_ground_truth_are_marked_without_it():
     cohort = simulate_cohort(300, seed=1)
-    results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, None)
-    assert len(results) == len(TARGETS)
-    latent = results.set_index("id").loc["car_persistence_median_latent"]
+    targets = tuple(t for t in TARGETS if t.id in ("car_persistence_median_latent", "cr_cri_rate"))
+    results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, None, targets)
+    latent, observed = results.set_index("id").loc[["car_persistence_median_latent", "cr_cri_rate"]].to_dict("records")
     assert latent["status"] == "no ground truth" and not latent["within_tolerance"]
-    with_truth = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, cohort.ground_truth)
-    assert np.isfinite(with_truth.set_index("id").loc["car_persistence_median_latent", "simulated"])
+    assert observed["status"] in ("pass", "miss") and np.isfinite(observed["simulated"])
+    with_truth = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, cohort.ground_truth,
+                                     targets)
+    responders = cohort.outcomes["response"].isin(["CR", "CRi"]).to_numpy()
+    expected = np.median(cohort.ground_truth["car_persistence_day"].to_numpy()[responders])
+    assert with_truth.set_index("id").loc["car_persistence_median_latent", "simulated"] == pytest.approx(expected)
 
 
 def test_markdown_is_date_free_and_shows_target_and_simulated_side_by_side():

@@ -10,24 +10,10 @@ import pytest
 from lifelines import CoxTimeVaryingFitter
 
 from features.contract import validate_cohort
-from pipelines import calibration_targets
+from pipelines import calibration_targets as analyses
 from pipelines.calibration_targets import (
-    AalenJohansenAt,
     CalibrationData,
     CalibrationDataError,
-    CoxHazardRatio,
-    HazardRatioTolerance,
-    IntervalTolerance,
-    KaplanMeierAt,
-    KaplanMeierMedian,
-    LandmarkCoxHazardRatio,
-    LatentMedian,
-    PointsTolerance,
-    PositiveTolerance,
-    RelativeTolerance,
-    Share,
-    TimeVaryingCoxHazardRatio,
-    accepts,
     build_patient_frame,
     endpoint_times,
     fit_counting_process_cox,
@@ -138,30 +124,30 @@ def test_cause_specific_relapse_censors_other_phenotypes():
 def test_share_is_the_hand_counted_percentage():
     data = CalibrationData(_patients([1.0] * 8, ["relapse"] * 3 + ["none"] * 5, x=[1, 1, 1, 1, 0, 0, 0, 0]),
                            has_ground_truth=False)
-    result = Share("x == 1", "first_event == 'relapse'").compute(data)
+    result = analyses.Share("x == 1", "first_event == 'relapse'").compute(data)
     assert result.value == pytest.approx(75.0) and result.n == 4
 
 
 def test_kaplan_meier_matches_hand_computation():
     # times 1, 2(censored), 3, 4: S(3.5) = (3/4) * (1/2) = 0.375
     data = CalibrationData(_patients([1.0, 2.0, 3.0, 4.0], ["relapse", "none", "relapse", "relapse"]), False)
-    assert KaplanMeierAt("relapse", "all", 3.5).compute(data).value == pytest.approx(37.5)
-    assert KaplanMeierAt("relapse", "all", 3.5, risk=True).compute(data).value == pytest.approx(62.5)
-    assert KaplanMeierMedian("relapse", "all").compute(data).value == pytest.approx(3.0)
+    assert analyses.KaplanMeierAt("relapse", "all", 3.5).compute(data).value == pytest.approx(37.5)
+    assert analyses.KaplanMeierAt("relapse", "all", 3.5, risk=True).compute(data).value == pytest.approx(62.5)
+    assert analyses.KaplanMeierMedian("relapse", "all").compute(data).value == pytest.approx(3.0)
 
 
 def test_kaplan_meier_recovers_an_exponential_survival():
     data = CalibrationData(_exponential_cohort(20000, 0.0, seed=1), False)
-    assert KaplanMeierAt("relapse", "all", 200.0).compute(data).value == pytest.approx(100 * math.exp(-200 / 300),
-                                                                                        abs=1.5)
+    value = analyses.KaplanMeierAt("relapse", "all", 200.0).compute(data).value
+    assert value == pytest.approx(100 * math.exp(-200 / 300), abs=1.5)
 
 
 def test_aalen_johansen_matches_hand_computation():
     # relapse at 1, death at 2, relapse at 3, censored at 4: CIF_relapse(3.5) = 1/4 + (2/4)(1/2) = 0.5
     data = CalibrationData(_patients([1.0, 2.0, 3.0, 4.0], ["relapse", "death", "relapse", "none"]), False)
-    assert AalenJohansenAt("relapse", "all", 3.5).compute(data).value == pytest.approx(50.0)
-    assert AalenJohansenAt("death", "all", 3.5).compute(data).value == pytest.approx(25.0)
-    assert AalenJohansenAt("relapse", "all", 3.5, from_day=1.5).compute(data).value == pytest.approx(25.0)
+    assert analyses.AalenJohansenAt("relapse", "all", 3.5).compute(data).value == pytest.approx(50.0)
+    assert analyses.AalenJohansenAt("death", "all", 3.5).compute(data).value == pytest.approx(25.0)
+    assert analyses.AalenJohansenAt("relapse", "all", 3.5, from_day=1.5).compute(data).value == pytest.approx(25.0)
 
 
 def test_aalen_johansen_with_ties_is_deterministic_and_leaves_global_random_state():
@@ -170,15 +156,15 @@ def test_aalen_johansen_with_ties_is_deterministic_and_leaves_global_random_stat
     np.random.seed(123)
     expected_next = np.random.random()
     np.random.seed(123)
-    first = AalenJohansenAt("relapse", "all", 3.0).compute(data).value
+    first = analyses.AalenJohansenAt("relapse", "all", 3.0).compute(data).value
     assert np.random.random() == expected_next
-    assert AalenJohansenAt("relapse", "all", 3.0).compute(data).value == first
+    assert analyses.AalenJohansenAt("relapse", "all", 3.0).compute(data).value == first
     assert first == pytest.approx(100 * (1 / 5 + (3 / 5) * (1 / 3)), abs=0.01)
 
 
 def test_cox_recovers_a_known_hazard_ratio():
     data = CalibrationData(_exponential_cohort(6000, math.log(2.5), seed=2), False)
-    result = CoxHazardRatio("relapse", "all", ("x",), "x").compute(data)
+    result = analyses.CoxHazardRatio("relapse", "all", ("x",), "x").compute(data)
     assert result.value == pytest.approx(2.5, rel=0.08)
     assert "95% CI" in result.note
 
@@ -194,14 +180,14 @@ def _kmt2a_like_patients() -> pd.DataFrame:
 
 def test_cox_recovers_a_large_hazard_ratio_and_reports_rejected_fits(monkeypatch):
     patients = _kmt2a_like_patients()
-    analysis = CoxHazardRatio("relapse", "all", ("x",), "x")
+    analysis = analyses.CoxHazardRatio("relapse", "all", ("x",), "x")
     result = analysis.compute(CalibrationData(patients, False))
     assert result.value == pytest.approx(30.0, rel=0.15) and "rejected" not in result.note
-    monkeypatch.setattr(calibration_targets, "COX_NEWTON_STEP_SIZES", (0.95, 0.5))
+    monkeypatch.setattr(analyses, "COX_NEWTON_STEP_SIZES", (0.95, 0.5))
     result = analysis.compute(CalibrationData(patients, False))
     assert result.value == pytest.approx(30.0, rel=0.15)
     assert "fit rejected, step size 0.95: ConvergenceWarning" in result.note
-    monkeypatch.setattr(calibration_targets, "COX_NEWTON_STEP_SIZES", (0.95,))
+    monkeypatch.setattr(analyses, "COX_NEWTON_STEP_SIZES", (0.95,))
     result = analysis.compute(CalibrationData(patients, False))
     assert math.isnan(result.value)
     assert "ConvergenceWarning" in result.note and "did not converge at any step size" in result.note
@@ -210,7 +196,7 @@ def test_cox_recovers_a_large_hazard_ratio_and_reports_rejected_fits(monkeypatch
 def test_cox_reports_separation_instead_of_a_number():
     patients = _exponential_cohort(500, 0.0, seed=3)
     patients.loc[patients["x"] == 0, "first_event"] = "none"   # no event at x = 0: HR infinite
-    result = CoxHazardRatio("relapse", "all", ("x",), "x").compute(CalibrationData(patients, False))
+    result = analyses.CoxHazardRatio("relapse", "all", ("x",), "x").compute(CalibrationData(patients, False))
     assert math.isnan(result.value) and "no event with x = 0" in result.note
 
 
@@ -271,7 +257,7 @@ def test_time_varying_cox_recovers_the_hazard_ratio_after_bca_loss():
     censor = rng.uniform(0.0, 1000.0, n)
     end = np.minimum(relapse, censor)
     patients = _patients(end, np.where(relapse <= censor, "relapse", "none"), bca_loss_day=loss)
-    result = TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
+    result = analyses.TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
         CalibrationData(patients, False))
     assert result.value == pytest.approx(4.0, rel=0.10)
 
@@ -285,7 +271,7 @@ def test_time_varying_cox_counts_rows_left_out_instead_of_returning_nan():
     events = np.where(relapse <= 1000.0, "relapse", "none").astype(object)
     end[:25], events[:25] = 0.0, "relapse"   # events at day 0: empty (0, 0] intervals
     patients = _patients(end, events, bca_loss_day=loss)
-    result = TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
+    result = analyses.TimeVaryingCoxHazardRatio("relapse", "all", "bca_loss_day", 2000.0).compute(
         CalibrationData(patients, False))
     assert np.isfinite(result.value) and result.value == pytest.approx(1.0, abs=0.2)
     assert "25 rows with an empty interval (stop <= start) left out" in result.note
@@ -295,7 +281,7 @@ def test_cox_note_names_adjusters_left_out_and_rows_with_missing_covariates():
     patients = _exponential_cohort(3000, math.log(2.0), seed=10)
     patients["constant"] = 1.0
     patients.loc[:99, "x"] = np.nan
-    result = CoxHazardRatio("relapse", "all", ("x", "constant"), "x").compute(CalibrationData(patients, False))
+    result = analyses.CoxHazardRatio("relapse", "all", ("x", "constant"), "x").compute(CalibrationData(patients, False))
     assert result.n == 2900 and result.value == pytest.approx(2.0, rel=0.15)
     assert "adjustment left out: constant does not vary" in result.note
     assert "100 rows with a missing covariate left out" in result.note
@@ -306,7 +292,7 @@ def test_landmark_cox_uses_only_patients_in_remission_at_the_landmark():
     patients["end_day"] += 42.0  # everyone reaches the landmark ...
     patients.loc[:99, "end_day"] = 20.0  # ... except 100 with an event before it
     patients.loc[:99, "first_event"] = "relapse"
-    result = LandmarkCoxHazardRatio("relapse", "marker", 42.0).compute(CalibrationData(patients, False))
+    result = analyses.LandmarkCoxHazardRatio("relapse", "marker", 42.0).compute(CalibrationData(patients, False))
     assert result.n == 5900
     assert result.value == pytest.approx(3.0, rel=0.10)
 
@@ -320,7 +306,7 @@ def test_landmark_cox_adjusts_for_bca_loss_by_the_landmark():
     patients = _patients(np.minimum(relapse, censor), np.where(relapse <= censor, "relapse", "none"), marker=marker,
                          bca_loss_day=np.where(lost == 1, 30.0, np.nan), bca_first_test_day=28.0)
     patients.loc[:999, "bca_first_test_day"] = 60.0  # no B-cell test by the landmark: left out
-    result = LandmarkCoxHazardRatio("relapse", "marker", 42.0, adjust_for_bca_loss=True).compute(
+    result = analyses.LandmarkCoxHazardRatio("relapse", "marker", 42.0, adjust_for_bca_loss=True).compute(
         CalibrationData(patients, False))
     assert result.n == n - 1000
     assert result.value == pytest.approx(3.0, rel=0.10)
@@ -328,22 +314,32 @@ def test_landmark_cox_adjusts_for_bca_loss_by_the_landmark():
 
 def test_latent_median_counts_never_lost_as_longest():
     patients = _patients([1.0] * 5, ["none"] * 5, car_persistence_day=[10.0, 20.0, 30.0, np.inf, np.inf])
-    result = LatentMedian("car_persistence_day", "all").compute(CalibrationData(patients, True))
+    result = analyses.LatentMedian("car_persistence_day", "all").compute(CalibrationData(patients, True))
     assert result.value == 30.0 and "40.0% never lost" in result.note
 
 
 # --- tolerances -----------------------------------------------------------------------------------------
 def test_hazard_ratio_tolerance_is_the_union_of_ci_and_30_percent():
-    rule = HazardRatioTolerance(0.30)
+    rule = analyses.HazardRatioTolerance(0.30)
     assert rule.bounds(2.5) == pytest.approx((1.75, 3.25))
     assert rule.bounds(2.5, ci=(1.2, 5.0)) == pytest.approx((1.2, 5.0))
-    assert accepts(rule, 1.3, 2.5, ci=(1.2, 5.0)) and not accepts(rule, 1.3, 2.5)
-    assert not accepts(rule, math.nan, 2.5)
+    assert analyses.accepts(rule, 1.3, 2.5, ci=(1.2, 5.0)) and not analyses.accepts(rule, 1.3, 2.5)
+    assert not analyses.accepts(rule, math.nan, 2.5)
 
 
 def test_points_relative_interval_and_positive_tolerances():
-    assert PointsTolerance(5.0).bounds(50.0) == (45.0, 55.0)
-    assert PointsTolerance(5.0).bounds(84.5, (81.0, 88.0)) == (76.0, 93.0)
-    assert RelativeTolerance(0.5).bounds(2.0, (1.0, 3.0)) == (0.5, 4.5)
-    assert accepts(IntervalTolerance(0.77, 1.3), 1.29, 1.0) and not accepts(IntervalTolerance(0.77, 1.3), 1.31, 1.0)
-    assert accepts(PositiveTolerance(), 0.1, 0.0) and not accepts(PositiveTolerance(), 0.0, 0.0)
+    assert analyses.PointsTolerance(5.0).bounds(50.0) == (45.0, 55.0)
+    assert analyses.PointsTolerance(5.0).bounds(84.5, (81.0, 88.0)) == (76.0, 93.0)
+    assert analyses.RelativeTolerance(0.5).bounds(2.0, (1.0, 3.0)) == (0.5, 4.5)
+    no_effect, positive = analyses.IntervalTolerance(0.77, 1.3), analyses.PositiveTolerance()
+    assert analyses.accepts(no_effect, 1.29, 1.0) and not analyses.accepts(no_effect, 1.31, 1.0)
+    assert analyses.accepts(positive, 0.1, 0.0) and not analyses.accepts(positive, 0.0, 0.0)
+
+
+def test_tolerances_describe_their_rule_and_interval():
+    assert analyses.PointsTolerance(5.0).describe(84.5, (81.0, 88.0)) == "+-5 points (76.0-93.0)"
+    assert analyses.RelativeTolerance(0.5).describe(7.0) == "+-50% (3.5-10.5)"
+    assert analyses.HazardRatioTolerance(0.3).describe(2.5) == "+-30% (1.75-3.25)"
+    assert analyses.HazardRatioTolerance(0.3).describe(4.5, ci=(2.03, 9.97)) == "in 95% CI or +-30% (2.03-9.97)"
+    assert analyses.IntervalTolerance(0.77, 1.3).describe(1.0) == "within 0.77-1.3"
+    assert analyses.PositiveTolerance().describe(0.0) == "> 0"

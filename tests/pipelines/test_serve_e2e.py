@@ -122,14 +122,19 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: fl
     raise RuntimeError(f"scoring server did not answer /ping in time: {log.read_text()[-2000:]}")
 
 
+def _not_json(constant: str):
+    raise ValueError(f"the server answered non-standard JSON ({constant})")
+
+
 def _post(url: str, body: str) -> tuple[int, dict]:
+    """POST a JSON body; the answer must be standard JSON (no NaN / Infinity)."""
     request = urllib.request.Request(f"{url}/invocations", data=body.encode(),
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read(), parse_constant=_not_json)
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return error.code, json.loads(error.read(), parse_constant=_not_json)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ INF = np.inf
 
 
 def test_phenotype_is_the_first_clone_and_site_the_compartments():
-    # columns: pos_m, neg_m, my_m, pos_e, neg_e
+    # columns: pos_m, neg_m, my_m, pos_e, neg_e (disease.CLONES)
     crossings = np.array([
         [200.0, INF, INF, INF, INF],      # CD19+ marrow
         [300.0, 150.0, INF, INF, INF],    # CD19- marrow
@@ -60,23 +60,27 @@ def _schedule(days: np.ndarray) -> Schedule:
 
 
 def test_hsct_is_decided_from_observed_results_at_eligible_visits():
+    """Thirds of the patients: detectable MRD at the day-91 visit, B-cell recovery seen then, neither."""
     p = EventParams()
-    n, v = 4000, 3
+    n, v = 6000, 3
     days = np.tile([28.0, 91.0, 182.0], (n, 1))
-    positive = np.zeros((n, v), dtype=bool)
-    positive[: n // 2, 1] = True                       # half have detectable MRD at the day-91 visit
-    observed = VisitObservations(log10={}, detected={k: positive for k in ("bm_flow", "bm_ngs", "pb_flow",
-                                                                           "pb_ngs")})
-    rng = np.random.default_rng(0)
-    decision = hsct_decision_day(observed, _schedule(days), np.zeros((n, v), dtype=bool), np.full(n, INF),
-                                 np.ones(n), np.zeros(n, dtype=bool), rng.random((n, v)), p)
-    at_91 = decision == 91.0
-    expected_positive = 1 - np.exp(-(p.hsct_hazard_base + p.hsct_hazard_mrd_positive))
-    expected_negative = 1 - np.exp(-p.hsct_hazard_base)
-    # among those not decided at day 28
-    undecided = decision != 28.0
-    assert at_91[: n // 2][undecided[: n // 2]].mean() == pytest.approx(expected_positive, abs=0.03)
-    assert at_91[n // 2:][undecided[n // 2:]].mean() == pytest.approx(expected_negative, abs=0.01)
+    third = n // 3
+    positive, recovered = np.zeros((n, v), dtype=bool), np.zeros((n, v), dtype=bool)
+    positive[:third, 1] = True
+    recovered[third:2 * third, 1] = True
+    observed = VisitObservations(log10={}, detected={k: positive for k in ("bm_flow", "bm_ngs", "pb_flow", "pb_ngs")})
+    uniform = np.random.default_rng(0).random((n, v))
+    decision = hsct_decision_day(observed, _schedule(days), recovered, np.full(n, INF), np.ones(n),
+                                 np.zeros(n, dtype=bool), uniform, p)
+    decided_at_91 = (decision == 91.0)[decision != 28.0]   # among those not decided at day 28
+    group = np.repeat([0, 1, 2], third)[decision != 28.0]
+    for g, extra in ((0, p.hsct_hazard_mrd_positive), (1, p.hsct_hazard_bca_loss), (2, 0.0)):
+        expected = 1 - np.exp(-(p.hsct_hazard_base + extra))
+        four_se = 4 * np.sqrt(expected * (1 - expected) / (group == g).sum())
+        assert decided_at_91[group == g].mean() == pytest.approx(expected, abs=four_se), g
+    prior = hsct_decision_day(observed, _schedule(days), recovered, np.full(n, INF), np.ones(n),
+                              np.ones(n, dtype=bool), uniform, p)
+    assert np.isfinite(prior).mean() < 0.5 * np.isfinite(decision).mean()   # lower rate after a prior HSCT
     never = hsct_decision_day(observed, _schedule(days), np.ones((n, v), dtype=bool), np.full(n, 60.0),
                               np.ones(n), np.zeros(n, dtype=bool), np.zeros((n, v)), p)
     assert np.all(never == 28.0)   # uniform 0 decides at the first eligible visit; day 91 is past eligibility

@@ -13,22 +13,17 @@ from pipelines.simulation.observation import (
     observe_visits,
 )
 from pipelines.simulation.params import SimulationParams
+from tests.pipelines.simulation.test_disease import course_with
 
 
 def _flat_course(n: int, marrow: float, em: float) -> ClonalCourse:
     """A CD19-negative marrow clone held at ``marrow`` (growth 0) and EM disease at ``em``."""
-    full = np.full
-    return ClonalCourse(
-        b0_m=full(n, -np.inf), b0_e=full(n, -np.inf), kill_factor_e=np.ones(n), k1=np.zeros(n), k2=np.zeros(n),
-        tp=full(n, np.inf), growth_pos=full(n, 0.03), growth_neg=np.zeros(n), growth_my=np.zeros(n),
-        neg_m=full(n, marrow), my_m=full(n, -np.inf), neg_e=full(n, em), escape_day=full(n, np.inf),
-        escape_myeloid=np.zeros(n, dtype=bool), escape_seed_log10=-8.0, expansion_days=28.0, floor_log10=-10.0,
-    )
+    return course_with(n, neg_marrow_log10_day0=np.full(n, marrow), neg_em_log10_day0=np.full(n, em))
 
 
 def _observe(course: ClonalCourse, patchy: bool, seed: int = 0):
     params = SimulationParams()
-    n = course.b0_m.shape[0]
+    n = course.car_loss_day.shape[0]
     rng = np.random.default_rng(seed)
     schedule = draw_schedule(np.zeros(n, dtype=int), np.full(n, 28.0), rng, params.observation, params.sites)
     latent = ObservationLatent(pb_offset_log10=np.full(n, 1.5), ngs_trackable=np.ones(n, dtype=bool),

@@ -23,10 +23,11 @@ def test_conditional_draws_keep_the_past_and_redraw_the_future():
     view_latent, view_draws = decision_view(latent, draws, params)
     s = 91.0
     fresh = conditional_draws(view_latent, view_draws, s, np.random.default_rng(5), params)
-    lost = draws.tp <= s
-    np.testing.assert_array_equal(fresh.tp[lost], draws.tp[lost])
-    assert np.all(fresh.tp[~lost] > s)
-    assert not np.array_equal(fresh.tp[~lost & np.isfinite(draws.tp)], draws.tp[~lost & np.isfinite(draws.tp)])
+    lost = draws.car_loss_day <= s
+    np.testing.assert_array_equal(fresh.car_loss_day[lost], draws.car_loss_day[lost])
+    assert np.all(fresh.car_loss_day[~lost] > s)
+    redrawn = ~lost & np.isfinite(draws.car_loss_day)
+    assert not np.array_equal(fresh.car_loss_day[redrawn], draws.car_loss_day[redrawn])
     escaped = draws.escape_day <= s
     np.testing.assert_array_equal(fresh.escape_day[escaped], draws.escape_day[escaped])
     assert np.all(fresh.escape_day[~escaped] > s)

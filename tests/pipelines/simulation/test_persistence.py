@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from pipelines.simulation.params import PersistenceParams
-from pipelines.simulation.persistence import PersistenceLatent, b_cells_per_ul, sample_persistence_day
+from pipelines.simulation.covariates import draw_covariates
+from pipelines.simulation.params import PersistenceParams, SimulationParams
+from pipelines.simulation.persistence import (
+    PersistenceLatent,
+    b_cells_per_ul,
+    draw_persistence,
+    sample_persistence_day,
+)
 
 
 def _latent(n: int, log_hr: np.ndarray | float = 0.0, failure: bool = False, long: bool = False) -> PersistenceLatent:
@@ -51,9 +59,30 @@ def test_failures_and_long_persisters_keep_their_latent_times():
 def test_b_cells_stay_aplastic_under_the_car_and_recover_after():
     p = PersistenceParams()
     latent = _latent(3)
-    tp = np.array([100.0, 100.0, np.inf])
+    car_loss_day = np.array([100.0, 100.0, np.inf])
     days = np.array([[50.0, 105.0, 200.0]] * 3)
-    cells = b_cells_per_ul(days, tp, latent, p)
+    cells = b_cells_per_ul(days, car_loss_day, latent, p)
     assert np.all(cells[:, 0] < 1.0) and np.all(cells[2] < 1.0)
     assert cells[0, 1] < 1.0
     assert cells[0, 2] > 100.0
+
+
+@pytest.mark.parametrize("risky, safe", [
+    ({"cd19_antigen_load_pct": 5.0}, {"cd19_antigen_load_pct": 40.0}),
+    ({"flu_auc": 10.0}, {"flu_auc": 20.0}),
+    ({"cd28": True}, {"cd28": False}),
+])
+def test_persistence_is_shorter_with_low_antigen_load_low_fludarabine_and_cd28(risky, safe):
+    """The same patients, with one covariate set to its risky level or to its safe level."""
+    params = SimulationParams()
+    cov = draw_covariates(20000, np.random.default_rng(3), params.covariates, params.sites)
+
+    def persistence(values: dict) -> tuple[PersistenceLatent, np.ndarray]:
+        fixed = dataclasses.replace(cov, **{name: np.full(cov.n, value) for name, value in values.items()})
+        latent = draw_persistence(fixed, np.random.default_rng(4), params.persistence)
+        return latent, sample_persistence_day(latent, np.random.default_rng(5), params.persistence)
+
+    risky_latent, risky_days = persistence(risky)
+    safe_latent, safe_days = persistence(safe)
+    assert np.median(risky_days) < 0.75 * np.median(safe_days)
+    assert risky_latent.primary_failure.mean() >= safe_latent.primary_failure.mean()
