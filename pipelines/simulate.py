@@ -84,8 +84,8 @@ def _crossing_by_phenotype(crossings: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutcome,
-                        at_infusion: TrueIncidence) -> pd.DataFrame:
-    """Latent times, the true first event and the true CIFs at infusion (6/12/24 months)."""
+                        at_infusion: Optional[TrueIncidence]) -> pd.DataFrame:
+    """Latent times, the true first event and (unless ``at_infusion`` is None) the true CIFs at infusion."""
     first = outcome.first
     event = EVENT_NAMES[first.event].copy()
     relapse = first.event == EVENT_RELAPSE
@@ -95,8 +95,10 @@ def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutc
         "true_response": outcome.responder, "true_event": event,
         "true_event_day": np.where(np.isfinite(first.day), first.day, np.nan),
         "true_relapse_phenotype": np.where(relapse, phenotype, None),
-        "true_p_response": at_infusion.p_response,
     })
+    if at_infusion is None:
+        return frame
+    frame["true_p_response"] = at_infusion.p_response
     for h, months in enumerate((6, 12, 24)):
         cif = at_infusion.cif[:, h, :]
         for c, cause in enumerate(CAUSES[:5]):
@@ -107,7 +109,7 @@ def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutc
 
 
 def simulate_cohort(n_patients: int, seed: int, params: Optional[SimulationParams] = None,
-                    with_oracle: bool = False) -> SimulatedCohort:
+                    with_oracle: bool = False, with_true_cifs: bool = True) -> SimulatedCohort:
     """Simulate a cohort of CD19 CAR T-treated patients (pure; no file I/O).
 
     Parameters
@@ -120,6 +122,10 @@ def simulate_cohort(n_patients: int, seed: int, params: Optional[SimulationParam
         Defaults to the calibrated ``SimulationParams()``.
     with_oracle : bool
         Also compute the Monte Carlo oracle at every landmark of ``params.oracle_landmark_days``.
+    with_true_cifs : bool
+        Compute the ground truth's true CIFs at infusion (``true_cif_*``, ``true_p_response``) by
+        Monte Carlo; without them (most of the fast path's time) the ground truth holds only the
+        latent times and events. Neither flag changes the input tables (independent streams).
 
     Returns
     -------
@@ -136,8 +142,11 @@ def simulate_cohort(n_patients: int, seed: int, params: Optional[SimulationParam
     censor = np.maximum(draw_censoring_day(site_start, rng["censoring"], params.events), 60.0)
     observed = observed_outcome(latent, outcome, censor)
     ids = patient_ids(latent.n)
-    at_infusion = true_incidence(latent, draws, outcome, 0.0, (182.0, 365.0, 730.0), params.ground_truth_replicates,
-                                 rng["ground_truth"], params, patients=np.arange(latent.n))
+    at_infusion = None
+    if with_true_cifs:
+        at_infusion = true_incidence(latent, draws, outcome, 0.0, (182.0, 365.0, 730.0),
+                                     params.ground_truth_replicates, rng["ground_truth"], params,
+                                     patients=np.arange(latent.n))
     oracle = _oracle(ids, latent, draws, outcome, params, rng["oracle"]) if with_oracle else None
     return SimulatedCohort(
         infusions=infusions_table(ids, latent, params, rng["tables"]),

@@ -120,11 +120,16 @@ def test_same_seed_same_cohort_and_other_seed_other_cohort(cohort):
     assert not cohort.outcomes["event"].equals(other.outcomes["event"])
 
 
-def test_asking_for_the_oracle_does_not_change_the_tables():
+def test_asking_for_the_oracle_or_no_true_cifs_does_not_change_the_tables():
     plain = simulate_cohort(200, seed=5)
     with_oracle = simulate_cohort(200, seed=5, with_oracle=True)
+    without_cifs = simulate_cohort(200, seed=5, with_true_cifs=False)
     for name, frame in plain.tables().items():
         pd.testing.assert_frame_equal(frame, with_oracle.tables()[name])
+        pd.testing.assert_frame_equal(frame, without_cifs.tables()[name])
+    latent_columns = list(without_cifs.ground_truth.columns)
+    assert not any(column.startswith("true_cif_") for column in latent_columns)
+    pd.testing.assert_frame_equal(without_cifs.ground_truth, plain.ground_truth[latent_columns])
 
 
 # --- mechanism --------------------------------------------------------------------------------------
