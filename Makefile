@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/car-relapse train --config configs/default.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 calibration: $(STAMP)
 	$(BIN)/car-relapse calibrate --patients 20000 --seed 20261121 --out docs/calibration.md

@@ -17,7 +17,22 @@ __all__ = ["time_simulation", "main"]
 
 
 def time_simulation(n_patients: int, with_oracle: bool, seed: int = 20261121) -> tuple[float, float, int]:
-    """Simulate once; return (seconds, peak resident memory in MB, measurement rows)."""
+    """Simulate once (tables, ground truth with its true CIFs, and the oracle if asked).
+
+    Parameters
+    ----------
+    n_patients : int
+        Cohort size.
+    with_oracle : bool
+        Also compute the Monte Carlo oracle at every landmark.
+    seed : int
+        Simulation seed (the calibration report's by default).
+
+    Returns
+    -------
+    (float, float, int)
+        Wall-clock seconds, peak resident memory of this process in MB, measurement rows.
+    """
     from pipelines.simulate import simulate_cohort
 
     start = time.perf_counter()

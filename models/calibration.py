@@ -79,10 +79,13 @@ def calibration_slope(outcome: Outcome, cif: np.ndarray, t: float, multiplicitie
     Parameters
     ----------
     outcome : Outcome
+        Observed time (days since the landmark) and status of each row.
     cif : ndarray
         Predicted cumulative incidence of the endpoint at t.
     t : float
+        Horizon, in the unit of ``outcome.time`` (days since the landmark).
     multiplicities : ndarray (B, n), optional
+        Bootstrap multiplicities; then an array of B resampled slopes is returned.
 
     Returns
     -------
@@ -101,12 +104,36 @@ def calibration_slope(outcome: Outcome, cif: np.ndarray, t: float, multiplicitie
 
 
 def observed_incidence(outcome: Outcome, t: float, weights: np.ndarray | None = None) -> float:
-    """Aalen-Johansen cumulative incidence of the endpoint at t."""
+    """Aalen-Johansen cumulative incidence of the endpoint at t.
+
+    Parameters
+    ----------
+    outcome : Outcome
+    t : float
+        Horizon, days since the landmark.
+    weights : ndarray, optional
+        Row weights (e.g. bootstrap multiplicities of one resample).
+
+    Returns
+    -------
+    float
+    """
     return float(aalen_johansen(outcome.time, outcome.status, [t], n_causes=COMPETING, weights=weights)[ENDPOINT - 1, 0])
 
 
 def observed_expected_ratio(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.ndarray | None = None):
-    """Observed (Aalen-Johansen) over mean predicted cumulative incidence at t (NaN if none predicted)."""
+    """Observed (Aalen-Johansen) over mean predicted cumulative incidence at t (calibration in the large).
+
+    Parameters
+    ----------
+    outcome, cif, t, multiplicities
+        As :func:`calibration_slope`.
+
+    Returns
+    -------
+    float or ndarray
+        NaN when the mean prediction is 0.
+    """
     cif = np.asarray(cif, dtype=float)
     if multiplicities is None:
         expected = cif.mean()
@@ -120,10 +147,8 @@ def calibration_table(outcome: Outcome, cif: np.ndarray, t: float, n_groups: int
 
     Parameters
     ----------
-    outcome : Outcome
-    cif : ndarray
-        Predicted cumulative incidence of the endpoint at t.
-    t : float
+    outcome, cif, t
+        As :func:`calibration_slope`.
     n_groups : int
         Quantile groups; fewer when predictions tie (a rule with two values gives two groups).
 

@@ -107,7 +107,20 @@ class EvaluationResult:
 
 
 def endpoint_column(endpoint: str, horizon_days: float) -> str:
-    """Prediction column scored for an endpoint: the relapse total or a phenotype's incidence."""
+    """Prediction column scored for an endpoint: the relapse total or a phenotype's incidence.
+
+    Parameters
+    ----------
+    endpoint : str
+        ``"relapse"`` or a phenotype of :data:`models.base.PHENOTYPE_CAUSES`.
+    horizon_days : float
+        Horizon, days since the landmark.
+
+    Returns
+    -------
+    str
+        Column name in the ``predict_cif`` frame.
+    """
     return relapse_column(horizon_days) if endpoint == "relapse" else cif_column(endpoint, horizon_days)
 
 
@@ -273,7 +286,20 @@ def evaluate_sources(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFra
 
 
 def summary_by_source(metrics: pd.DataFrame, endpoint: str = "relapse") -> pd.DataFrame:
-    """Per source and metric, the all-landmark value averaged over the horizons (sources x metrics)."""
+    """Per source and metric, the all-landmark value averaged over the horizons.
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        ``EvaluationResult.metrics``.
+    endpoint : str
+        Endpoint to summarise.
+
+    Returns
+    -------
+    DataFrame
+        One row per source, one column per metric.
+    """
     rows = metrics[(metrics["landmark_day"].astype(str) == ALL_LANDMARKS) & (metrics["endpoint"] == endpoint)
                    & (metrics["kind"] == "estimate")]
     return rows.groupby(["source", "metric"])["value"].mean().unstack("metric")
@@ -281,6 +307,20 @@ def summary_by_source(metrics: pd.DataFrame, endpoint: str = "relapse") -> pd.Da
 
 def best_source(metrics: pd.DataFrame, candidates: Sequence[str], metric: str = "uno_c") -> str:
     """The candidate with the best summary value of ``metric`` (ties: first listed).
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        ``EvaluationResult.metrics``.
+    candidates : sequence of str
+        Sources eligible (the oracle and the rule are not).
+    metric : str
+        Higher is better for metrics in :data:`HIGHER_IS_BETTER`; closest to 1 for
+        ``calibration_slope``; lower is better otherwise.
+
+    Returns
+    -------
+    str
 
     Raises
     ------

@@ -229,8 +229,24 @@ def uno_c(outcome: Outcome, risk: np.ndarray, tau: float | None = None, multipli
 
 
 def known_status_weights(outcome: Outcome, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IPCW weights at t (0 = status unknown at t), and masks of the cases (endpoint by t) and
-    of the rows free of any event at t."""
+    """IPCW weights at t and the masks of cases and of event-free rows.
+
+    Parameters
+    ----------
+    outcome : Outcome
+    t : float
+        Evaluation time, in the unit of ``outcome.time`` (days since the landmark).
+
+    Returns
+    -------
+    weight : ndarray
+        1/G(T_i) for rows with an event of any cause by t, 1/G(t-) for rows event-free at t, 0 for
+        rows whose status at t is unknown (censored before t).
+    case : ndarray of bool
+        Rows with the endpoint by t.
+    free_at_t : ndarray of bool
+        Rows free of any event at t.
+    """
     time, status = outcome.time, outcome.status
     event_by_t = (time <= t) & (status != CENSORED)
     free_at_t = (time > t) | ((time == t) & (status == CENSORED))
@@ -240,27 +256,35 @@ def known_status_weights(outcome: Outcome, t: float) -> tuple[np.ndarray, np.nda
     return weight, event_by_t & (status == ENDPOINT), free_at_t
 
 
+def _prediction_and_weights(outcome: Outcome, prediction: np.ndarray, t: float,
+                            name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked prediction, IPCW weights at t and the case mask (see :func:`known_status_weights`)."""
+    prediction = _check_risk(outcome, prediction, name)
+    weight, case, _ = known_status_weights(outcome, t)
+    return prediction, weight, case
+
+
 def cumulative_auc(outcome: Outcome, risk: np.ndarray, t: float, multiplicities: np.ndarray | None = None):
     """Cumulative/dynamic AUC at t with competing risks (see module docstring).
 
     Parameters
     ----------
-    outcome : Outcome
     risk : ndarray
-        Higher = riskier (e.g. predicted cumulative incidence at t).
-    t : float
-    multiplicities : ndarray (B, n), optional
+        Higher = riskier (e.g. predicted cumulative incidence at t), one value per row.
+    outcome, t, multiplicities
+        As :func:`brier_score`.
 
     Returns
     -------
     float or ndarray
+        NaN when there is no case or no control at t.
     """
-    risk = _check_risk(outcome, risk, "cumulative_auc")
-    weight, case, _ = known_status_weights(outcome, t)
+    risk, weight, case = _prediction_and_weights(outcome, risk, t, "cumulative_auc")
     control_weight = np.where(case, 0.0, weight)
     cases = np.flatnonzero(case)
 
     def blocks():
+        """Case rows in chunks: concordance scores against every row, case x control weights."""
         for rows in _chunks(cases, outcome.n):
             yield rows, _concordant(risk[rows], risk), [weight[rows][:, None] * control_weight[None, :]]
 
@@ -279,17 +303,19 @@ def brier_score(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.
     Parameters
     ----------
     outcome : Outcome
+        Observed time (days since the landmark) and status of each row.
     cif : ndarray
         Predicted cumulative incidence of the endpoint at t, per row.
     t : float
+        Evaluation time, in the unit of ``outcome.time`` (days since the landmark).
     multiplicities : ndarray (B, n), optional
+        Bootstrap multiplicities; then an array of B resampled scores is returned.
 
     Returns
     -------
     float or ndarray
     """
-    cif = _check_risk(outcome, cif, "brier_score")
-    weight, case, _ = known_status_weights(outcome, t)
+    cif, weight, case = _prediction_and_weights(outcome, cif, t, "brier_score")
     return _weighted_mean(weight * np.square(case - cif), multiplicities)
 
 

@@ -509,7 +509,7 @@ def _definitions() -> str:
   quantitation". Landmark analyses use the results of days {d28_first:g}-{d28_last:g} (landmark day {d28_last:g})
   and {m3_first:g}-{m3_last:g} (landmark day {m3_last:g}), among responders event-free and followed at the
   landmark; time runs from it. As in the ELIANA/ENSIGN multivariable analysis, the model also holds loss
-  of BCA by the landmark.
+  of BCA by the landmark (left out, and said in the note, when nobody has an observed loss by then).
 - **High burden**: marrow blasts >= {HIGH_BURDEN_BLASTS_PCT:g}% before lymphodepletion. Multivariable EFS model
   (CAR-MA): {", ".join(CARMA_EFS_COVARIATES)}. Cause-specific relapse models add prior_crs_ge2; the "no
   effect" model adds age_ge_18, male, down_syndrome, prior_hsct, ph_positive, hypodiploid.
@@ -517,9 +517,12 @@ def _definitions() -> str:
   fludarabine AUC < {LOW_FLUDARABINE_AUC:g} mg*h/L (patients without an AUC are left out of those models).
 - **Cumulative incidences** (death, HSCT) by Aalen-Johansen with relapse, death and HSCT as
   competing first events.
-- Cox models: lifelines CoxPHFitter (Efron ties, damped Newton steps), complete cases. The time-varying
-  model uses a vectorised counting-process Cox (Breslow ties; equal to lifelines' CoxTimeVaryingFitter
-  without ties, which needs minutes at this size).
+- Cox models: lifelines CoxPHFitter (Efron ties, damped Newton steps), complete cases. A fit lifelines
+  flags with a ConvergenceWarning (or ConvergenceError) is rejected and refitted with a smaller step.
+  The time-varying model uses a vectorised counting-process Cox (Breslow ties; equal to lifelines'
+  CoxTimeVaryingFitter without ties, which needs minutes at this size). Every rejected fit, covariate
+  left out of a model (constant, or no event at one level) and row left out (missing covariate, empty
+  interval) is counted in the row's note.
 """
 
 

@@ -1020,6 +1020,7 @@ def accepts(tolerance: Tolerance, simulated: float, target: float, target_range:
     Parameters
     ----------
     tolerance : Tolerance
+        The acceptance rule.
     simulated : float
         The figure estimated on the simulated cohort.
     target, target_range, ci

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,10 +41,16 @@ from pipelines.io import CohortIOError
 
 __all__ = [
     "EXIT_BAD_INPUT",
-    "EvaluateError",
-    "EvaluationRun",
+    "cross_validated_sources",
+    "cv_splits",
     "evaluate_config",
+    "evaluate_landmark_set",
+    "EvaluateError",
+    "evaluation_settings",
+    "EvaluationRun",
     "metrics_payload",
+    "prepare_landmark_set",
+    "PreparedCohort",
     "run_evaluate",
     "write_outputs",
 ]
@@ -76,50 +83,147 @@ def _progress() -> Progress:
                     console=_console)
 
 
+@dataclass(frozen=True)
+class PreparedCohort:
+    """A loaded cohort, its validation result and its landmark set (shared by train and evaluate)."""
+
+    cohort: Any
+    """``pipelines.train.CohortData``: the tables as read, their source names and the oracle (or None)."""
+    validated: Any
+    """``features.contract.validate_cohort``'s result (validated tables and quarantines)."""
+    landmark_set: pd.DataFrame
+
+
+def prepare_landmark_set(config: RunConfig, on_step: Optional[Callable[[], None]] = None,
+                         empty_error: type[Exception] = EvaluateError) -> PreparedCohort:
+    """Load the configured cohort, validate it and build its landmark set.
+
+    Parameters
+    ----------
+    config : RunConfig
+        Its ``data`` section says what to load and how to treat bad rows; ``features`` how to
+        build the landmark set.
+    on_step : callable, optional
+        Called after each of the three steps (load, validate, landmark set), for progress bars.
+    empty_error : exception type
+        Raised when no row survives (no patient in remission and event-free at any landmark).
+
+    Returns
+    -------
+    PreparedCohort
+
+    Raises
+    ------
+    pipelines.train.TrainError, ContractError, FeaturesJobError
+        Bad input, as raised by the load, validation and feature steps.
+    """
+    from pipelines.build_features import landmark_set_from_config
+    from pipelines.train import load_cohort
+
+    step = on_step if on_step is not None else (lambda: None)
+    cohort = load_cohort(config.data)
+    step()
+    validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes,
+                                on_error=config.data.on_error, source_names=cohort.source_names)
+    step()
+    landmark_set = landmark_set_from_config(validated.infusions, validated.measurements, validated.outcomes,
+                                            config.features)
+    if landmark_set.empty:
+        raise empty_error("the landmark set is empty: no patient is in remission and event-free at any landmark")
+    step()
+    return PreparedCohort(cohort, validated, landmark_set)
+
+
 def _landmark_set(config: RunConfig, progress: Progress) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
     """Load, validate and build the landmark set; returns it with the oracle (None if unknown)."""
-    from pipelines.build_features import FeaturesJobError, landmark_set_from_config
-    from pipelines.train import TrainError, load_cohort
+    from pipelines.build_features import FeaturesJobError
+    from pipelines.train import TrainError
 
     task = progress.add_task("cohort, validation, landmark set", total=3)
     try:
-        cohort = load_cohort(config.data)
-        progress.advance(task)
-        validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes,
-                                    on_error=config.data.on_error, source_names=cohort.source_names)
-        progress.advance(task)
-        landmark_set = landmark_set_from_config(validated.infusions, validated.measurements, validated.outcomes,
-                                                config.features)
+        prepared = prepare_landmark_set(config, on_step=lambda: progress.advance(task))
     except (TrainError, FeaturesJobError) as exc:
         raise EvaluateError(str(exc)) from None
-    progress.advance(task)
-    if landmark_set.empty:
-        raise EvaluateError("the landmark set is empty: no patient is in remission and event-free at any landmark")
-    return landmark_set, cohort.oracle
+    return prepared.landmark_set, prepared.cohort.oracle
+
+
+def cv_splits(landmark_set: pd.DataFrame, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds of the landmark set, grouped as ``config.evaluation.group_by`` says.
+
+    Parameters
+    ----------
+    landmark_set : DataFrame
+    config : RunConfig
+
+    Returns
+    -------
+    list of (train positions, test positions)
+        Grouped by patient (``cv_folds`` folds) or one fold per held-out site.
+    """
+    from models.validation import grouped_splits
+
+    return grouped_splits(landmark_set, config.evaluation.cv_folds, config.evaluation.group_by,
+                          config.models.random_state)
+
+
+def cross_validated_sources(landmark_set: pd.DataFrame, oracle: Optional[pd.DataFrame], config: RunConfig,
+                            splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                            on_fold: Optional[Callable[[int], None]] = None) -> dict[str, pd.DataFrame]:
+    """Out-of-fold cumulative incidences of every candidate and the rule, plus the oracle's.
+
+    Parameters
+    ----------
+    landmark_set : DataFrame
+        Features, ``patient_id``, ``landmark_day``, ``time``, ``event``.
+    oracle : DataFrame or None
+        Ground-truth risks of a simulated cohort; only turned into the ``oracle`` source, never
+        shown to a model.
+    config : RunConfig
+        Candidates, their parameters and the horizons.
+    splits : sequence of (train, test) positions
+        From :func:`cv_splits`.
+    on_fold : callable, optional
+        Called after every fold of every model (progress reporting).
+
+    Returns
+    -------
+    dict
+        Source name -> prediction frame indexed like ``landmark_set``.
+    """
+    from models.factory import BASELINE_NAME, make_model
+    from models.oracle import oracle_predictions
+    from models.validation import cross_validated_cif
+
+    X, y = landmark_set[feature_columns(landmark_set)], landmark_set[["time", "event"]]
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    predictions = {}
+    for name in [*config.models.candidates, BASELINE_NAME]:
+        model = make_model(name, config.models.params.get(name), config.models.random_state)
+        predictions[name] = cross_validated_cif(model, X, y, splits, horizons, on_fold=on_fold)
+    if oracle is not None:
+        predictions[ORACLE] = oracle_predictions(landmark_set[["patient_id", "landmark_day"]], oracle, horizons)
+    return predictions
 
 
 def _cross_validated_predictions(landmark_set: pd.DataFrame, oracle: Optional[pd.DataFrame], config: RunConfig,
                                  progress: Progress) -> dict[str, pd.DataFrame]:
-    from models.factory import BASELINE_NAME, make_model
-    from models.oracle import oracle_predictions
-    from models.validation import cross_validated_cif, grouped_splits
-
-    X, y = landmark_set[feature_columns(landmark_set)], landmark_set[["time", "event"]]
-    horizons = [float(h) for h in config.evaluation.horizons_days]
-    splits = grouped_splits(landmark_set, config.evaluation.cv_folds, config.evaluation.group_by,
-                            config.models.random_state)
-    predictions = {}
-    for name in [*config.models.candidates, BASELINE_NAME]:
-        task = progress.add_task(f"cross-validation: {name}", total=len(splits))
-        model = make_model(name, config.models.params.get(name), config.models.random_state)
-        predictions[name] = cross_validated_cif(model, X, y, splits, horizons,
-                                                on_fold=lambda _fold, task=task: progress.advance(task))
-    if oracle is not None:
-        predictions[ORACLE] = oracle_predictions(landmark_set, oracle, horizons)
-    return predictions
+    splits = cv_splits(landmark_set, config)
+    n_sources = len(config.models.candidates) + 1
+    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * len(splits))
+    return cross_validated_sources(landmark_set, oracle, config, splits, on_fold=lambda _fold: progress.advance(task))
 
 
-def _settings(config: RunConfig):
+def evaluation_settings(config: RunConfig):
+    """The :class:`models.evaluation.EvaluationSettings` of a run config (reference source: the rule).
+
+    Parameters
+    ----------
+    config : RunConfig
+
+    Returns
+    -------
+    models.evaluation.EvaluationSettings
+    """
     from models.evaluation import EvaluationSettings
 
     evaluation = config.evaluation
@@ -132,6 +236,27 @@ def _settings(config: RunConfig):
         calibration_groups=evaluation.calibration_groups,
         random_state=config.models.random_state,
     )
+
+
+def evaluate_landmark_set(landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], config: RunConfig):
+    """Score every source on the same rows of the landmark set (models.evaluation.evaluate_sources).
+
+    Parameters
+    ----------
+    landmark_set : DataFrame
+        Needs ``patient_id``, ``landmark_day``, ``time``, ``event``.
+    predictions : mapping
+        Source name -> prediction frame indexed like ``landmark_set``.
+    config : RunConfig
+
+    Returns
+    -------
+    models.evaluation.EvaluationResult
+    """
+    from models.evaluation import evaluate_sources
+
+    targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
+    return evaluate_sources(targets, predictions, evaluation_settings(config))
 
 
 def _explain_best(run: EvaluationRun, progress: Progress) -> None:
@@ -154,7 +279,7 @@ def _explain_best(run: EvaluationRun, progress: Progress) -> None:
 
 def evaluate_config(config: RunConfig) -> EvaluationRun:
     """Run steps 1-4 of the job (see module docstring) and return what was computed."""
-    from models.evaluation import best_source, evaluate_sources
+    from models.evaluation import best_source
 
     timings: dict[str, float] = {}
     with _progress() as progress, threadpool_limits(1, user_api="blas"):
@@ -164,8 +289,7 @@ def evaluate_config(config: RunConfig) -> EvaluationRun:
         predictions = _cross_validated_predictions(landmark_set, oracle, config, progress)
         timings["cross_validation"] = time.perf_counter() - start - sum(timings.values())
         task = progress.add_task("metrics + bootstrap", total=1)
-        targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
-        result = evaluate_sources(targets, predictions, _settings(config))
+        result = evaluate_landmark_set(landmark_set, predictions, config)
         progress.advance(task)
         timings["metrics"] = time.perf_counter() - start - sum(timings.values())
         best = best_source(result.metrics, config.models.candidates, config.evaluation.selection_metric)
@@ -275,7 +399,20 @@ def _figures(run: EvaluationRun) -> dict[str, Any]:
 
 
 def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
-    """Write ``metrics.json`` and every plot (PNG) to ``out_dir``; returns the written files."""
+    """Write ``metrics.json`` and every plot (PNG) to ``out_dir``.
+
+    Parameters
+    ----------
+    run : EvaluationRun
+        From :func:`evaluate_config`.
+    out_dir : Path
+        Created when missing; existing files of the same names are overwritten.
+
+    Returns
+    -------
+    list of Path
+        The written files, ``metrics.json`` first.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "metrics.json"]
@@ -317,6 +454,17 @@ _INPUT_ERRORS = (ConfigError, ContractError, CohortIOError, FeatureInputError, M
 
 def run_evaluate(config_path: Path, out_dir: Path) -> EvaluationRun:
     """CLI entry: evaluate the configured candidates and write metrics.json and plots to ``out_dir``.
+
+    Parameters
+    ----------
+    config_path : Path
+        Run config (YAML).
+    out_dir : Path
+        Output folder.
+
+    Returns
+    -------
+    EvaluationRun
 
     Raises
     ------

@@ -34,6 +34,7 @@ __all__ = ["BUNDLE_ARTIFACT", "CarRelapseModel", "save_bundle", "load_bundle", "
 
 BUNDLE_ARTIFACT = "scoring_bundle"
 _SHIPPED_PACKAGES = ("features", "models")
+# what the shipped code (features/, models/) and this file import; keep in step with their imports
 _REQUIRED_DISTRIBUTIONS = (
     "mlflow",
     "cloudpickle",
@@ -47,7 +48,8 @@ _REQUIRED_DISTRIBUTIONS = (
     "shap",
     "pandera",
     "pydantic",
-    "lifelines",
+    "matplotlib",
+    "rich",
 )
 
 

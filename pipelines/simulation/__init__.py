@@ -1,6 +1,19 @@
 """Mechanistic simulator of the clinical course after CD19 CAR T cells (the embedded cohort and oracle).
 
-Every published effect emerges from the mechanism; no outcome is drawn per risk group.
+Every published effect emerges from the mechanism; no outcome (response, relapse, its phenotype or
+site, HSCT) is drawn per risk group. Some latent *rates* do take a hand-set multiplier per
+covariate group, each standing for a biological or policy mechanism (``params`` holds them all):
+
+- blinatumomab non-response lowers latent T-cell fitness (``tcell_fitness_blina_nonresponder``),
+  which weakens CAR expansion and persistence (hence its lower CR and EFS);
+- prior blinatumomab multiplies the seeding of pre-existing CD19-negative subclones and the rate of
+  acquired escape (``hidden_seed_factor_blina_*``: selection by CD19-directed therapy);
+- >= 2 prior CRs speed CD19-positive regrowth (``regrowth_factor_two_prior_crs``: more aggressive
+  relapsed disease; it produces the CAR-MA HR 1.3 of CD19-positive relapse);
+- KMT2A makes escape variants myeloid (``p_escape_myeloid_kmt2a``: lineage plasticity);
+- active EMD weakens the CAR's extramedullary kill and makes the marrow patchier;
+- a prior HSCT raises the later death hazard and lowers the HSCT decision rate; each center's
+  policy multiplies the HSCT decision hazard.
 
 Modules, in the order the course unfolds
 ----------------------------------------

@@ -88,6 +88,7 @@ def sample_decaying_hazard(total: np.ndarray | float, tau: float, rng: np.random
     tau : float
         Decay time (days).
     rng : numpy.random.Generator
+        The random stream.
     n : int
         Number of draws.
     after_day : float or ndarray

@@ -122,7 +122,9 @@ def draw_covariates(n: int, rng: np.random.Generator, p: CovariateParams,
     n : int
         Number of patients.
     rng : numpy.random.Generator
+        The random stream.
     p : CovariateParams
+        Covariate marginals and correlations.
     sites : tuple of SiteParams
         Centers (enrolment weights, share of CD28 products, fludarabine monitoring).
 

@@ -100,6 +100,7 @@ def relapse_from_crossings(crossings: np.ndarray, p: DiseaseParams) -> Relapse:
     crossings : ndarray, shape (n, 5)
         From :meth:`ClonalCourse.crossing_days`.
     p : DiseaseParams
+        Disease parameters (thresholds).
 
     Returns
     -------
@@ -154,6 +155,7 @@ def hsct_decision_day(observed: VisitObservations, schedule: Schedule, b_cells_r
     observed : VisitObservations
         MRD results at the visits (detection flags are used).
     schedule : Schedule
+        Visit days and the assays done.
     b_cells_recovered : ndarray of bool, shape (n, V)
         B-cell recovery observed at the visit (count above the recovery threshold).
     eligible_until : ndarray
@@ -162,6 +164,7 @@ def hsct_decision_day(observed: VisitObservations, schedule: Schedule, b_cells_r
     hsct_policy : ndarray
         Center policy multiplier per patient.
     prior_hsct : ndarray of bool
+        A transplant before CAR T cells.
     decision_uniform : ndarray, shape (n, V)
         Uniform draw of each visit's decision (decided when below 1 - exp(-hazard)).
     p : EventParams

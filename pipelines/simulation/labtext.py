@@ -36,7 +36,9 @@ def format_significant(values: np.ndarray, digits: int = 3, style: str = "g") ->
     Parameters
     ----------
     values : ndarray of float
+        Positive numbers.
     digits : int
+        Significant digits.
     style : {"g", "E", "%"}
         Plain (``0.00012``), scientific (``1.2E-04``) or percent of the value (``0.012%``).
 
@@ -84,10 +86,12 @@ def format_results(value: np.ndarray, detected: np.ndarray, limit: np.ndarray, u
     text_share : ndarray of float
         Per row, the probability that a quantified result is written as text.
     rng : numpy.random.Generator
+        The random stream.
     loq : ndarray of float, optional
         Limit of quantitation (NGS): detected results below it are written "detected <LOQ" (censored
         at the quantitation limit) with probability ``p_loq_text``.
     p_loq_text : float
+        Probability that such a result is written "detected <LOQ".
 
     Returns
     -------

@@ -134,11 +134,15 @@ def draw_schedule(site: np.ndarray, response_day: np.ndarray, rng: np.random.Gen
     Parameters
     ----------
     site : ndarray of int
+        Center index of each patient.
     response_day : ndarray
         Day of the response assessment (the first visit).
     rng : numpy.random.Generator
+        The random stream.
     p : ObservationParams
+        Observation parameters (schedule, assays, noise, limits).
     sites : tuple of SiteParams
+        The centers.
 
     Returns
     -------
@@ -239,10 +243,15 @@ def observe_visits(course: ClonalCourse, latent: ObservationLatent, schedule: Sc
     Parameters
     ----------
     course : ClonalCourse
+        The latent clone burdens.
     latent : ObservationLatent
+        Per-patient observation properties.
     schedule : Schedule
+        Visit days and the assays done.
     noise : VisitNoise
+        The result noise.
     p : ObservationParams
+        Observation parameters (schedule, assays, noise, limits).
 
     Returns
     -------
@@ -282,7 +291,9 @@ def observe_b_cells(true_per_ul: np.ndarray, lymphocytes_per_ul: np.ndarray, in_
     schedule_mask : ndarray of bool, shape (n, V)
         The count was done.
     noise : ndarray, shape (n, V)
+        Standard-normal noise of each count.
     p : ObservationParams
+        Observation parameters (schedule, assays, noise, limits).
 
     Returns
     -------

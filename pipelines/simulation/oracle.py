@@ -68,8 +68,11 @@ def conditional_draws(latent: LatentPatients, realised: CourseDraws, landmark_da
     realised : CourseDraws
         The realised draws of the same rows.
     landmark_day : float
+        The landmark s (days since infusion).
     rng : numpy.random.Generator
+        The random stream.
     params : SimulationParams
+        Every parameter.
 
     Returns
     -------
@@ -131,16 +134,21 @@ def true_incidence(latent: LatentPatients, realised: CourseDraws, outcome: Cours
     Parameters
     ----------
     latent : LatentPatients
+        The patients.
     realised : CourseDraws
+        The realised course draws of the same rows.
     outcome : CourseOutcome
         The realised course (defines the risk set).
     landmark_day : float
+        The landmark s (days since infusion).
     horizons_days : sequence of float
         Horizons from the landmark.
     replicates : int
         Monte Carlo replicates per patient.
     rng : numpy.random.Generator
+        The random stream.
     params : SimulationParams
+        Every parameter.
     patients : ndarray of int, optional
         Compute for these patients instead of the risk set (e.g. everyone at s = 0).
 

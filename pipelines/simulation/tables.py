@@ -64,7 +64,9 @@ def observed_outcome(latent: LatentPatients, outcome: CourseOutcome, censor_day:
     Parameters
     ----------
     latent : LatentPatients
+        The patients.
     outcome : CourseOutcome
+        The realised course.
     censor_day : ndarray
         Administrative censoring or loss to follow-up.
 

@@ -113,7 +113,7 @@ def test_rows_violating_the_contract_are_quarantined_and_counted():
 
 
 def test_rows_needing_ground_truth_are_marked_without_it():
-    cohort = simulate_cohort(300, seed=1)
+    cohort = simulate_cohort(300, seed=1, with_true_cifs=False)
     targets = tuple(t for t in TARGETS if t.id in ("car_persistence_median_latent", "cr_cri_rate"))
     results = compute_calibration(cohort.infusions, cohort.measurements, cohort.outcomes, None, targets)
     latent, observed = results.set_index("id").loc[["car_persistence_median_latent", "cr_cri_rate"]].to_dict("records")

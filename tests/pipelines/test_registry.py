@@ -56,7 +56,8 @@ def _constant_model(model_input: list[float]) -> list[float]:
 
 
 def _log_constant_model() -> tuple[str, str]:
-    with mlflow.start_run() as run:
+    """Log a tiny pyfunc in the "registry-test" experiment (artifacts beside the test's store)."""
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("registry-test").experiment_id) as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=_constant_model, pip_requirements=[])
     return info.model_uri, run.info.run_id
 

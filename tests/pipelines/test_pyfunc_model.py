@@ -1,0 +1,61 @@
+"""Tests of pipelines.pyfunc_model: what the registered model ships (requirements, bundle)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from models.serving import EXAMPLE_PATIENT, PatientRecord, score_records
+from pipelines.pyfunc_model import BUNDLE_ARTIFACT, CarRelapseModel, load_bundle, pip_requirements, save_bundle
+from tests.models.test_serving import bundle  # noqa: F401  (shared fitted-bundle fixture)
+
+_PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _third_party_imports(paths: list[Path]) -> set[str]:
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"__future__", "features", "models"}
+
+
+def test_requirements_pin_every_package_the_shipped_code_imports():
+    shipped = sorted((_PROJECT / "features").glob("*.py")) + sorted((_PROJECT / "models").glob("*.py"))
+    shipped.append(_PROJECT / "pipelines" / "pyfunc_model.py")
+    pinned = {pin.split("==")[0].lower() for pin in pip_requirements()}
+    distributions = metadata.packages_distributions()
+    for module in _third_party_imports(shipped):
+        assert {d.lower() for d in distributions[module]} & pinned, f"'{module}' is imported but not pinned"
+    assert all("==" in pin for pin in pip_requirements())
+
+
+def test_bundle_round_trip_scores_identically(bundle, tmp_path):  # noqa: F811
+    loaded = load_bundle(save_bundle(bundle, tmp_path / "bundle.pkl"))
+    record = [PatientRecord.model_validate(EXAMPLE_PATIENT, strict=True)]
+    pd.testing.assert_frame_equal(score_records(loaded, record), score_records(bundle, record), check_exact=True)
+
+
+def test_predict_answers_missing_values_as_none(bundle, tmp_path):  # noqa: F811
+    every_factor = replace(bundle, n_top_factors=len(bundle.feature_columns))  # includes unmeasured features
+
+    class Context:
+        artifacts = {BUNDLE_ARTIFACT: str(save_bundle(every_factor, tmp_path / "bundle.pkl"))}
+
+    model = CarRelapseModel()
+    model.load_context(Context())
+    patient = {**EXAMPLE_PATIENT, "measurements": EXAMPLE_PATIENT["measurements"][:1]}
+    answer = model.predict(Context(), [patient])
+    expected = score_records(every_factor, [PatientRecord.model_validate(patient, strict=True)])
+    missing = expected.isna().to_numpy()
+    assert missing.any()
+    assert all(value is None for value in answer.to_numpy()[missing])
+    assert answer.to_numpy()[~missing].tolist() == expected.to_numpy()[~missing].tolist()

@@ -1,0 +1,35 @@
+"""Tests of pipelines.serve that start no server (the real server: test_serve_e2e.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import typer
+
+from models.serving import PatientRecord
+from pipelines.serve import example_curl, run_serve, serve_command
+
+
+def test_serve_command_is_mlflow_models_serve_on_localhost_with_the_local_env():
+    command = serve_command("models:/car-relapse@champion", port=5123)
+    assert command[:5] == [sys.executable, "-m", "mlflow", "models", "serve"]
+    assert command[command.index("-m", 2) + 1] == "models:/car-relapse@champion"
+    assert command[command.index("--env-manager") + 1] == "local"
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "5123"
+
+
+def test_printed_curl_sends_a_valid_request():
+    curl = example_curl("127.0.0.1", 5001)
+    assert curl.startswith("curl -s http://127.0.0.1:5001/invocations")
+    body = json.loads(curl.split(" -d '", 1)[1].rstrip("'"))
+    assert [PatientRecord.model_validate(r, strict=True).patient_id for r in body["inputs"]] == ["EXAMPLE-001"]
+
+
+def test_a_missing_champion_is_a_clear_error(tracking_uri, capsys):
+    with pytest.raises(typer.Exit) as stop:
+        run_serve("models:/car-relapse@champion", tracking_uri=tracking_uri)
+    assert stop.value.exit_code == 1
+    assert "no model 'models:/car-relapse@champion'" in capsys.readouterr().out
