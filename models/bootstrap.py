@@ -41,7 +41,20 @@ class PatientBootstrap:
 
 
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile confidence interval of bootstrap replicates (NaN replicates ignored)."""
+    """Percentile confidence interval of bootstrap replicates (NaN replicates ignored).
+
+    Parameters
+    ----------
+    values : ndarray
+        The B replicates.
+    level : float
+        Coverage, e.g. 0.95.
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        NaN, NaN when no replicate is finite.
+    """
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
     if values.size == 0:

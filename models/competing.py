@@ -111,7 +111,21 @@ class CIFCurves:
 
 
 def read_curve(times: np.ndarray, curves: np.ndarray, horizon_days: float) -> np.ndarray:
-    """Curves (n, len(times)) read at ``horizon_days``: linear between grid times, flat after the last."""
+    """Curves (n, len(times)) read at ``horizon_days``: linear between grid times, flat after the last.
+
+    Parameters
+    ----------
+    times : ndarray
+        Increasing grid, days since the landmark.
+    curves : ndarray (n, len(times))
+        One curve per row on that grid.
+    horizon_days : float
+        Where to read them.
+
+    Returns
+    -------
+    ndarray (n,)
+    """
     position = np.interp(horizon_days, times, np.arange(times.size))
     low = int(np.floor(position))
     high = min(low + 1, times.size - 1)
@@ -390,7 +404,21 @@ def _predict_proba(classifier, X: pd.DataFrame) -> np.ndarray:
 
 
 def cif_frame(curves: CIFCurves, horizons_days: Sequence[float], index: pd.Index) -> pd.DataFrame:
-    """The documented ``predict_cif`` layout from curves."""
+    """The documented ``predict_cif`` layout from curves.
+
+    Parameters
+    ----------
+    curves : CIFCurves
+    horizons_days : sequence of float
+        Horizons, days since the landmark.
+    index : Index
+        Index of the returned frame (the scored rows).
+
+    Returns
+    -------
+    DataFrame
+        Per horizon: each cause's incidence, the relapse total and the event-free probability.
+    """
     columns = {}
     for horizon in horizons_days:
         values = curves.at(float(horizon))

@@ -214,7 +214,20 @@ def _top_features(explanation: Explanation, max_features: int) -> np.ndarray:
 
 
 def plot_importance_bar(explanation: Explanation, max_features: int = 15, title: str = "") -> Figure:
-    """Global importance: mean |SHAP| per feature, horizontal bars (largest on top)."""
+    """Global importance: mean |SHAP| per feature, horizontal bars (largest on top).
+
+    Parameters
+    ----------
+    explanation : Explanation
+    max_features : int
+        Features shown, the most important first.
+    title : str
+        Figure title (a default when empty).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     top = _top_features(explanation, max_features)
     figure = Figure(figsize=(7, 0.35 * len(top) + 1.5))
     axes = figure.subplots()
@@ -234,7 +247,22 @@ def _scaled_colors(values: np.ndarray) -> np.ndarray:
 
 
 def plot_beeswarm(explanation: Explanation, max_features: int = 15, title: str = "", random_state: int = 0) -> Figure:
-    """Summary (beeswarm-style) plot: one jittered dot per row and feature, colored by feature value."""
+    """Summary (beeswarm-style) plot: one jittered dot per row and feature, colored by feature value.
+
+    Parameters
+    ----------
+    explanation : Explanation
+    max_features : int
+        Features shown, the most important first.
+    title : str
+        Figure title (a default when empty).
+    random_state : int
+        Seed of the vertical jitter.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     top = _top_features(explanation, max_features)
     rng = np.random.default_rng(random_state)
     figure = Figure(figsize=(8, 0.4 * len(top) + 1.5))

@@ -136,10 +136,11 @@ def test_gbsg2_test_concordance_in_line_with_scikit_survival(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_whas500_cross_validated_concordance_in_line_with_scikit_survival(name):
-    """scikit-survival's test suite (tests/test_forest.py::test_oob_score) documents an
-    out-of-bag C-index of 0.753 for a random survival forest on WHAS500. The 5-fold
-    cross-validated C-index of every estimator (inside the competing-risks model) must be within
-    0.04 of it."""
+    """scikit-survival's test suite (tests/test_forest.py::test_oob_score) documents the
+    out-of-bag C-index of a random survival forest (random_state=2) on WHAS500: 0.753 in older
+    releases, 0.759 since the forest's sampling changed. The 5-fold cross-validated C-index of every
+    estimator (inside the competing-risks model) must be within 0.04 of 0.753, which also covers
+    0.759 (an out-of-bag and a 5-fold estimate of the same quantity differ by about 0.01)."""
     X, y = load_whas500()
     X = X.astype(float)
     params = {**_SMALL_DATA_RSF, "min_samples_leaf": 3} if name == "rsf" else {}
