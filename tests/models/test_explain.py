@@ -94,3 +94,13 @@ def test_plots_are_figures(xgb_model, known_cohort):
     for figure in (plot_importance_bar(explanation), plot_beeswarm(explanation), plot_waterfall(explanation, 2)):
         assert isinstance(figure, Figure)
         assert figure.axes and figure.axes[0].get_yticklabels()
+
+
+def test_importance_bars_are_mean_absolute_shap_largest_on_top(xgb_model, known_cohort):
+    explanation = explain_relapse_risk(xgb_model, known_cohort.X, max_rows=30)
+    axes = plot_importance_bar(explanation, max_features=3).axes[0]
+    top_down = sorted(axes.patches, key=lambda bar: -bar.get_y())
+    expected = global_importance(explanation).head(3)
+    np.testing.assert_allclose([bar.get_width() for bar in top_down], expected["mean_abs_shap"])
+    labels = sorted(axes.get_yticklabels(), key=lambda label: -label.get_position()[1])
+    assert [label.get_text() for label in labels] == list(expected["feature"])
