@@ -49,10 +49,10 @@ def _free_port() -> int:
 
 def start_server(model_uri: str, tracking_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     """Start the scoring server (own process group) and wait for ``/ping``."""
-    from pipelines.serve import serve_command
+    from pipelines.serve import serve_command, serve_environment
 
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    env = serve_environment(tracking_uri)
     with open(log, "wb") as sink:
         process = subprocess.Popen(serve_command(model_uri, "127.0.0.1", port, workers), env=env,
                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)

@@ -78,14 +78,11 @@ def calibration_slope(outcome: Outcome, cif: np.ndarray, t: float, multiplicitie
 
     Parameters
     ----------
-    outcome : Outcome
-        Observed time (days since the landmark) and status of each row.
     cif : ndarray
-        Predicted cumulative incidence of the endpoint at t.
-    t : float
-        Horizon, in the unit of ``outcome.time`` (days since the landmark).
-    multiplicities : ndarray (B, n), optional
-        Bootstrap multiplicities; then an array of B resampled slopes is returned.
+        Predicted cumulative incidence of the endpoint at t, one value per row of ``outcome``.
+    outcome, t, multiplicities
+        As :func:`models.metrics.brier_score` (t is the horizon in days since the landmark);
+        with multiplicities an array of B resampled slopes is returned.
 
     Returns
     -------

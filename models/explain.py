@@ -251,11 +251,8 @@ def plot_beeswarm(explanation: Explanation, max_features: int = 15, title: str =
 
     Parameters
     ----------
-    explanation : Explanation
-    max_features : int
-        Features shown, the most important first.
-    title : str
-        Figure title (a default when empty).
+    explanation, max_features, title
+        As :func:`plot_importance_bar`.
     random_state : int
         Seed of the vertical jitter.
 

@@ -218,12 +218,16 @@ def uno_c(outcome: Outcome, risk: np.ndarray, tau: float | None = None, multipli
 
     Parameters
     ----------
-    outcome, risk, tau, multiplicities
+    outcome, risk, multiplicities
         As :func:`harrell_c`.
+    tau : float, optional
+        Truncation time, days since the landmark: the estimate targets the concordance of pairs
+        whose case occurs before tau, which IPCW makes free of the censoring distribution.
 
     Returns
     -------
     float or ndarray
+        NaN when no pair is comparable.
     """
     return concordance_indices(outcome, risk, tau, multiplicities)["uno_c"]
 

@@ -50,6 +50,7 @@ __all__ = [
     "EvaluationRun",
     "metrics_payload",
     "prepare_landmark_set",
+    "progress_bar",
     "PreparedCohort",
     "run_evaluate",
     "write_outputs",
@@ -78,9 +79,20 @@ class EvaluationRun:
     timings_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _progress() -> Progress:
+def progress_bar(console: Optional[Console] = None) -> Progress:
+    """The jobs' rich progress display: description, bar, done/total, elapsed time.
+
+    Parameters
+    ----------
+    console : Console, optional
+        Where to draw (default: this module's stdout console).
+
+    Returns
+    -------
+    rich.progress.Progress
+    """
     return Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=_console)
+                    console=console or _console)
 
 
 @dataclass(frozen=True)
@@ -282,7 +294,7 @@ def evaluate_config(config: RunConfig) -> EvaluationRun:
     from models.evaluation import best_source
 
     timings: dict[str, float] = {}
-    with _progress() as progress, threadpool_limits(1, user_api="blas"):
+    with progress_bar() as progress, threadpool_limits(1, user_api="blas"):
         start = time.perf_counter()
         landmark_set, oracle = _landmark_set(config, progress)
         timings["data"] = time.perf_counter() - start

@@ -390,3 +390,69 @@ def test_infusion_cell_errors_name_value_and_rule(raw_cohort):
         "infusions.csv, row 4, column down_syndrome: 'maybe' is not a boolean (true/false)",
         "infusions.csv, row 4, column prior_crs: '1.5' is not an integer",
     ]
+
+
+# --- fast path: arrays checked directly, pandera only when something may be wrong ------------------
+def _outcome_of(raw, on_error, sources=CSV_SOURCES):
+    """Everything validate_cohort gives back, comparable: frames, report, quarantine, or the error lines."""
+    try:
+        cohort = validate_cohort(raw["infusions"], raw["measurements"], raw["outcomes"], on_error=on_error,
+                                 source_names=sources)
+    except ContractError as error:
+        return ("error", error.lines)
+    return ("cohort", cohort)
+
+
+def _assert_same_outcome(fast, full):
+    assert fast[0] == full[0]
+    if fast[0] == "error":
+        assert fast[1] == full[1]
+        return
+    fast, full = fast[1], full[1]
+    for name in ("infusions", "measurements", "outcomes"):
+        pd.testing.assert_frame_equal(getattr(fast, name), getattr(full, name))
+    assert fast.report == full.report
+    assert fast.quarantined.keys() == full.quarantined.keys()
+    for name in full.quarantined:
+        pd.testing.assert_frame_equal(fast.quarantined[name], full.quarantined[name])
+
+
+def _full_path_only(monkeypatch):
+    import features.contract as contract
+
+    monkeypatch.setattr(contract, "_certainly_valid", lambda schema_name, frame: False)
+
+
+@pytest.mark.parametrize("on_error", ["fail", "quarantine"])
+@pytest.mark.parametrize("case", [None, *BAD_INPUTS], ids=lambda case: "good" if case is None else case.name)
+def test_fast_path_gives_exactly_the_full_paths_result(raw_cohort, case, on_error, monkeypatch):
+    if case is not None:
+        case.mutate(raw_cohort)
+    fast = _outcome_of({name: frame.copy() for name, frame in raw_cohort.items()}, on_error)
+    _full_path_only(monkeypatch)
+    _assert_same_outcome(fast, _outcome_of(raw_cohort, on_error))
+
+
+def test_fast_path_is_taken_for_a_good_cohort_and_refused_for_each_schema_problem(raw_cohort):
+    import features.contract as contract
+
+    typed, _ = contract._coerce_table("infusions", raw_cohort["infusions"])
+    assert contract._certainly_valid("infusions", typed)
+    for column, value in [("age_years", 45.0), ("sex", "X"), ("patient_id", None)]:
+        broken = typed.copy()
+        broken[column] = broken[column].astype(object)
+        broken.loc[0, column] = value
+        if column == "age_years":
+            broken[column] = broken[column].astype(float)
+        assert not contract._certainly_valid("infusions", broken), column
+        assert len(contract._schema_problems("infusions", broken)), column  # pandera agrees
+
+
+def test_fast_path_checks_the_normalised_table_rules(raw_cohort):
+    import features.contract as contract
+
+    measurements = _validate(raw_cohort).measurements
+    assert contract._certainly_valid("normalised_measurements", measurements)
+    broken = measurements.copy()
+    broken.loc[0, "detected_below_loq"], broken.loc[0, "censored"] = True, False
+    assert not contract._certainly_valid("normalised_measurements", broken)

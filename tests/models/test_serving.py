@@ -252,3 +252,18 @@ def test_micro_batcher_isolates_a_bad_request(bundle):
     for i in range(3):
         assert results[i]["patient_id"].tolist() == [f"A{i}"]
     assert isinstance(results[3], ScoringInputError) and "sex" in str(results[3])
+
+
+def test_served_factors_are_the_tree_shap_of_models_explain(bundle, new_patients):
+    from models.explain import explain_relapse_risk
+    from models.serving import _feature_matrix, _native_tree_explanation
+
+    valid = validate_cohort(*new_patients, None, on_error="fail")
+    X = _feature_matrix(bundle, valid.infusions, valid.measurements, np.full(len(valid.infusions), 91.0))
+    X = X.reset_index(drop=True)
+    native = _native_tree_explanation(bundle.estimator, X)
+    reference = explain_relapse_risk(bundle.estimator, X, max_rows=len(X), method="tree")
+    assert (native.output, native.method) == (reference.output, reference.method)
+    np.testing.assert_allclose(native.values, reference.values, rtol=1e-5, atol=1e-6)
+    assert native.base_value == pytest.approx(reference.base_value, rel=1e-6)
+    assert np.abs(native.values).max() > 0  # something is explained

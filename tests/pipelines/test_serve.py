@@ -33,3 +33,13 @@ def test_a_missing_champion_is_a_clear_error(tracking_uri, capsys):
         run_serve("models:/car-relapse@champion", tracking_uri=tracking_uri)
     assert stop.value.exit_code == 1
     assert "no model 'models:/car-relapse@champion'" in capsys.readouterr().out
+
+
+def test_serve_environment_uses_one_openmp_thread_unless_told_otherwise(monkeypatch):
+    from pipelines.serve import serve_environment
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = serve_environment("sqlite:///x.db")
+    assert env["OMP_NUM_THREADS"] == "1" and env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert serve_environment("sqlite:///x.db")["OMP_NUM_THREADS"] == "2"
