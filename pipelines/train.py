@@ -27,10 +27,10 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from threadpoolctl import threadpool_limits
 
-from features.contract import ContractError, validate_cohort
+from features.contract import ContractError
 from features.landmarks import feature_columns
 from models.base import ModelInputError
 from models.evaluation import HIGHER_IS_BETTER, best_source
@@ -204,42 +204,9 @@ def dataset_hash(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: 
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-def _sources_cv(landmark_set: pd.DataFrame, config: RunConfig, oracle: Optional[pd.DataFrame],
-                on_fold) -> dict[str, pd.DataFrame]:
-    """Out-of-fold predictions of every candidate and the rule, plus the oracle's, per row."""
-    from models.factory import BASELINE_NAME, make_model
-    from models.oracle import oracle_predictions
-    from models.validation import cross_validated_cif, grouped_splits
-
-    cols = feature_columns(landmark_set)
-    X, y = landmark_set[cols], landmark_set[["time", "event"]]
-    horizons = [float(h) for h in config.evaluation.horizons_days]
-    splits = grouped_splits(landmark_set, config.evaluation.cv_folds, config.evaluation.group_by,
-                            config.models.random_state)
-    predictions = {}
-    for name in list(config.models.candidates) + [BASELINE_NAME]:
-        model = make_model(name, config.models.params.get(name), config.models.random_state)
-        predictions[name] = cross_validated_cif(model, X, y, splits, horizons, on_fold=on_fold)
-    if oracle is not None:
-        predictions[ORACLE] = oracle_predictions(landmark_set[["patient_id", "landmark_day"]], oracle, horizons)
-    return predictions
-
-
-def _evaluate(landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], config: RunConfig):
-    from models.evaluation import EvaluationSettings, evaluate_sources
-
-    evaluation = config.evaluation
-    settings = EvaluationSettings(
-        horizons_days=tuple(float(h) for h in evaluation.horizons_days),
-        endpoints=tuple(evaluation.endpoints),
-        n_bootstrap=evaluation.bootstrap,
-        bootstrap_endpoints=tuple(evaluation.bootstrap_endpoints),
-        reference=RULE,
-        calibration_groups=evaluation.calibration_groups,
-        random_state=config.models.random_state,
-    )
-    targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
-    return evaluate_sources(targets, predictions, settings)
+# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: see
+# pipelines/evaluate.py (prepare_landmark_set, cv_splits, cross_validated_sources,
+# evaluate_landmark_set). Imported inside functions: evaluate.py imports load_cohort from here.
 
 
 def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -442,8 +409,9 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
 
 # --- orchestration ----------------------------------------------------------------------------------
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=_console)
+    from pipelines.evaluate import progress_bar
+
+    return progress_bar(console=_console)
 
 
 @dataclass(frozen=True)
@@ -456,31 +424,25 @@ class _Prepared:
 
 def _prepare(config: RunConfig, progress: Progress) -> _Prepared:
     """Load, validate and build the landmark set (one progress step each)."""
-    from pipelines.build_features import landmark_set_from_config
+    from pipelines.evaluate import prepare_landmark_set
 
     task = progress.add_task("cohort, validation, landmark set", total=3)
-    cohort = load_cohort(config.data)
-    progress.advance(task)
-    validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes,
-                                on_error=config.data.on_error, source_names=cohort.source_names)
-    progress.advance(task)
-    landmark_set = landmark_set_from_config(validated.infusions, validated.measurements, validated.outcomes,
-                                            config.features)
-    if landmark_set.empty:
-        raise TrainError("the landmark set is empty: no patient is in remission and event-free at any landmark")
-    progress.advance(task)
-    return _Prepared(cohort, validated, landmark_set, feature_columns(landmark_set))
+    prepared = prepare_landmark_set(config, on_step=lambda: progress.advance(task), empty_error=TrainError)
+    return _Prepared(prepared.cohort, prepared.validated, prepared.landmark_set,
+                     feature_columns(prepared.landmark_set))
 
 
 def _cross_validate(config: RunConfig, prepared: _Prepared, progress: Progress):
+    """Out-of-fold predictions of every source and their metrics, with progress bars."""
+    from pipelines.evaluate import cross_validated_sources, cv_splits, evaluate_landmark_set
+
+    splits = cv_splits(prepared.landmark_set, config)
     n_sources = len(config.models.candidates) + 1
-    folds = config.evaluation.cv_folds if config.evaluation.group_by == "patient" \
-        else prepared.landmark_set["site"].nunique()
-    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * folds)
-    predictions = _sources_cv(prepared.landmark_set, config, prepared.cohort.oracle,
-                              on_fold=lambda _: progress.advance(task))
+    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * len(splits))
+    predictions = cross_validated_sources(prepared.landmark_set, prepared.cohort.oracle, config, splits,
+                                          on_fold=lambda _fold: progress.advance(task))
     task = progress.add_task(f"metrics (bootstrap {config.evaluation.bootstrap})", total=1)
-    evaluation = _evaluate(prepared.landmark_set, predictions, config)
+    evaluation = evaluate_landmark_set(prepared.landmark_set, predictions, config)
     progress.advance(task)
     return predictions, evaluation
 
