@@ -1,6 +1,6 @@
 """Serving latency: single-patient requests to MLflow's real scoring server under 8 concurrent clients.
 
-Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--workers 1]
+Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--workers 2]
 [--model URI --tracking-uri URI]``. Without ``--model``, the benchmark model of
 ``benchmarks.bench_scoring`` is trained and registered first in a temporary store (not timed).
 The server is started exactly as ``car-relapse serve`` starts it (``mlflow models serve
@@ -97,12 +97,13 @@ def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int)
 def main(argv: list[str] | None = None) -> int:
     """Prepare, start the server, warm up, measure, stop; print the figures."""
     from benchmarks.bench_scoring import train_benchmark_model
+    from pipelines.serve import DEFAULT_WORKERS
     from pipelines.tracking import quiet_mlflow
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=1, help="Uvicorn worker processes of the server.")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="Uvicorn worker processes.")
     parser.add_argument("--patients", type=int, default=200, help="Distinct patients the requests cycle over.")
     parser.add_argument("--model", default=None)
     parser.add_argument("--tracking-uri", default=None)

@@ -43,3 +43,8 @@ def test_serve_environment_uses_one_openmp_thread_unless_told_otherwise(monkeypa
     assert env["OMP_NUM_THREADS"] == "1" and env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert serve_environment("sqlite:///x.db")["OMP_NUM_THREADS"] == "2"
+
+
+def test_serve_command_defaults_to_two_workers():
+    command = serve_command("models:/car-relapse@champion")
+    assert command[command.index("--workers") + 1] == "2"
