@@ -118,6 +118,8 @@ def _problems(
     cascade: bool = False,
 ) -> pd.DataFrame:
     """A frame of problems (one per row position in ``rows``)."""
+    if not len(rows):  # the common case; the same empty frame as for no problems at all
+        return _concat_problems([])
     return pd.DataFrame(
         {
             "table": table,
@@ -132,10 +134,13 @@ def _problems(
     )
 
 
+_NO_PROBLEMS = pd.DataFrame({name: pd.Series(dtype=object) for name in _PROBLEM_COLUMNS})
+
+
 def _concat_problems(frames: list[pd.DataFrame]) -> pd.DataFrame:
     frames = [frame for frame in frames if len(frame)]
     if not frames:
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in _PROBLEM_COLUMNS})
+        return _NO_PROBLEMS.copy()  # building an empty frame costs more than copying one
     return pd.concat(frames, ignore_index=True)
 
 
@@ -469,6 +474,8 @@ def _after_followup_problems(measurements: pd.DataFrame, outcomes: pd.DataFrame)
 
 def _cascade_problems(problems: pd.DataFrame, ids: Mapping[str, pd.Series]) -> pd.DataFrame:
     """Quarantine every row of a patient whose infusions or outcomes row has a problem."""
+    if not len(problems):
+        return _concat_problems([])
     own = problems[problems["table"].isin(["infusions", "outcomes"]) & problems["patient_id"].notna()]
     first = own.drop_duplicates("patient_id").set_index("patient_id")
     causes = (first["table"] + ": " + first["kind"]).to_dict()
@@ -589,12 +596,15 @@ def _table_report(
     name: str, frame: pd.DataFrame, rows_out: int, problems: pd.DataFrame, sources: Mapping[str, str],
     max_examples: int,
 ) -> TableReport:
-    mine = problems[problems["table"] == name]
+    unknown, absent = _column_lists(name, frame)
+    mine = problems[problems["table"] == name] if len(problems) else problems
+    if not len(mine):  # nothing to count (the usual case when scoring a few patients)
+        return TableReport(table=name, source=sources[name], rows_in=len(frame), rows_out=rows_out,
+                           rows_quarantined=0, unknown_columns=unknown, absent_optional_columns=absent)
     keys = [_reason_key(kind, column) for kind, column in zip(mine["kind"], mine["column"])]
     mine = mine.assign(_key=keys).drop_duplicates(["_key", "position"])
     reasons = {key: int(n) for key, n in mine["_key"].value_counts(sort=False).items()}
     examples = mine.groupby("_key", sort=False).head(max_examples)
-    unknown, absent = _column_lists(name, frame)
     return TableReport(
         table=name,
         source=sources[name],

@@ -293,19 +293,27 @@ class CauseSpecificHazardsModel(BaseEstimator):
         if self.phenotype_model_ is None:
             at_knots = np.broadcast_to(self.phenotype_prior_[None, :, None], (len(X), 3, knots.size))
         else:
-            at_knots = np.stack([self._shares_at(X, knot) for knot in knots], axis=2)
+            at_knots = self._shares_at_knots(X, knots)
         grid_index = np.interp(self.time_grid_, knots, np.arange(knots.size))
         low = np.floor(grid_index).astype(int)
         high = np.minimum(low + 1, knots.size - 1)
         weight = grid_index - low
         return at_knots[:, :, low] * (1.0 - weight) + at_knots[:, :, high] * weight
 
-    def _shares_at(self, X: pd.DataFrame, relapse_time: float) -> np.ndarray:
-        probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(X, np.full(len(X), relapse_time)))
-        shares = np.zeros((len(X), len(PHENOTYPE_CAUSES)))
+    def _shares_at_knots(self, X: pd.DataFrame, knots: np.ndarray) -> np.ndarray:
+        """Phenotype shares at each knot relapse time; shape (n, 3, len(knots)).
+
+        One ``predict_proba`` call on the rows repeated once per knot (knot-major), instead of one
+        call per knot: the classifier's per-call overhead (input checks) dominates for few rows,
+        and each row's probabilities do not depend on the other rows of the call.
+        """
+        n_rows = len(X)
+        stacked = pd.DataFrame(np.tile(X.to_numpy(dtype=float), (knots.size, 1)), columns=X.columns)
+        probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(stacked, np.repeat(knots, n_rows)))
+        shares = np.zeros((knots.size, n_rows, len(PHENOTYPE_CAUSES)))
         for column, label in enumerate(self.phenotype_model_.classes_):
-            shares[:, PHENOTYPE_CAUSES.index(label)] = probabilities[:, column]
-        return shares
+            shares[:, :, PHENOTYPE_CAUSES.index(label)] = probabilities[:, column].reshape(knots.size, n_rows)
+        return shares.transpose(1, 2, 0)
 
     def predict_cif_curves(self, X: pd.DataFrame) -> CIFCurves:
         """Cumulative incidence of every cause and the event-free probability on ``[0, time_grid_]``.

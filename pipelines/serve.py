@@ -52,8 +52,14 @@ def serve_environment(tracking_uri: str) -> dict[str, str]:
     Each request scores a few patients; on a small shared machine OpenMP thread pools (XGBoost)
     cost far more in start-up and contention than they gain (about 20 ms per call measured on
     2 busy cores). An ``OMP_NUM_THREADS`` already set by the user is kept.
+
+    MLflow starts the server as ``uvicorn`` found on ``PATH``; the folder of this interpreter is put
+    first on ``PATH`` so that the project's own environment is used even when it is not activated
+    (``.venv/bin/car-relapse serve``, ``make`` targets, CI).
     """
-    return {"OMP_NUM_THREADS": "1", **os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    interpreter_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join([interpreter_bin, os.environ.get("PATH", "")])
+    return {"OMP_NUM_THREADS": "1", **os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri}
 
 
 def example_curl(host: str, port: int) -> str:

@@ -48,3 +48,16 @@ def test_serve_environment_uses_one_openmp_thread_unless_told_otherwise(monkeypa
 def test_serve_command_defaults_to_two_workers():
     command = serve_command("models:/car-relapse@champion")
     assert command[command.index("--workers") + 1] == "2"
+
+
+def test_server_environment_finds_this_interpreters_tools_without_an_activated_venv(monkeypatch):
+    """MLflow execs ``uvicorn`` from PATH: the project's own bin folder must come first."""
+    import os
+    import sys
+
+    from pipelines.serve import serve_environment
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = serve_environment("sqlite:///x.db")
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert "/usr/bin" in env["PATH"].split(os.pathsep)

@@ -29,7 +29,7 @@ from models.serving import EXAMPLE_PATIENT, tables_to_records
 from pipelines.io import write_table
 from pipelines.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version
 from pipelines.score import load_scoring_bundle, run_score
-from pipelines.serve import serve_command
+from pipelines.serve import serve_command, serve_environment
 from pipelines.simulate import simulate_cohort
 from pipelines.train import run_train
 
@@ -95,7 +95,7 @@ def _free_port() -> int:
 def server(trainings, store, tmp_path_factory):
     """MLflow's scoring server for the champion, as a subprocess on a free localhost port."""
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "OMP_NUM_THREADS": "1"}
+    env = serve_environment(store)
     log = tmp_path_factory.mktemp("e2e_server") / "server.log"
     with open(log, "wb") as sink:
         process = subprocess.Popen(serve_command(CHAMPION, "127.0.0.1", port), env=env, start_new_session=True,
