@@ -197,6 +197,10 @@ def _to_numbers(values: pd.Series) -> pd.Series:
 
 
 def _coerce_float(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "fi":  # already numbers: only inf is bad
+        numbers = values.astype(float)
+        bad = np.isinf(numbers.to_numpy())
+        return (numbers.where(~bad) if bad.any() else numbers), pd.Series(bad, index=values.index)
     numbers = _to_numbers(values)
     bad = (values.notna() & numbers.isna()) | np.isinf(numbers)
     return numbers.where(~bad), bad
@@ -692,6 +696,11 @@ def _output_frame(name: str, frame: pd.DataFrame, drop: pd.Series) -> pd.DataFra
 
 def _quarantined_rows(name: str, raw: pd.DataFrame, problems: pd.DataFrame, source: str) -> pd.DataFrame:
     mine = problems[problems["table"] == name]
+    if not len(mine):  # the usual case: no quarantined row, same empty frame without the group-by
+        rows = raw.iloc[:0].copy()
+        rows.insert(0, "row", [])
+        rows["quarantine_reasons"] = np.array([], dtype=object)
+        return rows.reset_index(drop=True)
     reasons = mine.groupby("position", sort=True)["reason"].agg("; ".join)
     rows = raw.loc[reasons.index].copy()
     rows.insert(0, "row", [display_row(source, p) for p in reasons.index])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -532,59 +531,37 @@ class MicroBatcher:
     batch is refused (one request's bad input, or the same patient in two requests), each request
     is scored on its own, so every caller gets its own answer or its own error.
 
-    Closed-loop callers (each sends its next request as soon as it has its answer) would otherwise
-    settle into alternating half-batches: the callers of one batch come back just after the next
-    batch has started, and wait for it. So the caller starting a batch waits (at most
-    ``linger_seconds``) until as many callers are queued as were active around the previous batch
-    (its size plus those queued when it ended). A caller alone never waits.
-
     Parameters
     ----------
     score : callable
         ``score(records) -> DataFrame`` with one row per record, in order (e.g.
         ``functools.partial(score_records, bundle)``).
-    linger_seconds : float
-        Longest wait for the callers expected back before a batch starts.
     """
 
-    def __init__(self, score: Callable[[Sequence[BaseModel]], pd.DataFrame], linger_seconds: float = 0.01):
+    def __init__(self, score: Callable[[Sequence[BaseModel]], pd.DataFrame]):
         self._score = score
-        self._linger_seconds = float(linger_seconds)
         self._condition = threading.Condition()
         self._pending: list[_Job] = []
         self._busy = False
-        self._expected_callers = 0
 
     def __call__(self, records: Sequence[BaseModel]) -> pd.DataFrame:
         """Score ``records`` (possibly together with other callers' records)."""
         job = _Job(records)
         with self._condition:
             self._pending.append(job)
-            self._condition.notify_all()  # a lingering batch starter counts arrivals
             while self._busy and not job.finished:
                 self._condition.wait()
             if job.finished:
                 return job.outcome()
             self._busy = True
-            self._linger()
             batch, self._pending = self._pending, []
         try:
             self._run(batch)
         finally:
             with self._condition:
-                self._expected_callers = len(batch) + len(self._pending)
                 self._busy = False
                 self._condition.notify_all()
         return job.outcome()
-
-    def _linger(self) -> None:
-        """Wait (lock held by the caller, released while waiting) for the callers expected back."""
-        deadline = time.monotonic() + self._linger_seconds
-        while len(self._pending) < self._expected_callers:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._condition.wait(remaining)
 
     def _run(self, batch: list[_Job]) -> None:
         if len(batch) > 1:

@@ -330,6 +330,20 @@ def test_typed_input_gives_the_same_cohort_as_text(raw_cohort):
     pd.testing.assert_frame_equal(from_text.measurements, from_typed.measurements)
 
 
+def test_infinite_number_in_a_typed_column_is_the_same_problem_as_in_text(raw_cohort):
+    text = {name: frame.copy() for name, frame in raw_cohort.items()}
+    text["infusions"].loc[1, "age_years"] = "inf"
+    typed = {name: frame.copy() for name, frame in raw_cohort.items()}
+    typed["infusions"]["age_years"] = typed["infusions"]["age_years"].astype(float)
+    typed["infusions"].loc[1, "age_years"] = np.inf
+    for raw in (text, typed):
+        with pytest.raises(ContractError, match=r"infusions.csv, row 3, column age_years: .* is not a number"):
+            _validate(raw)
+    from_text, from_typed = _validate(text, on_error="quarantine"), _validate(typed, on_error="quarantine")
+    assert from_text.report.tables["infusions"].reasons == from_typed.report.tables["infusions"].reasons
+    pd.testing.assert_frame_equal(from_text.infusions, from_typed.infusions)
+
+
 def test_error_message_is_capped_but_keeps_every_line(raw_cohort):
     many = pd.concat([raw_cohort["measurements"].iloc[[9]]] * (MAX_ERROR_LINES + 50), ignore_index=True)
     many["value"] = "??"

@@ -95,6 +95,24 @@ def test_a_row_predicts_bit_identically_alone_and_in_a_batch(fitted, contract_da
         np.testing.assert_array_equal(alone.to_numpy(), batch.iloc[[position]].to_numpy())
 
 
+def test_phenotype_shares_equal_one_classifier_call_per_knot(fitted, contract_data):
+    """All knots are scored in one call; the shares equal those of one call per knot, bit for bit."""
+    from models.base import PHENOTYPE_CAUSES
+    from models.competing import _predict_proba
+
+    name, model, _ = fitted
+    if name == BASELINE_NAME or model.phenotype_model_ is None:
+        pytest.skip("no phenotype classifier")
+    X = contract_data[0].iloc[:25][list(model.feature_names_in_)].astype(float)
+    per_knot = []
+    for knot in model.phenotype_knots_:
+        probabilities = _predict_proba(model.phenotype_model_, model._with_relapse_time(X, np.full(len(X), knot)))
+        order = [list(model.phenotype_model_.classes_).index(cause) for cause in PHENOTYPE_CAUSES]
+        per_knot.append(probabilities[:, order])
+    expected = np.stack(per_knot, axis=2)
+    np.testing.assert_array_equal(model._shares_at_knots(X, model.phenotype_knots_), expected)
+
+
 def test_missing_values_at_prediction_are_handled(fitted, contract_data):
     _, model, _ = fitted
     X, _ = contract_data
