@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -585,6 +587,8 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
         f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
         f"--as-of-day 91 --output scores.parquet{uri_option}",
     ]
+    if shutil.which("car-relapse") is None or shutil.which("mlflow") is None:
+        lines.append(f"first:       source {Path(sys.prefix) / 'bin' / 'activate'}   (puts car-relapse and mlflow on PATH)")
     return lines
 
 
