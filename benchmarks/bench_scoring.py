@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["BENCH_CONFIG", "train_benchmark_model", "write_cohort", "main"]
+__all__ = ["BENCH_CONFIG", "train_benchmark_model", "model_or_trained", "write_cohort", "main"]
 
 BENCH_CONFIG = {
     "data": {"source": "synthetic", "synthetic": {"n_patients": 1500, "seed": 7, "with_oracle": False}},
@@ -41,6 +41,13 @@ def train_benchmark_model(folder: Path) -> tuple[str, str]:
     config = RunConfig.model_validate({**BENCH_CONFIG, "tracking": {"tracking_uri": tracking_uri}})
     summary = train(config)
     return f"models:/{summary.model_name}@champion", tracking_uri
+
+
+def model_or_trained(folder: Path, model_uri: str | None, tracking_uri: str | None) -> tuple[str, str]:
+    """The given model and store, or a benchmark model trained into ``folder`` when none is given."""
+    if model_uri:
+        return model_uri, tracking_uri
+    return train_benchmark_model(folder)
 
 
 def write_cohort(folder: Path, n_patients: int, seed: int = 99) -> Path:
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_mlflow()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        model_uri, tracking_uri = (args.model, args.tracking_uri) if args.model else train_benchmark_model(folder)
+        model_uri, tracking_uri = model_or_trained(folder, args.model, args.tracking_uri)
         start = time.perf_counter()
         cohort = write_cohort(folder / "cohort", args.patients)
         print(f"simulated and wrote {args.patients} patients in {time.perf_counter() - start:.1f} s (not timed)")

@@ -96,7 +96,7 @@ def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int)
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare, start the server, warm up, measure, stop; print the figures."""
-    from benchmarks.bench_scoring import train_benchmark_model
+    from benchmarks.bench_scoring import model_or_trained
     from pipelines.serve import DEFAULT_WORKERS
     from pipelines.tracking import quiet_mlflow
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_mlflow()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        model_uri, tracking_uri = (args.model, args.tracking_uri) if args.model else train_benchmark_model(folder)
+        model_uri, tracking_uri = model_or_trained(folder, args.model, args.tracking_uri)
         bodies = request_bodies(args.patients)
         process, port = start_server(model_uri, tracking_uri, args.workers, folder / "server.log")
         try:

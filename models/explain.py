@@ -40,6 +40,7 @@ __all__ = [
     "plot_beeswarm",
     "plot_importance_bar",
     "plot_waterfall",
+    "native_tree_explanation",
     "top_factors",
 ]
 
@@ -96,12 +97,50 @@ def _relapse_risk_function(model, columns: list[str], horizon_days: float):
     return risk
 
 
+def _booster_sign_and_output(booster_model) -> tuple[float, str]:
+    """Sign making higher = riskier, and what the relapse booster's SHAP values add up to."""
+    if isinstance(booster_model, XGBAFTSurvival):
+        return -1.0, "minus relapse log-time location"
+    return 1.0, "relapse log relative hazard"
+
+
 def _tree_explanation(booster_model, rows: pd.DataFrame) -> Explanation:
     explainer = shap.TreeExplainer(booster_model.booster_)
     result = explainer(rows)
-    sign = -1.0 if isinstance(booster_model, XGBAFTSurvival) else 1.0
-    output = "relapse log relative hazard" if sign > 0 else "minus relapse log-time location"
+    sign, output = _booster_sign_and_output(booster_model)
     return Explanation(values=sign * np.asarray(result.values), base_value=float(sign * np.ravel(result.base_values)[0]),
+                       data=rows, output=output, method="tree")
+
+
+def native_tree_explanation(model, rows: pd.DataFrame) -> Explanation | None:
+    """Exact TreeSHAP of the relapse booster computed by XGBoost itself, or None for other models.
+
+    The same quantity as :func:`explain_relapse_risk` with ``method="tree"`` (the booster margin,
+    sign-flipped for AFT), from ``Booster.predict(pred_contribs=True)``: no ``shap.TreeExplainer``
+    is built (and the model re-parsed), so it suits a scoring server answering small requests.
+    Single-threaded.
+
+    Parameters
+    ----------
+    model : CauseSpecificHazardsModel
+        Fitted; anything without an XGBoost relapse hazard gives None.
+    rows : DataFrame
+        Feature rows, in the model's column order.
+
+    Returns
+    -------
+    Explanation or None
+    """
+    import xgboost as xgb
+
+    booster_model = _relapse_booster(model)
+    if booster_model is None:
+        return None
+    matrix = xgb.DMatrix(rows.to_numpy(dtype=float), missing=np.nan, feature_names=[str(c) for c in rows.columns],
+                         nthread=1)
+    contributions = booster_model.booster_.predict(matrix, pred_contribs=True)
+    sign, output = _booster_sign_and_output(booster_model)
+    return Explanation(values=sign * contributions[:, :-1], base_value=float(sign * contributions[0, -1]),
                        data=rows, output=output, method="tree")
 
 

@@ -370,40 +370,15 @@ def assign_risk_groups(relapse_incidence: np.ndarray, cutoffs: Sequence[float]) 
     return labels[np.searchsorted(np.asarray(cutoffs, dtype=float), relapse_incidence, side="right")]
 
 
-def _native_tree_explanation(estimator: Any, rows: pd.DataFrame):
-    """Exact TreeSHAP of the relapse booster computed by XGBoost itself, or None for other models.
-
-    The same quantity as ``models.explain.explain_relapse_risk`` with the tree method (the booster
-    margin, sign-flipped for AFT), from ``Booster.predict(pred_contribs=True)``: no
-    ``shap.TreeExplainer`` is rebuilt (and the model re-parsed) on every call. Single-threaded, as a
-    scoring server answers one small request at a time.
-    """
-    import xgboost as xgb
-
-    from models.explain import Explanation, _relapse_booster
-    from models.survival import XGBAFTSurvival
-
-    booster_model = _relapse_booster(estimator)
-    if booster_model is None:
-        return None
-    matrix = xgb.DMatrix(rows.to_numpy(dtype=float), missing=np.nan, feature_names=[str(c) for c in rows.columns],
-                         nthread=1)
-    contributions = booster_model.booster_.predict(matrix, pred_contribs=True)
-    sign = -1.0 if isinstance(booster_model, XGBAFTSurvival) else 1.0
-    output = "relapse log relative hazard" if sign > 0 else "minus relapse log-time location"
-    return Explanation(values=sign * contributions[:, :-1], base_value=float(sign * contributions[0, -1]),
-                       data=rows, output=output, method="tree")
-
-
 def _top_factor_columns(bundle: ScoringBundle, X: pd.DataFrame) -> dict[str, np.ndarray]:
     """``top_factor_{i}`` (feature), ``_value``, ``_contribution`` (i = 1..k) and what they explain."""
     if bundle.n_top_factors == 0:
         return {}
-    from models.explain import top_factors  # imports shap (seconds): only when factors are asked for
+    from models.explain import native_tree_explanation, top_factors  # imports shap (seconds): only when asked
 
     rows = X.reset_index(drop=True)
     long = top_factors(bundle.estimator, rows, bundle.n_top_factors, horizon_days=bundle.explain_horizon_days,
-                       explanation=_native_tree_explanation(bundle.estimator, rows))
+                       explanation=native_tree_explanation(bundle.estimator, rows))
     k = int(long["rank"].max()) if len(long) else 0
     if len(long) != k * len(X) or not (long["row"].to_numpy() == np.repeat(np.arange(len(X)), k)).all():
         raise ValueError("models.explain.top_factors did not explain every row in order")

@@ -28,8 +28,10 @@ def _run_job(job, **kwargs) -> None:
     except Exception as exc:  # noqa: BLE001 - filtered by origin just below
         if type(exc).__module__.split(".")[0] not in _PROJECT_PACKAGES:
             raise
+        from pipelines.validate import EXIT_BAD_INPUT
+
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
 
 app = typer.Typer(

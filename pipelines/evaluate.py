@@ -38,6 +38,7 @@ from features.registry import FeatureInputError
 from models.base import ModelInputError
 from pipelines.config import ConfigError, RunConfig, load_config
 from pipelines.io import CohortIOError
+from pipelines.validate import EXIT_BAD_INPUT
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -56,7 +57,6 @@ __all__ = [
     "write_outputs",
 ]
 
-EXIT_BAD_INPUT = 2
 ORACLE, RULE = "oracle", "rule"
 _console = Console()
 

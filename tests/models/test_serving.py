@@ -256,12 +256,13 @@ def test_micro_batcher_isolates_a_bad_request(bundle):
 
 def test_served_factors_are_the_tree_shap_of_models_explain(bundle, new_patients):
     from models.explain import explain_relapse_risk
-    from models.serving import _feature_matrix, _native_tree_explanation
+    from models.explain import native_tree_explanation
+    from models.serving import _feature_matrix
 
     valid = validate_cohort(*new_patients, None, on_error="fail")
     X = _feature_matrix(bundle, valid.infusions, valid.measurements, np.full(len(valid.infusions), 91.0))
     X = X.reset_index(drop=True)
-    native = _native_tree_explanation(bundle.estimator, X)
+    native = native_tree_explanation(bundle.estimator, X)
     reference = explain_relapse_risk(bundle.estimator, X, max_rows=len(X), method="tree")
     assert (native.output, native.method) == (reference.output, reference.method)
     np.testing.assert_allclose(native.values, reference.values, rtol=1e-5, atol=1e-6)
