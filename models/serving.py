@@ -1,7 +1,7 @@
 """Scoring: patients in the data contract, as of a day -> one output row per patient.
 
 This is the single code path behind both ways of scoring a fitted model: the MLflow pyfunc
-(``pipelines/pyfunc_model.py``, one request of typed :class:`PatientRecord` objects) and batch
+(``pipelines/pyfunc_model.py``, one request frame with a row per patient) and batch
 scoring of a cohort folder (``pipelines/score.py``, chunks of raw tables). Both end in
 :func:`score_tables`, so the served model and batch scoring give the same numbers for the same
 patients. Nothing here reads files or touches MLflow.
@@ -18,10 +18,11 @@ A scoring server answers concurrent requests in threads; :class:`MicroBatcher` s
 requests waiting at the same moment in one call (the cost of scoring a few patients is mostly per
 call), each patient's numbers being independent of the batch.
 
-The request types (:class:`PatientRecord`, :class:`MeasurementRecord`) are generated from the
-column declarations in ``features.schema``, so the served signature follows the data contract:
-every numeric field is a float (or an integer where the contract declares an integer, which then
-rejects 2.5 instead of truncating it).
+A request has one row per patient: the fields of :data:`REQUEST_FIELDS`, generated from the
+column declarations in ``features.schema`` (the infusions row), the as-of day, and the patient's
+measurements as a list of objects with the measurements table's columns. The served signature is
+built from these fields (``pipelines/pyfunc_model.py``). Every value is checked here by the data
+contract, so a 2.5 sent for an integer field (``prior_lines``) is refused by name, never truncated.
 """
 
 from __future__ import annotations
@@ -33,28 +34,28 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from features.contract import ContractError, validate_cohort
 from features.registry import build_feature_rows
-from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS, ColumnSpec
+from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS
 from models.base import relapse_column
 
 __all__ = [
     "RISK_GROUPS",
     "REJECT_COLUMNS",
     "ScoringInputError",
-    "MeasurementRecord",
-    "PatientRecord",
+    "RequestField",
+    "MEASUREMENT_FIELDS",
+    "REQUEST_FIELDS",
     "ScoringBundle",
     "ScoringResult",
     "EXAMPLE_PATIENT",
     "baseline_field_names",
-    "records_to_tables",
+    "request_to_tables",
     "tables_to_records",
     "assign_risk_groups",
     "score_tables",
-    "score_records",
+    "score_request",
     "MicroBatcher",
 ]
 
@@ -66,50 +67,43 @@ class ScoringInputError(ValueError):
     """Input that cannot be scored; the message names the patient, field and reason."""
 
 
-# --- request types, generated from the data contract ---------------------------------------------
-_PYTHON_TYPE_BY_KIND: dict[str, Any] = {
-    "str": str,
-    "category": str,
-    "float": float,
-    "int": int,
-    "bool": bool,
-    "text_or_number": Union[str, float],
-}
+# --- the request: one row per patient, its fields generated from the data contract -------------------
+@dataclass(frozen=True)
+class RequestField:
+    """One field of a scoring request (a column of the request frame).
+
+    Attributes
+    ----------
+    name : str
+    kind : {"str", "float", "int", "bool", "measurements"}
+        Contract type of the field; ``measurements`` is the patient's list of measurement objects.
+    required : bool
+        Whether the field must be present (``null`` then means an unknown value).
+    meaning : str
+    """
+
+    name: str
+    kind: str
+    required: bool
+    meaning: str
 
 
-def _field(spec: ColumnSpec) -> tuple[Any, Any]:
-    """(annotation, FieldInfo) of one contract column as a request field."""
-    python_type = _PYTHON_TYPE_BY_KIND[spec.kind]
-    if spec.nullable or not spec.required:
-        return Optional[python_type], Field(None, description=spec.meaning)
-    return python_type, Field(..., description=spec.meaning)
+MEASUREMENT_FIELDS: tuple[str, ...] = tuple(spec.name for spec in MEASUREMENT_COLUMNS if spec.name != "patient_id")
+"""Keys of one measurement object in a request (the measurements table without ``patient_id``)."""
 
-
-_STRICT_RECORD = ConfigDict(extra="forbid")
-
-MeasurementRecord = create_model(
-    "MeasurementRecord",
-    __config__=_STRICT_RECORD,
-    __doc__="One measurement result, as the lab wrote it (see the measurements table).",
-    **{spec.name: _field(spec) for spec in MEASUREMENT_COLUMNS if spec.name != "patient_id"},
+REQUEST_FIELDS: tuple[RequestField, ...] = (
+    *(RequestField(spec.name, "str" if spec.kind == "category" else spec.kind, spec.required, spec.meaning)
+      for spec in INFUSION_COLUMNS),
+    RequestField("as_of_day", "float", True, "prediction day, days since infusion (>= 0)"),
+    RequestField("measurements", "measurements", True,
+                 f"every measurement known so far, each an object with keys {', '.join(MEASUREMENT_FIELDS)} "
+                 "(as in the measurements table); may be empty"),
 )
-
-PatientRecord = create_model(
-    "PatientRecord",
-    __config__=_STRICT_RECORD,
-    __doc__=(
-        "One patient to score: the infusions row (baseline fields), the day the prediction is "
-        "made (as_of_day, days since infusion) and every measurement known so far. A baseline "
-        "field whose column is required by the contract must be present (null = missing value)."
-    ),
-    as_of_day=(float, Field(..., description="prediction day, days since infusion (>= 0)")),
-    measurements=(list[MeasurementRecord], Field(..., description="measurements (may be empty)")),
-    **{spec.name: _field(spec) for spec in INFUSION_COLUMNS},
-)
+"""The fields of one patient in a scoring request: the infusions row, the as-of day, the measurements."""
 
 
 def baseline_field_names(required_only: bool = False) -> tuple[str, ...]:
-    """Infusions columns carried by a :class:`PatientRecord` (optionally only required ones)."""
+    """Infusions columns carried by a request row (optionally only the required ones)."""
     return tuple(spec.name for spec in INFUSION_COLUMNS if spec.required or not required_only)
 
 
@@ -153,27 +147,66 @@ EXAMPLE_PATIENT: dict[str, Any] = {
 """A made-up patient (no real or simulated person): the model's input example and the docs' curl."""
 
 
-# --- conversions between request records and contract tables ---------------------------------------
-def _check_required_fields(record: BaseModel) -> None:
-    missing = [name for name in baseline_field_names(required_only=True) if name not in record.model_fields_set]
-    if missing:
+# --- conversions between requests and contract tables ------------------------------------------------
+def _entries_from_columns(patient_id: Any, columns: dict) -> list[dict[str, Any]]:
+    """Measurement objects from the column form ``{"day": [...], "assay": [...], ...}``."""
+    lengths = {key: len(values) if isinstance(values, (list, tuple, np.ndarray)) else None
+               for key, values in columns.items()}
+    if None in lengths.values() or len(set(lengths.values())) > 1:
         raise ScoringInputError(
-            f"patient {record.patient_id}: missing field(s) {', '.join(missing)} "
-            "(required by the data contract; send null for an unknown value)"
+            f"patient {patient_id}: measurements in column form must map each field to a list, all of one "
+            f"length; got lengths {lengths}"
+        )
+    keys = list(columns)
+    return [dict(zip(keys, values)) for values in zip(*(columns[key] for key in keys))]
+
+
+def _check_measurement_keys(patient_id: Any, keys: Any) -> None:
+    unknown = sorted(set(keys) - set(MEASUREMENT_FIELDS))
+    if unknown:
+        raise ScoringInputError(
+            f"patient {patient_id}: unknown measurement field(s) {', '.join(map(str, unknown))} "
+            f"(known: {', '.join(MEASUREMENT_FIELDS)})"
         )
 
 
-def records_to_tables(records: Sequence[BaseModel]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """Raw ``infusions`` and ``measurements`` tables (and as-of days) from request records.
+def _measurement_entries(patient_id: Any, entries: Any) -> list[dict[str, Any]]:
+    """A patient's measurement objects, checked to have known keys only.
+
+    ``entries`` is a list of measurement objects, or one object of equal-length lists (the
+    column form, which MLflow's ``instances`` format needs when patients have different numbers
+    of measurements).
+    """
+    if isinstance(entries, dict):
+        _check_measurement_keys(patient_id, entries)
+        return _entries_from_columns(patient_id, entries)
+    if entries is None or isinstance(entries, (str, bytes)) or not hasattr(entries, "__len__"):
+        raise ScoringInputError(
+            f"patient {patient_id}: measurements must be a list of measurement objects (may be empty) or an "
+            f"object of equal-length lists, got {type(entries).__name__}"
+        )
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ScoringInputError(
+                f"patient {patient_id}: each measurement must be an object with keys {', '.join(MEASUREMENT_FIELDS)}"
+            )
+        _check_measurement_keys(patient_id, entry)
+    return list(entries)
+
+
+def request_to_tables(request: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Raw ``infusions`` and ``measurements`` tables (and as-of days) from a scoring request.
 
     Parameters
     ----------
-    records : sequence of PatientRecord
+    request : DataFrame
+        One row per patient with the fields of :data:`REQUEST_FIELDS` (as the MLflow scoring
+        server hands it over; ``pd.DataFrame(records)`` for request records).
 
     Returns
     -------
     infusions : DataFrame
-        One row per patient, every infusions column of the contract (missing = None).
+        One row per patient, every infusions column of the contract (absent optional = missing).
     measurements : DataFrame
         One row per measurement, raw as sent (``value`` keeps text or number).
     as_of_days : Series
@@ -182,21 +215,26 @@ def records_to_tables(records: Sequence[BaseModel]) -> tuple[pd.DataFrame, pd.Da
     Raises
     ------
     ScoringInputError
-        A required baseline field is absent.
+        A required field is absent, or a patient's measurements are not a list of objects with
+        known keys.
     """
-    for record in records:
-        _check_required_fields(record)
-    baseline = list(baseline_field_names())
-    infusions = pd.DataFrame([{name: getattr(r, name) for name in baseline} for r in records], columns=baseline)
-    measurement_columns = ["patient_id"] + [spec.name for spec in MEASUREMENT_COLUMNS if spec.name != "patient_id"]
+    missing = [f.name for f in REQUEST_FIELDS if f.required and f.name not in request.columns]
+    if missing:
+        raise ScoringInputError(
+            f"request is missing field(s) {', '.join(missing)} "
+            "(required by the data contract; send null for an unknown value)"
+        )
+    request = request.reset_index(drop=True)
+    infusions = request.reindex(columns=list(baseline_field_names()))
     rows = [
-        {"patient_id": r.patient_id, **m.model_dump()} for r in records for m in r.measurements
+        {"patient_id": patient_id, **entry}
+        for patient_id, entries in zip(infusions["patient_id"].tolist(), request["measurements"].tolist())
+        for entry in _measurement_entries(patient_id, entries)
     ]
-    measurements = pd.DataFrame(rows, columns=measurement_columns)
-    as_of_days = pd.Series(
-        [float(r.as_of_day) for r in records], index=pd.Index([r.patient_id for r in records], name="patient_id"),
-        name="as_of_day",
-    )
+    measurements = pd.DataFrame(rows, columns=["patient_id", *MEASUREMENT_FIELDS])
+    days = pd.to_numeric(request["as_of_day"], errors="coerce").to_numpy(dtype=float)
+    ids = [pid if pid is None or isinstance(pid, str) else str(pid) for pid in infusions["patient_id"].tolist()]
+    as_of_days = pd.Series(days, index=pd.Index(ids, name="patient_id"), name="as_of_day")  # ids as the contract types them
     return infusions, measurements, as_of_days
 
 
@@ -208,25 +246,36 @@ def _plain(value: Any) -> Any:
 
 
 def tables_to_records(
-    infusions: pd.DataFrame, measurements: pd.DataFrame, as_of_day: float
+    infusions: pd.DataFrame, measurements: pd.DataFrame, as_of_day: float, measurement_form: str = "records"
 ) -> list[dict[str, Any]]:
     """Request records (plain dicts, JSON-ready) for every patient of raw contract tables.
 
-    The inverse of :func:`records_to_tables`: used to build requests for the served model from
+    The inverse of :func:`request_to_tables`: used to build requests for the served model from
     a cohort folder (tests, benchmarks, the docs' examples).
+
+    Parameters
+    ----------
+    infusions, measurements : DataFrame
+        Raw contract tables.
+    as_of_day : float
+    measurement_form : {"records", "columns"}
+        Each patient's measurements as a list of objects, or as one object of equal-length lists.
     """
+    if measurement_form not in ("records", "columns"):
+        raise ValueError(f"measurement_form must be 'records' or 'columns', got {measurement_form!r}")
     baseline = [c for c in baseline_field_names() if c in infusions.columns]
-    measurement_columns = [s.name for s in MEASUREMENT_COLUMNS if s.name != "patient_id" and s.name in measurements]
+    measurement_columns = [name for name in MEASUREMENT_FIELDS if name in measurements]
     by_patient = {pid: rows for pid, rows in measurements.groupby("patient_id", sort=False)}
     records = []
     for row in infusions[baseline].itertuples(index=False):
         record = {name: _plain(value) for name, value in zip(baseline, row)}
-        rows = by_patient.get(record["patient_id"], measurements.iloc[:0])
+        rows = by_patient.get(record["patient_id"], measurements.iloc[:0])[measurement_columns]
         record["as_of_day"] = float(as_of_day)
-        record["measurements"] = [
-            {name: _plain(value) for name, value in zip(measurement_columns, m)}
-            for m in rows[measurement_columns].itertuples(index=False)
-        ]
+        entries = [{name: _plain(value) for name, value in zip(measurement_columns, m)}
+                   for m in rows.itertuples(index=False)]
+        record["measurements"] = entries if measurement_form == "records" else {
+            name: [entry[name] for entry in entries] for name in measurement_columns
+        }
         records.append(record)
     return records
 
@@ -459,17 +508,17 @@ def score_tables(
     return ScoringResult(scores=scores, rejects=rejects)
 
 
-def score_records(bundle: ScoringBundle, records: Sequence[BaseModel]) -> pd.DataFrame:
-    """Score request records (:class:`PatientRecord`): one output row per record, in order.
+def score_request(bundle: ScoringBundle, request: pd.DataFrame) -> pd.DataFrame:
+    """Score a request (one row per patient, see :func:`request_to_tables`): one output row per patient, in order.
 
     Raises
     ------
     ScoringInputError
         A missing required field, a duplicate patient, or any contract violation, named.
     """
-    if not records:
+    if not len(request):
         raise ScoringInputError("no patients in the request")
-    infusions, measurements, as_of_days = records_to_tables(records)
+    infusions, measurements, as_of_days = request_to_tables(request)
     if as_of_days.index.has_duplicates:
         duplicated = as_of_days.index[as_of_days.index.duplicated()].unique().tolist()[:5]
         raise ScoringInputError(f"duplicate patient_id in the request: {duplicated}")
@@ -478,10 +527,10 @@ def score_records(bundle: ScoringBundle, records: Sequence[BaseModel]) -> pd.Dat
 
 # --- concurrent requests ---------------------------------------------------------------------------------
 class _Job:
-    """One caller's records and, once scored, its rows or its error."""
+    """One caller's request and, once scored, its rows or its error."""
 
-    def __init__(self, records: Sequence[BaseModel]):
-        self.records = list(records)
+    def __init__(self, request: pd.DataFrame):
+        self.request = request
         self.finished = False
         self.rows: Optional[pd.DataFrame] = None
         self.error: Optional[BaseException] = None
@@ -509,19 +558,19 @@ class MicroBatcher:
     Parameters
     ----------
     score : callable
-        ``score(records) -> DataFrame`` with one row per record, in order (e.g.
-        ``functools.partial(score_records, bundle)``).
+        ``score(request) -> DataFrame`` with one row per request row, in order (e.g.
+        ``functools.partial(score_request, bundle)``).
     """
 
-    def __init__(self, score: Callable[[Sequence[BaseModel]], pd.DataFrame]):
+    def __init__(self, score: Callable[[pd.DataFrame], pd.DataFrame]):
         self._score = score
         self._condition = threading.Condition()
         self._pending: list[_Job] = []
         self._busy = False
 
-    def __call__(self, records: Sequence[BaseModel]) -> pd.DataFrame:
-        """Score ``records`` (possibly together with other callers' records)."""
-        job = _Job(records)
+    def __call__(self, request: pd.DataFrame) -> pd.DataFrame:
+        """Score ``request`` (possibly together with other callers' requests)."""
+        job = _Job(request)
         with self._condition:
             self._pending.append(job)
             while self._busy and not job.finished:
@@ -541,7 +590,7 @@ class MicroBatcher:
     def _run(self, batch: list[_Job]) -> None:
         if len(batch) > 1:
             try:
-                rows = self._score([record for job in batch for record in job.records])
+                rows = self._score(pd.concat([job.request for job in batch], ignore_index=True))
             except ScoringInputError:
                 pass
             except Exception as error:  # a bug, not a request problem: every caller sees it
@@ -551,11 +600,11 @@ class MicroBatcher:
             else:
                 start = 0
                 for job in batch:
-                    job.finish(rows=rows.iloc[start:start + len(job.records)].reset_index(drop=True))
-                    start += len(job.records)
+                    job.finish(rows=rows.iloc[start:start + len(job.request)].reset_index(drop=True))
+                    start += len(job.request)
                 return
         for job in batch:
             try:
-                job.finish(rows=self._score(job.records))
+                job.finish(rows=self._score(job.request))
             except Exception as error:
                 job.finish(error=error)

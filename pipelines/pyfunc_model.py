@@ -2,15 +2,19 @@
 
 MLflow logs this file as *model code* (models-from-code): on load it runs the file, which ends with
 ``mlflow.models.set_model(CarRelapseModel())``. ``load_context`` unpickles the fitted
-:class:`models.serving.ScoringBundle`; ``predict`` hands the typed request records to
-:func:`models.serving.score_records` and turns a :class:`models.serving.ScoringInputError` into an
+:class:`models.serving.ScoringBundle`; ``predict`` hands the request frame (one row per patient) to
+:func:`models.serving.score_request` and turns a :class:`models.serving.ScoringInputError` into an
 MLflow "invalid parameter value" error, which the scoring server answers with HTTP 400 naming the
 problem (and keeps serving).
 
-The input signature comes from the ``predict`` type hint ``list[PatientRecord]`` (pydantic, built
-from the data contract). MLflow validates requests against it in strict mode: a missing required
-field, a wrong type, an unknown field, or 2.5 sent for an integer field is a 400, never a silent
-cast. The scoring server then accepts only the ``{"inputs": [...]}`` request format.
+The input signature (:func:`input_schema`) is a column schema built from
+:data:`models.serving.REQUEST_FIELDS`, so the scoring server accepts every documented JSON format
+(``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``). Nothing can be truncated or
+re-typed on the way: every field is declared ``any`` (see :func:`input_schema` for the MLflow casts
+this avoids) and typed by the data contract, which refuses a 2.5 for an integer field, a word for a
+number or an unknown assay by name (HTTP 400). A missing required field is refused by MLflow (400).
+Unknown top-level fields are dropped by MLflow's schema enforcement before the model sees them
+(documented in docs/usage.md).
 
 This file must import nothing from ``pipelines``: the model ships only ``features/`` and
 ``models/`` as code, so it loads on a machine where this project is not installed.
@@ -28,9 +32,29 @@ import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
-from models.serving import EXAMPLE_PATIENT, MicroBatcher, PatientRecord, ScoringBundle, ScoringInputError, score_records
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
-__all__ = ["BUNDLE_ARTIFACT", "CarRelapseModel", "save_bundle", "load_bundle", "pip_requirements", "log_scoring_model"]
+from models.serving import (
+    EXAMPLE_PATIENT,
+    REQUEST_FIELDS,
+    MicroBatcher,
+    ScoringBundle,
+    ScoringInputError,
+    score_request,
+)
+
+__all__ = [
+    "BUNDLE_ARTIFACT",
+    "CarRelapseModel",
+    "save_bundle",
+    "load_bundle",
+    "input_schema",
+    "request_field_metadata",
+    "model_signature",
+    "pip_requirements",
+    "log_scoring_model",
+]
 
 BUNDLE_ARTIFACT = "scoring_bundle"
 _SHIPPED_PACKAGES = ("features", "models")
@@ -67,21 +91,56 @@ def load_bundle(path: Path | str) -> ScoringBundle:
         return cloudpickle.load(handle)
 
 
+def input_schema() -> Schema:
+    """The served input schema: one column per request field, each of type ``any``.
+
+    MLflow's own casts are lossy for this contract, so the values reach the model as sent and the
+    data contract types them (as for batch scoring): the REST path casts 2.5 to 2 for an integer
+    column, ``null`` to the text ``'None'`` for a string column, and ``"no"`` (or ``null``) to
+    ``True``/``False`` for a boolean column. The declared names and required flags are still
+    enforced by MLflow (a missing required field is a 400); each field's contract type is in the
+    model's metadata (:func:`request_field_metadata`).
+    """
+    return Schema([ColSpec(AnyType(), field.name, required=field.required) for field in REQUEST_FIELDS])
+
+
+def request_field_metadata() -> dict[str, dict[str, Any]]:
+    """Contract type, required flag and meaning of each request field (logged as model metadata)."""
+    return {field.name: {"type": field.kind, "required": field.required, "meaning": field.meaning}
+            for field in REQUEST_FIELDS}
+
+
+def model_signature(bundle: ScoringBundle) -> ModelSignature:
+    """Input schema (:func:`input_schema`) and the output schema of scoring the example patient."""
+    example_output = score_request(bundle, pd.DataFrame([EXAMPLE_PATIENT]))
+    return ModelSignature(inputs=input_schema(), outputs=infer_signature(model_output=example_output).outputs)
+
+
+def _answer(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scores as answered: missing -> None (JSON null, not NaN)."""
+    return scores.astype(object).where(scores.notna(), None)
+
+
 class CarRelapseModel(mlflow.pyfunc.PythonModel):
     """Relapse and phenotype risk for patients in the data contract, as of a given day."""
 
     def load_context(self, context) -> None:
         """Load the fitted scoring bundle shipped as an artifact; concurrent requests share calls."""
         self._bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
-        self._score = MicroBatcher(partial(score_records, self._bundle))
+        self._score = MicroBatcher(partial(score_request, self._bundle))
 
-    def predict(self, context, model_input: list[PatientRecord], params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
-        """One output row per patient (see ``models.serving.score_records``); missing values are None."""
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> pd.DataFrame:
+        """One output row per patient (see ``models.serving.score_request``); missing values are None.
+
+        ``model_input`` is the request frame MLflow built from any JSON format (one row per
+        patient), or a list of patient records when called directly.
+        """
+        request = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(list(model_input))
         try:
-            scores = self._score(model_input)
+            scores = self._score(request)
         except ScoringInputError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
-        return scores.astype(object).where(scores.notna(), None)  # missing -> JSON null, not NaN
+        return _answer(scores)
 
 
 def pip_requirements() -> list[str]:
@@ -118,7 +177,9 @@ def log_scoring_model(bundle_path: Path, name: str = "model", input_example: Opt
         python_model=str(Path(__file__).resolve()),
         artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
         code_paths=[str(project / package) for package in _SHIPPED_PACKAGES],
-        input_example=input_example if input_example is not None else [EXAMPLE_PATIENT],
+        input_example=pd.DataFrame(input_example if input_example is not None else [EXAMPLE_PATIENT]),
+        signature=model_signature(load_bundle(bundle_path)),
+        metadata={"request_fields": request_field_metadata()},
         pip_requirements=pip_requirements(),
     )
 

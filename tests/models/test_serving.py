@@ -5,21 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from pydantic import ValidationError
 
 from features.contract import validate_cohort
 from features.landmarks import build_landmark_set, feature_columns
-from features.schema import INFUSION_COLUMNS
+from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS
 from models.base import CAUSES, cif_column, event_free_column, relapse_column
 from models.factory import make_model
 from models.serving import (
     EXAMPLE_PATIENT,
-    PatientRecord,
+    MEASUREMENT_FIELDS,
+    REQUEST_FIELDS,
     ScoringBundle,
     ScoringInputError,
     assign_risk_groups,
-    records_to_tables,
-    score_records,
+    request_to_tables,
+    score_request,
     score_tables,
     tables_to_records,
 )
@@ -51,57 +51,57 @@ def new_patients():
     return cohort.infusions, cohort.measurements
 
 
-def _record(**changes) -> PatientRecord:
-    return PatientRecord.model_validate({**EXAMPLE_PATIENT, **changes}, strict=True)
+def _patient(**changes) -> dict:
+    return {**EXAMPLE_PATIENT, **changes}
 
 
-# --- request types ---------------------------------------------------------------------------------
+def _request(*patients: dict) -> pd.DataFrame:
+    """A request frame as the scoring server builds it from JSON records."""
+    return pd.DataFrame(list(patients or [_patient()]))
+
+
+# --- requests ------------------------------------------------------------------------------------
 def test_request_fields_follow_the_contract():
-    fields = PatientRecord.model_fields
-    assert set(fields) == {spec.name for spec in INFUSION_COLUMNS} | {"as_of_day", "measurements"}
-    assert fields["patient_id"].is_required() and fields["as_of_day"].is_required()
-    assert fields["prior_lines"].annotation == (int | None)
-    assert fields["bm_blasts_pct"].annotation == (float | None)
+    fields = {f.name: f for f in REQUEST_FIELDS}
+    assert list(fields) == [spec.name for spec in INFUSION_COLUMNS] + ["as_of_day", "measurements"]
+    assert all(fields[spec.name].required == spec.required for spec in INFUSION_COLUMNS)
+    assert fields["as_of_day"].required and fields["measurements"].required
+    assert (fields["prior_lines"].kind, fields["bm_blasts_pct"].kind, fields["sex"].kind) == ("int", "float", "str")
+    assert MEASUREMENT_FIELDS == tuple(spec.name for spec in MEASUREMENT_COLUMNS[1:])
+
+
+def test_missing_required_field_is_named():
+    request = _request().drop(columns=["cd19_antigen_load_pct"])
+    with pytest.raises(ScoringInputError, match="missing field.*cd19_antigen_load_pct"):
+        request_to_tables(request)
+
+
+def test_absent_optional_field_and_null_are_missing_values():
+    request = _request(_patient(bm_blasts_pct=None)).drop(columns=["fludarabine_auc"])
+    infusions, _, _ = request_to_tables(request)
+    assert list(infusions.columns) == [spec.name for spec in INFUSION_COLUMNS]
+    assert infusions[["bm_blasts_pct", "fludarabine_auc"]].isna().all().all()
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "message"),
+    ("measurements", "message"),
     [
-        ("prior_lines", 2.5, "valid integer"),
-        ("age_years", "eleven", "valid number"),
-        ("down_syndrome", "no", "valid boolean"),
-        ("patient_id", 17, "valid string"),
-        ("bm_blast_pct", 3.0, "Extra inputs are not permitted"),
+        (None, "must be a list of measurement objects"),
+        ("NEG", "must be a list of measurement objects"),
+        ([3.0], "each measurement must be an object"),
+        ([dict(EXAMPLE_PATIENT["measurements"][0], assay_name="x")], "unknown measurement field.*assay_name"),
     ],
 )
-def test_strict_request_validation_names_the_field(field, value, message):
-    with pytest.raises(ValidationError) as error:
-        _record(**{field: value})
-    assert field in str(error.value) and message in str(error.value)
+def test_measurements_must_be_a_list_of_known_objects(measurements, message):
+    with pytest.raises(ScoringInputError, match=message):
+        request_to_tables(_request(_patient(measurements=measurements)))
 
 
-def test_integer_accepted_where_a_float_is_declared():
-    assert _record(as_of_day=91, bm_blasts_pct=12).bm_blasts_pct == 12.0
-
-
-def test_missing_required_baseline_field_is_named():
-    payload = {k: v for k, v in EXAMPLE_PATIENT.items() if k != "cd19_antigen_load_pct"}
-    record = PatientRecord.model_validate(payload, strict=True)
-    with pytest.raises(ScoringInputError, match="EXAMPLE-001: missing field.*cd19_antigen_load_pct"):
-        records_to_tables([record])
-
-
-def test_null_is_an_explicit_missing_value():
-    infusions, _, _ = records_to_tables([_record(bm_blasts_pct=None)])
-    assert infusions["bm_blasts_pct"].isna().all()
-
-
-def test_tables_and_records_round_trip(new_patients):
+def test_tables_and_request_round_trip(new_patients):
     infusions, measurements = new_patients
     records = tables_to_records(infusions, measurements, 91.0)
     assert len(records) == len(infusions)
-    parsed = [PatientRecord.model_validate(r, strict=True) for r in records]
-    back_infusions, back_measurements, as_of = records_to_tables(parsed)
+    back_infusions, back_measurements, as_of = request_to_tables(_request(*records))
     assert (as_of == 91.0).all()
     assert back_infusions["patient_id"].tolist() == infusions["patient_id"].tolist()
     order = ["patient_id", "day", "specimen", "assay"]
@@ -145,22 +145,22 @@ def test_a_patient_scores_the_same_alone_and_in_a_batch(bundle, new_patients):
     pd.testing.assert_frame_equal(alone.scores, together.iloc[[4]].reset_index(drop=True), check_exact=True)
 
 
-def test_records_and_tables_give_identical_scores(bundle, new_patients):
+def test_requests_and_tables_give_identical_scores(bundle, new_patients):
     infusions, measurements = new_patients
-    records = [PatientRecord.model_validate(r, strict=True) for r in tables_to_records(infusions, measurements, 63.0)]
+    request = _request(*tables_to_records(infusions, measurements, 63.0))
     pd.testing.assert_frame_equal(
-        score_records(bundle, records), score_tables(bundle, infusions, measurements, 63.0).scores, check_exact=True
+        score_request(bundle, request), score_tables(bundle, infusions, measurements, 63.0).scores, check_exact=True
     )
 
 
 def test_data_after_the_as_of_day_is_not_used(bundle):
-    base = _record()
+    base = _request()
     later = dict(EXAMPLE_PATIENT["measurements"][0], day=200.0, value="5%")
-    with_future = _record(measurements=EXAMPLE_PATIENT["measurements"] + [later])
-    pd.testing.assert_frame_equal(score_records(bundle, [base]), score_records(bundle, [with_future]))
-    as_of_later = _record(as_of_day=200.0, measurements=EXAMPLE_PATIENT["measurements"] + [later])
-    assert not score_records(bundle, [as_of_later])[relapse_column(365.0)].equals(
-        score_records(bundle, [base])[relapse_column(365.0)]
+    with_future = _request(_patient(measurements=EXAMPLE_PATIENT["measurements"] + [later]))
+    pd.testing.assert_frame_equal(score_request(bundle, base), score_request(bundle, with_future))
+    as_of_later = _request(_patient(as_of_day=200.0, measurements=EXAMPLE_PATIENT["measurements"] + [later]))
+    assert not score_request(bundle, as_of_later)[relapse_column(365.0)].equals(
+        score_request(bundle, base)[relapse_column(365.0)]
     )
 
 
@@ -171,16 +171,25 @@ def test_data_after_the_as_of_day_is_not_used(bundle):
         ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value="lots")]}, "lots"),
         ({"sex": "X"}, "sex"),
         ({"as_of_day": -3.0}, "as_of_day"),
+        ({"as_of_day": None}, "as_of_day"),
+        ({"prior_lines": 2.5}, "column prior_lines: 2.5 is not an integer"),
+        ({"age_years": "eleven"}, "column age_years: 'eleven' is not a number"),
+        ({"down_syndrome": "maybe"}, "column down_syndrome: 'maybe' is not a boolean"),
     ],
 )
 def test_contract_violations_are_named(bundle, changes, message):
     with pytest.raises(ScoringInputError, match=message):
-        score_records(bundle, [_record(**changes)])
+        score_request(bundle, _request(_patient(**changes)))
+
+
+def test_an_integer_field_accepts_whole_numbers_sent_as_floats(bundle):
+    pd.testing.assert_frame_equal(score_request(bundle, _request(_patient(prior_lines=2.0))),
+                                  score_request(bundle, _request()), check_exact=True)
 
 
 def test_duplicate_patient_in_a_request(bundle):
     with pytest.raises(ScoringInputError, match="duplicate patient_id"):
-        score_records(bundle, [_record(), _record()])
+        score_request(bundle, _request(_patient(), _patient()))
 
 
 def test_quarantine_mode_reports_rejected_rows(bundle, new_patients):
@@ -208,12 +217,12 @@ def _run_concurrently(bundle, requests):
     first_call_started, others_queued = threading.Event(), threading.Event()
     call_sizes = []
 
-    def spy(records):
-        call_sizes.append(len(records))
+    def spy(request):
+        call_sizes.append(len(request))
         if len(call_sizes) == 1:  # hold the first call until every other request is queued
             first_call_started.set()
             others_queued.wait(timeout=30)
-        return partial(score_records, bundle)(records)
+        return partial(score_request, bundle)(request)
 
     batcher = MicroBatcher(spy)
     results: dict[int, object] = {}
@@ -238,7 +247,7 @@ def _run_concurrently(bundle, requests):
 
 
 def test_micro_batcher_scores_waiting_requests_in_one_call(bundle):
-    requests = [[_record(patient_id=f"A{i}")] for i in range(4)]
+    requests = [_request(_patient(patient_id=f"A{i}")) for i in range(4)]
     results, call_sizes = _run_concurrently(bundle, requests)
     assert call_sizes == [1, 3]
     for i in range(4):
@@ -246,7 +255,7 @@ def test_micro_batcher_scores_waiting_requests_in_one_call(bundle):
 
 
 def test_micro_batcher_isolates_a_bad_request(bundle):
-    requests = [[_record(patient_id=f"A{i}")] for i in range(3)] + [[_record(patient_id="BAD", sex="X")]]
+    requests = [_request(_patient(patient_id=f"A{i}")) for i in range(3)] + [_request(_patient(patient_id="BAD", sex="X"))]
     results, call_sizes = _run_concurrently(bundle, requests)
     assert call_sizes == [1, 3, 1, 1, 1]  # the combined call is refused, then one call per request
     for i in range(3):
@@ -268,3 +277,24 @@ def test_served_factors_are_the_tree_shap_of_models_explain(bundle, new_patients
     np.testing.assert_allclose(native.values, reference.values, rtol=1e-5, atol=1e-6)
     assert native.base_value == pytest.approx(reference.base_value, rel=1e-6)
     assert np.abs(native.values).max() > 0  # something is explained
+
+
+def test_a_numeric_patient_id_is_typed_as_text_like_in_a_csv(bundle):
+    scores = score_request(bundle, _request(_patient(patient_id=17)))
+    assert scores["patient_id"].tolist() == ["17"]
+    expected = score_request(bundle, _request(_patient(patient_id="17")))
+    pd.testing.assert_frame_equal(scores, expected, check_exact=True)
+
+
+def test_measurements_in_column_form_score_like_the_list_form(bundle, new_patients):
+    infusions, measurements = new_patients
+    as_records = _request(*tables_to_records(infusions, measurements, 91.0))
+    as_columns = _request(*tables_to_records(infusions, measurements, 91.0, measurement_form="columns"))
+    assert isinstance(as_columns["measurements"].iloc[0], dict)
+    pd.testing.assert_frame_equal(score_request(bundle, as_columns), score_request(bundle, as_records), check_exact=True)
+
+
+def test_column_form_needs_lists_of_one_length():
+    ragged = {"day": [28.0, 91.0], "specimen": ["BM"], "assay": ["ngs_mrd", "ngs_mrd"], "value": ["NEG", "NEG"]}
+    with pytest.raises(ScoringInputError, match="all of one length"):
+        request_to_tables(_request(_patient(measurements=ragged)))

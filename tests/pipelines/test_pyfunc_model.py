@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.serving import EXAMPLE_PATIENT, PatientRecord, score_records
-from pipelines.pyfunc_model import BUNDLE_ARTIFACT, CarRelapseModel, load_bundle, pip_requirements, save_bundle
+from models.serving import EXAMPLE_PATIENT, REQUEST_FIELDS, score_request
+from pipelines.pyfunc_model import (
+    BUNDLE_ARTIFACT,
+    CarRelapseModel,
+    input_schema,
+    request_field_metadata,
+    load_bundle,
+    model_signature,
+    pip_requirements,
+    save_bundle,
+)
 from tests.models.test_serving import bundle  # noqa: F401  (shared fitted-bundle fixture)
 
 _PROJECT = Path(__file__).resolve().parents[2]
@@ -40,8 +49,8 @@ def test_requirements_pin_every_package_the_shipped_code_imports():
 
 def test_bundle_round_trip_scores_identically(bundle, tmp_path):  # noqa: F811
     loaded = load_bundle(save_bundle(bundle, tmp_path / "bundle.pkl"))
-    record = [PatientRecord.model_validate(EXAMPLE_PATIENT, strict=True)]
-    pd.testing.assert_frame_equal(score_records(loaded, record), score_records(bundle, record), check_exact=True)
+    request = pd.DataFrame([EXAMPLE_PATIENT])
+    pd.testing.assert_frame_equal(score_request(loaded, request), score_request(bundle, request), check_exact=True)
 
 
 def test_predict_answers_missing_values_as_none(bundle, tmp_path):  # noqa: F811
@@ -54,8 +63,23 @@ def test_predict_answers_missing_values_as_none(bundle, tmp_path):  # noqa: F811
     model.load_context(Context())
     patient = {**EXAMPLE_PATIENT, "measurements": EXAMPLE_PATIENT["measurements"][:1]}
     answer = model.predict(Context(), [patient])
-    expected = score_records(every_factor, [PatientRecord.model_validate(patient, strict=True)])
+    expected = score_request(every_factor, pd.DataFrame([patient]))
     missing = expected.isna().to_numpy()
     assert missing.any()
     assert all(value is None for value in answer.to_numpy()[missing])
     assert answer.to_numpy()[~missing].tolist() == expected.to_numpy()[~missing].tolist()
+
+
+def test_input_schema_names_every_request_field_and_leaves_typing_to_the_contract():
+    declared = {column["name"]: column for column in input_schema().to_dict()}
+    assert list(declared) == [field.name for field in REQUEST_FIELDS]
+    for field in REQUEST_FIELDS:
+        assert declared[field.name]["type"] == "any", field.name  # no lossy MLflow cast (2.5 -> 2, null -> 'None')
+        assert declared[field.name]["required"] == field.required, field.name
+    metadata = request_field_metadata()
+    assert metadata["prior_lines"] == {"type": "int", "required": True, "meaning": "number of prior therapy lines"}
+
+
+def test_signature_outputs_are_the_scored_columns(bundle):  # noqa: F811
+    outputs = model_signature(bundle).outputs.input_names()
+    assert outputs == score_request(bundle, pd.DataFrame([EXAMPLE_PATIENT])).columns.tolist()

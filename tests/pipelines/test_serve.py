@@ -8,7 +8,7 @@ import sys
 import pytest
 import typer
 
-from models.serving import PatientRecord
+from models.serving import REQUEST_FIELDS
 from pipelines.serve import example_curl, run_serve, serve_command
 
 
@@ -25,7 +25,8 @@ def test_printed_curl_sends_a_valid_request():
     curl = example_curl("127.0.0.1", 5001)
     assert curl.startswith("curl -s http://127.0.0.1:5001/invocations")
     body = json.loads(curl.split(" -d '", 1)[1].rstrip("'"))
-    assert [PatientRecord.model_validate(r, strict=True).patient_id for r in body["inputs"]] == ["EXAMPLE-001"]
+    assert [r["patient_id"] for r in body["inputs"]] == ["EXAMPLE-001"]
+    assert {f.name for f in REQUEST_FIELDS if f.required} <= set(body["inputs"][0])
 
 
 def test_a_missing_champion_is_a_clear_error(tracking_uri, capsys):
