@@ -159,9 +159,16 @@ class _XGBSurvivalBase(BaseEstimator):
             self.feature_names_in_ = np.asarray([str(column) for column in X.columns], dtype=object)
 
     def margin(self, X) -> np.ndarray:
-        """Raw booster output (before the survival link) per row."""
+        """Raw booster output (before the survival link) per row.
+
+        Uses XGBoost's in-place prediction (no DMatrix: a quarter of the cost for a few rows, the
+        same numbers); the columns must be the fitted features in order, as for every estimator here.
+        """
         check_is_fitted(self, "booster_")
-        return self.booster_.predict(self._matrix(X), output_margin=True)
+        names = getattr(X, "columns", None)
+        if names is not None and hasattr(self, "feature_names_in_") and list(map(str, names)) != list(self.feature_names_in_):
+            raise ValueError("feature names differ from those seen in fit (same columns, same order expected)")
+        return self.booster_.inplace_predict(np.asarray(X, dtype=float), predict_type="margin", missing=np.nan)
 
     def predict_cumulative_hazard_function(self, X, return_array=False):
         """Cumulative hazard at ``unique_times_`` (array) or as StepFunctions, like scikit-survival."""

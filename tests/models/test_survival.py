@@ -159,3 +159,18 @@ def test_batch_invariant_dot_is_the_matrix_product_and_batch_independent():
     for row in (0, 13, 29):
         np.testing.assert_array_equal(batch_invariant_dot(X[[row]], coefficients), full[[row]])
     np.testing.assert_allclose(batch_invariant_dot(X, coefficients[0]), X @ coefficients[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", [XGBCoxSurvival, XGBAFTSurvival])
+def test_in_place_margin_equals_the_dmatrix_prediction_and_checks_columns(estimator):
+    import xgboost as xgb
+
+    X, y, _ = _weibull_data(400, 5)
+    model = estimator(n_estimators=30).fit(X, y)
+    rows = X.iloc[:25].copy()
+    rows.iloc[::3, 1] = np.nan  # missing values take the trees' default branches in both paths
+    reference = model.booster_.predict(xgb.DMatrix(rows.to_numpy(), missing=np.nan, feature_names=["x0", "x1"]),
+                                       output_margin=True)
+    np.testing.assert_array_equal(model.margin(rows), reference)
+    with pytest.raises(ValueError, match="feature names"):
+        model.margin(rows[["x1", "x0"]])

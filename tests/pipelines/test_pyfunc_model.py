@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import sys
 from dataclasses import replace
 from importlib import metadata
@@ -64,10 +65,13 @@ def test_predict_answers_missing_values_as_none(bundle, tmp_path):  # noqa: F811
     patient = {**EXAMPLE_PATIENT, "measurements": EXAMPLE_PATIENT["measurements"][:1]}
     answer = model.predict(Context(), [patient])
     expected = score_request(every_factor, pd.DataFrame([patient]))
+    assert [list(record) for record in answer] == [expected.columns.tolist()]
+    answered = pd.DataFrame(answer).to_numpy()
     missing = expected.isna().to_numpy()
     assert missing.any()
-    assert all(value is None for value in answer.to_numpy()[missing])
-    assert answer.to_numpy()[~missing].tolist() == expected.to_numpy()[~missing].tolist()
+    assert all(value is None for value in answered[missing])
+    assert answered[~missing].tolist() == expected.to_numpy()[~missing].tolist()
+    json.dumps(answer, allow_nan=False)  # standard JSON: no NaN left
 
 
 def test_input_schema_names_every_request_field_and_leaves_typing_to_the_contract():
