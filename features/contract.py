@@ -19,6 +19,11 @@ quarantines the whole patient (their rows in every table, reason "patient quaran
 the patient's baseline or outcome can no longer be trusted and tables must stay consistent; a
 problem in a single measurement row drops that row only.
 
+Scoring a few patients (no outcomes, small tables) first tries the accept-only fast path of
+``features.contract_fast``: when it proves the tables clean it returns the same frames the steps
+above would, and the report and quarantine frames are built here as for any clean cohort;
+otherwise (anything it is not sure of) the steps above run, so every problem is reported by them.
+
 Row numbers: for a source file ending in ``.csv`` the row number is the file's line number
 (the header is line 1, so the first data row is row 2); for Parquet files and in-memory frames it
 is the 0-based row position.
@@ -36,7 +41,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from features.labtext import normalise_lab_values
+from features.contract_fast import BOOL_WORDS, clean_small_cohort
+from features.labtext import MAX_EXACT_INTEGER, normalise_lab_values
 from features.schema import (
     ASSAYS,
     COLUMNS_BY_TABLE,
@@ -65,10 +71,6 @@ ON_ERROR_MODES = ("fail", "quarantine")
 PATIENT_QUARANTINED = "patient quarantined"
 MAX_ERROR_LINES = 200
 _PROBLEM_COLUMNS = ["table", "position", "column", "kind", "reason", "patient_id", "cascade"]
-_BOOL_WORDS = {
-    "true": True, "t": True, "yes": True, "y": True, "1": True, "1.0": True,
-    "false": False, "f": False, "no": False, "n": False, "0": False, "0.0": False,
-}
 
 
 def display_row(source: str, position: int) -> int:
@@ -208,14 +210,15 @@ def _coerce_float(values: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 def _coerce_int(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     numbers, bad = _coerce_float(values)
-    bad = bad | (numbers.notna() & (numbers != numbers.round()))
+    # beyond 2**53 a float is no longer an exact integer (and beyond int64 it cannot be cast at all)
+    bad = bad | (numbers.notna() & ((numbers != numbers.round()) | (numbers.abs() > MAX_EXACT_INTEGER)))
     return numbers.where(~bad).astype("Int64"), bad
 
 
 def _coerce_bool(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_bool_dtype(values.dtype):
         return values.astype("boolean"), pd.Series(False, index=values.index)
-    words = values.astype(str).str.strip().str.lower().map(_BOOL_WORDS)
+    words = values.astype(str).str.strip().str.lower().map(BOOL_WORDS)
     bad = values.notna() & words.isna()
     return words.where(~bad).astype("boolean"), bad
 
@@ -694,13 +697,39 @@ def _output_frame(name: str, frame: pd.DataFrame, drop: pd.Series) -> pd.DataFra
     return _without(frame, drop)[declared + extras].reset_index(drop=True)
 
 
+_NO_QUARANTINE_TEMPLATES: dict[tuple, pd.DataFrame] = {}
+_MAX_NO_QUARANTINE_TEMPLATES = 64
+
+
+def _no_quarantined_rows(raw: pd.DataFrame) -> pd.DataFrame:
+    """The empty quarantine frame of a table (copied from one built once per columns and dtypes).
+
+    Only plain numpy dtypes are cached: pandas' extension dtypes may compare equal while
+    differing (unordered categories in another order).
+    """
+    dtypes = raw.dtypes.tolist()
+    if not all(isinstance(dtype, np.dtype) for dtype in dtypes):
+        return _empty_quarantine_frame(raw)
+    key = (tuple((type(name), name) for name in raw.columns), tuple(dtypes))
+    template = _NO_QUARANTINE_TEMPLATES.get(key)
+    if template is None:
+        template = _empty_quarantine_frame(raw)
+        if len(_NO_QUARANTINE_TEMPLATES) < _MAX_NO_QUARANTINE_TEMPLATES:
+            _NO_QUARANTINE_TEMPLATES[key] = template
+    return template.copy()
+
+
+def _empty_quarantine_frame(raw: pd.DataFrame) -> pd.DataFrame:
+    rows = raw.iloc[:0].copy()
+    rows.insert(0, "row", [])
+    rows["quarantine_reasons"] = np.array([], dtype=object)
+    return rows.reset_index(drop=True)
+
+
 def _quarantined_rows(name: str, raw: pd.DataFrame, problems: pd.DataFrame, source: str) -> pd.DataFrame:
-    mine = problems[problems["table"] == name]
+    mine = problems[problems["table"] == name] if len(problems) else problems
     if not len(mine):  # the usual case: no quarantined row, same empty frame without the group-by
-        rows = raw.iloc[:0].copy()
-        rows.insert(0, "row", [])
-        rows["quarantine_reasons"] = np.array([], dtype=object)
-        return rows.reset_index(drop=True)
+        return _no_quarantined_rows(raw)
     reasons = mine.groupby("position", sort=True)["reason"].agg("; ".join)
     rows = raw.loc[reasons.index].copy()
     rows.insert(0, "row", [display_row(source, p) for p in reasons.index])
@@ -749,8 +778,12 @@ def validate_cohort(
     raw = {"infusions": infusions, "measurements": measurements}
     if outcomes is not None:
         raw["outcomes"] = outcomes
-    raw = {name: frame.reset_index(drop=True) for name, frame in raw.items()}
     sources = {name: str((source_names or {}).get(name, name)) for name in raw}
+    clean = clean_small_cohort(infusions, measurements) if outcomes is None else None
+    if clean is not None:  # a few certainly clean patients (scoring): the same result, far faster
+        outputs = {"infusions": clean[0], "measurements": clean[1]}
+        return _finish(raw, outputs, _concat_problems([]), sources, on_error, max_examples)
+    raw = {name: frame.reset_index(drop=True) for name, frame in raw.items()}
     _check_columns(raw, sources)
     typed_all, good, problems = _row_level(raw)
     normalised, lab_problems = _normalise_measurements(good["measurements"])
@@ -778,6 +811,18 @@ def _assemble(
     if not _certainly_valid("normalised_measurements", measurements):  # an internal guarantee
         NORMALISED_MEASUREMENTS_SCHEMA.validate(measurements, inplace=True)
     outputs["measurements"] = measurements
+    return _finish(raw, outputs, problems, sources, on_error, max_examples)
+
+
+def _finish(
+    raw: Mapping[str, pd.DataFrame],
+    outputs: Mapping[str, pd.DataFrame],
+    problems: pd.DataFrame,
+    sources: Mapping[str, str],
+    on_error: str,
+    max_examples: int,
+) -> ValidatedCohort:
+    """The report and the quarantined rows of the output tables, as a :class:`ValidatedCohort`."""
     tables = {
         name: _table_report(name, raw[name], len(outputs[name]), problems, sources, max_examples) for name in raw
     }
@@ -792,4 +837,4 @@ def _assemble(
         notes=tuple(_outcome_notes(outputs.get("outcomes"))),
     )
     quarantined = {name: _quarantined_rows(name, raw[name], problems, sources[name]) for name in raw}
-    return ValidatedCohort(outputs["infusions"], measurements, outputs.get("outcomes"), report, quarantined)
+    return ValidatedCohort(outputs["infusions"], outputs["measurements"], outputs.get("outcomes"), report, quarantined)

@@ -2,8 +2,11 @@
 
 Labs write results as numbers (``6e-4``, ``1.2E-05``), percentages (``0.06%``), upper bounds
 (``<0.01%``), negatives (``NEG``, ``negative``, ``not detected``) and detected-but-unquantifiable
-results (``detected <LOQ``, ``detected, below quantitation``). Everything here is vectorised over
-the whole column (pandas string methods and numpy), so millions of rows parse in seconds.
+results (``detected <LOQ``, ``detected, below quantitation``). :func:`normalise_lab_values` is
+vectorised over the whole column (each distinct text parsed once, numpy for the rest), so millions
+of rows parse in seconds. :func:`normalise_clean_lab_value` is its scalar, accept-only twin for a
+few rows (the contract's fast path): the same grammar and tables, and for a row without a problem
+exactly the same numbers; for anything else it answers None and the vectorised function decides.
 
 Grammar (case-insensitive, surrounding and repeated blanks ignored)::
 
@@ -40,9 +43,10 @@ single canonical unit.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -61,6 +65,10 @@ __all__ = [
     "ERROR_COLUMNS",
     "parse_lab_text",
     "normalise_lab_values",
+    "MAX_EXACT_INTEGER",
+    "CleanLabValue",
+    "exact_plain_number",
+    "normalise_clean_lab_value",
 ]
 
 QUALIFIERS = ("number", "less_than", "not_detected", "below_loq", "missing", "unparseable")
@@ -78,6 +86,7 @@ _LAB_TEXT_RE = (
     rf"|<\s*(?P<loq_num>{_NUM})\s*(?P<loq_pct>%)?))"
     r")\s*\.?\s*$"
 )
+_LAB_TEXT_PATTERN = re.compile(_LAB_TEXT_RE, re.IGNORECASE)
 
 
 def parse_lab_text(values: pd.Series) -> pd.DataFrame:
@@ -129,23 +138,37 @@ def _parse_distinct_values(distinct: pd.Series) -> pd.DataFrame:
 
 
 def _parse_distinct_texts(texts: pd.Series) -> pd.DataFrame:
-    """Parse distinct lab strings with :data:`_LAB_TEXT_RE` (one ``str.extract`` pass)."""
-    groups = texts.str.extract(_LAB_TEXT_RE, flags=re.IGNORECASE)
-    is_number = groups["num"].notna()
-    qualifier = np.select(
-        [is_number & groups["op"].notna(), is_number, groups["not_detected"].notna(), groups["loq"].notna()],
-        ["less_than", "number", "not_detected", "below_loq"],
-        default="unparseable",
-    ).astype(object)
-    number_text = pd.Series(np.where(is_number, groups["num"], groups["loq_num"]), dtype=object)
+    """Parse distinct lab strings with :func:`_match_lab_text` (numbers by ``pd.to_numeric``)."""
+    matches = [_match_lab_text(text) for text in texts]
+    number_text = pd.Series([np.nan if m[1] is None else m[1] for m in matches], dtype=object)
     return pd.DataFrame(
         {
             "number": pd.to_numeric(number_text, errors="coerce").to_numpy(dtype=float, na_value=np.nan),
-            "percent": (groups["pct"].notna() | groups["loq_pct"].notna()).to_numpy(),
-            "qualifier": qualifier,
+            "percent": np.array([m[2] for m in matches], dtype=bool),
+            "qualifier": np.array([m[0] for m in matches], dtype=object),
         },
         index=texts.index,
     )
+
+
+def _match_lab_text(text: str) -> tuple[str, Optional[str], bool]:
+    """Qualifier, number text (None if the result has none) and ``%`` flag of one lab string.
+
+    The grammar of the module docstring (:data:`_LAB_TEXT_RE`); a string it does not match is
+    ``unparseable``. The number stays text: callers turn it into a float.
+    """
+    match = _LAB_TEXT_PATTERN.search(text)
+    if match is None:
+        return "unparseable", None, False
+    op, num, pct, not_detected, loq, loq_num, loq_pct = match.group(
+        "op", "num", "pct", "not_detected", "loq", "loq_num", "loq_pct"
+    )
+    percent = pct is not None or loq_pct is not None
+    if num is not None:
+        return ("number" if op is None else "less_than"), num, percent
+    if not_detected is not None:
+        return "not_detected", None, percent
+    return ("below_loq" if loq is not None else "unparseable"), loq_num, percent
 
 
 def normalise_lab_values(
@@ -247,8 +270,13 @@ class _LabRows:
         factor = np.full(shape, np.nan)
         for i, assay in enumerate(self.assay_names):
             for j, unit in enumerate(unit_names):
-                canonical[i, j], factor[i, j] = UNIT_CONVERSIONS.get(assay, {}).get(unit, (None, np.nan))
+                canonical[i, j], factor[i, j] = _conversion(assay, unit)
         return canonical[self.assay_codes, unit_codes], factor[self.assay_codes, unit_codes]
+
+
+def _conversion(assay: Any, unit: Any) -> tuple[Optional[str], float]:
+    """Canonical unit and factor raw -> canonical of ``unit`` for ``assay`` ((None, NaN): not its unit)."""
+    return UNIT_CONVERSIONS.get(assay, {}).get(unit, (None, np.nan))
 
 
 def _censor(rows: _LabRows, factor: np.ndarray, row_limit: np.ndarray) -> pd.DataFrame:
@@ -339,3 +367,160 @@ def _first_errors(rules: list, index: pd.Index) -> pd.DataFrame:
         reason[hit] = [reason_of(i) for i in hit]
         unassigned[hit] = False
     return pd.DataFrame({"error_column": column, "error_kind": kind, "error_reason": reason}, index=index)
+
+
+# --- the accept-only scalar form (the contract's fast path for a few clean rows) -------------------
+class CleanLabValue(NamedTuple):
+    """One normalised lab result (the :data:`PARSED_COLUMNS` of a good row)."""
+
+    value: float
+    censored: bool
+    detection_limit: float
+    unit: str
+    detected_below_loq: bool
+
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(?P<whole>[0-9]*)\.?(?P<decimals>[0-9]*)(?:[eE](?P<exponent>[+-]?[0-9]{1,3}))?")
+_PARSER_DIGITS = 17  # pandas' parser reads at most 17 mantissa digits (leading zeros included)
+MAX_EXACT_INTEGER = 2**53
+"""Integers up to this size are exact doubles (and so survive a float column unchanged)."""
+_EXACT_POWER_OF_TEN = 22  # 1e0 ... 1e22 are exact doubles
+
+
+def exact_plain_number(text: str) -> Optional[float]:
+    """The float ``pd.to_numeric`` makes of a plain decimal text, when it is certainly that float.
+
+    ``pd.to_numeric`` parses text with its own routine: the mantissa digits are accumulated into
+    a double, then multiplied or divided once by a power of ten. When the mantissa is an exact
+    integer (at most 17 digits, leading zeros included, and at most 2**53) and the power of ten
+    is exact (decimal exponent at most 22 in size), that single correctly rounded operation gives
+    Python's correctly rounded ``float``. Anything else is refused: other syntax (blanks, ``_``,
+    non-ASCII digits, ``inf``, ``nan``), longer or more extreme numbers, and a negative zero
+    (which ``pd.to_numeric`` reads as ``+0`` or ``-0`` depending on the other values).
+
+    Parameters
+    ----------
+    text : str
+        ``[+-]digits[.digits][e[+-]digits]`` (ASCII digits only).
+
+    Returns
+    -------
+    float or None
+        None: not certain (the caller must take the full path).
+    """
+    match = _PLAIN_NUMBER.fullmatch(text)
+    if match is None:
+        return None
+    digits = match["whole"] + match["decimals"]
+    exponent = int(match["exponent"] or 0) - len(match["decimals"])
+    if (
+        not digits
+        or len(digits) > _PARSER_DIGITS
+        or int(digits) > MAX_EXACT_INTEGER
+        or abs(exponent) > _EXACT_POWER_OF_TEN
+    ):
+        return None
+    number = float(text)
+    if number == 0 and text.startswith("-"):
+        return None
+    return number
+
+
+def _clean_parse(raw: Any) -> Optional[tuple[float, bool, str]]:
+    """Number (NaN if none), ``%`` flag and qualifier of one raw value, or None when not certain.
+
+    The scalar form of :func:`parse_lab_text` for values without a problem: a missing,
+    unparseable or non-finite value, or a type other than str / int / float, gives None.
+    """
+    kind = type(raw)
+    if kind is str:
+        qualifier, number_text, percent = _match_lab_text(raw)
+        if qualifier == "unparseable":
+            return None
+        number = math.nan if number_text is None else exact_plain_number(number_text)
+        return None if number is None else (number, percent, qualifier)
+    if kind is int and abs(raw) <= MAX_EXACT_INTEGER:
+        return float(raw), False, "number"
+    if kind is float and math.isfinite(raw) and math.copysign(1.0, raw) > 0:
+        return raw, False, "number"
+    return None
+
+
+def normalise_clean_lab_value(
+    raw: Any, unit_column: Optional[str], assay: str, row_limit: float
+) -> Optional[CleanLabValue]:
+    """The scalar, accept-only twin of :func:`normalise_lab_values` for one row.
+
+    Returns exactly what :func:`normalise_lab_values` gives a row without an error, or None when
+    the row has an error (any rule of ``_row_errors``) or anything this form is not sure about.
+    A normalised row it returns also satisfies the normalised table's frame checks (unit of the
+    assay, value within the unit's bound, censored value = limit, below-LOQ is censored).
+
+    Parameters
+    ----------
+    raw : str, int or float
+        The raw ``value`` cell.
+    unit_column : str or None
+        The raw ``unit`` cell (None when missing).
+    assay : str
+        The ``assay`` cell.
+    row_limit : float
+        The row's ``detection_limit`` (NaN when missing), in the row's unit.
+
+    Returns
+    -------
+    CleanLabValue or None
+    """
+    parsed = _clean_parse(raw)
+    if parsed is None or assay not in UNIT_CONVERSIONS:
+        return None
+    number, percent, qualifier = parsed
+    units = _clean_units(unit_column, assay, percent, has_number=not math.isnan(number))
+    if units is None or number < 0:
+        return None
+    unit, factor, limit_unit, limit_factor = units
+    if limit_unit is None and not math.isnan(row_limit):  # a detection_limit without a unit
+        return None
+    return _clean_censoring(number * factor, number, qualifier, assay, unit, row_limit * limit_factor)
+
+
+def _clean_units(
+    unit_column: Optional[str], assay: str, percent: bool, has_number: bool
+) -> Optional[tuple[str, float, Optional[str], float]]:
+    """Canonical unit and factor of the value, canonical unit and factor of the row's detection limit.
+
+    None on a unit error (rules of ``_row_errors``: percent not allowed, unit of another assay,
+    ``%`` contradicting the unit column, a number or an assay without a unit).
+    """
+    percent_unit = PERCENT_UNIT_BY_ASSAY.get(assay)
+    if percent and percent_unit is None:
+        return None
+    raw_unit = percent_unit if percent else unit_column
+    canonical, factor = _conversion(assay, raw_unit)
+    if unit_column is not None:
+        column_canonical, _ = _conversion(assay, unit_column)
+        if column_canonical is None or (percent and column_canonical != canonical):
+            return None
+    if canonical is None and has_number:
+        return None
+    unit = canonical if canonical is not None else _SINGLE_CANONICAL_UNIT.get(assay)
+    if unit is None:
+        return None
+    limit_canonical, limit_factor = _conversion(assay, unit_column if unit_column is not None else raw_unit)
+    return unit, factor, limit_canonical, limit_factor
+
+
+def _clean_censoring(
+    number: float, raw_number: float, qualifier: str, assay: str, unit: str, row_limit: float
+) -> Optional[CleanLabValue]:
+    """Value, censoring and limit in the canonical unit (as :func:`_censor`); None if impossible."""
+    fallback_limit = DEFAULT_DETECTION_LIMIT_BY_ASSAY.get(assay, math.nan) if math.isnan(row_limit) else row_limit
+    exact = qualifier == "number" and not (assay in MRD_ASSAYS and raw_number == 0)
+    loq = qualifier == "below_loq"
+    stated_bound = qualifier == "less_than" or (loq and not math.isnan(number))
+    limit = number if stated_bound else fallback_limit
+    value = number if exact else limit
+    bound = MAX_VALUE_BY_CANONICAL_UNIT.get(unit, math.nan)
+    if limit <= 0 or limit > bound or value > bound:
+        return None
+    return CleanLabValue(value, not exact, limit, unit, loq)
