@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.registry import log10_positive, patient_index, register_builder, require_columns
+from features.registry import float_frame, log10_positive, patient_index, register_builder, require_columns
 
 __all__ = [
     "BLASTS_FLOOR_PCT",
@@ -160,4 +160,4 @@ def baseline_features(
     columns.update(_burden_features(infusions))
     columns.update(_prior_therapy_features(infusions))
     columns.update(_product_features(infusions))
-    return pd.DataFrame(columns, index=index, dtype=float)
+    return float_frame(columns, index)

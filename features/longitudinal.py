@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.registry import log10_positive, patient_index, register_builder, require_columns
+from features.registry import float_frame, log10_positive, patient_index, register_builder, require_columns
 from features.schema import MRD_ASSAYS
 
 __all__ = [
@@ -254,7 +254,7 @@ def series_features(
     for number, spec in enumerate(specs):
         for stat in stats:
             columns[_column_name(spec, stat)] = table[stat].reshape(len(index), len(specs))[:, number]
-    return pd.DataFrame(columns, index=index, dtype=float)
+    return float_frame(columns, index)
 
 
 _MRD_SPECS = tuple(
@@ -441,4 +441,4 @@ def bca_features(
         "bca_recovered_at_last_test": np.where(tested, np.bincount(patient[at_last], minlength=n) > 0, np.nan),
         "bca_days_since_last_test": np.where(tested, s - last_test, np.nan),
     }
-    return pd.DataFrame(columns, index=index, dtype=float)
+    return float_frame(columns, index)

@@ -97,3 +97,12 @@ def test_bad_builders_and_inputs_are_rejected():
 def cohort_as_builder(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
     """A faulty builder: returns a string column."""
     return pd.DataFrame({"site": infusions["site"].to_numpy()}, index=pd.Index(infusions["patient_id"]))
+
+
+def test_float_frame_equals_pandas_float_construction():
+    from features.registry import float_frame
+
+    index = pd.Index(["P1", "P2", "P3"], name="patient_id")
+    columns = {"b": np.array([1.5, np.nan, -2.0]), "a": np.array([True, False, True]), "c": np.array([1, 2, 3])}
+    expected = pd.DataFrame(columns, index=index, dtype=float)
+    pd.testing.assert_frame_equal(float_frame(columns, index), expected, check_exact=True)
