@@ -39,6 +39,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from models.serving import (
     EXAMPLE_PATIENT,
     REQUEST_FIELDS,
+    SERVING_LINGER_S,
     MicroBatcher,
     ScoringBundle,
     ScoringInputError,
@@ -137,7 +138,7 @@ class CarRelapseModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         """Load the fitted scoring bundle shipped as an artifact; concurrent requests share calls."""
         self._bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
-        self._score = MicroBatcher(partial(score_request, self._bundle))
+        self._score = MicroBatcher(partial(score_request, self._bundle), linger_s=SERVING_LINGER_S)
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list:
         """One output record per patient (see ``models.serving.score_request``); missing values are None.

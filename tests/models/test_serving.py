@@ -204,11 +204,38 @@ def test_quarantine_mode_reports_rejected_rows(bundle, new_patients):
 
 
 # --- concurrent requests ----------------------------------------------------------------------------------
-def _run_concurrently(bundle, requests):
-    """Send ``requests`` to one MicroBatcher: the first alone, the others while it is busy.
+def _run_concurrently_on(batcher, requests, call_started, release):
+    """Send ``requests`` to ``batcher``: the first alone, the others while it is busy.
 
-    Returns each request's rows (or error) and the sizes of the scoring calls made.
+    The batcher's scorer must hold its first call (set ``call_started``, then wait for
+    ``release``); ``release`` is set once every other request is queued. Returns each request's
+    rows (or error).
     """
+    import threading
+
+    results: dict[int, object] = {}
+
+    def call(i):
+        try:
+            results[i] = batcher(requests[i])
+        except ScoringInputError as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    threads[0].start()
+    call_started.wait(timeout=30)
+    for thread in threads[1:]:
+        thread.start()
+    while len(batcher._pending) < len(requests) - 1:
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def _run_concurrently(bundle, requests):
+    """Concurrent requests to a MicroBatcher around ``score_request``: results and call sizes."""
     import threading
     from functools import partial
 
@@ -224,25 +251,7 @@ def _run_concurrently(bundle, requests):
             others_queued.wait(timeout=30)
         return partial(score_request, bundle)(request)
 
-    batcher = MicroBatcher(spy)
-    results: dict[int, object] = {}
-
-    def call(i):
-        try:
-            results[i] = batcher(requests[i])
-        except ScoringInputError as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
-    threads[0].start()
-    first_call_started.wait(timeout=30)
-    for thread in threads[1:]:
-        thread.start()
-    while len(batcher._pending) < len(requests) - 1:
-        threading.Event().wait(0.01)
-    others_queued.set()
-    for thread in threads:
-        thread.join(timeout=60)
+    results = _run_concurrently_on(MicroBatcher(spy), requests, first_call_started, others_queued)
     return results, call_sizes
 
 
@@ -298,3 +307,59 @@ def test_column_form_needs_lists_of_one_length():
     ragged = {"day": [28.0, 91.0], "specimen": ["BM"], "assay": ["ngs_mrd", "ngs_mrd"], "value": ["NEG", "NEG"]}
     with pytest.raises(ScoringInputError, match="all of one length"):
         request_to_tables(_request(_patient(measurements=ragged)))
+
+
+def _echo_batcher(linger_s: float):
+    """A MicroBatcher whose scorer echoes patient ids, records its call sizes and holds its first
+    call until released (see :func:`_run_concurrently_on`)."""
+    import threading
+
+    from models.serving import MicroBatcher
+
+    sizes, first_call_started, release = [], threading.Event(), threading.Event()
+
+    def echo(request):
+        sizes.append(len(request))
+        if len(sizes) == 1:
+            first_call_started.set()
+            release.wait(timeout=30)
+        return request[["patient_id"]].reset_index(drop=True)
+
+    return MicroBatcher(echo, linger_s=linger_s), sizes, first_call_started, release
+
+
+def _call_in_threads(batcher, requests, stagger_s: float = 0.0) -> dict:
+    import threading
+    import time
+
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher(requests[i]))) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+        time.sleep(stagger_s)
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_micro_batcher_lingers_for_as_many_callers_as_last_time():
+    batcher, sizes, started, release = _echo_batcher(linger_s=30.0)
+    first = [_request(_patient(patient_id=f"F{i}")) for i in range(3)]
+    _run_concurrently_on(batcher, first, started, release)  # 1 alone, then 2 together: the last batch had 2
+    assert sizes == [1, 2]
+    sizes.clear()
+    second = [_request(_patient(patient_id=f"S{i}")) for i in range(2)]
+    results = _call_in_threads(batcher, second, stagger_s=0.2)  # the second arrives 0.2 s after the first
+    assert sizes == [2]  # the first waited for it instead of scoring alone
+    assert [results[i]["patient_id"].tolist() for i in range(2)] == [["S0"], ["S1"]]
+
+
+def test_a_lone_caller_does_not_linger():
+    import time
+
+    batcher, sizes, _, release = _echo_batcher(linger_s=30.0)
+    release.set()
+    start = time.perf_counter()
+    for i in range(3):
+        batcher(_request(_patient(patient_id=f"L{i}")))
+    assert sizes == [1, 1, 1] and time.perf_counter() - start < 5.0
