@@ -67,9 +67,11 @@ def start_server(model_uri: str, tracking_uri: str, workers: int, log: Path) -> 
     raise RuntimeError(f"scoring server did not start: {log.read_text()[-2000:]}")
 
 
-def _client(port: int, bodies: list[bytes], counter, n_requests: int, latencies: list, errors: list) -> None:
+def _client(port: int, bodies: list[bytes], counter, n_requests: int, latencies: list, errors: list,
+            keep_alive: bool = True) -> None:
+    """One client: a request at a time, over one keep-alive connection or a new connection each."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **({} if keep_alive else {"Connection": "close"})}
     while (index := next(counter)) < n_requests:
         start = time.perf_counter()
         connection.request("POST", "/invocations", body=bodies[index % len(bodies)], headers=headers)
@@ -78,13 +80,16 @@ def _client(port: int, bodies: list[bytes], counter, n_requests: int, latencies:
         latencies.append(time.perf_counter() - start)
         if response.status != 200:
             errors.append(response.status)
+        if not keep_alive:
+            connection.close()
     connection.close()
 
 
-def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int) -> tuple[np.ndarray, list, float]:
+def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int,
+                keep_alive: bool = True) -> tuple[np.ndarray, list, float]:
     """Send ``n_requests`` from ``n_clients`` threads; return latencies (s), error codes, wall time."""
     counter, latencies, errors = itertools.count(), [], []
-    threads = [threading.Thread(target=_client, args=(port, bodies, counter, n_requests, latencies, errors))
+    threads = [threading.Thread(target=_client, args=(port, bodies, counter, n_requests, latencies, errors, keep_alive))
                for _ in range(n_clients)]
     start = time.perf_counter()
     for thread in threads:

@@ -136,9 +136,12 @@ class CarRelapseModel(mlflow.pyfunc.PythonModel):
     """Relapse and phenotype risk for patients in the data contract, as of a given day."""
 
     def load_context(self, context) -> None:
-        """Load the fitted scoring bundle shipped as an artifact; concurrent requests share calls."""
+        """Load the fitted scoring bundle shipped as an artifact and score the example patient once,
+        so that the first request does not pay for lazy imports (shap takes about a second);
+        concurrent requests share calls."""
         self._bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
         self._score = MicroBatcher(partial(score_request, self._bundle), linger_s=SERVING_LINGER_S)
+        score_request(self._bundle, pd.DataFrame([EXAMPLE_PATIENT]))  # warm-up: lazy imports (shap), caches
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list:
         """One output record per patient (see ``models.serving.score_request``); missing values are None.

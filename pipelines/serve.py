@@ -1,15 +1,25 @@
 """``car-relapse serve``: MLflow's scoring server for the champion model, on localhost.
 
-This runs exactly ``mlflow models serve -m <model URI> --env-manager local`` (the model is loaded
-into the current environment, nothing is installed), bound to 127.0.0.1 unless told otherwise,
+The server is MLflow's own scoring app (``mlflow.pyfunc.scoring_server.app:app``, what
+``mlflow models serve -m <model URI> --env-manager local`` runs: the model is loaded into the
+current environment, nothing is installed) under uvicorn, bound to 127.0.0.1 unless told otherwise,
 after checking that the model URI resolves so that a missing champion is a clear message rather
 than a server that dies while starting.
+
+Why not ``mlflow models serve`` itself: with ``--workers`` > 1, uvicorn (0.54, the newest) binds its
+listening socket with ``proto=0``; accepted connections inherit it, asyncio then leaves Nagle's
+algorithm on, and every keep-alive response waits about 40 ms for the client's delayed ACK
+(uvicorn issue #3149, open). :func:`main` (``python -m pipelines.serve``) starts the same app with
+the same workers on a listening socket created with ``IPPROTO_TCP`` and ``TCP_NODELAY``.
+``mlflow models serve`` still serves the model (the end-to-end test checks it), only slower with
+several workers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from typing import Optional
@@ -20,8 +30,8 @@ from models.serving import EXAMPLE_PATIENT
 from pipelines.tracking import TrackingError, init_store, resolve_tracking_uri
 
 __all__ = [
-    "DEFAULT_WORKERS", "ServeError", "serve_command", "serve_environment", "example_curl", "check_model_uri",
-    "run_serve",
+    "DEFAULT_WORKERS", "ServeError", "serve_command", "mlflow_serve_command", "tcp_listener", "serve_environment",
+    "example_curl", "check_model_uri", "run_serve", "main",
 ]
 
 _console = Console(soft_wrap=True, highlight=False)
@@ -38,12 +48,73 @@ DEFAULT_WORKERS = 2
 def serve_command(
     model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = DEFAULT_WORKERS
 ) -> list[str]:
-    """The ``mlflow models serve`` command line (run with this interpreter's MLflow)."""
+    """The command that serves ``model_uri`` with MLflow's scoring app (see :func:`main`)."""
+    return [
+        sys.executable, "-m", "pipelines.serve",
+        "--model", model_uri, "--host", host, "--port", str(port), "--workers", str(workers),
+    ]
+
+
+def mlflow_serve_command(
+    model_uri: str, host: str = "127.0.0.1", port: int = 5001, workers: int = 1
+) -> list[str]:
+    """The equivalent ``mlflow models serve`` command line (run with this interpreter's MLflow)."""
     return [
         sys.executable, "-m", "mlflow", "models", "serve",
         "-m", model_uri, "--env-manager", "local",
         "--host", host, "--port", str(port), "--workers", str(workers),
     ]
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A bound, inheritable TCP listening socket whose connections have Nagle's algorithm off.
+
+    ``IPPROTO_TCP`` makes asyncio set ``TCP_NODELAY`` on each accepted connection (it checks the
+    socket's protocol); the option is also set on the listener, which Linux copies to accepted
+    connections.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind((host, port))
+    listener.set_inheritable(True)
+    return listener
+
+
+def _local_model_path(model_uri: str) -> str:
+    """The model's files on this machine (downloaded from the store when needed), as MLflow does."""
+    from mlflow.artifacts import download_artifacts
+
+    return download_artifacts(artifact_uri=model_uri)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Run MLflow's scoring app for a model under uvicorn on a :func:`tcp_listener` socket.
+
+    Usage: ``python -m pipelines.serve --model URI [--host H] [--port P] [--workers N]``; the
+    tracking store comes from ``MLFLOW_TRACKING_URI`` (see :func:`serve_environment`).
+    """
+    import argparse
+
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+    from uvicorn.supervisors import Multiprocess
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.serve", description=main.__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    args = parser.parse_args(argv)
+    os.environ[scoring_server._SERVER_MODEL_PATH] = _local_model_path(args.model)  # read by MLflow's app module
+    config = uvicorn.Config("mlflow.pyfunc.scoring_server.app:app", host=args.host, port=args.port,
+                            workers=args.workers)
+    listener = tcp_listener(args.host, args.port)
+    if args.workers > 1:
+        Multiprocess(config, sockets=[listener]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[listener])
 
 
 def serve_environment(tracking_uri: str) -> dict[str, str]:
@@ -140,3 +211,7 @@ def run_serve(
         return
     if completed.returncode not in (0, -2, 130):
         raise typer.Exit(code=completed.returncode)
+
+
+if __name__ == "__main__":
+    main()

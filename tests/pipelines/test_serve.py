@@ -9,16 +9,52 @@ import pytest
 import typer
 
 from models.serving import REQUEST_FIELDS
-from pipelines.serve import example_curl, run_serve, serve_command
+from pipelines.serve import example_curl, mlflow_serve_command, run_serve, serve_command, tcp_listener
 
 
-def test_serve_command_is_mlflow_models_serve_on_localhost_with_the_local_env():
+def test_serve_command_runs_the_launcher_on_localhost():
     command = serve_command("models:/car-relapse@champion", port=5123)
+    assert command[:3] == [sys.executable, "-m", "pipelines.serve"]
+    assert command[command.index("--model") + 1] == "models:/car-relapse@champion"
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "5123"
+
+
+def test_the_equivalent_mlflow_command_uses_the_local_env_on_localhost():
+    command = mlflow_serve_command("models:/car-relapse@champion", port=5123)
     assert command[:5] == [sys.executable, "-m", "mlflow", "models", "serve"]
     assert command[command.index("-m", 2) + 1] == "models:/car-relapse@champion"
     assert command[command.index("--env-manager") + 1] == "local"
     assert command[command.index("--host") + 1] == "127.0.0.1"
-    assert command[command.index("--port") + 1] == "5123"
+
+
+def test_the_listening_socket_turns_nagle_off_for_its_connections():
+    """uvicorn #3149: a listener without IPPROTO_TCP leaves Nagle on (40 ms per keep-alive reply)."""
+    import asyncio
+    import socket
+
+    listener = tcp_listener("127.0.0.1", 0)
+    try:
+        assert listener.proto == socket.IPPROTO_TCP
+        port = listener.getsockname()[1]
+        seen = {}
+
+        async def accept_one():
+            async def on_connection(reader, writer):
+                seen["nodelay"] = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                writer.close()
+
+            server = await asyncio.start_server(on_connection, sock=listener)
+            async with server:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                while "nodelay" not in seen:
+                    await asyncio.sleep(0.01)
+                writer.close()
+
+        asyncio.run(asyncio.wait_for(accept_one(), timeout=10))
+        assert seen["nodelay"] != 0
+    finally:
+        listener.close()
 
 
 def test_printed_curl_sends_a_valid_request():

@@ -31,7 +31,7 @@ from models.serving import EXAMPLE_PATIENT, tables_to_records
 from pipelines.io import write_table
 from pipelines.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version
 from pipelines.score import load_scoring_bundle, run_score
-from pipelines.serve import serve_command, serve_environment
+from pipelines.serve import mlflow_serve_command, serve_command, serve_environment
 from pipelines.simulate import simulate_cohort
 from pipelines.train import run_train
 
@@ -93,22 +93,35 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trainings, store, tmp_path_factory):
-    """MLflow's scoring server for the champion, as a subprocess on a free localhost port."""
+def _start_server(command_of_port, store: str, log: Path):
+    """Start a scoring server command (own process group) on a free localhost port; wait for /ping."""
     port = _free_port()
-    env = serve_environment(store)
-    log = tmp_path_factory.mktemp("e2e_server") / "server.log"
     with open(log, "wb") as sink:
-        process = subprocess.Popen(serve_command(CHAMPION, "127.0.0.1", port), env=env, start_new_session=True,
+        process = subprocess.Popen(command_of_port(port), env=serve_environment(store), start_new_session=True,
                                    stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(url, process, log)
+    except BaseException:
+        _stop(process)
+        raise
+    return process, url
+
+
+def _stop(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trainings, store, tmp_path_factory):
+    """The champion served as ``car-relapse serve`` serves it (MLflow's scoring app, 2 workers)."""
+    log = tmp_path_factory.mktemp("e2e_server") / "server.log"
+    process, url = _start_server(lambda port: serve_command(CHAMPION, "127.0.0.1", port), store, log)
+    try:
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        _stop(process)
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120.0) -> None:
@@ -268,3 +281,15 @@ def test_bad_requests_get_400_naming_the_problem_and_the_server_keeps_serving(se
         assert text in answer["message"]
     status, answer = _post(server, json.dumps({"inputs": [EXAMPLE_PATIENT]}))
     assert status == 200 and answer["predictions"][0]["patient_id"] == "EXAMPLE-001"
+
+
+def test_plain_mlflow_models_serve_gives_the_same_answer(server, trainings, store, tmp_path_factory):
+    """The documented ``mlflow models serve -m models:/...@champion --env-manager local`` works too."""
+    log = tmp_path_factory.mktemp("e2e_mlflow_server") / "server.log"
+    process, url = _start_server(lambda port: mlflow_serve_command(CHAMPION, "127.0.0.1", port), store, log)
+    try:
+        body = json.dumps({"dataframe_records": [EXAMPLE_PATIENT]})
+        assert _post(url, body) == _post(server, body)
+        assert _post(url, body)[0] == 200
+    finally:
+        _stop(process)
