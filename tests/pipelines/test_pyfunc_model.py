@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import sys
 from dataclasses import replace
@@ -61,7 +62,11 @@ def test_predict_answers_missing_values_as_none(bundle, tmp_path):  # noqa: F811
         artifacts = {BUNDLE_ARTIFACT: str(save_bundle(every_factor, tmp_path / "bundle.pkl"))}
 
     model = CarRelapseModel()
-    model.load_context(Context())
+    try:
+        model.load_context(Context())
+        assert gc.get_freeze_count() > 0  # the loaded objects are out of the collector's reach
+    finally:
+        gc.unfreeze()  # this test process is not a server
     patient = {**EXAMPLE_PATIENT, "measurements": EXAMPLE_PATIENT["measurements"][:1]}
     answer = model.predict(Context(), [patient])
     expected = score_request(every_factor, pd.DataFrame([patient]))
