@@ -98,3 +98,16 @@ def test_server_environment_finds_this_interpreters_tools_without_an_activated_v
     env = serve_environment("sqlite:///x.db")
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
     assert "/usr/bin" in env["PATH"].split(os.pathsep)
+
+
+def test_workers_can_each_bind_their_own_listener_to_one_port():
+    first = tcp_listener("127.0.0.1", 0, reuse_port=True)
+    port = first.getsockname()[1]
+    try:
+        second = tcp_listener("127.0.0.1", port, reuse_port=True)
+        second.close()
+        first.listen()
+        with pytest.raises(OSError):  # without SO_REUSEPORT the port is taken
+            tcp_listener("127.0.0.1", port).close()
+    finally:
+        first.close()
