@@ -61,9 +61,10 @@ __all__ = [
 ]
 
 RISK_GROUPS = ("low", "intermediate", "high")
-SERVING_LINGER_S = 0.01
-"""How long the served model's :class:`MicroBatcher` waits for concurrent callers (seconds): with
-8 clients on 2 cores it raised the mean batch from about 2.3 to 3.5 requests per call per worker."""
+SERVING_LINGER_S = 0.02
+"""How long the served model's :class:`MicroBatcher` waits for concurrent callers (seconds). Measured
+with ``benchmarks.bench_serving`` (8 clients, 2 workers, 2 cores, 3 x 800 requests): median 53.7 ms
+at 0.01 s, 42.7-45.1 ms at 0.02 s (two runs)."""
 REJECT_COLUMNS = ("table", "row", "patient_id", "reason")
 
 
