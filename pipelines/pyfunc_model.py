@@ -107,10 +107,10 @@ def input_schema() -> Schema:
     return Schema([ColSpec(AnyType(), field.name, required=field.required) for field in REQUEST_FIELDS])
 
 
-def request_field_metadata() -> dict[str, dict[str, Any]]:
-    """Contract type, required flag and meaning of each request field (logged as model metadata)."""
-    return {field.name: {"type": field.kind, "required": field.required, "meaning": field.meaning}
-            for field in REQUEST_FIELDS}
+def request_field_metadata() -> list[dict[str, Any]]:
+    """Name, contract type, required flag and meaning of each request field, in order (model metadata)."""
+    return [{"name": field.name, "type": field.kind, "required": field.required, "meaning": field.meaning}
+            for field in REQUEST_FIELDS]
 
 
 def model_signature(bundle: ScoringBundle) -> ModelSignature:

@@ -86,7 +86,9 @@ def test_input_schema_names_every_request_field_and_leaves_typing_to_the_contrac
         assert declared[field.name]["type"] == "any", field.name  # no lossy MLflow cast (2.5 -> 2, null -> 'None')
         assert declared[field.name]["required"] == field.required, field.name
     metadata = request_field_metadata()
-    assert metadata["prior_lines"] == {"type": "int", "required": True, "meaning": "number of prior therapy lines"}
+    assert [entry["name"] for entry in metadata] == list(declared)
+    assert metadata[[entry["name"] for entry in metadata].index("prior_lines")] == {
+        "name": "prior_lines", "type": "int", "required": True, "meaning": "number of prior therapy lines"}
 
 
 def test_signature_outputs_are_the_scored_columns(bundle):  # noqa: F811

@@ -293,3 +293,17 @@ def test_plain_mlflow_models_serve_gives_the_same_answer(server, trainings, stor
         assert _post(url, body)[0] == 200
     finally:
         _stop(process)
+
+
+def test_the_registered_model_documents_its_request_fields(trainings, store):
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", store)
+        info = mlflow.models.get_model_info(CHAMPION)
+    fields = {entry["name"]: entry for entry in info.metadata["request_fields"]}
+    assert fields["prior_lines"] == {"name": "prior_lines", "type": "int", "required": True,
+                                     "meaning": "number of prior therapy lines"}
+    assert [column["name"] for column in info.signature.inputs.to_dict()] == list(fields)
+    assert {column["type"] for column in info.signature.inputs.to_dict()} == {"any"}
+    assert "cif_relapse_365d" in info.signature.outputs.input_names()
