@@ -166,6 +166,32 @@ def _entries_from_columns(patient_id: Any, columns: dict) -> list[dict[str, Any]
     return [dict(zip(keys, values)) for values in zip(*(columns[key] for key in keys))]
 
 
+_NUMERIC_KINDS = ("float", "int")
+_NUMERIC_MEASUREMENT_FIELDS = ("day", "value", "detection_limit")  # value: a number or lab text
+_NON_SCALARS = (list, tuple, dict, set, np.ndarray)
+
+
+def _check_cell(patient_id: Any, field_name: str, value: Any, numeric: bool) -> None:
+    """A request value must be one JSON scalar; a boolean is not a number (true would read as 1)."""
+    if isinstance(value, _NON_SCALARS):
+        raise ScoringInputError(f"patient {patient_id}: {field_name} must be a single value, got {value!r}")
+    if numeric and isinstance(value, (bool, np.bool_)):
+        raise ScoringInputError(f"patient {patient_id}: {field_name} {value!r} is not a number")
+
+
+def _check_request_cells(request: pd.DataFrame) -> None:
+    """Every baseline field and ``as_of_day`` of every patient holds one scalar of a possible type."""
+    patient_ids = request["patient_id"].tolist()
+    for spec in REQUEST_FIELDS:
+        if spec.kind == "measurements" or spec.name not in request.columns:
+            continue
+        values = request[spec.name]
+        numeric = spec.kind in _NUMERIC_KINDS
+        if values.dtype == object or (numeric and values.dtype == bool):
+            for patient_id, value in zip(patient_ids, values.tolist()):
+                _check_cell(patient_id, spec.name, value, numeric)
+
+
 def _check_measurement_keys(patient_id: Any, keys: Any) -> None:
     unknown = sorted(set(keys) - set(MEASUREMENT_FIELDS))
     if unknown:
@@ -196,6 +222,8 @@ def _measurement_entries(patient_id: Any, entries: Any) -> list[dict[str, Any]]:
                 f"patient {patient_id}: each measurement must be an object with keys {', '.join(MEASUREMENT_FIELDS)}"
             )
         _check_measurement_keys(patient_id, entry)
+        for key, value in entry.items():
+            _check_cell(patient_id, f"measurement {key}", value, key in _NUMERIC_MEASUREMENT_FIELDS)
     return list(entries)
 
 
@@ -230,6 +258,7 @@ def request_to_tables(request: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
             "(required by the data contract; send null for an unknown value)"
         )
     request = request.reset_index(drop=True)
+    _check_request_cells(request)
     infusions = request.reindex(columns=list(baseline_field_names()))
     rows = [
         {"patient_id": patient_id, **entry}
@@ -237,10 +266,24 @@ def request_to_tables(request: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
         for entry in _measurement_entries(patient_id, entries)
     ]
     measurements = pd.DataFrame(rows, columns=["patient_id", *MEASUREMENT_FIELDS])
-    days = pd.to_numeric(request["as_of_day"], errors="coerce").to_numpy(dtype=float)
     ids = [pid if pid is None or isinstance(pid, str) else str(pid) for pid in infusions["patient_id"].tolist()]
+    days = _as_of_day_numbers(ids, request["as_of_day"].tolist())
     as_of_days = pd.Series(days, index=pd.Index(ids, name="patient_id"), name="as_of_day")  # ids as the contract types them
     return infusions, measurements, as_of_days
+
+
+def _as_of_day_numbers(patient_ids: list, values: list) -> np.ndarray:
+    """``as_of_day`` of each patient as a float; anything but a finite number >= 0 is named."""
+    days = np.empty(len(values))
+    for position, (patient_id, value) in enumerate(zip(patient_ids, values)):
+        try:
+            day = float(value)
+        except (TypeError, ValueError):
+            day = math.nan
+        if not math.isfinite(day) or day < 0:
+            raise ScoringInputError(f"patient {patient_id}: as_of_day {value!r} must be a finite number of days >= 0")
+        days[position] = day
+    return days
 
 
 def _plain(value: Any) -> Any:
@@ -549,6 +592,23 @@ class _Job:
         return self.rows
 
 
+def _concat_requests(requests: list[pd.DataFrame]) -> pd.DataFrame:
+    """Requests stacked into one frame without re-typing anyone's values.
+
+    A column whose dtype differs between requests is stacked as Python objects: concatenating an
+    integer column with a float one would turn a patient id 17 into 17.0 (and its answer's
+    ``patient_id`` into ``"17.0"``), so an answer would depend on who else was in the batch.
+    """
+    dtypes: dict[str, set] = {}
+    for request in requests:
+        for column, dtype in request.dtypes.items():
+            dtypes.setdefault(column, set()).add(str(dtype))
+    mixed = {column for column, kinds in dtypes.items() if len(kinds) > 1}
+    if mixed:
+        requests = [request.astype({c: object for c in mixed if c in request.columns}) for request in requests]
+    return pd.concat(requests, ignore_index=True)
+
+
 class MicroBatcher:
     """Score concurrent callers together: one call for every request waiting at that moment.
 
@@ -557,13 +617,14 @@ class MicroBatcher:
     idle scores everything queued so far in one call and hands each caller its own rows; callers
     arriving meanwhile wait and the next of them scores the next batch. Each patient's numbers do
     not depend on who else is in the batch (as batch scoring in chunks assumes). If a combined
-    batch is refused (one request's bad input, or the same patient in two requests), each request
-    is scored on its own, so every caller gets its own answer or its own error.
+    batch fails for any reason (one request's bad input, the same patient in two requests), each
+    request is scored on its own, so every caller gets its own answer or its own error.
 
     Under concurrency (the previous call scored several callers) the caller about to score waits
     up to ``linger_s`` for as many callers as last time to queue: their requests are still being
     parsed in other threads, and one call for all of them costs far less than two. A lone caller
-    never waits.
+    never waits (the first call after a concurrent burst may wait once, as the burst's size is
+    remembered).
 
     Parameters
     ----------
@@ -620,13 +681,9 @@ class MicroBatcher:
     def _run(self, batch: list[_Job]) -> None:
         if len(batch) > 1:
             try:
-                rows = self._score(pd.concat([job.request for job in batch], ignore_index=True))
-            except ScoringInputError:
+                rows = self._score(_concat_requests([job.request for job in batch]))
+            except Exception:  # one request's problem (or a bug): each request alone below, with its own error
                 pass
-            except Exception as error:  # a bug, not a request problem: every caller sees it
-                for job in batch:
-                    job.finish(error=error)
-                return
             else:
                 start = 0
                 for job in batch:

@@ -22,7 +22,6 @@ This file must import nothing from ``pipelines``: the model ships only ``feature
 
 from __future__ import annotations
 
-import gc
 import math
 from functools import partial
 from importlib import metadata
@@ -133,29 +132,17 @@ def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
-def _freeze_loaded_objects() -> None:
-    """Move everything loaded so far out of the garbage collector's reach (``gc.freeze``).
-
-    A served model lives as long as its process. Once MLflow, pandas, shap and the model are
-    loaded (about 320,000 tracked objects), each full collection walks all of them: 130 ms measured,
-    a pause for every request in flight, and it recurs under load. Frozen, they are never scanned
-    again; what requests allocate is still collected.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 class CarRelapseModel(mlflow.pyfunc.PythonModel):
     """Relapse and phenotype risk for patients in the data contract, as of a given day."""
 
     def load_context(self, context) -> None:
         """Load the fitted scoring bundle shipped as an artifact and score the example patient once,
-        so that the first request does not pay for lazy imports (shap takes about a second); then
-        freeze the loaded objects (:func:`_freeze_loaded_objects`); concurrent requests share calls."""
+        so that the first request does not pay for lazy imports (shap takes about a second);
+        concurrent requests share calls (the launcher, ``pipelines.serve``, then freezes the loaded
+        objects in server processes)."""
         self._bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
         self._score = MicroBatcher(partial(score_request, self._bundle), linger_s=SERVING_LINGER_S)
         score_request(self._bundle, pd.DataFrame([EXAMPLE_PATIENT]))  # warm-up: lazy imports (shap), caches
-        _freeze_loaded_objects()
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list:
         """One output record per patient (see ``models.serving.score_request``); missing values are None.

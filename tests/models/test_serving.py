@@ -171,7 +171,7 @@ def test_data_after_the_as_of_day_is_not_used(bundle):
         ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value="lots")]}, "lots"),
         ({"sex": "X"}, "sex"),
         ({"as_of_day": -3.0}, "as_of_day"),
-        ({"as_of_day": None}, "as_of_day"),
+        ({"as_of_day": None}, "as_of_day None must be a finite number"),
         ({"prior_lines": 2.5}, "column prior_lines: 2.5 is not an integer"),
         ({"age_years": "eleven"}, "column age_years: 'eleven' is not a number"),
         ({"down_syndrome": "maybe"}, "column down_syndrome: 'maybe' is not a boolean"),
@@ -218,7 +218,7 @@ def _run_concurrently_on(batcher, requests, call_started, release):
     def call(i):
         try:
             results[i] = batcher(requests[i])
-        except ScoringInputError as error:
+        except Exception as error:  # each caller's own error is part of the result
             results[i] = error
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
@@ -363,3 +363,57 @@ def test_a_lone_caller_does_not_linger():
     for i in range(3):
         batcher(_request(_patient(patient_id=f"L{i}")))
     assert sizes == [1, 1, 1] and time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"age_years": [11.5, 12.0]}, r"age_years must be a single value"),
+        ({"site": {"name": "x"}}, r"site must be a single value"),
+        ({"age_years": True}, r"age_years True is not a number"),
+        ({"prior_lines": True}, r"prior_lines True is not a number"),
+        ({"as_of_day": True}, r"as_of_day True is not a number"),
+        ({"as_of_day": "ninety"}, r"as_of_day 'ninety' must be a finite number"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value=True)]}, r"measurement value True is not a number"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value={"x": 1})]}, r"measurement value must be a single"),
+    ],
+)
+def test_values_that_would_be_misread_are_refused_by_name(changes, message):
+    with pytest.raises(ScoringInputError, match=message):
+        request_to_tables(_request(_patient(**changes)))
+
+
+def test_a_boolean_is_still_a_boolean_where_the_contract_wants_one(bundle):
+    scores = score_request(bundle, _request(_patient(down_syndrome=True)))
+    assert len(scores) == 1
+
+
+def test_micro_batcher_isolates_any_failure_of_a_combined_call():
+    from models.serving import MicroBatcher
+    import threading
+
+    started, release, sizes = threading.Event(), threading.Event(), []
+
+    def fragile(request):
+        sizes.append(len(request))
+        if len(sizes) == 1:
+            started.set()
+            release.wait(timeout=30)
+        if "BROKEN" in request["patient_id"].tolist():
+            raise RuntimeError("not a contract problem")
+        return request[["patient_id"]].reset_index(drop=True)
+
+    requests = [_request(_patient(patient_id=f"G{i}")) for i in range(3)] + [_request(_patient(patient_id="BROKEN"))]
+    results = _run_concurrently_on(MicroBatcher(fragile), requests, started, release)
+    assert sizes == [1, 3, 1, 1, 1]
+    assert [results[i]["patient_id"].tolist() for i in range(3)] == [["G0"], ["G1"], ["G2"]]
+    assert isinstance(results[3], RuntimeError)
+
+
+def test_an_answer_does_not_depend_on_the_other_requests_in_the_batch():
+    from models.serving import _concat_requests
+
+    alone = _request(_patient(patient_id=17))
+    stacked = _concat_requests([alone, _request(_patient(patient_id=2.5))])
+    infusions, _, _ = request_to_tables(stacked)
+    assert infusions["patient_id"].tolist()[0] == 17 and str(infusions["patient_id"].tolist()[0]) == "17"

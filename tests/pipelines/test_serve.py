@@ -111,3 +111,27 @@ def test_workers_can_each_bind_their_own_listener_to_one_port():
             tcp_listener("127.0.0.1", port).close()
     finally:
         first.close()
+
+
+def test_launcher_reports_a_taken_port_in_one_line(capsys):
+    from pipelines.serve import main
+
+    taken = tcp_listener("127.0.0.1", 0)
+    taken.listen()
+    try:
+        code = main(["--model", "models:/never-used@champion", "--port", str(taken.getsockname()[1])])
+    finally:
+        taken.close()
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: cannot listen on 127.0.0.1:") and "Traceback" not in error
+
+
+def test_launcher_reports_a_model_it_cannot_load_in_one_line(capsys, tmp_path):
+    from pipelines.serve import main
+
+    probe = tcp_listener("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    code = main(["--model", str(tmp_path / "no-such-model"), "--port", str(port)])
+    error = capsys.readouterr().err
+    assert code == 1 and error.startswith("error: cannot load model") and "Traceback" not in error
