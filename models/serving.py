@@ -592,21 +592,27 @@ class _Job:
         return self.rows
 
 
-def _concat_requests(requests: list[pd.DataFrame]) -> pd.DataFrame:
-    """Requests stacked into one frame without re-typing anyone's values.
+_TEXT_FIELDS = tuple(spec.name for spec in REQUEST_FIELDS if spec.kind == "str")
 
-    A column whose dtype differs between requests is stacked as Python objects: concatenating an
-    integer column with a float one would turn a patient id 17 into 17.0 (and its answer's
-    ``patient_id`` into ``"17.0"``), so an answer would depend on who else was in the batch.
+
+def _concat_requests(requests: list[pd.DataFrame]) -> pd.DataFrame:
+    """Requests stacked into one frame without changing what any text field reads as.
+
+    ``pd.concat`` of an integer column with a float one turns 17 into 17.0, and a patient id (or
+    any text field) sent as the number 17 would then read "17.0": an answer would depend on who
+    else was in the batch. Numbers in number fields mean the same either way (the contract types
+    them); a text field whose dtype differs between requests keeps the values as sent.
     """
-    dtypes: dict[str, set] = {}
-    for request in requests:
-        for column, dtype in request.dtypes.items():
-            dtypes.setdefault(column, set()).add(str(dtype))
-    mixed = {column for column, kinds in dtypes.items() if len(kinds) > 1}
-    if mixed:
-        requests = [request.astype({c: object for c in mixed if c in request.columns}) for request in requests]
-    return pd.concat(requests, ignore_index=True)
+    stacked = pd.concat(requests, ignore_index=True)
+    for column in _TEXT_FIELDS:
+        kinds = {str(request[column].dtype) for request in requests if column in request.columns}
+        if len(kinds) > 1:
+            stacked[column] = pd.Series(
+                [value for request in requests
+                 for value in (request[column].tolist() if column in request.columns else [None] * len(request))],
+                dtype=object,
+            )
+    return stacked
 
 
 class MicroBatcher:
