@@ -107,9 +107,9 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
 """The fields of one patient in a scoring request: the infusions row, the as-of day, the measurements."""
 
 
-def baseline_field_names(required_only: bool = False) -> tuple[str, ...]:
-    """Infusions columns carried by a request row (optionally only the required ones)."""
-    return tuple(spec.name for spec in INFUSION_COLUMNS if spec.required or not required_only)
+def baseline_field_names() -> tuple[str, ...]:
+    """Infusions columns carried by a request row."""
+    return tuple(spec.name for spec in INFUSION_COLUMNS)
 
 
 EXAMPLE_PATIENT: dict[str, Any] = {

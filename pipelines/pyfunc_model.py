@@ -23,6 +23,7 @@ This file must import nothing from ``pipelines``: the model ships only ``feature
 from __future__ import annotations
 
 import math
+import tempfile
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -169,13 +170,13 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def log_scoring_model(bundle_path: Path, name: str = "model", input_example: Optional[list] = None):
+def log_scoring_model(bundle: ScoringBundle, name: str = "model", input_example: Optional[list] = None):
     """Log the pyfunc (model code + bundle + shipped packages) in the active run.
 
     Parameters
     ----------
-    bundle_path : Path
-        File written by :func:`save_bundle`.
+    bundle : ScoringBundle
+        The fitted bundle; pickled (:func:`save_bundle`) as the model's artifact.
     name : str
         Name of the logged model within the run.
     input_example : list of dict, optional
@@ -187,16 +188,18 @@ def log_scoring_model(bundle_path: Path, name: str = "model", input_example: Opt
     mlflow.models.model.ModelInfo
     """
     project = Path(__file__).resolve().parents[1]
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).resolve()),
-        artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
-        code_paths=[str(project / package) for package in _SHIPPED_PACKAGES],
-        input_example=pd.DataFrame(input_example if input_example is not None else [EXAMPLE_PATIENT]),
-        signature=model_signature(load_bundle(bundle_path)),
-        metadata={"request_fields": request_field_metadata()},
-        pip_requirements=pip_requirements(),
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        bundle_path = save_bundle(bundle, Path(folder) / "scoring_bundle.pkl")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).resolve()),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
+            code_paths=[str(project / package) for package in _SHIPPED_PACKAGES],
+            input_example=pd.DataFrame(input_example if input_example is not None else [EXAMPLE_PATIENT]),
+            signature=model_signature(bundle),
+            metadata={"request_fields": request_field_metadata()},
+            pip_requirements=pip_requirements(),
+        )
 
 
 mlflow.models.set_model(CarRelapseModel())

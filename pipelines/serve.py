@@ -148,7 +148,6 @@ def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
     import signal
     from multiprocessing.connection import wait
 
-    tcp_listener(host, port).close()  # without SO_REUSEPORT: fails if anything already listens on the port
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_run_worker, args=(host, port, model_path, True, os.getpid()))
                for _ in range(n_workers)]
@@ -196,8 +195,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
 
-    try:
-        tcp_listener(args.host, args.port).close()  # a taken port is a one-line error, not a traceback
+    try:  # without SO_REUSEPORT, this fails if anything already listens on the port: one line, not a traceback
+        tcp_listener(args.host, args.port).close()
         model_path = _local_model_path(args.model)
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)

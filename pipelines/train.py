@@ -368,11 +368,9 @@ def without_training_rows(model, features: pd.DataFrame):
 
 
 def _log_bundle(bundle: ScoringBundle):
-    from pipelines.pyfunc_model import log_scoring_model, save_bundle
+    from pipelines.pyfunc_model import log_scoring_model
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = save_bundle(bundle, Path(folder) / "scoring_bundle.pkl")
-        return log_scoring_model(path)
+    return log_scoring_model(bundle)
 
 
 @dataclass(frozen=True)
