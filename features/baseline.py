@@ -59,7 +59,10 @@ def _numeric(infusions: pd.DataFrame, column: str) -> np.ndarray:
     """Column as float (missing -> NaN); an absent (optional) column is all NaN."""
     if column not in infusions.columns:
         return np.full(len(infusions), np.nan)
-    return infusions[column].to_numpy(dtype=float, na_value=np.nan)
+    values = infusions[column]
+    if values.dtype == np.float64:  # already float with NaN for missing: no conversion
+        return values.to_numpy()
+    return values.to_numpy(dtype=float, na_value=np.nan)
 
 
 def _flag(condition: np.ndarray, missing: np.ndarray) -> np.ndarray:

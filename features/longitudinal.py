@@ -100,10 +100,11 @@ class _Rows:
 
 def _category_codes(column: pd.Series, levels: Sequence[str] | pd.Index) -> np.ndarray:
     """Position of each entry of ``column`` in ``levels`` (-1 when absent or missing)."""
-    levels = pd.Index(levels)
+    levels = levels if isinstance(levels, pd.Index) else pd.Index(levels)
     if isinstance(column.dtype, pd.CategoricalDtype):
-        lookup = np.append(levels.get_indexer(column.cat.categories), -1)
-        return lookup[column.cat.codes.to_numpy()]
+        categorical = column.array  # the Categorical itself: no Series built for codes / categories
+        lookup = np.append(levels.get_indexer(categorical.categories), -1)
+        return lookup[categorical.codes]
     return levels.get_indexer(column.to_numpy())
 
 
@@ -111,7 +112,10 @@ def _flags(measurements: pd.DataFrame, column: str) -> np.ndarray:
     """Boolean column as numpy (missing or absent -> False)."""
     if column not in measurements.columns:
         return np.zeros(len(measurements), dtype=bool)
-    return measurements[column].to_numpy(dtype=bool, na_value=False)
+    values = measurements[column]
+    if values.dtype == bool:  # plain numpy booleans: nothing missing, no conversion
+        return values.to_numpy()
+    return values.to_numpy(dtype=bool, na_value=False)
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

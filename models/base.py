@@ -134,7 +134,9 @@ def check_features(X: pd.DataFrame, expected: Sequence[str] | None = None) -> pd
     Returns
     -------
     DataFrame
-        ``X`` as float, columns ordered like ``expected``.
+        ``X`` as float, columns ordered like ``expected``: ``X`` itself when it already is
+        exactly that (a read-only view for the caller; converting costs more than scoring a
+        few rows), otherwise a converted copy.
 
     Raises
     ------
@@ -143,6 +145,8 @@ def check_features(X: pd.DataFrame, expected: Sequence[str] | None = None) -> pd
     """
     if not isinstance(X, pd.DataFrame):
         raise ModelInputError(f"features must be a pandas DataFrame with named columns; got {type(X).__name__}")
+    if _is_float_frame_with(X, expected):
+        return X
     if expected is not None:
         missing = [column for column in expected if column not in X.columns]
         if missing:
@@ -152,6 +156,13 @@ def check_features(X: pd.DataFrame, expected: Sequence[str] | None = None) -> pd
         return X.astype(float)
     except (TypeError, ValueError) as exc:
         raise ModelInputError(f"features: every column must be numeric (float, NaN = missing): {exc}") from None
+
+
+def _is_float_frame_with(X: pd.DataFrame, expected: Sequence[str] | None) -> bool:
+    """Whether ``X`` has exactly the ``expected`` columns (in order, when given), all float64."""
+    if expected is not None and not X.columns.equals(pd.Index(expected)):
+        return False
+    return not X.columns.has_duplicates and all(dtype == np.float64 for dtype in X.dtypes)
 
 
 @runtime_checkable

@@ -434,14 +434,24 @@ def _validate(infusions: pd.DataFrame, measurements: pd.DataFrame, on_error: str
 
 def _feature_matrix(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
                     as_of: np.ndarray) -> pd.DataFrame:
-    """Feature rows (bundle's columns, infusions order), each at the patient's as-of day."""
+    """Feature rows (bundle's columns, infusions order), each at the patient's as-of day.
+
+    Patients sharing an as-of day are built together; with a single day (the usual case) that is
+    every patient at once, in order, with no selection or re-ordering.
+    """
     measurements = measurements.sort_values("day", kind="stable")
-    parts = []
-    for day in np.unique(as_of):
-        patients = infusions.loc[as_of == day]
-        known = measurements.loc[measurements["patient_id"].isin(patients["patient_id"])]
-        parts.append(build_feature_rows(patients, known, float(day), bundle.builders, bundle.builder_options))
-    rows = pd.concat(parts).reindex(pd.Index(infusions["patient_id"], name="patient_id"))
+    days = np.unique(as_of)
+    if days.size == 1:
+        rows = build_feature_rows(infusions, measurements, float(days[0]), bundle.builders, bundle.builder_options)
+    else:
+        parts = []
+        for day in days:
+            patients = infusions.loc[as_of == day]
+            known = measurements.loc[measurements["patient_id"].isin(patients["patient_id"])]
+            parts.append(build_feature_rows(patients, known, float(day), bundle.builders, bundle.builder_options))
+        rows = pd.concat(parts).reindex(pd.Index(infusions["patient_id"], name="patient_id"))
+    if rows.columns.equals(pd.Index(bundle.feature_columns)):
+        return rows
     missing = [column for column in bundle.feature_columns if column not in rows.columns]
     if missing:
         raise ValueError(f"feature builders {list(bundle.builders)} no longer make column(s) {missing[:10]}")

@@ -270,3 +270,30 @@ def test_same_day_results_keep_the_worst_as_last():
     row = mrd_features(infusions_of("P5"), measurements_of(rows), 28.0).loc["P5"]
     assert row["bm_flow_mrd_log10_last"] == pytest.approx(math.log10(5e-4))
     assert row["bm_flow_mrd_detectable_last"] == 1.0 and row["bm_flow_mrd_tests_count"] == 3.0
+
+
+def test_category_codes_for_categorical_and_plain_columns():
+    from features.longitudinal import _category_codes
+
+    levels = ["BM", "PB"]
+    plain = pd.Series(["PB", None, "CSF", "BM"], dtype=object)
+    categorical = plain.astype(pd.CategoricalDtype(["CSF", "PB", "BM", "unused"]))
+    expected = np.array([1, -1, -1, 0])
+    np.testing.assert_array_equal(_category_codes(plain, levels), expected)
+    np.testing.assert_array_equal(_category_codes(categorical, levels), expected)
+    np.testing.assert_array_equal(_category_codes(categorical, pd.Index(levels)), expected)
+
+
+@pytest.mark.parametrize(
+    "column",
+    [pd.Series([True, False, True]), pd.Series([True, pd.NA, False], dtype="boolean"),
+     pd.Series([1.0, np.nan, 0.0])],
+    ids=["numpy bool", "nullable boolean", "float"],
+)
+def test_flags_are_booleans_with_missing_as_false(column):
+    from features.longitudinal import _flags
+
+    flags = _flags(pd.DataFrame({"censored": column}), "censored")
+    assert flags.dtype == bool
+    np.testing.assert_array_equal(flags, column.fillna(False).astype(bool).to_numpy())
+    np.testing.assert_array_equal(_flags(pd.DataFrame({"x": column}), "censored"), [False] * 3)

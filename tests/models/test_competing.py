@@ -6,6 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from models.base import CAUSES, CompetingRisksModel, ModelInputError, cif_column, cif_columns, event_free_column
 from models.factory import BASELINE_NAME, MODEL_NAMES, make_model
@@ -194,3 +197,56 @@ def test_hsct_as_censoring_gives_zero_hsct_incidence():
     model = make_model("xgb_cox").fit(cohort.X, censored)
     assert model.fit_notes_["hsct"].startswith("no events")
     assert (model.predict_cif(cohort.X.iloc[:20], HORIZONS)[[cif_column("hsct", h) for h in HORIZONS]] == 0).all().all()
+
+
+def _plain_pipeline_data(seed: int = 3) -> pd.DataFrame:
+    """Features with missing values in some columns, one column never observed, and extreme values."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(300, 6)) * [1.0, 10.0, 1e-3, 1e6, 1.0, 1.0], columns=[f"f{i}" for i in range(6)])
+    X.iloc[rng.random(300) < 0.3, 0] = np.nan
+    X.iloc[rng.random(300) < 0.1, 3] = np.nan
+    X["f5"] = np.nan
+    return X
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        lambda: [SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True), StandardScaler()],
+        lambda: [SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(with_mean=False)],
+        lambda: [SimpleImputer(strategy="most_frequent", add_indicator=True, keep_empty_features=True)],
+        lambda: [SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(with_std=False)],
+    ],
+    ids=["default phenotype steps", "mean, no centring", "most frequent, indicators", "median, no scaling"],
+)
+def test_plain_transform_is_the_pipeline_transform_bit_for_bit(steps):
+    from models.competing import plain_transform
+
+    X = _plain_pipeline_data()
+    pipeline = make_pipeline(*steps()).fit(X)
+    new = _plain_pipeline_data(seed=4).iloc[:40]
+    new.iloc[0] = np.nan
+    fast = plain_transform(pipeline, new)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, pipeline.transform(new))
+    np.testing.assert_array_equal(plain_transform(pipeline, new.iloc[[7]]), pipeline.transform(new.iloc[[7]]))
+
+
+def test_plain_transform_declines_what_it_does_not_handle():
+    from sklearn.preprocessing import MinMaxScaler
+
+    from models.competing import plain_transform
+
+    X = _plain_pipeline_data()
+    default = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                            StandardScaler()).fit(X)
+    new = X.iloc[:5].copy()
+    assert plain_transform(default, new.assign(f1=[np.inf, 0, 0, 0, 0])) is None  # scikit-learn raises
+    assert plain_transform(default, new[list(reversed(new.columns))]) is None
+    assert plain_transform(default, new.astype({"f2": "float32"})) is None
+    assert plain_transform(make_pipeline(SimpleImputer(keep_empty_features=True), MinMaxScaler()).fit(X), new) is None
+    dropping = make_pipeline(SimpleImputer(strategy="median")).fit(X)  # drops the never-observed column
+    assert plain_transform(dropping, new) is None
+    observed = X.drop(columns="f5")
+    sentinel = make_pipeline(SimpleImputer(missing_values=-1.0)).fit(observed.fillna(-1.0))
+    assert plain_transform(sentinel, new.drop(columns="f5").fillna(-1.0)) is None

@@ -145,6 +145,19 @@ def test_a_patient_scores_the_same_alone_and_in_a_batch(bundle, new_patients):
     pd.testing.assert_frame_equal(alone.scores, together.iloc[[4]].reset_index(drop=True), check_exact=True)
 
 
+def test_patients_at_different_as_of_days_score_as_they_do_at_one_day(bundle, new_patients):
+    """One call with two as-of days (features built per day) equals one call per day (all at once)."""
+    infusions, measurements = new_patients
+    ids = infusions["patient_id"].astype(str)
+    days = pd.Series(np.where(np.arange(len(ids)) % 2, 28.0, 182.0), index=ids.to_numpy())
+    mixed = score_tables(bundle, infusions, measurements, days).scores
+    for day in (28.0, 182.0):
+        chosen = (days == day).to_numpy()
+        own = measurements[measurements["patient_id"].astype(str).isin(ids[chosen])]
+        alone = score_tables(bundle, infusions.loc[chosen], own, day).scores
+        pd.testing.assert_frame_equal(mixed.loc[chosen].reset_index(drop=True), alone, check_exact=True)
+
+
 def test_requests_and_tables_give_identical_scores(bundle, new_patients):
     infusions, measurements = new_patients
     request = _request(*tables_to_records(infusions, measurements, 63.0))
