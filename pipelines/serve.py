@@ -10,13 +10,15 @@ Why not ``mlflow models serve`` itself: with ``--workers`` > 1, uvicorn (0.54, t
 listening socket with ``proto=0``; accepted connections inherit it, asyncio then leaves Nagle's
 algorithm on, and every keep-alive response waits about 40 ms for the client's delayed ACK
 (uvicorn issue #3149, open). :func:`main` (``python -m pipelines.serve``) starts the same app with
-the same workers on a listening socket created with ``IPPROTO_TCP`` and ``TCP_NODELAY``.
-``mlflow models serve`` still serves the model (the end-to-end test checks it), only slower with
-several workers.
+the same workers on a listening socket created with ``IPPROTO_TCP`` and ``TCP_NODELAY``, and deals
+the connections out to the workers in turn (uvicorn leaves that to the kernel, which split 8
+keep-alive clients 6/2 or 7/1 as often as 4/4). ``mlflow models serve`` still serves the model
+(the end-to-end test checks it), only slower with several workers.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -65,26 +67,22 @@ def mlflow_serve_command(
     ]
 
 
-def tcp_listener(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A bound, inheritable TCP listening socket whose connections have Nagle's algorithm off.
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A bound TCP listening socket whose connections have Nagle's algorithm off.
 
     ``IPPROTO_TCP`` makes asyncio set ``TCP_NODELAY`` on each accepted connection (it checks the
     socket's protocol); the option is also set on the listener, which Linux copies to accepted
-    connections. With ``reuse_port``, several processes each bind their own listener to the port
-    and the kernel spreads new connections over them.
+    connections.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         listener.bind((host, port))
     except OSError:
         listener.close()
         raise
-    listener.set_inheritable(True)
     return listener
 
 
@@ -112,8 +110,63 @@ def _exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _run_worker(host: str, port: int, model_path: str, reuse_port: bool, parent_pid: Optional[int] = None) -> None:
-    """One server process: MLflow's scoring app on its own listener.
+def _serve_connection(loop, protocol_factory, connection: socket.socket) -> None:
+    """On the event loop: serve one handed-over connection with the server's HTTP protocol."""
+    task = loop.create_task(loop.connect_accepted_socket(protocol_factory, sock=connection))
+    _CONNECTION_TASKS.add(task)
+
+    def done(finished) -> None:
+        _CONNECTION_TASKS.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:  # e.g. reset before it started
+            connection.close()
+
+    task.add_done_callback(done)
+
+
+_CONNECTION_TASKS: set = set()
+
+
+def _receive_connections(channel: socket.socket, loop, protocol_factory) -> None:
+    """Worker thread: take each connection the launcher hands over and pass it to the event loop."""
+    while True:
+        try:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+        except OSError:
+            return
+        if not fds:
+            return  # the launcher closed the channel
+        loop.call_soon_threadsafe(_serve_connection, loop, protocol_factory, socket.socket(fileno=fds[0]))
+
+
+def _handed_connections_server(config, channel: socket.socket):
+    """A uvicorn server without a listener of its own: its connections arrive over ``channel``.
+
+    It serves them exactly as it serves the connections of its own listeners: with the HTTP
+    protocol object uvicorn builds for those (same arguments), tracked for a graceful shutdown.
+    """
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    class HandedConnectionsServer(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=[])
+
+            def protocol_factory():
+                return self.config.http_protocol_class(
+                    config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+                )
+
+            threading.Thread(target=_receive_connections, args=(channel, asyncio.get_running_loop(), protocol_factory),
+                             name="receive-connections", daemon=True).start()
+
+    return HandedConnectionsServer(config)
+
+
+def _run_worker(model_path: str, host: str, port: int, channel: Optional[socket.socket] = None,
+                parent_pid: Optional[int] = None) -> None:
+    """One server process: MLflow's scoring app, on its own listener or on connections handed over.
 
     The app module loads the model when imported; it is imported here, before uvicorn starts, so
     that everything loaded can then be frozen out of the garbage collector's reach
@@ -128,31 +181,58 @@ def _run_worker(host: str, port: int, model_path: str, reuse_port: bool, parent_
 
     if parent_pid is not None:
         _exit_with_parent(parent_pid)
-    listener = tcp_listener(host, port, reuse_port=reuse_port)
+    listener = tcp_listener(host, port) if channel is None else None
     os.environ[scoring_server._SERVER_MODEL_PATH] = model_path  # read by MLflow's app module
     importlib.import_module(_APP.split(":")[0])
     gc.collect()
     gc.freeze()
-    uvicorn.Server(uvicorn.Config(_APP, host=host, port=port)).run(sockets=[listener])
+    config = uvicorn.Config(_APP, host=host, port=port)
+    if channel is None:
+        uvicorn.Server(config).run(sockets=[listener])
+    else:
+        _handed_connections_server(config, channel).run()
+
+
+def _hand_out_connections(listener: socket.socket, channels: list[socket.socket]) -> None:
+    """Launcher thread: accept each connection and hand it to the next worker in turn."""
+    for channel in itertools.cycle(channels):
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        with connection:
+            try:
+                socket.send_fds(channel, [b"c"], [connection.fileno()])
+            except OSError:
+                pass  # that worker is gone: the launcher is stopping everything
 
 
 def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
-    """Run ``n_workers`` server processes, each with its own ``SO_REUSEPORT`` listener.
+    """Run ``n_workers`` server processes; the launcher accepts the connections and deals them out.
 
-    One listener shared by all workers (uvicorn's own supervisor) hands the connections of a burst
-    to whichever worker wakes first: with 8 keep-alive clients, 6-7 of them on one worker was
-    typical, which doubled their latency. Separate listeners let the kernel spread connections.
+    Round robin: with 8 keep-alive clients and 2 workers, each worker serves 4. Left to the
+    kernel, the split was uneven: one shared listener gave most of a burst to whichever worker
+    woke first (6-7 of 8 typical), one ``SO_REUSEPORT`` listener per worker hashed connections
+    to workers at random (4/4 to 7/1 seen), and the fuller worker set the latency.
     Stops every worker when one exits or on SIGTERM / SIGINT; returns the first exit code.
     """
     import multiprocessing
     import signal
+    import threading
     from multiprocessing.connection import wait
 
+    listener = tcp_listener(host, port)
+    listener.listen(2048)
+    pairs = [socket.socketpair() for _ in range(n_workers)]
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_run_worker, args=(host, port, model_path, True, os.getpid()))
-               for _ in range(n_workers)]
+    workers = [context.Process(target=_run_worker, args=(model_path, host, port, theirs, os.getpid()))
+               for _, theirs in pairs]
     for worker in workers:
         worker.start()
+    for _, theirs in pairs:
+        theirs.close()
+    threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs]),
+                     name="hand-out-connections", daemon=True).start()
     stopped_by_signal = []
 
     def stop(signum=None, frame=None) -> None:
@@ -183,7 +263,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     Usage: ``python -m pipelines.serve --model URI [--host H] [--port P] [--workers N]``; the
     tracking store comes from ``MLFLOW_TRACKING_URI`` (see :func:`serve_environment`). With N > 1
-    the workers are separate processes with their own listeners (:func:`_run_workers`).
+    the workers are separate processes and this one deals the connections out (:func:`_run_workers`).
     """
     import argparse
 
@@ -195,7 +275,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
 
-    try:  # without SO_REUSEPORT, this fails if anything already listens on the port: one line, not a traceback
+    try:  # fails if anything already listens on the port: one line, not a traceback
         tcp_listener(args.host, args.port).close()
         model_path = _local_model_path(args.model)
     except OSError as exc:
@@ -206,7 +286,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.workers > 1:
         return _run_workers(args.host, args.port, model_path, args.workers)
-    _run_worker(args.host, args.port, model_path, reuse_port=False)
+    _run_worker(model_path, args.host, args.port)
     return 0
 
 

@@ -100,17 +100,34 @@ def test_server_environment_finds_this_interpreters_tools_without_an_activated_v
     assert "/usr/bin" in env["PATH"].split(os.pathsep)
 
 
-def test_workers_can_each_bind_their_own_listener_to_one_port():
-    first = tcp_listener("127.0.0.1", 0, reuse_port=True)
-    port = first.getsockname()[1]
+def test_the_launcher_deals_connections_to_the_workers_in_turn():
+    """Each worker's channel receives every other connection, and the received socket is the client's."""
+    import socket
+    import threading
+
+    from pipelines.serve import _hand_out_connections
+
+    listener = tcp_listener("127.0.0.1", 0)
+    listener.listen()
+    pairs = [socket.socketpair() for _ in range(2)]
+    threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs]), daemon=True).start()
+    clients = [socket.create_connection(listener.getsockname(), timeout=10) for _ in range(6)]
     try:
-        second = tcp_listener("127.0.0.1", port, reuse_port=True)
-        second.close()
-        first.listen()
-        with pytest.raises(OSError):  # without SO_REUSEPORT the port is taken
-            tcp_listener("127.0.0.1", port).close()
+        for number, client in enumerate(clients):
+            _, theirs = pairs[number % 2]
+            theirs.settimeout(10)
+            _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+            with socket.socket(fileno=fds[0]) as served:
+                assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                client.sendall(f"hello {number}".encode())
+                assert served.recv(100) == f"hello {number}".encode()
     finally:
-        first.close()
+        for client in clients:
+            client.close()
+        listener.close()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
 
 
 def test_launcher_reports_a_taken_port_in_one_line(capsys):
