@@ -72,8 +72,11 @@ def _flag(condition: np.ndarray, missing: np.ndarray) -> np.ndarray:
 
 def _level_flag(infusions: pd.DataFrame, column: str, levels: tuple[str, ...]) -> np.ndarray:
     """1.0 where the category column is one of ``levels``, 0.0 otherwise, NaN where missing."""
-    values = infusions[column]
-    return _flag(values.isin(levels).to_numpy(), values.isna().to_numpy())
+    values = infusions[column].to_numpy(dtype=object)
+    missing = pd.isna(values)
+    chosen = np.zeros(len(values), dtype=bool)
+    chosen[~missing] = np.isin(values[~missing], levels)  # missing values (None, NaN, NA) never compared
+    return _flag(chosen, missing)
 
 
 def _log10_floored(values: np.ndarray, floor: float) -> np.ndarray:

@@ -505,4 +505,5 @@ def cif_frame(curves: CIFCurves, horizons_days: Sequence[float], index: pd.Index
         columns.update({cif_column(cause, horizon): values[cause] for cause in CAUSES})
         columns[relapse_column(horizon)] = values["relapse"]
         columns[event_free_column(horizon)] = values["event_free"]
-    return pd.DataFrame(columns, index=index)
+    matrix = np.column_stack(list(columns.values())).astype(float, copy=False) if columns else np.empty((len(index), 0))
+    return pd.DataFrame(matrix, index=index, columns=list(columns), copy=False)  # one float block

@@ -41,6 +41,7 @@ __all__ = [
     "plot_importance_bar",
     "plot_waterfall",
     "native_tree_explanation",
+    "top_factor_arrays",
     "top_factors",
 ]
 
@@ -231,20 +232,39 @@ def top_factors(model, X: pd.DataFrame, k: int = 5, horizon_days: float = 365.0,
     if explanation is None:
         explain_options.setdefault("max_rows", len(X))
         explanation = explain_relapse_risk(model, X, horizon_days=horizon_days, **explain_options)
-    k = min(k, explanation.values.shape[1])
-    order = np.argsort(-np.abs(explanation.values), axis=1, kind="stable")[:, :k]
-    names = np.asarray(explanation.feature_names, dtype=object)
-    data = explanation.data.to_numpy(dtype=float)
-    rows = np.repeat(np.arange(len(order)), k)
-    columns = order.ravel()
+    names, values, contributions = top_factor_arrays(explanation, k)
+    n_rows, k = names.shape
     return pd.DataFrame({
-        "row": explanation.data.index.to_numpy()[rows],
-        "rank": np.tile(np.arange(1, k + 1), len(order)),
-        "feature": names[columns],
-        "value": data[rows, columns],
-        "contribution": explanation.values[rows, columns],
+        "row": np.repeat(explanation.data.index.to_numpy(), k),
+        "rank": np.tile(np.arange(1, k + 1), n_rows),
+        "feature": names.ravel(),
+        "value": values.ravel(),
+        "contribution": contributions.ravel(),
         "output": explanation.output,
     })
+
+
+def top_factor_arrays(explanation: Explanation, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per explained row, the ``k`` features with the largest absolute SHAP value, largest first.
+
+    Ties keep column order. The arrays behind :func:`top_factors` (one row per explained row).
+
+    Parameters
+    ----------
+    explanation : Explanation
+    k : int
+        At most the number of features.
+
+    Returns
+    -------
+    names, values, contributions : ndarray, each of shape (n_rows, min(k, n_features))
+        Feature names (object), the rows' feature values and their SHAP values.
+    """
+    k = min(k, explanation.values.shape[1])
+    order = np.argsort(-np.abs(explanation.values), axis=1, kind="stable")[:, :k]
+    names = np.asarray(explanation.feature_names, dtype=object)[order]
+    values = np.take_along_axis(explanation.data.to_numpy(dtype=float), order, axis=1)
+    return names, values, np.take_along_axis(explanation.values, order, axis=1)
 
 
 def _top_features(explanation: Explanation, max_features: int) -> np.ndarray:

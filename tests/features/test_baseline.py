@@ -94,3 +94,14 @@ def test_duplicate_patient_is_rejected():
 def test_missing_required_column_is_named():
     with pytest.raises(ValueError, match="infusions: missing required column.*cns_status"):
         baseline_features(infusions().drop(columns="cns_status"))
+
+
+def test_level_flags_with_every_kind_of_missing_value():
+    from features.baseline import _level_flag
+
+    infusions = pd.DataFrame({"cns_status": pd.Series(["CNS2", None, "CNS1", np.nan, pd.NA, "CNS3"], dtype=object)})
+    np.testing.assert_array_equal(_level_flag(infusions, "cns_status", ("CNS2", "CNS3")),
+                                  [1.0, np.nan, 0.0, np.nan, np.nan, 1.0])
+    categorical = infusions.astype({"cns_status": "category"})
+    np.testing.assert_array_equal(_level_flag(categorical, "cns_status", ("CNS1",)),
+                                  [0.0, np.nan, 1.0, np.nan, np.nan, 0.0])

@@ -430,3 +430,15 @@ def test_an_answer_does_not_depend_on_the_other_requests_in_the_batch():
     stacked = _concat_requests([alone, _request(_patient(patient_id=2.5))])
     infusions, _, _ = request_to_tables(stacked)
     assert infusions["patient_id"].tolist()[0] == 17 and str(infusions["patient_id"].tolist()[0]) == "17"
+
+
+def test_tables_with_every_patient_quarantined_give_no_scores_and_every_reject(bundle, new_patients):
+    infusions, measurements = new_patients
+    three = infusions.iloc[:3]
+    own = measurements[measurements["patient_id"].isin(three["patient_id"])]
+    scored = score_tables(bundle, three, own, 91.0).scores
+    result = score_tables(bundle, three.assign(sex="Q"), own, 91.0, on_error="quarantine")
+    assert len(result.scores) == 0
+    assert list(result.scores.columns) == list(scored.columns)
+    pd.testing.assert_series_equal(result.scores.dtypes, scored.dtypes)
+    assert (result.rejects["table"] == "infusions").sum() == 3
