@@ -308,8 +308,15 @@ class CauseSpecificHazardsModel(BaseEstimator):
         and each row's probabilities do not depend on the other rows of the call.
         """
         n_rows = len(X)
-        stacked = pd.DataFrame(np.tile(X.to_numpy(dtype=float), (knots.size, 1)), columns=X.columns)
-        probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(stacked, np.repeat(knots, n_rows)))
+        tiled = np.tile(X.to_numpy(dtype=float), (knots.size, 1))
+        times = np.repeat(knots, n_rows)
+        probabilities = _plain_predict_proba(  # the values _with_relapse_time gives, as a matrix
+            self.phenotype_model_, np.column_stack([tiled, np.log1p(np.asarray(times, dtype=float))]),
+            [*X.columns, _RELAPSE_TIME_FEATURE],
+        )
+        if probabilities is None:
+            stacked = pd.DataFrame(tiled, columns=X.columns)
+            probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(stacked, times))
         shares = np.zeros((knots.size, n_rows, len(PHENOTYPE_CAUSES)))
         for column, label in enumerate(self.phenotype_model_.classes_):
             shares[:, :, PHENOTYPE_CAUSES.index(label)] = probabilities[:, column].reshape(knots.size, n_rows)
@@ -447,12 +454,15 @@ def plain_transform(steps: Pipeline, X: pd.DataFrame) -> np.ndarray | None:
     -------
     ndarray or None
     """
-    first = steps.steps[0][1]
-    names = getattr(first, "feature_names_in_", None)
-    if names is None or not X.columns.equals(pd.Index(names)) or not all(d == np.float64 for d in X.dtypes):
+    if not all(dtype == np.float64 for dtype in X.dtypes):
         return None
-    values = X.to_numpy(dtype=float)
-    if np.isinf(values).any():
+    return _plain_transform_matrix(steps, X.to_numpy(dtype=float), list(X.columns))
+
+
+def _plain_transform_matrix(steps: Pipeline, values: np.ndarray, columns: list) -> np.ndarray | None:
+    """:func:`plain_transform` of a float matrix whose columns are named ``columns``."""
+    names = getattr(steps.steps[0][1], "feature_names_in_", None)
+    if names is None or len(names) != len(columns) or list(names) != columns or np.isinf(values).any():
         return None
     for _, step in steps.steps:
         transform = _PLAIN_STEPS.get(type(step))
@@ -474,6 +484,20 @@ def _predict_proba(classifier, X: pd.DataFrame) -> np.ndarray:
         Z = plain_transform(classifier[:-1], X)
         if Z is None:
             Z = classifier[:-1].transform(X)
+    return _logistic_proba(final, Z)
+
+
+def _plain_predict_proba(classifier, values: np.ndarray, columns: list) -> np.ndarray | None:
+    """:func:`_predict_proba` of a float matrix with named columns, without building a DataFrame,
+    when the classifier is plain steps (:func:`plain_transform`) then a LogisticRegression; else None."""
+    if not isinstance(classifier, Pipeline) or len(classifier.steps) < 2 \
+            or not isinstance(classifier.steps[-1][1], LogisticRegression):
+        return None
+    Z = _plain_transform_matrix(classifier[:-1], values, columns)
+    return None if Z is None else _logistic_proba(classifier.steps[-1][1], Z)
+
+
+def _logistic_proba(final: LogisticRegression, Z) -> np.ndarray:
     logits = batch_invariant_dot(Z, final.coef_) + final.intercept_
     if logits.shape[1] == 1:
         positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))

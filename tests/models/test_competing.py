@@ -116,6 +116,21 @@ def test_phenotype_shares_equal_one_classifier_call_per_knot(fitted, contract_da
     np.testing.assert_array_equal(model._shares_at_knots(X, model.phenotype_knots_), expected)
 
 
+def test_default_phenotype_classifier_is_scored_without_scikit_learns_input_checks(fitted, contract_data):
+    """The matrix route (no DataFrame, no per-call checks) applies to the default classifier and
+    gives what the classifier's own pipeline gives."""
+    from models.competing import _RELAPSE_TIME_FEATURE, _plain_predict_proba
+
+    name, model, _ = fitted
+    if name == BASELINE_NAME or model.phenotype_model_ is None:
+        pytest.skip("no phenotype classifier")
+    X = contract_data[0].iloc[:25][list(model.feature_names_in_)].astype(float)
+    with_time = model._with_relapse_time(X, np.full(len(X), 42.0))
+    fast = _plain_predict_proba(model.phenotype_model_, with_time.to_numpy(), [*X.columns, _RELAPSE_TIME_FEATURE])
+    assert fast is not None
+    np.testing.assert_allclose(fast, model.phenotype_model_.predict_proba(with_time), rtol=1e-12, atol=1e-14)
+
+
 def test_missing_values_at_prediction_are_handled(fitted, contract_data):
     _, model, _ = fitted
     X, _ = contract_data
