@@ -8,7 +8,9 @@ The server is started exactly as ``car-relapse serve`` starts it (MLflow's scori
 patient (distinct simulated patients, as of day 91), over keep-alive connections. The measurement
 is repeated on fresh connections (the kernel spreads each burst of connections over the workers
 at random, and the split moves the figures): each repeat is printed, then all requests pooled.
-The server is stopped at the end. Targets: median < 50 ms, p99 < 200 ms.
+Each line also gives the server's CPU time per request (launcher and workers, from /proc on
+Linux): on a shared machine that runs slower at times, the same requests then cost more CPU. The
+server is stopped at the end. Targets: median < 50 ms, p99 < 200 ms.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["request_bodies", "start_server", "run_clients", "main"]
+__all__ = ["request_bodies", "start_server", "run_clients", "server_cpu_seconds", "main"]
 
 
 def request_bodies(n_patients: int, as_of_day: float = 91.0, seed: int = 77) -> list[bytes]:
@@ -101,9 +103,37 @@ def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int,
     return np.asarray(latencies), errors, time.perf_counter() - start
 
 
-def _figures(ms: np.ndarray, errors: list, wall_s: float) -> str:
+def server_cpu_seconds(root_pid: int) -> float | None:
+    """CPU time (user + system, s) used so far by the server: the launcher and its child processes.
+
+    Read from /proc (Linux); None elsewhere. The CPU per request tells a slower machine (the same
+    requests cost more CPU) from queueing (they cost the same but wait longer).
+    """
+    try:
+        children = Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()
+        total = 0.0
+        for pid in [str(root_pid), *children]:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _measure(port: int, bodies: list[bytes], n_requests: int, n_clients: int, server_pid: int):
+    """One measurement on fresh connections: latencies, errors, wall time, server CPU s/request (or None)."""
+    cpu_before = server_cpu_seconds(server_pid)
+    latencies, errors, wall = run_clients(port, bodies, n_requests, n_clients)
+    cpu_after = server_cpu_seconds(server_pid)
+    cpu_per_request = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / n_requests
+    return latencies, errors, wall, cpu_per_request
+
+
+def _figures(ms: np.ndarray, errors: list, wall_s: float, cpu_s: list) -> str:
+    known = [value for value in cpu_s if value is not None]
+    cpu = f", server CPU {1000 * np.mean(known):.1f} ms/request" if known and len(known) == len(cpu_s) else ""
     return (f"median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, "
-            f"max {ms.max():.1f} ms, {len(ms) / wall_s:.1f} requests/s, {len(errors)} errors")
+            f"max {ms.max():.1f} ms, {len(ms) / wall_s:.1f} requests/s, {len(errors)} errors{cpu}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,16 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for _ in range(3):  # warm-up, on fresh connections each time (they reach every worker)
                 run_clients(port, bodies, 2 * args.clients, args.clients)
-            runs = [run_clients(port, bodies, args.requests, args.clients) for _ in range(args.repeats)]
+            runs = [_measure(port, bodies, args.requests, args.clients, process.pid) for _ in range(args.repeats)]
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
-    for number, (latencies, errors, wall) in enumerate(runs, start=1):
-        print(f"repeat {number}: {_figures(latencies * 1000.0, errors, wall)}")
-    pooled = np.concatenate([latencies for latencies, _, _ in runs]) * 1000.0
+    for number, (latencies, errors, wall, cpu) in enumerate(runs, start=1):
+        print(f"repeat {number}: {_figures(latencies * 1000.0, errors, wall, [cpu])}")
+    pooled = np.concatenate([run[0] for run in runs]) * 1000.0
+    figures = _figures(pooled, sum((run[1] for run in runs), []), sum(run[2] for run in runs), [run[3] for run in runs])
     print(f"serving, {args.clients} clients, {args.workers} worker(s), {args.repeats} x {args.requests} "
-          f"single-patient requests: {_figures(pooled, sum((e for _, e, _ in runs), []), sum(w for _, _, w in runs))}; "
-          "targets: median < 50 ms, p99 < 200 ms")
+          f"single-patient requests: {figures}; targets: median < 50 ms, p99 < 200 ms")
     return 0
 
 

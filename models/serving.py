@@ -668,11 +668,13 @@ class MicroBatcher:
     batch fails for any reason (one request's bad input, the same patient in two requests), each
     request is scored on its own, so every caller gets its own answer or its own error.
 
-    Under concurrency (the previous call scored several callers) the caller about to score waits
-    up to ``linger_s`` for as many callers as last time to queue: their requests are still being
-    parsed in other threads, and one call for all of them costs far less than two. A lone caller
-    never waits (the first call after a concurrent burst may wait once, as the burst's size is
-    remembered).
+    Under concurrency the caller about to score waits up to ``linger_s`` for as many callers as
+    were active around the previous call (those it scored plus those that queued while it ran):
+    their requests are still being parsed in other threads, and one call for all of them costs
+    far less than two. Counting the callers that queued during a call keeps k clients in one call
+    each round, where waiting only for as many as the last call held locked them into two calls
+    (2 + 2 for 4 clients). A lone caller never waits; when clients leave, one call waits in vain
+    (at most ``linger_s``) and the next ones wait for fewer.
 
     Parameters
     ----------
@@ -689,7 +691,7 @@ class MicroBatcher:
         self._pending: list[_Job] = []
         self._busy = False
         self._linger_s = linger_s
-        self._last_batch_size = 0
+        self._active_callers = 0
         self._lingering = False
 
     def __call__(self, request: pd.DataFrame) -> pd.DataFrame:
@@ -706,23 +708,24 @@ class MicroBatcher:
             self._busy = True
             self._linger()
             batch, self._pending = self._pending, []
-            self._last_batch_size = len(batch)
         try:
             self._run(batch)
         finally:
             with self._condition:
                 self._busy = False
+                self._active_callers = len(batch) + len(self._pending)
                 self._condition.notify_all()
         return job.outcome()
 
     def _linger(self) -> None:
-        """Under concurrency (the last batch had several callers), wait up to ``linger_s`` for as many
-        callers as last time before scoring; called holding the lock, which the wait releases."""
-        if not self._linger_s or self._last_batch_size < 2 or len(self._pending) >= self._last_batch_size:
+        """Under concurrency (several callers around the last call), wait up to ``linger_s`` for that
+        many callers before scoring; called holding the lock, which the wait releases."""
+        expected = self._active_callers
+        if not self._linger_s or expected < 2 or len(self._pending) >= expected:
             return
         self._lingering = True
         try:
-            self._condition.wait_for(lambda: len(self._pending) >= self._last_batch_size, timeout=self._linger_s)
+            self._condition.wait_for(lambda: len(self._pending) >= expected, timeout=self._linger_s)
         finally:
             self._lingering = False
 

@@ -135,7 +135,12 @@ def _receive_connections(channel: socket.socket, loop, protocol_factory) -> None
             return
         if not fds:
             return  # the launcher closed the channel
-        loop.call_soon_threadsafe(_serve_connection, loop, protocol_factory, socket.socket(fileno=fds[0]))
+        connection = socket.socket(fileno=fds[0])
+        try:
+            loop.call_soon_threadsafe(_serve_connection, loop, protocol_factory, connection)
+        except RuntimeError:  # the event loop has closed: the server is shutting down
+            connection.close()
+            return
 
 
 def _handed_connections_server(config, channel: socket.socket):

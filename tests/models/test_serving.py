@@ -355,16 +355,56 @@ def _call_in_threads(batcher, requests, stagger_s: float = 0.0) -> dict:
     return results
 
 
-def test_micro_batcher_lingers_for_as_many_callers_as_last_time():
+def test_micro_batcher_lingers_for_the_callers_active_around_the_last_call():
+    """F0 is scored alone while F1 queues: two callers were active, so F1 then waits for a second
+    caller (a client coming back) instead of being scored alone."""
+    import threading
+    import time
+
     batcher, sizes, started, release = _echo_batcher(linger_s=30.0)
-    first = [_request(_patient(patient_id=f"F{i}")) for i in range(3)]
-    _run_concurrently_on(batcher, first, started, release)  # 1 alone, then 2 together: the last batch had 2
+    results = {}
+
+    def call(name):
+        results[name] = batcher(_request(_patient(patient_id=name)))["patient_id"].tolist()
+
+    threads = {name: threading.Thread(target=call, args=(name,)) for name in ("F0", "F1", "F2")}
+    threads["F0"].start()
+    started.wait(timeout=30)
+    threads["F1"].start()
+    while len(batcher._pending) < 1:
+        time.sleep(0.01)
+    release.set()
+    time.sleep(0.2)
+    threads["F2"].start()
+    for thread in threads.values():
+        thread.join(timeout=60)
     assert sizes == [1, 2]
-    sizes.clear()
-    second = [_request(_patient(patient_id=f"S{i}")) for i in range(2)]
-    results = _call_in_threads(batcher, second, stagger_s=0.2)  # the second arrives 0.2 s after the first
+    assert results == {"F0": ["F0"], "F1": ["F1"], "F2": ["F2"]}
+
+
+def test_micro_batcher_lingers_again_for_as_many_as_last_time():
+    batcher, sizes, started, release = _echo_batcher(linger_s=30.0)
+    release.set()
+    pair = [_request(_patient(patient_id=f"P{i}")) for i in range(2)]
+    batcher._active_callers = 2  # as after a call that scored two callers with nobody queued
+    results = _call_in_threads(batcher, pair, stagger_s=0.2)  # the second arrives 0.2 s after the first
     assert sizes == [2]  # the first waited for it instead of scoring alone
-    assert [results[i]["patient_id"].tolist() for i in range(2)] == [["S0"], ["S1"]]
+    assert [results[i]["patient_id"].tolist() for i in range(2)] == [["P0"], ["P1"]]
+    assert batcher._active_callers == 2
+
+
+def test_micro_batcher_stops_waiting_when_clients_leave():
+    import time
+
+    batcher, sizes, _, release = _echo_batcher(linger_s=0.3)
+    release.set()
+    batcher._active_callers = 4
+    start = time.perf_counter()
+    batcher(_request(_patient(patient_id="alone-1")))  # waits in vain, at most linger_s
+    waited = time.perf_counter() - start
+    start = time.perf_counter()
+    batcher(_request(_patient(patient_id="alone-2")))  # now expects one caller: no wait
+    assert sizes == [1, 1] and 0.25 < waited < 5.0 and time.perf_counter() - start < 0.2
 
 
 def test_a_lone_caller_does_not_linger():
