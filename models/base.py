@@ -134,9 +134,9 @@ def check_features(X: pd.DataFrame, expected: Sequence[str] | None = None) -> pd
     Returns
     -------
     DataFrame
-        ``X`` as float, columns ordered like ``expected``: ``X`` itself when it already is
-        exactly that (a read-only view for the caller; converting costs more than scoring a
-        few rows), otherwise a converted copy.
+        ``X`` as float, columns ordered like ``expected``: ``X`` itself (not a copy: callers
+        must not modify it) when it already is exactly that, since converting costs more than
+        scoring a few rows; otherwise a converted copy.
 
     Raises
     ------

@@ -18,11 +18,13 @@ keep-alive clients 6/2 or 7/1 as often as 4/4). ``mlflow models serve`` still se
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
 import socket
 import sys
+import time
 from typing import Optional
 
 from rich.console import Console
@@ -110,8 +112,16 @@ def _exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _serve_connection(loop, protocol_factory, connection: socket.socket) -> None:
-    """On the event loop: serve one handed-over connection with the server's HTTP protocol."""
+_READY = b"r"
+"""Sent by a worker on its channel once it serves: the launcher deals connections only then."""
+
+
+def _serve_connection(server, loop, protocol_factory, connection: socket.socket) -> None:
+    """On the event loop: serve one handed-over connection with the server's HTTP protocol
+    (closed at once if the server is shutting down, as its own listeners would refuse it)."""
+    if server.should_exit:
+        connection.close()
+        return
     task = loop.create_task(loop.connect_accepted_socket(protocol_factory, sock=connection))
     _CONNECTION_TASKS.add(task)
 
@@ -126,18 +136,29 @@ def _serve_connection(loop, protocol_factory, connection: socket.socket) -> None
 _CONNECTION_TASKS: set = set()
 
 
-def _receive_connections(channel: socket.socket, loop, protocol_factory) -> None:
-    """Worker thread: take each connection the launcher hands over and pass it to the event loop."""
+def _receive_connections(channel: socket.socket, loop, protocol_factory, server) -> None:
+    """Worker thread: take each connection the launcher hands over and pass it to the event loop.
+
+    Ends when the channel does (the launcher is gone, or :func:`_handed_connections_server` shuts
+    it at shutdown). A message whose socket did not arrive (this process out of file
+    descriptors: the kernel drops it) is logged and skipped; the client sees its connection closed.
+    """
+    import logging
+
     while True:
         try:
-            _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+            message, fds, _, _ = socket.recv_fds(channel, 1, 1)
         except OSError:
             return
+        if not message and not fds:
+            return  # end of the channel
         if not fds:
-            return  # the launcher closed the channel
+            logging.getLogger("uvicorn.error").warning("a connection handed over by the launcher was lost "
+                                                       "(out of file descriptors?)")
+            continue
         connection = socket.socket(fileno=fds[0])
         try:
-            loop.call_soon_threadsafe(_serve_connection, loop, protocol_factory, connection)
+            loop.call_soon_threadsafe(_serve_connection, server, loop, protocol_factory, connection)
         except RuntimeError:  # the event loop has closed: the server is shutting down
             connection.close()
             return
@@ -148,6 +169,7 @@ def _handed_connections_server(config, channel: socket.socket):
 
     It serves them exactly as it serves the connections of its own listeners: with the HTTP
     protocol object uvicorn builds for those (same arguments), tracked for a graceful shutdown.
+    Once started it tells the launcher it is ready; at shutdown it stops taking connections.
     """
     import asyncio
     import threading
@@ -163,8 +185,17 @@ def _handed_connections_server(config, channel: socket.socket):
                     config=self.config, server_state=self.server_state, app_state=self.lifespan.state
                 )
 
-            threading.Thread(target=_receive_connections, args=(channel, asyncio.get_running_loop(), protocol_factory),
+            threading.Thread(target=_receive_connections,
+                             args=(channel, asyncio.get_running_loop(), protocol_factory, self),
                              name="receive-connections", daemon=True).start()
+            channel.sendall(_READY)
+
+        async def shutdown(self, sockets=None) -> None:
+            try:
+                channel.shutdown(socket.SHUT_RD)  # ends the receive thread: no new connection
+            except OSError:
+                pass
+            await super().shutdown(sockets=sockets)
 
     return HandedConnectionsServer(config)
 
@@ -198,12 +229,28 @@ def _run_worker(model_path: str, host: str, port: int, channel: Optional[socket.
         _handed_connections_server(config, channel).run()
 
 
-def _hand_out_connections(listener: socket.socket, channels: list[socket.socket]) -> None:
-    """Launcher thread: accept each connection and hand it to the next worker in turn."""
+_TRANSIENT_ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _hand_out_connections(listener: socket.socket, channels: list[socket.socket], stopping) -> None:
+    """Launcher thread: once every worker is ready, accept each connection and hand it to the next
+    worker in turn, until ``stopping`` (a ``threading.Event``) is set.
+
+    Until then connections wait in the listener's backlog. A failed ``accept`` (a connection reset
+    while queued, or this process out of file descriptors for a moment) is skipped, not fatal.
+    """
+    for channel in channels:
+        if channel.recv(1) != _READY:
+            return  # that worker is gone before serving: the launcher is stopping everything
     for channel in itertools.cycle(channels):
-        try:
-            connection, _ = listener.accept()
-        except OSError:
+        while not stopping.is_set():
+            try:
+                connection, _ = listener.accept()
+                break
+            except OSError as exc:
+                if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                    time.sleep(0.05)
+        else:
             return
         with connection:
             try:
@@ -236,13 +283,20 @@ def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
         worker.start()
     for _, theirs in pairs:
         theirs.close()
-    threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs]),
+    stopping = threading.Event()
+    threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs], stopping),
                      name="hand-out-connections", daemon=True).start()
     stopped_by_signal = []
 
     def stop(signum=None, frame=None) -> None:
         if signum is not None:
             stopped_by_signal.append(signum)
+        if not stopping.is_set():  # no new connection from now on (shutdown wakes a blocked accept)
+            stopping.set()
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
@@ -261,6 +315,7 @@ def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        listener.close()
 
 
 def main(argv: Optional[list[str]] = None) -> int:

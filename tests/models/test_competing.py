@@ -262,6 +262,8 @@ def test_plain_transform_declines_what_it_does_not_handle():
     assert plain_transform(make_pipeline(SimpleImputer(keep_empty_features=True), MinMaxScaler()).fit(X), new) is None
     dropping = make_pipeline(SimpleImputer(strategy="median")).fit(X)  # drops the never-observed column
     assert plain_transform(dropping, new) is None
+    fitted_on_float32 = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True)).fit(X.astype("float32"))
+    assert plain_transform(fitted_on_float32, new) is None
     observed = X.drop(columns="f5")
     sentinel = make_pipeline(SimpleImputer(missing_values=-1.0)).fit(observed.fillna(-1.0))
     assert plain_transform(sentinel, new.drop(columns="f5").fillna(-1.0)) is None

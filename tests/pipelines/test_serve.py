@@ -100,19 +100,28 @@ def test_server_environment_finds_this_interpreters_tools_without_an_activated_v
     assert "/usr/bin" in env["PATH"].split(os.pathsep)
 
 
-def test_the_launcher_deals_connections_to_the_workers_in_turn():
-    """Each worker's channel receives every other connection, and the received socket is the client's."""
+def test_the_launcher_deals_connections_to_ready_workers_in_turn():
+    """Nothing is dealt before every worker is ready; then each worker's channel receives every
+    other connection, the received socket is the client's, and stopping ends the dealing."""
     import socket
     import threading
 
-    from pipelines.serve import _hand_out_connections
+    from pipelines.serve import _READY, _hand_out_connections
 
     listener = tcp_listener("127.0.0.1", 0)
     listener.listen()
     pairs = [socket.socketpair() for _ in range(2)]
-    threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs]), daemon=True).start()
+    stopping = threading.Event()
+    dealer = threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs], stopping),
+                              daemon=True)
+    dealer.start()
     clients = [socket.create_connection(listener.getsockname(), timeout=10) for _ in range(6)]
     try:
+        pairs[0][1].settimeout(0.3)
+        with pytest.raises(TimeoutError):  # worker 1 is not ready yet: nothing is dealt
+            socket.recv_fds(pairs[0][1], 1, 1)
+        for _, theirs in pairs:
+            theirs.sendall(_READY)
         for number, client in enumerate(clients):
             _, theirs = pairs[number % 2]
             theirs.settimeout(10)
@@ -121,6 +130,10 @@ def test_the_launcher_deals_connections_to_the_workers_in_turn():
                 assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
                 client.sendall(f"hello {number}".encode())
                 assert served.recv(100) == f"hello {number}".encode()
+        stopping.set()
+        listener.shutdown(socket.SHUT_RDWR)
+        dealer.join(timeout=10)
+        assert not dealer.is_alive()
     finally:
         for client in clients:
             client.close()
@@ -128,6 +141,36 @@ def test_the_launcher_deals_connections_to_the_workers_in_turn():
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
+
+
+def test_a_worker_skips_a_lost_connection_and_stops_at_the_end_of_its_channel():
+    import socket
+    import threading
+
+    from pipelines.serve import _receive_connections
+
+    handed = []
+
+    class Loop:
+        def call_soon_threadsafe(self, callback, *args):
+            handed.append(args[-1])
+
+    ours, theirs = socket.socketpair()
+    spare_a, spare_b = socket.socketpair()
+    receiver = threading.Thread(target=_receive_connections, args=(theirs, Loop(), None, None), daemon=True)
+    receiver.start()
+    try:
+        ours.sendall(b"c")  # a message whose socket was dropped by the kernel
+        socket.send_fds(ours, [b"c"], [spare_a.fileno()])
+        ours.close()
+        receiver.join(timeout=10)
+        assert not receiver.is_alive()
+        assert len(handed) == 1
+        handed[0].sendall(b"x")
+        assert spare_b.recv(1) == b"x"
+    finally:
+        for sock in (theirs, spare_a, spare_b, *handed):
+            sock.close()
 
 
 def test_launcher_reports_a_taken_port_in_one_line(capsys):
