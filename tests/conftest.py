@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so that CI cannot pass or fail by chance; a
+# failure found while developing is fixed and kept as an explicit test.
+settings.register_profile("car-relapse", derandomize=True)
+settings.load_profile("car-relapse")
 
 _BOOLEAN_COLUMNS = (
     "down_syndrome", "kmt2a_rearranged", "tp53_altered", "hypodiploid", "ph_positive",

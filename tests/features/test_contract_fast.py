@@ -263,7 +263,10 @@ def _lab_row(assay: str, value: Any, unit: Any, limit: float) -> Callable:
     """Rewrite one measurement row's lab columns (each lab rule needs the columns together)."""
     def perturb(tables: dict, position: int) -> None:
         frame = tables["measurements"]
-        for column, cell in (("assay", assay), ("value", value), ("unit", unit), ("detection_limit", limit)):
+        lab_columns = ("assay", "value", "unit", "detection_limit")
+        if not len(frame) or any(column not in frame for column in lab_columns):
+            return  # an earlier change removed the rows or a column: nothing to rewrite
+        for column, cell in zip(lab_columns, (assay, value, unit, limit)):
             frame[column] = frame[column].astype(object)
             frame.iloc[position % len(frame), frame.columns.get_loc(column)] = cell
 
@@ -398,6 +401,15 @@ def _perturbed(changes: list[tuple[Callable, int]]) -> tuple[pd.DataFrame, pd.Da
 @pytest.mark.parametrize("perturb", PERTURBATIONS, ids=lambda perturb: perturb.__name__)
 def test_each_perturbation_defers_or_equals_the_full_path(perturb):
     _assert_defers_or_equals(*_perturbed([(perturb, 1)]))
+
+
+def test_changes_that_remove_rows_or_columns_combine_with_later_ones():
+    """Found by the property test below: a lab-row change after the rows or a column are gone."""
+    removing = [p for p in PERTURBATIONS if p.__name__ in ("no measurements", "no measurements.detection_limit")]
+    lab_row = next(p for p in PERTURBATIONS if p.__name__.startswith("lab row"))
+    assert len(removing) == 2
+    for first in removing:
+        _assert_defers_or_equals(*_perturbed([(first, 0), (lab_row, 0)]))
 
 
 @PROPERTY
