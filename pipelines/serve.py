@@ -29,7 +29,6 @@ from typing import Optional
 
 from rich.console import Console
 
-from models.serving import EXAMPLE_PATIENT
 from pipelines.tracking import TrackingError, init_store, resolve_tracking_uri
 
 __all__ = [
@@ -204,6 +203,10 @@ def _run_worker(model_path: str, host: str, port: int, channel: Optional[socket.
                 parent_pid: Optional[int] = None) -> None:
     """One server process: MLflow's scoring app, on its own listener or on connections handed over.
 
+    The model runs with the code it was logged with (its ``features``/``models`` copies, put on
+    ``sys.path`` by MLflow), as under ``mlflow models serve``: this module imports neither package
+    before the model loads.
+
     The app module loads the model when imported; it is imported here, before uvicorn starts, so
     that everything loaded can then be frozen out of the garbage collector's reach
     (``gc.freeze``: a full collection over the ~320,000 loaded objects took 130 ms, a pause for
@@ -368,6 +371,8 @@ def serve_environment(tracking_uri: str) -> dict[str, str]:
 
 def example_curl(host: str, port: int) -> str:
     """A ready-to-paste curl request scoring the made-up example patient."""
+    from models.serving import EXAMPLE_PATIENT
+
     body = json.dumps({"inputs": [EXAMPLE_PATIENT]})
     return (
         f"curl -s http://{host}:{port}/invocations -H 'Content-Type: application/json' "

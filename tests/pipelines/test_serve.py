@@ -195,3 +195,15 @@ def test_launcher_reports_a_model_it_cannot_load_in_one_line(capsys, tmp_path):
     code = main(["--model", str(tmp_path / "no-such-model"), "--port", str(port)])
     error = capsys.readouterr().err
     assert code == 1 and error.startswith("error: cannot load model") and "Traceback" not in error
+
+
+def test_server_processes_leave_the_model_its_own_code():
+    """Importing the launcher imports neither ``features`` nor ``models``: the served model then
+    loads the copies it was logged with (MLflow puts them first on sys.path), as under
+    ``mlflow models serve``, not whatever this checkout holds."""
+    import subprocess
+
+    probe = ("import sys, pipelines.serve; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('features', 'models')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
