@@ -101,7 +101,6 @@ def _exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     """Stop this worker (SIGTERM to itself) once its launcher is gone: no orphaned server."""
     import signal
     import threading
-    import time
 
     def watch() -> None:
         while os.getppid() == parent_pid:
