@@ -476,15 +476,12 @@ def _plain_transform_matrix(steps: Pipeline, values: np.ndarray, columns: list) 
 def _predict_proba(classifier, X: pd.DataFrame) -> np.ndarray:
     """``predict_proba``; for a (pipeline ending in a) LogisticRegression the logits come from
     :func:`models.survival.batch_invariant_dot`, so a patient gets bit-identical probabilities
-    alone and in a batch. Other classifiers use their own ``predict_proba``."""
+    alone and in a batch. Other classifiers use their own ``predict_proba``. (Scoring calls
+    :func:`_plain_predict_proba` first, which does the same without scikit-learn's input checks.)"""
     final = classifier.steps[-1][1] if isinstance(classifier, Pipeline) else classifier
     if not isinstance(final, LogisticRegression):
         return classifier.predict_proba(X)
-    Z = X
-    if isinstance(classifier, Pipeline) and len(classifier.steps) > 1:
-        Z = plain_transform(classifier[:-1], X)
-        if Z is None:
-            Z = classifier[:-1].transform(X)
+    Z = classifier[:-1].transform(X) if isinstance(classifier, Pipeline) and len(classifier.steps) > 1 else X
     return _logistic_proba(final, Z)
 
 
