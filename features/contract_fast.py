@@ -28,7 +28,7 @@ not certain about:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,7 @@ __all__ = [
     "MAX_MEASUREMENT_ROWS",
     "BOOL_WORDS",
     "clean_small_cohort",
+    "clean_small_columns",
 ]
 
 MAX_INFUSION_ROWS = 64
@@ -168,22 +169,51 @@ def _check_cells(spec: ColumnSpec, cells: list) -> None:
         raise _Defer
 
 
-def _typed_columns(table: str, frame: pd.DataFrame) -> dict[str, list]:
-    """Declared column -> typed cells (str: as given; float: NaN; int / bool: None when missing)."""
-    names = list(frame.columns)
+def _typed_cells(table: str, names: list, values_of: Callable[[ColumnSpec], list]) -> dict[str, list]:
+    """Declared column -> typed cells (str: as given; float: NaN; int / bool: None when missing).
+
+    ``names`` are the given columns; ``values_of(spec)`` gives the cells of a given declared column.
+    """
     declared = {spec.name for spec in COLUMNS_BY_TABLE[table]}
     if len(set(names)) != len(names) or not all(type(name) is str and name in declared for name in names):
         raise _Defer
     typed = {}
     for spec in COLUMNS_BY_TABLE[table]:
-        if spec.name not in frame.columns:
+        if spec.name not in names:
             if spec.required:
                 raise _Defer
             continue
         cell = _CELL_BY_KIND[spec.kind]
-        typed[spec.name] = cells = [cell(value) for value in _plain_values(frame[spec.name], spec.kind)]
+        typed[spec.name] = cells = [cell(value) for value in values_of(spec)]
         _check_cells(spec, cells)
     return typed
+
+
+def _typed_columns(table: str, frame: pd.DataFrame) -> dict[str, list]:
+    """:func:`_typed_cells` of a frame's columns."""
+    return _typed_cells(table, list(frame.columns), lambda spec: _plain_values(frame[spec.name], spec.kind))
+
+
+_NONE = type(None)
+# the cell types a column list may hold, per kind: those a frame column gives back alike with
+# ``tolist()`` (a bool is not read as a number, nor a number as a bool; text numbers are read)
+_LIST_CELL_TYPES_BY_KIND: dict[str, tuple[type, ...]] = {
+    "str": (str, _NONE),
+    "float": (float, int, str, _NONE),
+    "int": (float, int, str, _NONE),
+    "bool": (bool, _NONE),
+    "text_or_number": (str, float, int),
+}
+
+
+def _list_cells(spec: ColumnSpec, columns: Mapping[str, list], n_rows: int) -> list:
+    """A column given as a list: its cells as they are, when the list has ``n_rows`` cells, each of a
+    type in :data:`_LIST_CELL_TYPES_BY_KIND` for the column's kind."""
+    cells = columns[spec.name]
+    allowed = _LIST_CELL_TYPES_BY_KIND[spec.kind]
+    if type(cells) is not list or len(cells) != n_rows or not all(type(value) in allowed for value in cells):
+        raise _Defer
+    return cells
 
 
 def _masked(cells: list, array_type: type, dtype: type) -> Any:
@@ -294,9 +324,56 @@ def clean_small_cohort(
     try:
         typed_infusions = _typed_columns("infusions", infusions)
         typed_measurements = _typed_columns("measurements", measurements)
-        patient_ids = typed_infusions["patient_id"]
-        if len(set(patient_ids)) != len(patient_ids) or not set(typed_measurements["patient_id"]) <= set(patient_ids):
-            return None
+    except _Defer:
+        return None
+    return _clean_frames(typed_infusions, typed_measurements)
+
+
+def clean_small_columns(
+    infusions: Mapping[str, list], measurements: Mapping[str, list]
+) -> Optional[tuple[pd.DataFrame, pd.DataFrame]]:
+    """:func:`clean_small_cohort` for raw tables given as column lists (no DataFrame to read).
+
+    The served model gets its patients as request records; building raw frames only to read their
+    cells back cost more than checking them. Each list holds a column's cells, of the plain Python
+    types a frame column gives back (text, number, boolean or None: see
+    :data:`_LIST_CELL_TYPES_BY_KIND`); anything else, or lists of unequal length, gives None.
+
+    Parameters
+    ----------
+    infusions, measurements : mapping of str to list
+        Column name -> cells, in the declared columns of each raw table (absent optional columns
+        allowed, as for frames).
+
+    Returns
+    -------
+    (pandas.DataFrame, pandas.DataFrame) or None
+        Exactly the frames of :func:`features.contract.validate_cohort` for
+        ``pd.DataFrame(infusions)`` and ``pd.DataFrame(measurements)`` when every row is certainly
+        valid; None when the full path must decide.
+    """
+    if not (_SCHEMAS_SUPPORTED and "patient_id" in infusions and "patient_id" in measurements):
+        return None
+    n_infusions, n_measurements = len(infusions["patient_id"]), len(measurements["patient_id"])
+    if not (0 < n_infusions <= MAX_INFUSION_ROWS and n_measurements <= MAX_MEASUREMENT_ROWS):
+        return None
+    try:
+        typed_infusions = _typed_cells("infusions", list(infusions),
+                                       lambda spec: _list_cells(spec, infusions, n_infusions))
+        typed_measurements = _typed_cells("measurements", list(measurements),
+                                          lambda spec: _list_cells(spec, measurements, n_measurements))
+    except _Defer:
+        return None
+    return _clean_frames(typed_infusions, typed_measurements)
+
+
+def _clean_frames(typed_infusions: dict[str, list], typed_measurements: dict[str, list]):
+    """The output frames of typed cells, or None (duplicate patients, measurements of no patient,
+    a lab value the fast path is not sure of)."""
+    patient_ids = typed_infusions["patient_id"]
+    if len(set(patient_ids)) != len(patient_ids) or not set(typed_measurements["patient_id"]) <= set(patient_ids):
+        return None
+    try:
         return _infusions_frame(typed_infusions), _measurements_frame(typed_measurements)
     except _Defer:
         return None

@@ -15,8 +15,11 @@ Steps for a set of patients and their as-of days:
 4. explain: the top contributing factors per patient.
 
 A scoring server answers concurrent requests in threads; :class:`MicroBatcher` scores the
-requests waiting at the same moment in one call (the cost of scoring a few patients is mostly per
-call), each patient's numbers being independent of the batch.
+requests waiting at the same moment in one call (:func:`score_requests`: the cost of scoring a few
+patients is mostly per call), each patient's numbers being independent of the batch. Requests
+whose values are plain JSON of the declared kinds skip the raw tables: their cells go to the list
+form of the contract's fast path (``features.contract_fast.clean_small_columns``), which gives
+exactly the contract's tables or steps aside for :func:`score_request`.
 
 A request has one row per patient: the fields of :data:`REQUEST_FIELDS`, generated from the
 column declarations in ``features.schema`` (the infusions row), the as-of day, and the patient's
@@ -30,12 +33,13 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from features.contract import ContractError, validate_cohort
+from features.contract_fast import clean_small_columns
 from features.registry import build_feature_rows
 from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS
 from models.base import relapse_column
@@ -56,6 +60,8 @@ __all__ = [
     "tables_to_records",
     "assign_risk_groups",
     "score_tables",
+    "score_requests",
+    "answer_records",
     "score_request",
     "MicroBatcher",
 ]
@@ -278,7 +284,7 @@ def _as_of_day_numbers(patient_ids: list, values: list) -> np.ndarray:
     for position, (patient_id, value) in enumerate(zip(patient_ids, values)):
         try:
             day = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             day = math.nan
         if not math.isfinite(day) or day < 0:
             raise ScoringInputError(f"patient {patient_id}: as_of_day {value!r} must be a finite number of days >= 0")
@@ -515,15 +521,13 @@ def _no_scores(bundle: ScoringBundle) -> pd.DataFrame:
     return score_request(bundle, pd.DataFrame([EXAMPLE_PATIENT])).iloc[:0].reset_index(drop=True)
 
 
-def _score_valid(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
-                 as_of: np.ndarray) -> pd.DataFrame:
-    """Output frame for validated tables (see :func:`score_tables`)."""
-    if not len(infusions):
-        return _no_scores(bundle)
+def _score_columns(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
+                   as_of: np.ndarray) -> dict[str, np.ndarray]:
+    """Output columns (name -> one value per patient) for validated tables with at least one patient."""
     X = _feature_matrix(bundle, infusions, measurements, as_of)
     cif = bundle.estimator.predict_cif(X, list(bundle.horizons_days))
     relapse = cif[relapse_column(bundle.risk_group_horizon_days)].to_numpy(dtype=float)
-    columns = {
+    return {
         "patient_id": infusions["patient_id"].astype(str).to_numpy(),
         "as_of_day": as_of,
         **dict(zip(cif.columns, cif.to_numpy(dtype=float).T)),
@@ -531,7 +535,14 @@ def _score_valid(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: p
         **_top_factor_columns(bundle, X),
         **_model_identity(bundle, len(X)),
     }
-    return pd.DataFrame(columns)
+
+
+def _score_valid(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
+                 as_of: np.ndarray) -> pd.DataFrame:
+    """Output frame for validated tables (see :func:`score_tables`)."""
+    if not len(infusions):
+        return _no_scores(bundle)
+    return pd.DataFrame(_score_columns(bundle, infusions, measurements, as_of))
 
 
 def score_tables(
@@ -597,23 +608,126 @@ def score_request(bundle: ScoringBundle, request: pd.DataFrame) -> pd.DataFrame:
     return _scores_and_quarantine(bundle, infusions, measurements, as_of_days, on_error="fail")[0]
 
 
+# --- the served model: several requests in one call, answered as records ---------------------------------
+_FIELD_NAMES = frozenset(spec.name for spec in REQUEST_FIELDS)
+_MEASUREMENT_KEYS = frozenset(MEASUREMENT_FIELDS)
+
+
+def _finite_day(value: Any) -> Optional[float]:
+    """A JSON number >= 0 as a float, else None (a boolean is not a number)."""
+    if type(value) not in (float, int):
+        return None
+    try:
+        day = float(value)
+    except OverflowError:
+        return None
+    return day if math.isfinite(day) and day >= 0 else None
+
+
+def _request_columns(requests: Sequence[pd.DataFrame]) -> Optional[tuple[dict, dict, np.ndarray]]:
+    """Raw infusions and measurements of the requests as column lists, and the as-of days.
+
+    None unless every request has every field, its measurements are lists of objects with known
+    keys only, and its as-of days are numbers >= 0 (anything else takes the frame route, which
+    names the problem). A key absent from a measurement object reads as None.
+    """
+    baseline = baseline_field_names()
+    infusions: dict[str, list] = {name: [] for name in baseline}
+    measurements: dict[str, list] = {name: [] for name in ("patient_id", *MEASUREMENT_FIELDS)}
+    as_of: list[float] = []
+    for request in requests:
+        names = request.columns.tolist()
+        if len(names) != len(_FIELD_NAMES) or set(names) != _FIELD_NAMES:
+            return None
+        position = {name: index for index, name in enumerate(names)}
+        rows = request.to_numpy(dtype=object).tolist()
+        for name in baseline:
+            index = position[name]
+            infusions[name].extend(row[index] for row in rows)
+        id_at, day_at, entries_at = position["patient_id"], position["as_of_day"], position["measurements"]
+        for row in rows:
+            day, entries = _finite_day(row[day_at]), row[entries_at]
+            if day is None or type(entries) is not list:
+                return None
+            as_of.append(day)
+            for entry in entries:
+                if type(entry) is not dict or not entry.keys() <= _MEASUREMENT_KEYS:
+                    return None
+                measurements["patient_id"].append(row[id_at])
+                for name in MEASUREMENT_FIELDS:
+                    measurements[name].append(entry.get(name))
+    return infusions, measurements, np.asarray(as_of, dtype=float)
+
+
+def _direct_tables(requests: Sequence[pd.DataFrame]) -> Optional[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]]:
+    """Validated tables and as-of days of certainly clean requests, built from their cells without raw
+    frames (:func:`features.contract_fast.clean_small_columns`); None when the frame route must decide."""
+    columns = _request_columns(requests)
+    if columns is None:
+        return None
+    clean = clean_small_columns(columns[0], columns[1])
+    return None if clean is None else (clean[0], clean[1], columns[2])
+
+
+def answer_records(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Output columns as answered: one JSON-ready record per patient, missing -> None (JSON null, not NaN).
+
+    A list of plain records rather than a DataFrame: MLflow's DataFrame-to-JSON step costs about
+    2 ms per request, ten times this. Values are those of ``DataFrame(columns).astype(object)``.
+    """
+    names = list(columns)
+    cells = [np.asarray(columns[name]).tolist() for name in names]
+    return [
+        {name: None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+         for name, value in zip(names, row)}
+        for row in zip(*cells)
+    ]
+
+
+def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame]) -> list[list[dict[str, Any]]]:
+    """Score several requests in one call: for each request, one answer record per patient, in order.
+
+    Each record is the request's row of :func:`score_request` (the patients of one call are scored
+    independently), as :func:`answer_records` gives it. Certainly clean requests are validated
+    straight from their cells (:func:`_direct_tables`); any other goes the frame route
+    (:func:`score_request` of the stacked requests), which alone names problems.
+
+    Raises
+    ------
+    ScoringInputError
+        As :func:`score_request`, for the stacked requests.
+    """
+    direct = _direct_tables(requests)
+    if direct is not None:
+        columns = _score_columns(bundle, *direct)
+    else:
+        scores = score_request(bundle, requests[0] if len(requests) == 1 else _concat_requests(list(requests)))
+        columns = {name: scores[name].to_numpy() for name in scores.columns}
+    records = answer_records(columns)
+    answers, start = [], 0
+    for request in requests:
+        answers.append(records[start:start + len(request)])
+        start += len(request)
+    return answers
+
+
 # --- concurrent requests ---------------------------------------------------------------------------------
 class _Job:
-    """One caller's request and, once scored, its rows or its error."""
+    """One caller's request and, once scored, its answer or its error."""
 
-    def __init__(self, request: pd.DataFrame):
+    def __init__(self, request: Any):
         self.request = request
         self.finished = False
-        self.rows: Optional[pd.DataFrame] = None
+        self.answer: Any = None
         self.error: Optional[BaseException] = None
 
-    def finish(self, rows: Optional[pd.DataFrame] = None, error: Optional[BaseException] = None) -> None:
-        self.rows, self.error, self.finished = rows, error, True
+    def finish(self, answer: Any = None, error: Optional[BaseException] = None) -> None:
+        self.answer, self.error, self.finished = answer, error, True
 
-    def outcome(self) -> pd.DataFrame:
+    def outcome(self) -> Any:
         if self.error is not None:
             raise self.error
-        return self.rows
+        return self.answer
 
 
 _TEXT_FIELDS = tuple(spec.name for spec in REQUEST_FIELDS if spec.kind == "str")
@@ -661,13 +775,13 @@ class MicroBatcher:
     Parameters
     ----------
     score : callable
-        ``score(request) -> DataFrame`` with one row per request row, in order (e.g.
-        ``functools.partial(score_request, bundle)``).
+        ``score(requests) -> answers``: one answer per request of the list, in order (e.g.
+        ``functools.partial(score_requests, bundle)``).
     linger_s : float
         Longest wait for the other callers, seconds (0 = never wait).
     """
 
-    def __init__(self, score: Callable[[pd.DataFrame], pd.DataFrame], linger_s: float = 0.0):
+    def __init__(self, score: Callable[[list], list], linger_s: float = 0.0):
         self._score = score
         self._condition = threading.Condition()
         self._pending: list[_Job] = []
@@ -676,8 +790,8 @@ class MicroBatcher:
         self._active_callers = 0
         self._lingering = False
 
-    def __call__(self, request: pd.DataFrame) -> pd.DataFrame:
-        """Score ``request`` (possibly together with other callers' requests)."""
+    def __call__(self, request: Any) -> Any:
+        """The answer to ``request`` (possibly scored together with other callers' requests)."""
         job = _Job(request)
         with self._condition:
             self._pending.append(job)
@@ -714,17 +828,17 @@ class MicroBatcher:
     def _run(self, batch: list[_Job]) -> None:
         if len(batch) > 1:
             try:
-                rows = self._score(_concat_requests([job.request for job in batch]))
+                answers = list(self._score([job.request for job in batch]))
+                if len(answers) != len(batch):
+                    raise ValueError(f"{len(answers)} answers to {len(batch)} requests")
             except Exception:  # one request's problem (or a bug): each request alone below, with its own error
                 pass
             else:
-                start = 0
-                for job in batch:
-                    job.finish(rows=rows.iloc[start:start + len(job.request)].reset_index(drop=True))
-                    start += len(job.request)
+                for job, answer in zip(batch, answers):
+                    job.finish(answer=answer)
                 return
         for job in batch:
             try:
-                job.finish(rows=self._score(job.request))
+                job.finish(answer=self._score([job.request])[0])
             except Exception as error:
                 job.finish(error=error)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import features.contract as contract
 from features.contract import ContractError, ValidatedCohort, validate_cohort
-from features.contract_fast import MAX_INFUSION_ROWS, clean_small_cohort
+from features.contract_fast import MAX_INFUSION_ROWS, clean_small_cohort, clean_small_columns
 from features.labtext import exact_plain_number, normalise_clean_lab_value, normalise_lab_values
 from features.schema import (
     ASSAYS,
@@ -403,6 +403,63 @@ def test_each_perturbation_defers_or_equals_the_full_path(perturb):
     _assert_defers_or_equals(*_perturbed([(perturb, 1)]))
 
 
+# --- column lists (clean_small_columns): defer, or exactly the full path of their frames ---------------
+def _column_lists(frame: pd.DataFrame, plain: bool) -> dict[str, list]:
+    """A frame's columns as lists: its cells as ``tolist`` gives them, or as JSON values (``plain``)."""
+    return {name: [_plain(value) for value in cells] if plain else cells
+            for name, cells in ((name, frame[name].tolist()) for name in frame.columns)}
+
+
+def _assert_columns_defer_or_equal(infusions: pd.DataFrame, measurements: pd.DataFrame, plain: bool) -> str:
+    """``clean_small_columns`` returns None, or exactly the full path's frames for the lists as frames."""
+    lists = _column_lists(infusions, plain), _column_lists(measurements, plain)
+    fast = clean_small_columns(*lists)
+    verdict = "deferred" if fast is None else "accepted"
+    try:
+        full = _full_path(pd.DataFrame(lists[0]), pd.DataFrame(lists[1], columns=list(lists[1])))
+    except Exception as error:  # a contract verdict or a failure: never accepted by the fast path
+        assert fast is None, f"accepted what the full path refuses: {error}"
+        return f"{verdict}, full path: {type(error).__name__}"
+    if fast is not None:
+        for frame, name in zip(fast, ("infusions", "measurements")):
+            pd.testing.assert_frame_equal(frame, getattr(full, name), check_exact=True)
+            assert _cell_types(frame) == _cell_types(getattr(full, name)), name
+            assert _zero_signs(frame) == _zero_signs(getattr(full, name)), name
+    return f"{verdict}, full path accepted"
+
+
+@pytest.mark.parametrize("n_patients", [1, 5, 16])
+@pytest.mark.parametrize("shape", [name for name in SHAPES if name.startswith("request")])
+def test_column_lists_of_clean_requests_are_accepted_and_equal_the_full_path(shape, n_patients):
+    infusions, measurements = SHAPES[shape](*_patients(n_patients, n_patients))
+    if shape == "request without optional fields":  # absent from the request: absent from the lists
+        infusions = infusions.drop(columns=list(optional_columns("infusions")))
+    assert _assert_columns_defer_or_equal(infusions, measurements, plain=True) == "accepted, full path accepted"
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_column_lists_of_any_shape_defer_or_equal_the_full_path(shape):
+    _assert_columns_defer_or_equal(*SHAPES[shape](*_patients(3, 5)), plain=False)
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["JSON values", "tolist cells"])
+@pytest.mark.parametrize("perturb", PERTURBATIONS, ids=lambda perturb: perturb.__name__)
+def test_each_perturbation_of_column_lists_defers_or_equals_the_full_path(perturb, plain):
+    infusions, measurements = _perturbed([(perturb, 1)])
+    if infusions.columns.has_duplicates:
+        pytest.skip("a mapping cannot hold duplicate column names")
+    _assert_columns_defer_or_equal(infusions, measurements, plain)
+
+
+def test_column_lists_of_unequal_length_or_not_lists_defer():
+    infusions, measurements = (_column_lists(frame, plain=True) for frame in _base_request())
+    assert clean_small_columns(infusions, measurements) is not None
+    assert clean_small_columns({**infusions, "age_years": infusions["age_years"][:1]}, measurements) is None
+    assert clean_small_columns({**infusions, "age_years": tuple(infusions["age_years"])}, measurements) is None
+    assert clean_small_columns(infusions, {**measurements, "day": measurements["day"] + [1.0]}) is None
+    assert clean_small_columns({**infusions, "patient_id": []}, measurements) is None
+
+
 def test_changes_that_remove_rows_or_columns_combine_with_later_ones():
     """Found by the property test below: a lab-row change after the rows or a column are gone."""
     removing = [p for p in PERTURBATIONS if p.__name__ in ("no measurements", "no measurements.detection_limit")]
@@ -416,6 +473,14 @@ def test_changes_that_remove_rows_or_columns_combine_with_later_ones():
 @given(changes=st.lists(st.tuples(st.sampled_from(PERTURBATIONS), st.integers(0, 1000)), min_size=1, max_size=3))
 def test_perturbed_rows_defer_or_equal_the_full_path(changes):
     event(_assert_defers_or_equals(*_perturbed(changes)))
+
+
+@PROPERTY
+@given(changes=st.lists(st.tuples(st.sampled_from(PERTURBATIONS), st.integers(0, 1000)), min_size=1, max_size=3))
+def test_perturbed_column_lists_defer_or_equal_the_full_path(changes):
+    infusions, measurements = _perturbed(changes)
+    if not infusions.columns.has_duplicates:
+        event(_assert_columns_defer_or_equal(infusions, measurements, plain=True))
 
 
 NUMBER_TEXT = st.one_of(

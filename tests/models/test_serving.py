@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -217,6 +219,11 @@ def test_quarantine_mode_reports_rejected_rows(bundle, new_patients):
 
 
 # --- concurrent requests ----------------------------------------------------------------------------------
+def _ids(answer: list[dict]) -> list:
+    """Patient ids of one request's answer records."""
+    return [record["patient_id"] for record in answer]
+
+
 def _run_concurrently_on(batcher, requests, call_started, release):
     """Send ``requests`` to ``batcher``: the first alone, the others while it is busy.
 
@@ -248,21 +255,20 @@ def _run_concurrently_on(batcher, requests, call_started, release):
 
 
 def _run_concurrently(bundle, requests):
-    """Concurrent requests to a MicroBatcher around ``score_request``: results and call sizes."""
+    """Concurrent requests to a MicroBatcher around ``score_requests``: results and call sizes (patients)."""
     import threading
-    from functools import partial
 
-    from models.serving import MicroBatcher
+    from models.serving import MicroBatcher, score_requests
 
     first_call_started, others_queued = threading.Event(), threading.Event()
     call_sizes = []
 
-    def spy(request):
-        call_sizes.append(len(request))
+    def spy(batch):
+        call_sizes.append(sum(len(request) for request in batch))
         if len(call_sizes) == 1:  # hold the first call until every other request is queued
             first_call_started.set()
             others_queued.wait(timeout=30)
-        return partial(score_request, bundle)(request)
+        return score_requests(bundle, batch)
 
     results = _run_concurrently_on(MicroBatcher(spy), requests, first_call_started, others_queued)
     return results, call_sizes
@@ -273,7 +279,7 @@ def test_micro_batcher_scores_waiting_requests_in_one_call(bundle):
     results, call_sizes = _run_concurrently(bundle, requests)
     assert call_sizes == [1, 3]
     for i in range(4):
-        assert results[i]["patient_id"].tolist() == [f"A{i}"]
+        assert _ids(results[i]) == [f"A{i}"]
 
 
 def test_micro_batcher_isolates_a_bad_request(bundle):
@@ -281,7 +287,7 @@ def test_micro_batcher_isolates_a_bad_request(bundle):
     results, call_sizes = _run_concurrently(bundle, requests)
     assert call_sizes == [1, 3, 1, 1, 1]  # the combined call is refused, then one call per request
     for i in range(3):
-        assert results[i]["patient_id"].tolist() == [f"A{i}"]
+        assert _ids(results[i]) == [f"A{i}"]
     assert isinstance(results[3], ScoringInputError) and "sex" in str(results[3])
 
 
@@ -331,12 +337,12 @@ def _echo_batcher(linger_s: float):
 
     sizes, first_call_started, release = [], threading.Event(), threading.Event()
 
-    def echo(request):
-        sizes.append(len(request))
+    def echo(batch):
+        sizes.append(sum(len(request) for request in batch))
         if len(sizes) == 1:
             first_call_started.set()
             release.wait(timeout=30)
-        return request[["patient_id"]].reset_index(drop=True)
+        return [[{"patient_id": value} for value in request["patient_id"].tolist()] for request in batch]
 
     return MicroBatcher(echo, linger_s=linger_s), sizes, first_call_started, release
 
@@ -365,7 +371,7 @@ def test_micro_batcher_lingers_for_the_callers_active_around_the_last_call():
     results = {}
 
     def call(name):
-        results[name] = batcher(_request(_patient(patient_id=name)))["patient_id"].tolist()
+        results[name] = _ids(batcher(_request(_patient(patient_id=name))))
 
     threads = {name: threading.Thread(target=call, args=(name,)) for name in ("F0", "F1", "F2")}
     threads["F0"].start()
@@ -389,7 +395,7 @@ def test_micro_batcher_lingers_again_for_as_many_as_last_time():
     batcher._active_callers = 2  # as after a call that scored two callers with nobody queued
     results = _call_in_threads(batcher, pair, stagger_s=0.2)  # the second arrives 0.2 s after the first
     assert sizes == [2]  # the first waited for it instead of scoring alone
-    assert [results[i]["patient_id"].tolist() for i in range(2)] == [["P0"], ["P1"]]
+    assert [_ids(results[i]) for i in range(2)] == [["P0"], ["P1"]]
     assert batcher._active_callers == 2
 
 
@@ -447,19 +453,19 @@ def test_micro_batcher_isolates_any_failure_of_a_combined_call():
 
     started, release, sizes = threading.Event(), threading.Event(), []
 
-    def fragile(request):
-        sizes.append(len(request))
+    def fragile(batch):
+        sizes.append(sum(len(request) for request in batch))
         if len(sizes) == 1:
             started.set()
             release.wait(timeout=30)
-        if "BROKEN" in request["patient_id"].tolist():
+        if any("BROKEN" in request["patient_id"].tolist() for request in batch):
             raise RuntimeError("not a contract problem")
-        return request[["patient_id"]].reset_index(drop=True)
+        return [[{"patient_id": value} for value in request["patient_id"].tolist()] for request in batch]
 
     requests = [_request(_patient(patient_id=f"G{i}")) for i in range(3)] + [_request(_patient(patient_id="BROKEN"))]
     results = _run_concurrently_on(MicroBatcher(fragile), requests, started, release)
     assert sizes == [1, 3, 1, 1, 1]
-    assert [results[i]["patient_id"].tolist() for i in range(3)] == [["G0"], ["G1"], ["G2"]]
+    assert [_ids(results[i]) for i in range(3)] == [["G0"], ["G1"], ["G2"]]
     assert isinstance(results[3], RuntimeError)
 
 
@@ -482,3 +488,89 @@ def test_tables_with_every_patient_quarantined_give_no_scores_and_every_reject(b
     assert list(result.scores.columns) == list(scored.columns)
     pd.testing.assert_series_equal(result.scores.dtypes, scored.dtypes)
     assert (result.rejects["table"] == "infusions").sum() == 3
+
+
+# --- several requests in one call (the served model) ---------------------------------------------------
+def _expected_answer(bundle, request: pd.DataFrame) -> list[dict]:
+    """The frame route alone: ``score_request`` of this request, as answer records."""
+    from models.serving import answer_records
+
+    scores = score_request(bundle, request)
+    return answer_records({name: scores[name].to_numpy() for name in scores.columns})
+
+
+def _measurement(**changes) -> dict:
+    return {**EXAMPLE_PATIENT["measurements"][1], **changes}
+
+
+REQUEST_VARIANTS = {  # name -> (patient record changes, whether the direct route takes it)
+    "example patient": ({}, True),
+    "ints for floats, float for an int": ({"age_years": 11, "bm_blasts_pct": 12, "prior_lines": 2.0}, True),
+    "nulls where allowed": ({"site": None, "fludarabine_auc": None, "down_syndrome": None, "prior_crs": None}, True),
+    "no measurements": ({"measurements": []}, True),
+    "text numbers": ({"age_years": "11.5", "prior_lines": "2"}, True),
+    "measurement without unit or limit keys": ({"measurements": [{"day": 28, "specimen": "BM", "assay": "flow_mrd",
+                                                                  "value": "<0.01%"}]}, True),
+    "NaN for a number": ({"cd22_pct_pre": float("nan")}, True),
+    "numeric patient id": ({"patient_id": 17}, False),
+    "boolean as text": ({"down_syndrome": "no"}, False),
+    "number for a boolean": ({"prior_hsct": 0}, False),
+    "measurements in column form": ({"measurements": {"day": [28.0], "specimen": ["BM"], "assay": ["ngs_mrd"],
+                                                      "value": ["NEG"], "unit": ["fraction"],
+                                                      "detection_limit": [1e-6]}}, False),
+    "as-of day as text": ({"as_of_day": "91"}, False),
+    "lab value that cannot be read": ({"measurements": [_measurement(value="1.2E-05 approx")]}, False),
+}
+
+
+@pytest.mark.parametrize("variant", list(REQUEST_VARIANTS))
+def test_each_request_is_answered_as_score_request_answers_it_alone(bundle, variant):
+    from models.serving import _direct_tables, score_requests
+
+    changes, direct = REQUEST_VARIANTS[variant]
+    request = _request(_patient(patient_id=f"V-{variant}", **changes) if "patient_id" not in changes
+                       else _patient(**changes))
+    assert (_direct_tables([request]) is not None) is direct
+    try:
+        expected = _expected_answer(bundle, request)
+    except ScoringInputError as error:
+        with pytest.raises(ScoringInputError, match=re.escape(str(error))):
+            score_requests(bundle, [request])
+        return
+    assert score_requests(bundle, [request]) == [expected]
+
+
+def test_a_batch_of_requests_answers_each_as_alone(bundle, new_patients):
+    from models.serving import _direct_tables, score_requests
+
+    records = tables_to_records(*new_patients, 91.0)
+    variants = [_request(_patient(patient_id=f"V{i}", **changes))
+                for i, (name, (changes, _)) in enumerate(REQUEST_VARIANTS.items())
+                if "patient_id" not in changes and name != "lab value that cannot be read"]
+    requests = [_request(record) for record in records[:6]] + [_request(*records[6:9])] + variants
+    expected = [_expected_answer(bundle, request) for request in requests]
+    clean = requests[:7]
+    assert _direct_tables(clean) is not None
+    assert score_requests(bundle, clean) == expected[:7]
+    assert _direct_tables(requests) is None  # one request needs the frame route: all go that way together
+    assert score_requests(bundle, requests) == expected
+    assert all(len(answer) == len(request) for answer, request in zip(expected, requests))
+
+
+def test_a_bad_request_in_a_batch_fails_the_call_naming_it(bundle):
+    from models.serving import score_requests
+
+    good, bad = _request(_patient(patient_id="OK")), _request(_patient(patient_id="BAD", prior_lines=2.5))
+    with pytest.raises(ScoringInputError, match="prior_lines"):
+        score_requests(bundle, [good, bad])
+    assert score_requests(bundle, [good])[0][0]["patient_id"] == "OK"
+
+
+def test_answer_records_turn_missing_values_into_none():
+    from models.serving import answer_records
+
+    records = answer_records({"a": np.array([1.5, np.nan]), "b": np.array(["x", None], dtype=object),
+                              "c": np.array([np.float64("nan"), 2.0], dtype=object)})
+    assert records == [{"a": 1.5, "b": "x", "c": None}, {"a": None, "b": None, "c": 2.0}]
+    assert type(records[0]["a"]) is float
+
