@@ -284,6 +284,21 @@ def test_category_codes_for_categorical_and_plain_columns():
     np.testing.assert_array_equal(_category_codes(categorical, pd.Index(levels)), expected)
 
 
+def test_category_codes_are_the_same_for_small_and_large_columns():
+    """Small object columns are looked up entry by entry, large ones with ``Index.get_indexer``."""
+    from features.longitudinal import _SMALL_COLUMN_ROWS, _category_codes
+
+    index = pd.Index([f"P{i}" for i in range(7)], name="patient_id")
+    cells = ["P3", None, "P0", np.nan, "P6", "Q1", "p3", "P3"]
+    large = pd.Series(cells * (_SMALL_COLUMN_ROWS // len(cells) + 1), dtype=object)
+    assert len(large) > _SMALL_COLUMN_ROWS
+    codes = _category_codes(large, index)
+    expected = np.array([3, -1, 0, -1, 6, -1, -1, 3])
+    np.testing.assert_array_equal(_category_codes(pd.Series(cells, dtype=object), index), expected)
+    np.testing.assert_array_equal(codes, np.tile(expected, len(large) // len(cells) + 1)[: len(large)])
+    assert codes.dtype == _category_codes(pd.Series(cells, dtype=object), index).dtype
+
+
 @pytest.mark.parametrize(
     "column",
     [pd.Series([True, False, True]), pd.Series([True, pd.NA, False], dtype="boolean"),
