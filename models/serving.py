@@ -783,20 +783,22 @@ class MicroBatcher:
 
     def __init__(self, score: Callable[[list], list], linger_s: float = 0.0):
         self._score = score
-        self._condition = threading.Condition()
+        lock = threading.Lock()
+        self._condition = threading.Condition(lock)  # waiting callers: a call finished
+        self._enough_callers = threading.Condition(lock)  # the lingering caller: enough requests queued
         self._pending: list[_Job] = []
         self._busy = False
         self._linger_s = linger_s
         self._active_callers = 0
-        self._lingering = False
+        self._lingering_for = 0  # callers the lingering caller waits for (0: nobody lingers)
 
     def __call__(self, request: Any) -> Any:
         """The answer to ``request`` (possibly scored together with other callers' requests)."""
         job = _Job(request)
         with self._condition:
             self._pending.append(job)
-            if self._lingering:
-                self._condition.notify_all()
+            if self._lingering_for and len(self._pending) >= self._lingering_for:
+                self._enough_callers.notify()
             while self._busy and not job.finished:
                 self._condition.wait()
             if job.finished:
@@ -819,11 +821,11 @@ class MicroBatcher:
         expected = self._active_callers
         if not self._linger_s or expected < 2 or len(self._pending) >= expected:
             return
-        self._lingering = True
+        self._lingering_for = expected
         try:
-            self._condition.wait_for(lambda: len(self._pending) >= expected, timeout=self._linger_s)
+            self._enough_callers.wait_for(lambda: len(self._pending) >= expected, timeout=self._linger_s)
         finally:
-            self._lingering = False
+            self._lingering_for = 0
 
     def _run(self, batch: list[_Job]) -> None:
         if len(batch) > 1:

@@ -389,12 +389,16 @@ def test_micro_batcher_lingers_for_the_callers_active_around_the_last_call():
 
 
 def test_micro_batcher_lingers_again_for_as_many_as_last_time():
+    import time
+
     batcher, sizes, started, release = _echo_batcher(linger_s=30.0)
     release.set()
     pair = [_request(_patient(patient_id=f"P{i}")) for i in range(2)]
     batcher._active_callers = 2  # as after a call that scored two callers with nobody queued
+    start = time.perf_counter()
     results = _call_in_threads(batcher, pair, stagger_s=0.2)  # the second arrives 0.2 s after the first
     assert sizes == [2]  # the first waited for it instead of scoring alone
+    assert time.perf_counter() - start < 10.0  # and was woken by its arrival, not by the 30 s limit
     assert [_ids(results[i]) for i in range(2)] == [["P0"], ["P1"]]
     assert batcher._active_callers == 2
 
