@@ -1,10 +1,11 @@
 """Scoring: patients in the data contract, as of a day -> one output row per patient.
 
 This is the single code path behind both ways of scoring a fitted model: the MLflow pyfunc
-(``pipelines/pyfunc_model.py``, one request frame with a row per patient) and batch
-scoring of a cohort folder (``pipelines/score.py``, chunks of raw tables). Both end in
-:func:`score_tables`, so the served model and batch scoring give the same numbers for the same
-patients. Nothing here reads files or touches MLflow.
+(``pipelines/pyfunc_model.py``, request frames with a row per patient, :func:`score_requests`) and
+batch scoring of a cohort folder (``pipelines/score.py``, chunks of raw tables,
+:func:`score_tables`). Both validate with the data contract, build features with the same builders
+and predict with :func:`_score_columns`, so the served model and batch scoring give the same
+numbers for the same patients. Nothing here reads files or touches MLflow.
 
 Steps for a set of patients and their as-of days:
 
@@ -16,10 +17,12 @@ Steps for a set of patients and their as-of days:
 
 A scoring server answers concurrent requests in threads; :class:`MicroBatcher` scores the
 requests waiting at the same moment in one call (:func:`score_requests`: the cost of scoring a few
-patients is mostly per call), each patient's numbers being independent of the batch. Requests
-whose values are plain JSON of the declared kinds skip the raw tables: their cells go to the list
-form of the contract's fast path (``features.contract_fast.clean_small_columns``), which gives
-exactly the contract's tables or steps aside for :func:`score_request`.
+patients is mostly per call), each patient's numbers being independent of the batch. Clean
+requests (every field present, measurements as a list of objects, values plain JSON of the declared
+kinds, at most 64 patients and 4,000 measurements in the call) skip the raw tables: their cells go
+to the list form of the contract's fast path (``features.contract_fast.clean_small_columns``),
+which gives exactly the contract's tables or steps aside; otherwise the whole call takes the frame
+route (:func:`score_request` of the stacked requests).
 
 A request has one row per patient: the fields of :data:`REQUEST_FIELDS`, generated from the
 column declarations in ``features.schema`` (the infusions row), the as-of day, and the patient's
@@ -697,6 +700,8 @@ def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame]) -> l
     ScoringInputError
         As :func:`score_request`, for the stacked requests.
     """
+    if not all(len(request) for request in requests):  # alone, each request gets its own answer or error
+        raise ScoringInputError("no patients in the request")
     direct = _direct_tables(requests)
     if direct is not None:
         columns = _score_columns(bundle, *direct)
@@ -810,6 +815,9 @@ class MicroBatcher:
             self._run(batch)
         finally:
             with self._condition:
+                for unanswered in batch:  # only if scoring was interrupted (not by an Exception)
+                    if not unanswered.finished:
+                        unanswered.finish(error=RuntimeError("scoring was interrupted"))
                 self._busy = False
                 self._active_callers = len(batch) + len(self._pending)
                 self._condition.notify_all()

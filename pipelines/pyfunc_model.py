@@ -3,8 +3,9 @@
 MLflow logs this file as *model code* (models-from-code): on load it runs the file, which ends with
 ``mlflow.models.set_model(CarRelapseModel())``. ``load_context`` unpickles the fitted
 :class:`models.serving.ScoringBundle`; ``predict`` hands the request frame (one row per patient) to
-:func:`models.serving.score_request` and turns a :class:`models.serving.ScoringInputError` into an
-MLflow "invalid parameter value" error, which the scoring server answers with HTTP 400 naming the
+a :class:`models.serving.MicroBatcher` around :func:`models.serving.score_requests` (requests
+arriving together are scored in one call) and turns a :class:`models.serving.ScoringInputError` into
+an MLflow "invalid parameter value" error, which the scoring server answers with HTTP 400 naming the
 problem (and keeps serving).
 
 The input signature (:func:`input_schema`) is a column schema built from
@@ -132,7 +133,7 @@ class CarRelapseModel(mlflow.pyfunc.PythonModel):
         score_requests(self._bundle, [pd.DataFrame([EXAMPLE_PATIENT])])  # warm-up: lazy imports (shap), caches
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list:
-        """One output record per patient (see ``models.serving.score_request``); missing values are None.
+        """One output record per patient (see ``models.serving.score_requests``); missing values are None.
 
         ``model_input`` is the request frame MLflow built from any JSON format (one row per
         patient), or a list of patient records when called directly.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import numpy as np
 import pandas as pd
@@ -578,3 +579,63 @@ def test_answer_records_turn_missing_values_into_none():
     assert records == [{"a": 1.5, "b": "x", "c": None}, {"a": None, "b": None, "c": 2.0}]
     assert type(records[0]["a"]) is float
 
+
+
+def test_an_empty_request_in_a_batch_is_refused_and_the_others_answered(bundle):
+    """Alone, an empty request is an error; batched with others it must not become an empty answer."""
+    from models.serving import MicroBatcher, score_requests
+
+    empty = _request(_patient()).iloc[:0]
+    with pytest.raises(ScoringInputError, match="no patients"):
+        score_requests(bundle, [_request(_patient(patient_id="E1")), empty])
+    started, release = threading.Event(), threading.Event()
+
+    def held(batch):
+        if not started.is_set():
+            started.set()
+            release.wait(timeout=30)
+        return score_requests(bundle, batch)
+
+    requests = [_request(_patient(patient_id="E0")), _request(_patient(patient_id="E2")), empty]
+    results = _run_concurrently_on(MicroBatcher(held), requests, started, release)
+    assert _ids(results[0]) == ["E0"] and _ids(results[1]) == ["E2"]
+    assert isinstance(results[2], ScoringInputError) and "no patients" in str(results[2])
+
+
+def test_a_caller_whose_call_was_interrupted_gets_an_error_not_none():
+    """A call ended by something other than an Exception: the other callers of its batch get an error."""
+    from models.serving import MicroBatcher
+
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def scorer(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:  # hold the first call while the others queue
+            started.set()
+            release.wait(timeout=30)
+            return [[{"patient_id": "I0"}]]
+        raise SystemExit("interrupted")
+
+    batcher = MicroBatcher(scorer)
+    results = {}
+
+    def call(name):
+        try:
+            results[name] = batcher(_request(_patient(patient_id=name)))
+        except BaseException as error:  # noqa: B036 - the point of the test
+            results[name] = error
+
+    threads = {name: threading.Thread(target=call, args=(name,)) for name in ("I0", "I1", "I2")}
+    threads["I0"].start()
+    started.wait(timeout=30)
+    threads["I1"].start()
+    threads["I2"].start()
+    while len(batcher._pending) < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads.values():
+        thread.join(timeout=60)
+    assert calls == [1, 2]
+    errors = sorted(type(results[name]).__name__ for name in ("I1", "I2"))
+    assert errors == ["RuntimeError", "SystemExit"]  # the caller that scored, and the one it scored for
+    assert not batcher._busy
