@@ -1,9 +1,9 @@
 """Serving latency: single-patient requests to the real scoring server under 8 concurrent clients.
 
 Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--workers 2] [--repeats 3]
-[--model URI --tracking-uri URI]``. Without ``--model``, the benchmark model of
-``benchmarks.bench_scoring`` is trained and registered first in a temporary store (not timed).
-The server is started exactly as ``car-relapse serve`` starts it (MLflow's scoring app, 2 workers,
+[--model URI --tracking-uri URI] [--baseline-model URI --baseline-tracking-uri URI]``. Without
+``--model``, the benchmark model of ``benchmarks.bench_scoring`` is trained and registered first in
+a temporary store (not timed). The server is started exactly as ``car-relapse serve`` starts it (MLflow's scoring app, 2 workers,
 127.0.0.1, a free port), warmed up, then the clients send a bounded number of requests, each one
 patient (distinct simulated patients, as of day 91), over keep-alive connections. The measurement
 is repeated on fresh connections (each repeat is printed, then all requests pooled); the
@@ -11,6 +11,12 @@ launcher deals the connections to the workers in turn (4 per worker for 8 client
 Each line also gives the server's CPU time per request (launcher and workers, from /proc on
 Linux): on a shared machine that runs slower at times, the same requests then cost more CPU. The
 server is stopped at the end. Targets: median < 50 ms, p99 < 200 ms.
+
+Comparing two versions: ``--baseline-model URI [--baseline-tracking-uri URI]`` serves a second
+model beside the first (each runs the code logged with it) and measures them in turn, repeat by
+repeat, alternating which goes first; it prints both and the ratio of their server CPU per request
+in each repeat. On a machine whose speed drifts, separate runs minutes apart are not comparable;
+paired repeats are.
 """
 
 from __future__ import annotations
@@ -136,8 +142,25 @@ def _figures(ms: np.ndarray, errors: list, wall_s: float, cpu_s: list) -> str:
             f"max {ms.max():.1f} ms, {len(ms) / wall_s:.1f} requests/s, {len(errors)} errors{cpu}")
 
 
+def _pooled(runs: list) -> str:
+    """Figures of several measurements pooled."""
+    pooled = np.concatenate([run[0] for run in runs]) * 1000.0
+    return _figures(pooled, sum((run[1] for run in runs), []), sum(run[2] for run in runs), [run[3] for run in runs])
+
+
+def _measure_in_turn(servers: dict, bodies: list[bytes], n_requests: int, n_clients: int, repeats: int) -> dict:
+    """Measure each server once per repeat, alternating which goes first; ``{name: [run, ...]}``."""
+    runs = {name: [] for name in servers}
+    names = list(servers)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            process, port = servers[name]
+            runs[name].append(_measure(port, bodies, n_requests, n_clients, process.pid))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Prepare, start the server, warm up, measure, stop; print the figures."""
+    """Prepare, start the server(s), warm up, measure, stop; print the figures."""
     from benchmarks.bench_scoring import model_or_trained
     from pipelines.serve import DEFAULT_WORKERS
     from pipelines.tracking import quiet_mlflow
@@ -150,26 +173,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="Measurements, each on fresh connections.")
     parser.add_argument("--model", default=None)
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--baseline-model", default=None,
+                        help="Also serve this model (e.g. one registered by an older checkout: it runs its own "
+                             "logged code) and measure the two in turn, repeat by repeat, for a paired comparison.")
+    parser.add_argument("--baseline-tracking-uri", default=None)
     args = parser.parse_args(argv)
     quiet_mlflow()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        model_uri, tracking_uri = model_or_trained(folder, args.model, args.tracking_uri)
+        models = {"model": model_or_trained(folder, args.model, args.tracking_uri)}
+        if args.baseline_model:
+            models["baseline"] = (args.baseline_model, args.baseline_tracking_uri or args.tracking_uri)
         bodies = request_bodies(args.patients)
-        process, port = start_server(model_uri, tracking_uri, args.workers, folder / "server.log")
+        servers = {}
         try:
-            for _ in range(3):  # warm-up, on fresh connections each time (they reach every worker)
-                run_clients(port, bodies, 2 * args.clients, args.clients)
-            runs = [_measure(port, bodies, args.requests, args.clients, process.pid) for _ in range(args.repeats)]
+            for name, (model_uri, tracking_uri) in models.items():
+                servers[name] = start_server(model_uri, tracking_uri, args.workers, folder / f"{name}.log")
+            for _, port in servers.values():
+                for _ in range(3):  # warm-up, on fresh connections each time (they reach every worker)
+                    run_clients(port, bodies, 2 * args.clients, args.clients)
+            runs = _measure_in_turn(servers, bodies, args.requests, args.clients, args.repeats)
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
-    for number, (latencies, errors, wall, cpu) in enumerate(runs, start=1):
-        print(f"repeat {number}: {_figures(latencies * 1000.0, errors, wall, [cpu])}")
-    pooled = np.concatenate([run[0] for run in runs]) * 1000.0
-    figures = _figures(pooled, sum((run[1] for run in runs), []), sum(run[2] for run in runs), [run[3] for run in runs])
-    print(f"serving, {args.clients} clients, {args.workers} worker(s), {args.repeats} x {args.requests} "
-          f"single-patient requests: {figures}; targets: median < 50 ms, p99 < 200 ms")
+            for process, _ in servers.values():
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+    label = {name: f"{model_uri} in {tracking_uri}" for name, (model_uri, tracking_uri) in models.items()}
+    for name, measured in runs.items():
+        prefix = f"{name} ({label[name]}) " if len(runs) > 1 else ""
+        for number, (latencies, errors, wall, cpu) in enumerate(measured, start=1):
+            print(f"{prefix}repeat {number}: {_figures(latencies * 1000.0, errors, wall, [cpu])}")
+        print(f"{prefix}serving, {args.clients} clients, {args.workers} worker(s), {args.repeats} x {args.requests} "
+              f"single-patient requests: {_pooled(measured)}; targets: median < 50 ms, p99 < 200 ms")
+    if len(runs) > 1 and all(run[3] is not None for measured in runs.values() for run in measured):
+        ratios = [model[3] / baseline[3] for model, baseline in zip(runs["model"], runs["baseline"])]
+        print(f"server CPU per request, model / baseline, repeat by repeat: {', '.join(f'{r:.3f}' for r in ratios)} "
+              f"(mean {np.mean(ratios):.3f})")
     return 0
 
 
