@@ -261,6 +261,13 @@ def _hand_out_connections(listener: socket.socket, channels: list[socket.socket]
                 pass  # that worker is gone: the launcher is stopping everything
 
 
+def _launcher_exit_code(worker_exit_code: Optional[int]) -> int:
+    """The launcher's exit code for a worker's: a worker killed by signal N (``exitcode`` -N) gives
+    128 + N, as a shell reports a killed process (a negative code would leave the process as 256 - N)."""
+    code = worker_exit_code or 0
+    return 128 - code if code < 0 else code
+
+
 def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
     """Run ``n_workers`` server processes; the launcher accepts the connections and deals them out.
 
@@ -313,7 +320,7 @@ def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
                 worker.kill()
                 worker.join()
         first = next(worker for worker in workers if worker.sentinel in finished)
-        return 0 if stopped_by_signal else (first.exitcode or 0)
+        return 0 if stopped_by_signal else _launcher_exit_code(first.exitcode)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

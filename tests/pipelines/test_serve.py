@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import pytest
@@ -207,3 +208,11 @@ def test_server_processes_leave_the_model_its_own_code():
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('features', 'models')))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_worker_killed_by_a_signal_gives_the_shell_exit_code():
+    from pipelines.serve import _launcher_exit_code
+
+    assert _launcher_exit_code(-signal.SIGKILL) == 128 + signal.SIGKILL == 137
+    assert _launcher_exit_code(-signal.SIGTERM) == 143
+    assert _launcher_exit_code(3) == 3 and _launcher_exit_code(0) == 0 and _launcher_exit_code(None) == 0
