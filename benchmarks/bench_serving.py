@@ -3,10 +3,10 @@
 Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--workers 2] [--repeats 3]
 [--model URI --tracking-uri URI] [--baseline-model URI --baseline-tracking-uri URI]``. Without
 ``--model``, the benchmark model of ``benchmarks.bench_scoring`` is trained and registered first in
-a temporary store (not timed). The server is started exactly as ``car-relapse serve`` starts it (MLflow's scoring app, 2 workers,
-127.0.0.1, a free port), warmed up, then the clients send a bounded number of requests, each one
-patient (distinct simulated patients, as of day 91), over keep-alive connections. The measurement
-is repeated on fresh connections (each repeat is printed, then all requests pooled); the
+a temporary store (not timed). The server is started exactly as ``car-relapse serve`` starts it
+(MLflow's scoring app, 2 workers, 127.0.0.1, a free port), warmed up, then the clients send a
+bounded number of requests, each one patient (distinct simulated patients, as of day 91), over
+keep-alive connections. The measurement is repeated on fresh connections (each repeat is printed, then all requests pooled); the
 launcher deals the connections to the workers in turn (4 per worker for 8 clients).
 Each line also gives the server's CPU time per request (launcher and workers, from /proc on
 Linux): on a shared machine that runs slower at times, the same requests then cost more CPU. The
@@ -136,8 +136,8 @@ def _measure(port: int, bodies: list[bytes], n_requests: int, n_clients: int, se
 
 
 def _figures(ms: np.ndarray, errors: list, wall_s: float, cpu_s: list) -> str:
-    known = [value for value in cpu_s if value is not None]
-    cpu = f", server CPU {1000 * np.mean(known):.1f} ms/request" if known and len(known) == len(cpu_s) else ""
+    measured = cpu_s and all(value is not None for value in cpu_s)
+    cpu = f", server CPU {1000 * np.mean(cpu_s):.1f} ms/request" if measured else ""
     return (f"median {np.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, "
             f"max {ms.max():.1f} ms, {len(ms) / wall_s:.1f} requests/s, {len(errors)} errors{cpu}")
 

@@ -281,15 +281,21 @@ def request_to_tables(request: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     return infusions, measurements, as_of_days
 
 
+def _day_number(value: Any) -> Optional[float]:
+    """``value`` as a float number of days, when it reads as one that is finite and >= 0; else None."""
+    try:
+        day = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return day if math.isfinite(day) and day >= 0 else None
+
+
 def _as_of_day_numbers(patient_ids: list, values: list) -> np.ndarray:
     """``as_of_day`` of each patient as a float; anything but a finite number >= 0 is named."""
     days = np.empty(len(values))
     for position, (patient_id, value) in enumerate(zip(patient_ids, values)):
-        try:
-            day = float(value)
-        except (TypeError, ValueError, OverflowError):
-            day = math.nan
-        if not math.isfinite(day) or day < 0:
+        day = _day_number(value)
+        if day is None:
             raise ScoringInputError(f"patient {patient_id}: as_of_day {value!r} must be a finite number of days >= 0")
         days[position] = day
     return days
@@ -617,14 +623,8 @@ _MEASUREMENT_KEYS = frozenset(MEASUREMENT_FIELDS)
 
 
 def _finite_day(value: Any) -> Optional[float]:
-    """A JSON number >= 0 as a float, else None (a boolean is not a number)."""
-    if type(value) not in (float, int):
-        return None
-    try:
-        day = float(value)
-    except OverflowError:
-        return None
-    return day if math.isfinite(day) and day >= 0 else None
+    """A JSON number >= 0 as a float, else None (a boolean or a text is not a number here)."""
+    return _day_number(value) if type(value) in (float, int) else None
 
 
 def _request_columns(requests: Sequence[pd.DataFrame]) -> Optional[tuple[dict, dict, np.ndarray]]:
