@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup bench calibration clean
+.PHONY: run test check lint setup bench calibration clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+# Fast lane while developing: unit tests only (no slow or end-to-end tests).
+check: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow and not e2e"
+
+# Lint and type checks (configured in pyproject.toml), on the whole tree.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 calibration: $(STAMP)
 	$(BIN)/car-relapse calibrate --patients 20000 --seed 20261121 --out docs/calibration.md

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from features.landmarks import build_landmark_set
+from pipelines.simulation.arrays import NO_VALUE
 
 __all__ = ["LANDMARK_DAYS", "main", "synthetic_tables"]
 
@@ -68,8 +69,8 @@ def _outcomes(ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
         "event": event,
         "event_day": event_day,
         "last_followup_day": followup,
-        "relapse_phenotype": np.where(event == "relapse", rng.choice(["CD19_pos", "CD19_neg", "lineage_switch"], n), None),
-        "relapse_site": np.where(event == "relapse", "medullary", None),
+        "relapse_phenotype": np.where(event == "relapse", rng.choice(["CD19_pos", "CD19_neg", "lineage_switch"], n), NO_VALUE),
+        "relapse_site": np.where(event == "relapse", "medullary", NO_VALUE),
     })
 
 
@@ -82,7 +83,8 @@ def _measurements(ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     has_clone = np.repeat(rng.random(n) < 0.9, v)
     blocks = [
         ("PB", "b_cell_count", attended, rng.lognormal(0, 2.5, n * v), 1.0, "cells/uL"),
-        ("PB", "flow_mrd", attended & (rng.random(n * v) < 0.5), 10 ** rng.normal(-5, 1.5, n * v), _LIMITS["flow_mrd"], "fraction"),
+        ("PB", "flow_mrd", attended & (rng.random(n * v) < 0.5), 10 ** rng.normal(-5, 1.5, n * v),
+         _LIMITS["flow_mrd"], "fraction"),
         ("BM", "flow_mrd", marrow, 10 ** rng.normal(-4.5, 1.5, n * v), _LIMITS["flow_mrd"], "fraction"),
         ("BM", "ngs_mrd", marrow & has_clone, 10 ** rng.normal(-5, 1.5, n * v), _LIMITS["ngs_mrd"], "fraction"),
         ("BM", "pcr_mrd", marrow & (rng.random(n * v) < 0.2), 10 ** rng.normal(-5, 1.5, n * v), _LIMITS["pcr_mrd"], "fraction"),

@@ -27,7 +27,7 @@ BENCH_CONFIG = {
 }
 
 
-def train_benchmark_model(folder: Path) -> tuple[str, str]:
+def train_benchmark_model(folder: Path) -> tuple[str, str | None]:
     """Train and register the benchmark model in a SQLite store under ``folder``.
 
     Returns
@@ -43,7 +43,7 @@ def train_benchmark_model(folder: Path) -> tuple[str, str]:
     return f"models:/{summary.model_name}@champion", tracking_uri
 
 
-def model_or_trained(folder: Path, model_uri: str | None, tracking_uri: str | None) -> tuple[str, str]:
+def model_or_trained(folder: Path, model_uri: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
     """The given model and store, or a benchmark model trained into ``folder`` when none is given."""
     if model_uri:
         return model_uri, tracking_uri
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None)
     args = parser.parse_args(argv)
     quiet_mlflow()
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
         model_uri, tracking_uri = model_or_trained(folder, args.model, args.tracking_uri)
         start = time.perf_counter()
         cohort = write_cohort(folder / "cohort", args.patients)

@@ -57,12 +57,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model_uri: str, tracking_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+def start_server(model_uri: str, tracking_uri: str | None, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     """Start the scoring server (own process group) and wait for ``/ping``."""
     from pipelines.serve import serve_command, serve_environment
+    from pipelines.tracking import resolve_tracking_uri
 
     port = _free_port()
-    env = serve_environment(tracking_uri)
+    env = serve_environment(resolve_tracking_uri(tracking_uri))
     with open(log, "wb") as sink:
         process = subprocess.Popen(serve_command(model_uri, "127.0.0.1", port, workers), env=env,
                                    stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
@@ -98,7 +99,7 @@ def _client(port: int, bodies: list[bytes], counter, n_requests: int, latencies:
 def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int,
                 keep_alive: bool = True) -> tuple[np.ndarray, list, float]:
     """Send ``n_requests`` from ``n_clients`` threads; return latencies (s), error codes, wall time."""
-    counter, latencies, errors = itertools.count(), [], []
+    counter, latencies, errors = itertools.count(), list[float](), list[int]()
     threads = [threading.Thread(target=_client, args=(port, bodies, counter, n_requests, latencies, errors, keep_alive))
                for _ in range(n_clients)]
     start = time.perf_counter()
@@ -150,7 +151,7 @@ def _pooled(runs: list) -> str:
 
 def _measure_in_turn(servers: dict, bodies: list[bytes], n_requests: int, n_clients: int, repeats: int) -> dict:
     """Measure each server once per repeat, alternating which goes first; ``{name: [run, ...]}``."""
-    runs = {name: [] for name in servers}
+    runs: dict[str, list] = {name: [] for name in servers}
     names = list(servers)
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
@@ -179,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-tracking-uri", default=None)
     args = parser.parse_args(argv)
     quiet_mlflow()
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
         models = {"model": model_or_trained(folder, args.model, args.tracking_uri)}
         if args.baseline_model:
             models["baseline"] = (args.baseline_model, args.baseline_tracking_uri or args.tracking_uri)

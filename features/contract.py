@@ -31,8 +31,9 @@ is the 0-based row position.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -113,7 +114,7 @@ class ContractError(ValueError):
 def _problems(
     table: str,
     rows: pd.Index,
-    column: Optional[str],
+    column: str | None,
     kind: str,
     reasons: Any,
     patient_ids: Any,
@@ -334,10 +335,8 @@ def _schema_problems(name: str, typed: pd.DataFrame) -> pd.DataFrame:
     for (column, check), group in cases.groupby(["column", "check"], sort=False):
         kind = _CHECK_KINDS.get(names.get((column, check), check), "invalid value")
         rows = pd.Index(group["index"].astype(np.int64))
-        if kind == "missing value":
-            reasons = "value is missing"
-        else:
-            reasons = [f"{value!r} {check}" for value in group["failure_case"]]
+        reasons: str | list[str] = "value is missing" if kind == "missing value" else [
+            f"{value!r} {check}" for value in group["failure_case"]]
         frames.append(_problems(name, rows, column, kind, reasons, _ids(typed, rows)))
     return _concat_problems(frames)
 
@@ -444,7 +443,7 @@ def _outcome_rule_problems(outcomes: pd.DataFrame) -> pd.DataFrame:
     return _concat_problems(frames)
 
 
-def _outcome_notes(outcomes: Optional[pd.DataFrame]) -> list[str]:
+def _outcome_notes(outcomes: pd.DataFrame | None) -> list[str]:
     """Kept rows whose missing values matter downstream, counted so that none goes unnoticed.
 
     Relapses with unknown phenotype or site stay (event ``relapse_unknown``); patients without a
@@ -647,7 +646,7 @@ class ValidatedCohort:
 
     infusions: pd.DataFrame
     measurements: pd.DataFrame
-    outcomes: Optional[pd.DataFrame]
+    outcomes: pd.DataFrame | None
     report: DataReport
     quarantined: dict[str, pd.DataFrame]
 
@@ -740,10 +739,10 @@ def _quarantined_rows(name: str, raw: pd.DataFrame, problems: pd.DataFrame, sour
 def validate_cohort(
     infusions: pd.DataFrame,
     measurements: pd.DataFrame,
-    outcomes: Optional[pd.DataFrame] = None,
+    outcomes: pd.DataFrame | None = None,
     *,
-    on_error: Literal["fail", "quarantine"] = "fail",
-    source_names: Optional[Mapping[str, str]] = None,
+    on_error: str = "fail",
+    source_names: Mapping[str, str] | None = None,
     max_examples: int = 5,
 ) -> ValidatedCohort:
     """Validate, type and normalise a cohort against the data contract.

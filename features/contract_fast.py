@@ -28,7 +28,8 @@ not certain about:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,7 +99,7 @@ def _number_cell(value: Any) -> float:
     raise _Defer
 
 
-def _int_cell(value: Any) -> Optional[int]:
+def _int_cell(value: Any) -> int | None:
     number = _number_cell(value)
     if math.isnan(number):
         return None
@@ -107,7 +108,7 @@ def _int_cell(value: Any) -> Optional[int]:
     return int(number)
 
 
-def _bool_cell(value: Any) -> Optional[bool]:
+def _bool_cell(value: Any) -> bool | None:
     if type(value) is bool:
         return value
     if _is_missing(value):
@@ -128,7 +129,7 @@ def _raw_cell(value: Any) -> Any:
 def _plain_values(series: pd.Series, kind: str) -> list:
     """The column's cells as Python objects, for the dtypes whose cells the full path reads alike."""
     dtype = series.dtype
-    if dtype == object:
+    if dtype == np.dtype(object):
         return series.tolist()
     if isinstance(dtype, np.dtype):
         numeric = dtype.kind in "fi" and kind in ("float", "int", "text_or_number")
@@ -219,7 +220,7 @@ def _list_cells(spec: ColumnSpec, columns: Mapping[str, list], n_rows: int) -> l
 def _masked(cells: list, array_type: type, dtype: type) -> Any:
     """A pandas masked array (``Int64`` / ``boolean``) of cells with None for missing."""
     mask = np.array([value is None for value in cells], dtype=bool)
-    values = np.array([dtype() if value is None else value for value in cells], dtype=dtype)
+    values: np.ndarray = np.array([dtype() if value is None else value for value in cells], dtype=dtype)
     return array_type(values, mask)
 
 
@@ -300,7 +301,7 @@ _SCHEMAS_SUPPORTED = _schemas_supported()
 
 def clean_small_cohort(
     infusions: pd.DataFrame, measurements: pd.DataFrame
-) -> Optional[tuple[pd.DataFrame, pd.DataFrame]]:
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Typed infusions and normalised measurements of a small, certainly clean cohort, else None.
 
     Parameters
@@ -331,7 +332,7 @@ def clean_small_cohort(
 
 def clean_small_columns(
     infusions: Mapping[str, list], measurements: Mapping[str, list]
-) -> Optional[tuple[pd.DataFrame, pd.DataFrame]]:
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """:func:`clean_small_cohort` for raw tables given as column lists (no DataFrame to read).
 
     The served model gets its patients as request records; building raw frames only to read their

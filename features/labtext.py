@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -151,7 +151,7 @@ def _parse_distinct_texts(texts: pd.Series) -> pd.DataFrame:
     )
 
 
-def _match_lab_text(text: str) -> tuple[str, Optional[str], bool]:
+def _match_lab_text(text: str) -> tuple[str, str | None, bool]:
     """Qualifier, number text (None if the result has none) and ``%`` flag of one lab string.
 
     The grammar of the module docstring (:data:`_LAB_TEXT_RE`); a string it does not match is
@@ -175,7 +175,7 @@ def normalise_lab_values(
     values: pd.Series,
     units: pd.Series,
     assays: pd.Series,
-    detection_limits: Optional[pd.Series] = None,
+    detection_limits: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Turn raw lab results into canonical value, censoring and detection limit, with row errors.
 
@@ -240,7 +240,7 @@ class _LabRows:
     row_limit: np.ndarray
 
     @classmethod
-    def build(cls, values, units, assays, detection_limits) -> "_LabRows":
+    def build(cls, values, units, assays, detection_limits) -> _LabRows:
         """Parse ``values`` once and take the other raw columns as numpy arrays."""
         parsed = parse_lab_text(values)
         assay = assays.astype(object).to_numpy()
@@ -274,7 +274,7 @@ class _LabRows:
         return canonical[self.assay_codes, unit_codes], factor[self.assay_codes, unit_codes]
 
 
-def _conversion(assay: Any, unit: Any) -> tuple[Optional[str], float]:
+def _conversion(assay: Any, unit: Any) -> tuple[str | None, float]:
     """Canonical unit and factor raw -> canonical of ``unit`` for ``assay`` ((None, NaN): not its unit)."""
     return UNIT_CONVERSIONS.get(assay, {}).get(unit, (None, np.nan))
 
@@ -330,7 +330,7 @@ def _row_errors(
          lambda i: f"'%' in {raw[i]!r} but assay {assay[i]} is not reported in percent"),
         (rows.has_unit & pd.isna(column_canonical), "unit", "unit not valid for assay",
          lambda i: f"unit {unit_column[i]!r} is not a unit of assay {assay[i]} "
-         f"(allowed: {', '.join(UNIT_CONVERSIONS[assay[i]])})"),
+         f"(allowed: {', '.join(UNIT_CONVERSIONS[str(assay[i])])})"),
         (rows.percent & rows.has_unit & (column_canonical != canonical), "unit", "unit conflict",
          lambda i: f"'%' in {raw[i]!r} contradicts unit {unit_column[i]!r}"),
         (pd.isna(canonical) & has_number, "unit", "missing unit",
@@ -387,7 +387,7 @@ MAX_EXACT_INTEGER = 2**53
 _EXACT_POWER_OF_TEN = 22  # 1e0 ... 1e22 are exact doubles
 
 
-def exact_plain_number(text: str) -> Optional[float]:
+def exact_plain_number(text: str) -> float | None:
     """The float ``pd.to_numeric`` makes of a plain decimal text, when it is certainly that float.
 
     ``pd.to_numeric`` parses text with its own routine: the mantissa digits are accumulated into
@@ -426,7 +426,7 @@ def exact_plain_number(text: str) -> Optional[float]:
     return number
 
 
-def _clean_parse(raw: Any) -> Optional[tuple[float, bool, str]]:
+def _clean_parse(raw: Any) -> tuple[float, bool, str] | None:
     """Number (NaN if none), ``%`` flag and qualifier of one raw value, or None when not certain.
 
     The scalar form of :func:`parse_lab_text` for values without a problem: a missing,
@@ -447,8 +447,8 @@ def _clean_parse(raw: Any) -> Optional[tuple[float, bool, str]]:
 
 
 def normalise_clean_lab_value(
-    raw: Any, unit_column: Optional[str], assay: str, row_limit: float
-) -> Optional[CleanLabValue]:
+    raw: Any, unit_column: str | None, assay: str, row_limit: float
+) -> CleanLabValue | None:
     """The scalar, accept-only twin of :func:`normalise_lab_values` for one row.
 
     Returns exactly what :func:`normalise_lab_values` gives a row without an error, or None when
@@ -485,8 +485,8 @@ def normalise_clean_lab_value(
 
 
 def _clean_units(
-    unit_column: Optional[str], assay: str, percent: bool, has_number: bool
-) -> Optional[tuple[str, float, Optional[str], float]]:
+    unit_column: str | None, assay: str, percent: bool, has_number: bool
+) -> tuple[str, float, str | None, float] | None:
     """Canonical unit and factor of the value, canonical unit and factor of the row's detection limit.
 
     None on a unit error (rules of ``_row_errors``: percent not allowed, unit of another assay,
@@ -512,7 +512,7 @@ def _clean_units(
 
 def _clean_censoring(
     number: float, raw_number: float, qualifier: str, assay: str, unit: str, row_limit: float
-) -> Optional[CleanLabValue]:
+) -> CleanLabValue | None:
     """Value, censoring and limit in the canonical unit (as :func:`_censor`); None if impossible."""
     fallback_limit = DEFAULT_DETECTION_LIMIT_BY_ASSAY.get(assay, math.nan) if math.isnan(row_limit) else row_limit
     exact = qualifier == "number" and not (assay in MRD_ASSAYS and raw_number == 0)

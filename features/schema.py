@@ -13,7 +13,7 @@ so that they can be kept and reported.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -81,7 +81,7 @@ UNIT_CONVERSIONS: dict[str, dict[str, tuple[str, float]]] = {
     "car_copies": {"copies/ug": ("copies/ug", 1.0)},
 }
 # the raw unit a "%" in the lab text stands for (None: a "%" is an error for that assay)
-PERCENT_UNIT_BY_ASSAY: dict[str, Optional[str]] = {
+PERCENT_UNIT_BY_ASSAY: dict[str, str | None] = {
     **{assay: "percent" for assay in MRD_ASSAYS},
     "b_cell_count": "pct_lymphocytes",
     **{assay: "pct_blasts" for assay in ANTIGEN_ASSAYS},
@@ -145,15 +145,15 @@ class ColumnSpec:
     name: str
     kind: ColumnKind
     meaning: str
-    allowed: Optional[tuple[str, ...]] = None
-    min_value: Optional[float] = None
-    max_value: Optional[float] = None
+    allowed: tuple[str, ...] | None = None
+    min_value: float | None = None
+    max_value: float | None = None
     positive: bool = False
     nullable: bool = True
     required: bool = True
 
     @property
-    def pandas_dtype(self) -> Optional[str]:
+    def pandas_dtype(self) -> str | None:
         """The pandas dtype of the column after coercion (``None``: not checked)."""
         if self.kind == "bool" and not self.nullable:
             return "bool"

@@ -121,7 +121,7 @@ def check_target(y: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return time, event.astype(str)
 
 
-def check_features(X: pd.DataFrame, expected: Sequence[str] | None = None) -> pd.DataFrame:
+def check_features(X: pd.DataFrame, expected: Sequence[str] | np.ndarray | None = None) -> pd.DataFrame:
     """Validate a feature frame: a DataFrame of numbers, with the ``expected`` columns when given.
 
     Parameters
@@ -158,7 +158,7 @@ def check_features(X: pd.DataFrame, expected: Sequence[str] | None = None) -> pd
         raise ModelInputError(f"features: every column must be numeric (float, NaN = missing): {exc}") from None
 
 
-def _is_float_frame_with(X: pd.DataFrame, expected: Sequence[str] | None) -> bool:
+def _is_float_frame_with(X: pd.DataFrame, expected: Sequence[str] | np.ndarray | None) -> bool:
     """Whether ``X`` has exactly the ``expected`` columns (in order, when given), all float64."""
     if expected is not None and not X.columns.equals(pd.Index(expected)):
         return False
@@ -169,7 +169,7 @@ def _is_float_frame_with(X: pd.DataFrame, expected: Sequence[str] | None) -> boo
 class CompetingRisksModel(Protocol):
     """What every model of this package offers (docs/architecture.md, "Models")."""
 
-    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> "CompetingRisksModel":
+    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> CompetingRisksModel:
         """Fit on features ``X`` and target ``y`` (columns ``time``, ``event``)."""
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:

@@ -115,7 +115,8 @@ def observed_incidence(outcome: Outcome, t: float, weights: np.ndarray | None = 
     -------
     float
     """
-    return float(aalen_johansen(outcome.time, outcome.status, [t], n_causes=COMPETING, weights=weights)[ENDPOINT - 1, 0])
+    incidence = aalen_johansen(outcome.time, outcome.status, np.array([t]), n_causes=COMPETING, weights=weights)
+    return float(incidence[ENDPOINT - 1, 0])
 
 
 def observed_expected_ratio(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.ndarray | None = None):

@@ -100,12 +100,12 @@ class CIFCurves:
     @property
     def relapse(self) -> np.ndarray:
         """Cumulative incidence of relapse, all phenotypes."""
-        return sum(self.cif[cause] for cause in PHENOTYPE_CAUSES)
+        return np.sum([self.cif[cause] for cause in PHENOTYPE_CAUSES], axis=0)
 
     def at(self, horizon_days: float) -> dict[str, np.ndarray]:
         """Every curve read at ``horizon_days`` (linear between grid times, flat after the last)."""
         values = {cause: read_curve(self.times, curve, horizon_days) for cause, curve in self.cif.items()}
-        values["relapse"] = sum(values[cause] for cause in PHENOTYPE_CAUSES)
+        values["relapse"] = np.sum([values[cause] for cause in PHENOTYPE_CAUSES], axis=0)
         values["event_free"] = read_curve(self.times, self.event_free, horizon_days)
         return values
 
@@ -190,7 +190,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.background_rows = background_rows
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> "CauseSpecificHazardsModel":
+    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> CauseSpecificHazardsModel:
         """Fit the three cause-specific hazard models and the phenotype model.
 
         Parameters
@@ -210,7 +210,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.n_features_in_ = X.shape[1]
         time = self._rounded(time)
         self.time_grid_ = self._grid(time)
-        self.fit_notes_ = {}
+        self.fit_notes_: dict[str, str] = {}
         self.hazard_models_ = {cause: self._fit_hazard(X, time, np.isin(event, members), cause)
                                for cause, members in _HAZARD_CAUSES.items()}
         self._fit_phenotype_model(X, time, event)
@@ -278,7 +278,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
     def _incidence_weights(increments: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Event-free probability at each grid time and the factor turning a cause's hazard
         increment into its incidence increment, S(t_{j-1}) (1 - exp(-dH_j)) / dH_j."""
-        total = sum(increments.values())
+        total = np.sum(list(increments.values()), axis=0)
         event_free = np.exp(-np.cumsum(total, axis=1))
         before = np.concatenate([np.ones((total.shape[0], 1)), event_free[:, :-1]], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -318,6 +318,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
             stacked = pd.DataFrame(tiled, columns=X.columns)
             probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(stacked, times))
         shares = np.zeros((knots.size, n_rows, len(PHENOTYPE_CAUSES)))
+        assert self.phenotype_model_ is not None  # callers check: no phenotype model -> fixed shares
         for column, label in enumerate(self.phenotype_model_.classes_):
             shares[:, :, PHENOTYPE_CAUSES.index(label)] = probabilities[:, column].reshape(knots.size, n_rows)
         return shares.transpose(1, 2, 0)
@@ -465,12 +466,13 @@ def _plain_transform_matrix(steps: Pipeline, values: np.ndarray, columns: list) 
     names = getattr(steps.steps[0][1], "feature_names_in_", None)
     if names is None or len(names) != len(columns) or list(names) != columns or np.isinf(values).any():
         return None
+    transformed: np.ndarray | None = values
     for _, step in steps.steps:
         transform = _PLAIN_STEPS.get(type(step))
-        values = transform(step, values) if transform is not None else None
-        if values is None:
+        if transform is None or transformed is None:
             return None
-    return values
+        transformed = transform(step, transformed)
+    return transformed
 
 
 def _predict_proba(classifier, X: pd.DataFrame) -> np.ndarray:

@@ -199,8 +199,8 @@ def _score_landmark(collector: _Collector, targets: pd.DataFrame, predictions: M
                                                 source=source))
             if len(settings.horizons_days) >= 2:
                 ibs = integrated_brier_score(outcome, np.column_stack(cifs), settings.horizons_days, _with_point(boot))
-                point, replicates = (ibs, None) if boot is None else (ibs[0], ibs[1:])
-                collector.add((landmark, endpoint, np.nan, "ibs", source), point, replicates, (outcome.n, -1))
+                ibs_point, ibs_replicates = (ibs, None) if boot is None else (ibs[0], ibs[1:])
+                collector.add((landmark, endpoint, np.nan, "ibs", source), ibs_point, ibs_replicates, (outcome.n, -1))
 
 
 def _finite_mean(values: np.ndarray):
@@ -220,7 +220,7 @@ def _add_landmark_means(collector: _Collector, landmarks: Sequence[float]) -> No
         if len(keys) != len(landmarks):
             continue
         point = float(_finite_mean(np.array([collector.points[key] for key in keys])))
-        counts = tuple(int(sum(collector.counts[key][i] for key in keys)) for i in range(2))
+        counts = (sum(collector.counts[key][0] for key in keys), sum(collector.counts[key][1] for key in keys))
         replicates = None
         if all(key in collector.replicates for key in keys):
             replicates = _finite_mean(np.vstack([collector.replicates[key] for key in keys]))
@@ -271,7 +271,7 @@ def evaluate_sources(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFra
     predictions = {source: frame.loc[keep] for source, frame in predictions.items()}
     bootstrap = PatientBootstrap(targets["patient_id"], settings.n_bootstrap, settings.random_state) \
         if settings.n_bootstrap > 0 else None
-    collector, calibration = _Collector(), []
+    collector, calibration = _Collector(), list[pd.DataFrame]()
     landmarks = sorted(targets["landmark_day"].astype(float).unique())
     for landmark in landmarks:
         rows = (targets["landmark_day"].astype(float) == landmark).to_numpy()

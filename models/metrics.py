@@ -81,7 +81,7 @@ class Outcome:
             raise ModelInputError("outcome: status must be 0 (censored), 1 (endpoint) or 2 (competing)")
 
     @classmethod
-    def from_events(cls, time: Sequence[float], event: Sequence[str], endpoint: str = "relapse") -> "Outcome":
+    def from_events(cls, time: Sequence[float], event: Sequence[str], endpoint: str = "relapse") -> Outcome:
         """Build from a landmark target (``event`` strings) for one endpoint of :data:`ENDPOINTS`.
 
         For ``"relapse"`` every relapse (also of unknown phenotype) is the endpoint; for a
@@ -89,9 +89,9 @@ class Outcome:
         """
         if endpoint not in ENDPOINTS:
             raise ModelInputError(f"unknown endpoint {endpoint!r}; known: {list(ENDPOINTS)}")
-        event = np.asarray(event, dtype=object)
-        is_endpoint = np.isin(event, RELAPSE_EVENTS) if endpoint == "relapse" else event == endpoint
-        status = np.where(is_endpoint, ENDPOINT, np.where(event == "none", CENSORED, COMPETING))
+        events = np.asarray(event, dtype=object)
+        is_endpoint = np.isin(events, RELAPSE_EVENTS) if endpoint == "relapse" else events == endpoint
+        status = np.where(is_endpoint, ENDPOINT, np.where(events == "none", CENSORED, COMPETING))
         return cls(np.asarray(time, dtype=float), status.astype(int))
 
     @property
@@ -340,8 +340,8 @@ def integrated_brier_score(outcome: Outcome, cifs: np.ndarray, times: Sequence[f
     -------
     float or ndarray
     """
-    times = np.asarray(times, dtype=float)
-    if times.size < 2 or np.any(np.diff(times) <= 0):
+    grid = np.asarray(times, dtype=float)
+    if grid.size < 2 or np.any(np.diff(grid) <= 0):
         raise ModelInputError("integrated_brier_score: needs at least two increasing times")
-    scores = np.array([brier_score(outcome, cifs[:, k], t, multiplicities) for k, t in enumerate(times)])
-    return np.trapezoid(scores, times, axis=0) / (times[-1] - times[0])
+    scores = np.array([brier_score(outcome, cifs[:, k], t, multiplicities) for k, t in enumerate(grid)])
+    return np.trapezoid(scores, grid, axis=0) / (grid[-1] - grid[0])

@@ -53,8 +53,7 @@ def event_table(time: np.ndarray, status: np.ndarray, n_causes: int,
 def _read_steps(unique_times: np.ndarray, values: np.ndarray, times: np.ndarray, start: float,
                 left_limit: bool = False) -> np.ndarray:
     """Step function with jumps at ``unique_times`` read at ``times`` (value ``start`` before)."""
-    side = "left" if left_limit else "right"
-    index = np.searchsorted(unique_times, np.asarray(times, dtype=float), side=side) - 1
+    index = np.searchsorted(unique_times, np.asarray(times, dtype=float), side="left" if left_limit else "right") - 1
     padded = np.concatenate([np.full(values.shape[:-1] + (1,), start), values], axis=-1)
     return padded[..., index + 1]
 

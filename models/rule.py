@@ -116,7 +116,7 @@ class ClinicianRule(BaseEstimator):
         upgraded = after_infusion & (_flag(X, self.ngs_mrd_column) | bca_lost)
         return np.where(baseline | upgraded, HIGH_RISK, STANDARD_RISK)
 
-    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> "ClinicianRule":
+    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> ClinicianRule:
         """Estimate the Aalen-Johansen curves of each (risk group, landmark) stratum."""
         X = check_features(X)
         time, event = check_target(y)

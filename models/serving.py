@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -281,7 +282,7 @@ def request_to_tables(request: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     return infusions, measurements, as_of_days
 
 
-def _day_number(value: Any) -> Optional[float]:
+def _day_number(value: Any) -> float | None:
     """``value`` as a float number of days, when it reads as one that is finite and >= 0; else None."""
     try:
         day = float(value)
@@ -385,9 +386,9 @@ class ScoringBundle:
     risk_group_cutoffs: tuple[float, ...]
     n_top_factors: int = 5
     explain_horizon_days: float = 365.0
-    model_name: Optional[str] = None
-    model_version: Optional[str] = None
-    run_id: Optional[str] = None
+    model_name: str | None = None
+    model_version: str | None = None
+    run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -408,7 +409,7 @@ class ScoringResult:
 
 
 
-def _as_of_days(patient_ids: pd.Series, as_of_day: Union[float, pd.Series]) -> np.ndarray:
+def _as_of_days(patient_ids: pd.Series, as_of_day: float | pd.Series) -> np.ndarray:
     """As-of day per patient (scalar broadcast, or a Series indexed by patient_id)."""
     if isinstance(as_of_day, pd.Series):
         days = as_of_day.reindex(patient_ids.to_numpy()).to_numpy(dtype=float)
@@ -558,7 +559,7 @@ def score_tables(
     bundle: ScoringBundle,
     infusions: pd.DataFrame,
     measurements: pd.DataFrame,
-    as_of_day: Union[float, pd.Series],
+    as_of_day: float | pd.Series,
     on_error: str = "fail",
 ) -> ScoringResult:
     """Score patients given as raw contract tables, each as of its day.
@@ -593,7 +594,7 @@ def score_tables(
 
 
 def _scores_and_quarantine(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
-                           as_of_day: Union[float, pd.Series], on_error: str) -> tuple[pd.DataFrame, dict]:
+                           as_of_day: float | pd.Series, on_error: str) -> tuple[pd.DataFrame, dict]:
     """Scores of the valid patients and the quarantined rows per table (see :func:`score_tables`)."""
     infusions_valid, measurements_valid, quarantined = _validate(infusions, measurements, on_error)
     as_of = _as_of_days(infusions_valid["patient_id"].astype(str), as_of_day)
@@ -622,12 +623,12 @@ _FIELD_NAMES = frozenset(spec.name for spec in REQUEST_FIELDS)
 _MEASUREMENT_KEYS = frozenset(MEASUREMENT_FIELDS)
 
 
-def _finite_day(value: Any) -> Optional[float]:
+def _finite_day(value: Any) -> float | None:
     """A JSON number >= 0 as a float, else None (a boolean or a text is not a number here)."""
     return _day_number(value) if type(value) in (float, int) else None
 
 
-def _request_columns(requests: Sequence[pd.DataFrame]) -> Optional[tuple[dict, dict, np.ndarray]]:
+def _request_columns(requests: Sequence[pd.DataFrame]) -> tuple[dict, dict, np.ndarray] | None:
     """Raw infusions and measurements of the requests as column lists, and the as-of days.
 
     None unless every request has every field, its measurements are lists of objects with known
@@ -662,7 +663,7 @@ def _request_columns(requests: Sequence[pd.DataFrame]) -> Optional[tuple[dict, d
     return infusions, measurements, np.asarray(as_of, dtype=float)
 
 
-def _direct_tables(requests: Sequence[pd.DataFrame]) -> Optional[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]]:
+def _direct_tables(requests: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray] | None:
     """Validated tables and as-of days of certainly clean requests, built from their cells without raw
     frames (:func:`features.contract_fast.clean_small_columns`); None when the frame route must decide."""
     columns = _request_columns(requests)
@@ -724,9 +725,9 @@ class _Job:
         self.request = request
         self.finished = False
         self.answer: Any = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
-    def finish(self, answer: Any = None, error: Optional[BaseException] = None) -> None:
+    def finish(self, answer: Any = None, error: BaseException | None = None) -> None:
         self.answer, self.error, self.finished = answer, error, True
 
     def outcome(self) -> Any:

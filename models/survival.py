@@ -249,7 +249,9 @@ class XGBAFTSurvival(_XGBSurvivalBase):
     distribution : {"extreme", "normal", "logistic"}
     distribution_scale : float
         :math:`\sigma` used while boosting.
-    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda, max_bin, n_jobs, random_state
+    n_estimators, learning_rate, max_depth, min_child_weight, subsample, colsample_bytree, reg_lambda, max_bin
+        As :class:`XGBCoxSurvival`.
+    n_jobs, random_state
         As :class:`XGBCoxSurvival`.
     """
 

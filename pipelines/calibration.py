@@ -18,9 +18,10 @@ exceed the figure); a median within +-30%; "no effect" as a hazard ratio within 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -109,8 +110,8 @@ class CalibrationTarget:
     target: float
     analysis: Analysis
     tolerance: Tolerance
-    target_range: Optional[tuple[float, float]] = None
-    ci95: Optional[tuple[float, float]] = None
+    target_range: tuple[float, float] | None = None
+    ci95: tuple[float, float] | None = None
 
     @property
     def modeled(self) -> bool:
@@ -153,14 +154,14 @@ def _no_effect(target_id: str, covariate: str, label: str) -> CalibrationTarget:
 
 
 def _share(target_id: str, description: str, source: str, target: float, population: str, condition: str,
-           tolerance: Tolerance = POINTS, target_range: Optional[tuple[float, float]] = None,
+           tolerance: Tolerance = POINTS, target_range: tuple[float, float] | None = None,
            statistic: Statistic = "percentage") -> CalibrationTarget:
     return CalibrationTarget(target_id, description, source, statistic, target, Share(population, condition),
                              tolerance, target_range)
 
 
 def _km(target_id: str, description: str, source: str, target: float, endpoint: str, population: str, day: float,
-        ci95: Optional[tuple[float, float]] = None, risk: bool = False) -> CalibrationTarget:
+        ci95: tuple[float, float] | None = None, risk: bool = False) -> CalibrationTarget:
     return CalibrationTarget(target_id, description, source, "percentage", target,
                              KaplanMeierAt(endpoint, population, day, risk), POINTS, ci95=ci95)
 
@@ -365,9 +366,9 @@ RESULT_COLUMNS = ("id", "description", "source", "statistic", "analysis", "targe
 
 # --- computation -----------------------------------------------------------------------------------------
 def compute_calibration(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: pd.DataFrame,
-                        ground_truth: Optional[pd.DataFrame] = None,
+                        ground_truth: pd.DataFrame | None = None,
                         targets: tuple[CalibrationTarget, ...] = TARGETS,
-                        progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
+                        progress: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Estimate every target's statistic on a cohort and check it against its tolerance (pure).
 
     The tables go through ``features.contract.validate_cohort`` in quarantine mode: rows that
@@ -429,7 +430,7 @@ def _evaluate(target: CalibrationTarget, data: CalibrationData) -> dict:
            "tolerance": tolerance, "tolerance_low": tol_low, "tolerance_high": tol_high}
     if not target.modeled:
         return {**row, "simulated": math.nan, "within_tolerance": False, "status": "not modeled", "n": 0,
-                "events": None, "note": target.analysis.reason}
+                "events": None, "note": getattr(target.analysis, "reason", "")}
     if target.analysis.needs_ground_truth and not data.has_ground_truth:
         return {**row, "simulated": math.nan, "within_tolerance": False, "status": "no ground truth", "n": 0,
                 "events": None, "note": "needs the simulated ground truth"}

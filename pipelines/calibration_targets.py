@@ -40,7 +40,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -219,7 +219,7 @@ def build_outcome_frame(infusions: pd.DataFrame, outcomes: pd.DataFrame) -> pd.D
 
 
 def build_patient_frame(infusions: pd.DataFrame, outcomes: pd.DataFrame, measurements: pd.DataFrame,
-                        ground_truth: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+                        ground_truth: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per infused patient with everything the calibration analyses use.
 
     Parameters
@@ -294,7 +294,7 @@ def endpoint_times(patients: pd.DataFrame, endpoint: str) -> tuple[np.ndarray, n
     raise ValueError(f"unknown endpoint '{endpoint}'; expected one of {ENDPOINTS}")
 
 
-def _truncate(time: np.ndarray, event: np.ndarray, horizon_day: Optional[float]) -> tuple[np.ndarray, np.ndarray]:
+def _truncate(time: np.ndarray, event: np.ndarray, horizon_day: float | None) -> tuple[np.ndarray, np.ndarray]:
     if horizon_day is None:
         return time, event
     return np.fmin(time, horizon_day), event & (time <= horizon_day)
@@ -307,7 +307,7 @@ class AnalysisResult:
 
     value: float
     n: int = 0
-    events: Optional[int] = None
+    events: int | None = None
     note: str = ""
 
 
@@ -327,7 +327,7 @@ class CalibrationData:
         return self.patients if population == "all" else self.patients.query(population, engine="python")
 
 
-def _survival_frame(patients: pd.DataFrame, endpoint: str, horizon_day: Optional[float] = None) -> pd.DataFrame:
+def _survival_frame(patients: pd.DataFrame, endpoint: str, horizon_day: float | None = None) -> pd.DataFrame:
     time, event = _truncate(*endpoint_times(patients, endpoint), horizon_day)
     frame = pd.DataFrame({"time": time, "event": event}, index=patients.index)
     return frame[np.isfinite(frame["time"])]
@@ -398,7 +398,7 @@ class ShareDifference(Analysis):
 
 
 def _kaplan_meier(data: CalibrationData, endpoint: str, population: str
-                  ) -> tuple[pd.DataFrame, Optional[KaplanMeierFitter]]:
+                  ) -> tuple[pd.DataFrame, KaplanMeierFitter | None]:
     """The survival frame of ``endpoint`` among ``population`` and its Kaplan-Meier fit (None if empty)."""
     frame = _survival_frame(data.select(population), endpoint)
     if frame.empty:
@@ -458,7 +458,7 @@ class AalenJohansenAt(Analysis):
     cause: str
     population: str
     day: float
-    from_day: Optional[float] = None
+    from_day: float | None = None
 
     def describe(self) -> str:
         window = f"between day {self.from_day:g} and {self.day:g}" if self.from_day else f"by day {self.day:g}"
@@ -543,7 +543,7 @@ class CoxHazardRatio(Analysis):
     population: str
     covariates: tuple[str, ...]
     covariate: str
-    horizon_day: Optional[float] = None
+    horizon_day: float | None = None
 
     def describe(self) -> str:
         kind = "univariable" if len(self.covariates) == 1 else "multivariable"
@@ -595,7 +595,7 @@ def _fit_cox(frame: pd.DataFrame) -> _CoxFit:
     return fit
 
 
-def _damped_cox_fit(frame: pd.DataFrame) -> tuple[Optional[CoxPHFitter], list[str], list[str]]:
+def _damped_cox_fit(frame: pd.DataFrame) -> tuple[CoxPHFitter | None, list[str], list[str]]:
     """CoxPHFitter with damped Newton steps, trying smaller steps while it fails to converge.
 
     lifelines' default step (0.95) can diverge or stop at a wrong optimum (HR 1e-30 instead of
@@ -900,11 +900,11 @@ class Tolerance(ABC):
     (None: the rule says it all).
     """
 
-    _bounds_format: ClassVar[Optional[str]] = ".3g"
+    _bounds_format: ClassVar[str | None] = ".3g"
 
     @abstractmethod
-    def bounds(self, target: float, target_range: Optional[tuple[float, float]] = None,
-               ci: Optional[tuple[float, float]] = None) -> tuple[float, float]:
+    def bounds(self, target: float, target_range: tuple[float, float] | None = None,
+               ci: tuple[float, float] | None = None) -> tuple[float, float]:
         """Accepted interval (low, high) for the published ``target``.
 
         Parameters
@@ -922,11 +922,11 @@ class Tolerance(ABC):
         """
 
     @abstractmethod
-    def rule(self, ci: Optional[tuple[float, float]] = None) -> str:
+    def rule(self, ci: tuple[float, float] | None = None) -> str:
         """The rule in words (e.g. ``+-5 points``); ``ci`` is the published 95% CI, if any."""
 
-    def describe(self, target: float, target_range: Optional[tuple[float, float]] = None,
-                 ci: Optional[tuple[float, float]] = None) -> str:
+    def describe(self, target: float, target_range: tuple[float, float] | None = None,
+                 ci: tuple[float, float] | None = None) -> str:
         """The rule and its interval, short (the report's ``tolerance`` column); arguments as in ``bounds``."""
         if self._bounds_format is None:
             return self.rule(ci)
@@ -934,7 +934,7 @@ class Tolerance(ABC):
         return f"{self.rule(ci)} ({low:{self._bounds_format}}-{high:{self._bounds_format}})"
 
 
-def _range(target: float, target_range: Optional[tuple[float, float]]) -> tuple[float, float]:
+def _range(target: float, target_range: tuple[float, float] | None) -> tuple[float, float]:
     return target_range if target_range is not None else (target, target)
 
 
@@ -943,7 +943,7 @@ class PointsTolerance(Tolerance):
     """Percentage within +-``points`` of the published value (or of the published range)."""
 
     points: float = 5.0
-    _bounds_format: ClassVar[Optional[str]] = ".1f"
+    _bounds_format: ClassVar[str | None] = ".1f"
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         low, high = _range(target, target_range)
@@ -972,7 +972,7 @@ class HazardRatioTolerance(Tolerance):
     """Hazard ratio inside the published 95% CI, or within +-``fraction`` of the published HR."""
 
     fraction: float = 0.30
-    _bounds_format: ClassVar[Optional[str]] = ".2f"
+    _bounds_format: ClassVar[str | None] = ".2f"
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         low, high = target * (1.0 - self.fraction), target * (1.0 + self.fraction)
@@ -991,7 +991,7 @@ class IntervalTolerance(Tolerance):
 
     low: float
     high: float
-    _bounds_format: ClassVar[Optional[str]] = None
+    _bounds_format: ClassVar[str | None] = None
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         return self.low, self.high
@@ -1004,7 +1004,7 @@ class IntervalTolerance(Tolerance):
 class PositiveTolerance(Tolerance):
     """Strictly above zero (the phenomenon occurs)."""
 
-    _bounds_format: ClassVar[Optional[str]] = None
+    _bounds_format: ClassVar[str | None] = None
 
     def bounds(self, target, target_range=None, ci=None) -> tuple[float, float]:
         return 0.0, math.inf
@@ -1013,8 +1013,8 @@ class PositiveTolerance(Tolerance):
         return "> 0"
 
 
-def accepts(tolerance: Tolerance, simulated: float, target: float, target_range: Optional[tuple[float, float]] = None,
-            ci: Optional[tuple[float, float]] = None) -> bool:
+def accepts(tolerance: Tolerance, simulated: float, target: float, target_range: tuple[float, float] | None = None,
+            ci: tuple[float, float] | None = None) -> bool:
     """Whether ``simulated`` satisfies ``tolerance`` (NaN never does; ``> 0`` is strict).
 
     Parameters

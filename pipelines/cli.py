@@ -8,7 +8,6 @@ traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -61,7 +60,7 @@ def simulate(
 def validate(
     input_dir: Path = typer.Option(..., "--input", help="Cohort folder with the three tables."),
     on_error: str = typer.Option("fail", "--on-error", help="fail or quarantine bad rows."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Also write the data report as JSON here."),
+    report: Path | None = typer.Option(None, "--report", help="Also write the data report as JSON here."),
 ) -> None:
     """Validate a cohort folder against the data contract and print the data report."""
     from pipelines.validate import run_validate
@@ -123,7 +122,7 @@ def score(
     as_of_day: float = typer.Option(..., "--as-of-day", help="Use only data known by this day."),
     output: Path = typer.Option(..., "--output", help=".parquet or .csv"),
     chunk_size: int = typer.Option(5000, "--chunk-size", min=1),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
 ) -> None:
     """Batch-score a cohort folder with a registered model."""
     from pipelines.score import run_score
@@ -144,7 +143,7 @@ def serve(
     model: str = typer.Option("models:/car-relapse@champion", "--model"),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (localhost by default)."),
     port: int = typer.Option(5001, "--port"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
 ) -> None:
     """Serve the champion model with MLflow's scoring server on localhost."""
     from pipelines.serve import run_serve

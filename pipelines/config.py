@@ -8,7 +8,7 @@ typo in a config never passes silently.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,13 +46,13 @@ class DataConfig(_Strict):
     """Which cohort to use: the embedded synthetic one, or a folder in the data contract."""
 
     source: Literal["synthetic", "folder"] = "synthetic"
-    input_dir: Optional[Path] = Field(None, description="Cohort folder when source is 'folder'.")
+    input_dir: Path | None = Field(None, description="Cohort folder when source is 'folder'.")
     synthetic: SyntheticCohortConfig = SyntheticCohortConfig()
     on_error: Literal["fail", "quarantine"] = "quarantine"
 
     @field_validator("input_dir")
     @classmethod
-    def _folder_exists(cls, value: Optional[Path]) -> Optional[Path]:
+    def _folder_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not Path(value).is_dir():
             raise ValueError(f"input_dir '{value}' is not a folder")
         return value
@@ -88,6 +88,10 @@ class ModelsConfig(_Strict):
     random_state: int = 0
 
 
+Endpoint = Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"]
+ENDPOINTS: tuple[Endpoint, ...] = ("relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch")
+
+
 class EvaluationConfig(_Strict):
     """Cross-validation and metrics."""
 
@@ -98,8 +102,8 @@ class EvaluationConfig(_Strict):
     shap_horizon_days: float = 365.0
     shap_background: int = Field(100, ge=10)
     selection_metric: str = "uno_c"
-    endpoints: list[Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"]] = Field(
-        default_factory=lambda: ["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"],
+    endpoints: list[Endpoint] = Field(
+        default_factory=lambda: list(ENDPOINTS),
         description="Endpoints scored: relapse (any phenotype) and each phenotype.",
     )
     bootstrap_endpoints: list[str] = Field(
@@ -145,9 +149,9 @@ class RegistryConfig(_Strict):
 class TrackingConfig(_Strict):
     """Where the run goes; MLFLOW_TRACKING_URI overrides tracking_uri."""
 
-    tracking_uri: Optional[str] = None  # default: sqlite:///<project>/mlruns/mlflow.db
+    tracking_uri: str | None = None  # default: sqlite:///<project>/mlruns/mlflow.db
     experiment: str = Field("car-relapse", min_length=1)
-    artifact_location: Optional[str] = Field(
+    artifact_location: str | None = Field(
         None,
         description="Artifact root for a new experiment; default <db folder>/artifacts for SQLite, "
         "the server's choice for a tracking server.",

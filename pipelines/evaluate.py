@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,7 @@ class EvaluationRun:
     timings_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def progress_bar(console: Optional[Console] = None) -> Progress:
+def progress_bar(console: Console | None = None) -> Progress:
     """The jobs' rich progress display: description, bar, done/total, elapsed time.
 
     Parameters
@@ -106,7 +106,7 @@ class PreparedCohort:
     landmark_set: pd.DataFrame
 
 
-def prepare_landmark_set(config: RunConfig, on_step: Optional[Callable[[], None]] = None,
+def prepare_landmark_set(config: RunConfig, on_step: Callable[[], None] | None = None,
                          empty_error: type[Exception] = EvaluateError) -> PreparedCohort:
     """Load the configured cohort, validate it and build its landmark set.
 
@@ -146,7 +146,7 @@ def prepare_landmark_set(config: RunConfig, on_step: Optional[Callable[[], None]
     return PreparedCohort(cohort, validated, landmark_set)
 
 
-def _landmark_set(config: RunConfig, progress: Progress) -> tuple[pd.DataFrame, Optional[pd.DataFrame]]:
+def _landmark_set(config: RunConfig, progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Load, validate and build the landmark set; returns it with the oracle (None if unknown)."""
     from pipelines.build_features import FeaturesJobError
     from pipelines.train import TrainError
@@ -178,9 +178,9 @@ def cv_splits(landmark_set: pd.DataFrame, config: RunConfig) -> list[tuple[np.nd
                           config.models.random_state)
 
 
-def cross_validated_sources(landmark_set: pd.DataFrame, oracle: Optional[pd.DataFrame], config: RunConfig,
+def cross_validated_sources(landmark_set: pd.DataFrame, oracle: pd.DataFrame | None, config: RunConfig,
                             splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                            on_fold: Optional[Callable[[int], None]] = None) -> dict[str, pd.DataFrame]:
+                            on_fold: Callable[[int], None] | None = None) -> dict[str, pd.DataFrame]:
     """Out-of-fold cumulative incidences of every candidate and the rule, plus the oracle's.
 
     Parameters
@@ -217,7 +217,7 @@ def cross_validated_sources(landmark_set: pd.DataFrame, oracle: Optional[pd.Data
     return predictions
 
 
-def _cross_validated_predictions(landmark_set: pd.DataFrame, oracle: Optional[pd.DataFrame], config: RunConfig,
+def _cross_validated_predictions(landmark_set: pd.DataFrame, oracle: pd.DataFrame | None, config: RunConfig,
                                  progress: Progress) -> dict[str, pd.DataFrame]:
     splits = cv_splits(landmark_set, config)
     n_sources = len(config.models.candidates) + 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
@@ -99,7 +98,7 @@ def read_table(path: Path, *, as_text: bool = True) -> pd.DataFrame:
         raise CohortIOError(f"{path}: cannot read {suffix[1:]} file: {exc}") from None
 
 
-def _find_table(folder: Path, table: str) -> Optional[Path]:
+def _find_table(folder: Path, table: str) -> Path | None:
     """The single ``<table>.csv`` / ``<table>.parquet`` in ``folder``, None if absent."""
     found = [folder / f"{table}{ext}" for ext in TABLE_EXTENSIONS if (folder / f"{table}{ext}").is_file()]
     if len(found) > 1:
@@ -190,7 +189,7 @@ def write_cohort_folder(
     folder: Path,
     infusions: pd.DataFrame,
     measurements: pd.DataFrame,
-    outcomes: Optional[pd.DataFrame] = None,
+    outcomes: pd.DataFrame | None = None,
     *,
     file_format: str = "parquet",
 ) -> dict[str, Path]:

@@ -27,14 +27,14 @@ import tempfile
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import cloudpickle
 import mlflow
 import pandas as pd
 from mlflow.exceptions import MlflowException
-
 from mlflow.models import ModelSignature, infer_signature
+from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from models.serving import (
@@ -120,7 +120,7 @@ def model_signature(bundle: ScoringBundle) -> ModelSignature:
     return ModelSignature(inputs=input_schema(), outputs=infer_signature(model_output=example_output).outputs)
 
 
-class CarRelapseModel(mlflow.pyfunc.PythonModel):
+class CarRelapseModel(PythonModel):
     """Relapse and phenotype risk for patients in the data contract, as of a given day."""
 
     def load_context(self, context) -> None:
@@ -132,7 +132,7 @@ class CarRelapseModel(mlflow.pyfunc.PythonModel):
         self._score = MicroBatcher(partial(score_requests, self._bundle), linger_s=SERVING_LINGER_S)
         score_requests(self._bundle, [pd.DataFrame([EXAMPLE_PATIENT])])  # warm-up: lazy imports (shap), caches
 
-    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list:
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list:
         """One output record per patient (see ``models.serving.score_requests``); missing values are None.
 
         ``model_input`` is the request frame MLflow built from any JSON format (one row per
@@ -156,7 +156,7 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def log_scoring_model(bundle: ScoringBundle, name: str = "model", input_example: Optional[list] = None):
+def log_scoring_model(bundle: ScoringBundle, name: str = "model", input_example: list | None = None):
     """Log the pyfunc (model code + bundle + shipped packages) in the active run.
 
     Parameters

@@ -10,10 +10,10 @@ the registry gives it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional
 
 from pipelines.tracking import file_lock
 
@@ -63,10 +63,10 @@ class Promotion:
 
     model_name: str
     version: str
-    previous_champion: Optional[str]
+    previous_champion: str | None
 
 
-def _check(name: str, value: Optional[float], bound: float, lower_bound: bool) -> tuple[bool, str]:
+def _check(name: str, value: float | None, bound: float, lower_bound: bool) -> tuple[bool, str]:
     relation = ">=" if lower_bound else "<="
     if value is None or not math.isfinite(value):
         return False, f"{name}: not computed (required {relation} {bound:g})"
@@ -77,7 +77,7 @@ def _check(name: str, value: Optional[float], bound: float, lower_bound: bool) -
 def evaluate_gate(
     metrics: Mapping[str, float],
     minimums: Mapping[str, float],
-    maximums: Optional[Mapping[str, float]] = None,
+    maximums: Mapping[str, float] | None = None,
 ) -> GateDecision:
     """Check the winner's metrics against the configured thresholds.
 
@@ -107,7 +107,7 @@ def next_version(client, model_name: str) -> str:
     return str(1 + max((int(v.version) for v in versions), default=0))
 
 
-def alias_version(client, model_name: str, alias: str) -> Optional[str]:
+def alias_version(client, model_name: str, alias: str) -> str | None:
     """Version currently holding ``alias``, or None (also when the model does not exist)."""
     from mlflow.exceptions import MlflowException
 
@@ -125,7 +125,7 @@ def promotion(lock_path: Path) -> Iterator[None]:
 
 
 def register_and_promote(
-    client, model_name: str, model_uri: str, run_id: str, expected_version: Optional[str] = None
+    client, model_name: str, model_uri: str, run_id: str, expected_version: str | None = None
 ) -> Promotion:
     """Register ``model_uri`` as a new version and make it the champion.
 

@@ -10,9 +10,9 @@ beside the output (``<output stem>.rejects.csv``) and counted on screen, never d
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,7 @@ def rejects_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects.csv")
 
 
-def load_scoring_bundle(model_uri: str, tracking_uri: Optional[str] = None) -> ScoringBundle:
+def load_scoring_bundle(model_uri: str, tracking_uri: str | None = None) -> ScoringBundle:
     """Load a registered pyfunc and return its scoring bundle (the served model's own object).
 
     Raises
@@ -88,7 +88,7 @@ def _patient_chunks(infusions: pd.DataFrame, measurements: pd.DataFrame,
     order = np.argsort(owner, kind="stable")
     starts = np.arange(0, len(infusions), chunk_size)
     bounds = np.searchsorted(owner[order], np.append(starts, len(infusions)))
-    for i, start in enumerate(starts):
+    for i, start in enumerate(starts.tolist()):
         rows = np.arange(start, min(start + chunk_size, len(infusions)))
         measurement_rows = np.sort(order[bounds[i]:bounds[i + 1]])
         yield infusions.iloc[rows], measurements.iloc[measurement_rows], rows, measurement_rows
@@ -180,7 +180,7 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
 
 
 def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, chunk_size: int = 5000,
-              tracking_uri: Optional[str] = None) -> ScoreSummary:
+              tracking_uri: str | None = None) -> ScoreSummary:
     """Batch-score a cohort folder and write the scores and the rejects.
 
     Parameters

@@ -25,7 +25,6 @@ import os
 import socket
 import sys
 import time
-from typing import Optional
 
 from rich.console import Console
 
@@ -198,8 +197,8 @@ def _handed_connections_server(config, channel: socket.socket):
     return HandedConnectionsServer(config)
 
 
-def _run_worker(model_path: str, host: str, port: int, channel: Optional[socket.socket] = None,
-                parent_pid: Optional[int] = None) -> None:
+def _run_worker(model_path: str, host: str, port: int, channel: socket.socket | None = None,
+                parent_pid: int | None = None) -> None:
     """One server process: MLflow's scoring app, on its own listener or on connections handed over.
 
     The model runs with the code it was logged with (its ``features``/``models`` copies, put on
@@ -225,9 +224,10 @@ def _run_worker(model_path: str, host: str, port: int, channel: Optional[socket.
     gc.collect()
     gc.freeze()
     config = uvicorn.Config(_APP, host=host, port=port)
-    if channel is None:
+    if listener is not None:
         uvicorn.Server(config).run(sockets=[listener])
     else:
+        assert channel is not None  # one of the two, by the caller
         _handed_connections_server(config, channel).run()
 
 
@@ -261,7 +261,7 @@ def _hand_out_connections(listener: socket.socket, channels: list[socket.socket]
                 pass  # that worker is gone: the launcher is stopping everything
 
 
-def _launcher_exit_code(worker_exit_code: Optional[int]) -> int:
+def _launcher_exit_code(worker_exit_code: int | None) -> int:
     """The launcher's exit code for a worker's: a worker killed by signal N (``exitcode`` -N) gives
     128 + N, as a shell reports a killed process (a negative code would leave the process as 256 - N)."""
     code = worker_exit_code or 0
@@ -327,7 +327,7 @@ def _run_workers(host: str, port: int, model_path: str, n_workers: int) -> int:
         listener.close()
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run MLflow's scoring app for a model under uvicorn, Nagle off (:func:`tcp_listener`).
 
     Usage: ``python -m pipelines.serve --model URI [--host H] [--port P] [--workers N]``; the
@@ -416,7 +416,7 @@ def run_serve(
     model_uri: str,
     host: str = "127.0.0.1",
     port: int = 5001,
-    tracking_uri: Optional[str] = None,
+    tracking_uri: str | None = None,
     workers: int = DEFAULT_WORKERS,
 ) -> None:
     """Serve ``model_uri`` with MLflow's scoring server until interrupted.

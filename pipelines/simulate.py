@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -65,7 +64,7 @@ class SimulatedCohort:
     measurements: pd.DataFrame
     outcomes: pd.DataFrame
     ground_truth: pd.DataFrame
-    oracle: Optional[pd.DataFrame] = None
+    oracle: pd.DataFrame | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The three input tables by name (what a model may read)."""
@@ -84,7 +83,7 @@ def _crossing_by_phenotype(crossings: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutcome,
-                        at_infusion: Optional[TrueIncidence]) -> pd.DataFrame:
+                        at_infusion: TrueIncidence | None) -> pd.DataFrame:
     """Latent times, the true first event and (unless ``at_infusion`` is None) the true CIFs at infusion."""
     first = outcome.first
     event = EVENT_NAMES[first.event].copy()
@@ -108,7 +107,7 @@ def _ground_truth_table(ids: np.ndarray, draws: CourseDraws, outcome: CourseOutc
     return frame
 
 
-def simulate_cohort(n_patients: int, seed: int, params: Optional[SimulationParams] = None,
+def simulate_cohort(n_patients: int, seed: int, params: SimulationParams | None = None,
                     with_oracle: bool = False, with_true_cifs: bool = True) -> SimulatedCohort:
     """Simulate a cohort of CD19 CAR T-treated patients (pure; no file I/O).
 

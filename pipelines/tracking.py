@@ -14,10 +14,10 @@ and two processes doing that at the same moment collide.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 from urllib.parse import urlparse
 
 __all__ = [
@@ -67,7 +67,7 @@ class TrackingTarget:
     tracking_uri: str
     experiment_id: str
     experiment_name: str
-    artifact_location: Optional[str]
+    artifact_location: str | None
     lock_path: Path
     promotion_lock_path: Path
 
@@ -84,13 +84,13 @@ def project_root() -> Path:
     return checkout if (checkout / "pyproject.toml").is_file() else Path.cwd().resolve()
 
 
-def default_tracking_uri(root: Optional[Path] = None) -> str:
+def default_tracking_uri(root: Path | None = None) -> str:
     """``sqlite:///<root>/mlruns/mlflow.db`` (absolute path, so it works from any folder)."""
     root = Path(root) if root is not None else project_root()
     return f"sqlite:///{(root / 'mlruns' / _DB_NAME).resolve()}"
 
 
-def resolve_tracking_uri(explicit: Optional[str] = None, configured: Optional[str] = None) -> str:
+def resolve_tracking_uri(explicit: str | None = None, configured: str | None = None) -> str:
     """Pick the tracking URI: explicit > ``MLFLOW_TRACKING_URI`` > config > default.
 
     Parameters
@@ -110,7 +110,7 @@ def resolve_tracking_uri(explicit: Optional[str] = None, configured: Optional[st
     return default_tracking_uri()
 
 
-def sqlite_db_path(tracking_uri: str) -> Optional[Path]:
+def sqlite_db_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for any other scheme.
 
     Raises
@@ -126,7 +126,7 @@ def sqlite_db_path(tracking_uri: str) -> Optional[Path]:
     return Path(path.split("?", 1)[0])
 
 
-def artifact_root_for(tracking_uri: str) -> Optional[Path]:
+def artifact_root_for(tracking_uri: str) -> Path | None:
     """Artifact folder beside a SQLite store (``<db folder>/artifacts``); None for servers."""
     db_path = sqlite_db_path(tracking_uri)
     return None if db_path is None else db_path.parent / _ARTIFACTS_DIR
@@ -154,12 +154,12 @@ def file_lock(path: Path) -> Iterator[None]:
             import msvcrt
 
             handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
             try:
                 yield
             finally:
                 handle.seek(0)
-                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
         else:
             import fcntl
 
@@ -186,7 +186,7 @@ def init_store(tracking_uri: str) -> None:
         MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_experiments(max_results=1)
 
 
-def _get_or_create_experiment(client, name: str, artifact_location: Optional[str]) -> str:
+def _get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -195,9 +195,9 @@ def _get_or_create_experiment(client, name: str, artifact_location: Optional[str
 
 def setup_tracking(
     experiment: str,
-    tracking_uri: Optional[str] = None,
-    configured_uri: Optional[str] = None,
-    artifact_location: Optional[str] = None,
+    tracking_uri: str | None = None,
+    configured_uri: str | None = None,
+    artifact_location: str | None = None,
 ) -> TrackingTarget:
     """Resolve the URI, initialise the store, point MLflow at it and get the experiment.
 

@@ -22,9 +22,10 @@ import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -82,7 +83,7 @@ class CohortData:
     outcomes: pd.DataFrame
     source_names: dict[str, str]
     description: str
-    oracle: Optional[pd.DataFrame] = None
+    oracle: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,8 @@ class TrainSummary:
     winner_metrics: dict[str, float]
     registered: bool
     model_name: str
-    model_version: Optional[str]
-    previous_champion: Optional[str]
+    model_version: str | None
+    previous_champion: str | None
     gate_reasons: tuple[str, ...]
     model_uri: str
 
@@ -173,6 +174,8 @@ def load_cohort(data: DataConfig) -> CohortData:
         return CohortData(cohort.infusions, cohort.measurements, cohort.outcomes, names, description, cohort.oracle)
     from pipelines.io import read_cohort_folder, read_table
 
+    if data.input_dir is None:  # check_config requires it for a folder source
+        raise TrainError("data.input_dir: required when data.source is 'folder'")
     files = read_cohort_folder(data.input_dir)
     if "outcomes" not in files.tables:
         raise TrainError(f"{data.input_dir}: training needs an outcomes table (outcomes.csv or outcomes.parquet)")
@@ -334,7 +337,7 @@ def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizo
 
 
 # --- the winner: bundle, gate, registration -------------------------------------------------------
-def _bundle(config: RunConfig, estimator, winner: str, columns: Sequence[str], version: Optional[str],
+def _bundle(config: RunConfig, estimator, winner: str, columns: Sequence[str], version: str | None,
             run_id: str) -> ScoringBundle:
     from pipelines.build_features import builder_options
 
@@ -376,8 +379,8 @@ def _log_bundle(bundle: ScoringBundle):
 @dataclass(frozen=True)
 class _Registration:
     registered: bool
-    version: Optional[str]
-    previous: Optional[str]
+    version: str | None
+    previous: str | None
     reasons: tuple[str, ...]
     model_uri: str
 
@@ -457,7 +460,7 @@ def _refit(config: RunConfig, prepared: _Prepared, winner: str, progress: Progre
     return model
 
 
-def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Optional[Path]) -> None:
+def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Path | None) -> None:
     import mlflow
 
     validated = prepared.validated
@@ -498,7 +501,7 @@ def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluat
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
 
-def train(config: RunConfig, config_path: Optional[Path] = None, tracking_uri: Optional[str] = None) -> TrainSummary:
+def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None) -> TrainSummary:
     """Run the whole training job for a validated config (see the module docstring).
 
     Parameters
@@ -590,7 +593,7 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
     return lines
 
 
-def run_train(config_path: Path, tracking_uri: Optional[str] = None) -> TrainSummary:
+def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummary:
     """``car-relapse train``: load the config, train, print where to look.
 
     Exit codes: 2 for a bad config, 1 for bad data or a failed step; never a traceback for the

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -73,7 +72,7 @@ def _fail(errors: Console, message: str) -> None:
     raise typer.Exit(code=EXIT_BAD_INPUT)
 
 
-def run_validate(input_dir: Path, on_error: str = "fail", report_path: Optional[Path] = None) -> ValidatedCohort:
+def run_validate(input_dir: Path, on_error: str = "fail", report_path: Path | None = None) -> ValidatedCohort:
     """Validate a cohort folder, print the data report, optionally write it as JSON.
 
     Parameters

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 import numpy as np
 
-__all__ = ["take_rows", "as_column", "expit", "smooth_below", "first_true_index", "sample_decaying_hazard"]
+__all__ = ["NO_VALUE", "take_rows", "as_column", "expit", "smooth_below", "first_true_index", "sample_decaying_hazard"]
 
-T = TypeVar("T")
+NO_VALUE = np.array(None, dtype=object)
+"""A missing value for ``np.where`` (an object array rather than ``None``, which numpy's type stubs reject)."""
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def take_rows(record: T, rows: np.ndarray) -> T:
@@ -44,7 +50,7 @@ def as_column(values: np.ndarray | float, like: np.ndarray) -> np.ndarray | floa
     one day per patient and a grid of days per patient.
     """
     if np.ndim(values) == 1 and np.ndim(like) == 2:
-        return values[:, None]
+        return np.asarray(values)[:, None]
     return values
 
 

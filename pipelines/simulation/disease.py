@@ -279,7 +279,7 @@ class ClonalCourse:
         g, day = as_column(growth, t), as_column(self.escape_day, t)
         lineage = as_column(self.escape_myeloid == myeloid, t)
         since = t - np.minimum(day, t)
-        acquired = np.where(lineage & (t >= day), self.escape_seed_log10 + g * since, -np.inf)
+        acquired = np.where(np.logical_and(lineage, t >= day), self.escape_seed_log10 + g * since, -np.inf)
         return np.maximum(as_column(pre, t) + g * t, acquired)
 
     def log10_burden(self, t: np.ndarray) -> dict[str, np.ndarray]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.simulation.arrays import NO_VALUE
+
 __all__ = ["ResultRows", "format_significant", "format_results"]
 
 _MRD_CENSORED_STYLES = ("percent", "NEG", "negative", "fraction")
@@ -121,7 +123,7 @@ def _write_quantified_text(out: np.ndarray, units: np.ndarray, limits: np.ndarra
     out[other] = format_significant(value[other], 2, "E" if unit == "fraction" else "g")
     if unit == "fraction":
         out[use_percent] = format_significant(value[use_percent], 2, "%")
-        units[use_percent] = np.where(rng.random(int(use_percent.sum())) < 0.5, "percent", None)
+        units[use_percent] = np.where(rng.random(int(use_percent.sum())) < 0.5, "percent", NO_VALUE)
         limits[use_percent] = limits[use_percent] * 100.0
     else:
         out[use_percent] = format_significant(value[use_percent] / 100.0, 3, "%")
@@ -141,7 +143,7 @@ def _write_censored(out: np.ndarray, units: np.ndarray, limits: np.ndarray, rows
     percent_rows = idx[style == 0]
     if unit == "fraction":
         out[percent_rows] = "<" + format_significant(limits[percent_rows], 2, "%").astype(str)
-        units[percent_rows] = np.where(rng.random(percent_rows.shape[0]) < 0.5, "percent", None)
+        units[percent_rows] = np.where(rng.random(percent_rows.shape[0]) < 0.5, "percent", NO_VALUE)
         limits[percent_rows] = limits[percent_rows] * 100.0
     else:
         out[percent_rows] = "<" + format_significant(limits[percent_rows] / 100.0, 2, "%").astype(str)

@@ -11,7 +11,6 @@ carrying the tracked rearrangement (about 10% of patients have none).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -81,8 +80,8 @@ class VisitNoise:
     b_cells: np.ndarray
     decision: np.ndarray
     """Uniform (0, 1) of the HSCT decision at the visit."""
-    car_copies: Optional[np.ndarray] = None
-    antigen: Optional[np.ndarray] = None
+    car_copies: np.ndarray | None = None
+    antigen: np.ndarray | None = None
     """Drawn but unused: antigen results take their noise from the tables stream. Dropping it would
     shift every later draw of the course stream, so it stays until the next recalibration."""
 

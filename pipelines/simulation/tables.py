@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines.simulation.arrays import take_rows
+from pipelines.simulation.arrays import NO_VALUE, take_rows
 from pipelines.simulation.course import CourseDraws, CourseOutcome, LatentPatients
 from pipelines.simulation.events import EVENT_DEATH, EVENT_NONE, EVENT_RELAPSE
 from pipelines.simulation.labtext import ResultRows, format_results
@@ -120,7 +120,7 @@ def infusions_table(ids: np.ndarray, latent: LatentPatients, params: SimulationP
         "inotuzumab_prior": cov.inotuzumab, "bm_blasts_pct": cov.bm_blasts_pct,
         "cns_status": _CNS_NAMES[cov.cns_status], "active_non_cns_emd": cov.active_emd,
         "cd19_antigen_load_pct": cov.cd19_antigen_load_pct,
-        "cd19_dim_pre": pd.array(np.where(blasts_seen, cov.cd19_dim, None), dtype="boolean"),
+        "cd19_dim_pre": pd.array(np.where(blasts_seen, cov.cd19_dim, NO_VALUE), dtype="boolean"),
         "cd22_pct_pre": np.where(blasts_seen, cov.cd22_pct, np.nan),
         "product": product, "costim": np.where(cov.cd28, "CD28", "4-1BB"),
         "cell_dose_per_kg": cov.cell_dose_per_kg,
@@ -165,8 +165,8 @@ def outcomes_table(ids: np.ndarray, latent: LatentPatients, outcome: CourseOutco
         "patient_id": ids, "response": response, "response_day": np.where(died_first, np.nan, response_day),
         "event": EVENT_NAMES[observed.event], "event_day": observed.event_day,
         "last_followup_day": observed.last_followup_day,
-        "relapse_phenotype": np.where(relapse, PHENOTYPE_NAMES[outcome.relapse.phenotype], None),
-        "relapse_site": np.where(relapse, SITE_NAMES[outcome.relapse.site], None),
+        "relapse_phenotype": np.where(relapse, PHENOTYPE_NAMES[outcome.relapse.phenotype], NO_VALUE),
+        "relapse_site": np.where(relapse, SITE_NAMES[outcome.relapse.site], NO_VALUE),
     })
 
 
@@ -280,7 +280,9 @@ def _car_copy_blocks(latent: LatentPatients, draws: CourseDraws, window: np.ndar
     rows = window & sched.car_copies
     patient, _ = np.nonzero(rows)
     level = car_copies_log10(sched.day, draws.car_loss_day, latent.persistence, params.persistence)[rows]
-    value = 10.0 ** (level + 0.3 * draws.noise.car_copies[rows])
+    noise = draws.noise.car_copies
+    assert noise is not None  # drawn whenever car-copy rows are written
+    value = 10.0 ** (level + 0.3 * noise[rows])
     limit = np.full(value.shape[0], po.car_copies_limit)
     result = format_results(np.round(value, 1), value >= limit, limit, "copies/ug", None, share[rows], rng)
     return [_Block(patient, sched.day[rows], "PB", "car_copies", result)]

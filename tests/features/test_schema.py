@@ -13,12 +13,12 @@ import pytest
 from features.schema import (
     ASSAYS,
     CANONICAL_UNITS,
-    RAW_UNITS,
     COLUMNS_BY_TABLE,
     DEFAULT_DETECTION_LIMIT_BY_ASSAY,
     MEASUREMENTS_SCHEMA,
     NORMALISED_MEASUREMENTS_SCHEMA,
     OUTCOMES_SCHEMA,
+    RAW_UNITS,
     SPECIMENS,
     UNIT_CONVERSIONS,
     columns_markdown,

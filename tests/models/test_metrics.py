@@ -7,9 +7,13 @@ import pytest
 from lifelines.utils import concordance_index as lifelines_concordance
 from sksurv.metrics import (
     brier_score as sksurv_brier,
+)
+from sksurv.metrics import (
     concordance_index_censored,
     concordance_index_ipcw,
     cumulative_dynamic_auc,
+)
+from sksurv.metrics import (
     integrated_brier_score as sksurv_ibs,
 )
 from sksurv.util import Surv

@@ -293,8 +293,7 @@ def test_micro_batcher_isolates_a_bad_request(bundle):
 
 
 def test_served_factors_are_the_tree_shap_of_models_explain(bundle, new_patients):
-    from models.explain import explain_relapse_risk
-    from models.explain import native_tree_explanation
+    from models.explain import explain_relapse_risk, native_tree_explanation
     from models.serving import _feature_matrix
 
     valid = validate_cohort(*new_patients, None, on_error="fail")
@@ -453,8 +452,9 @@ def test_a_boolean_is_still_a_boolean_where_the_contract_wants_one(bundle):
 
 
 def test_micro_batcher_isolates_any_failure_of_a_combined_call():
-    from models.serving import MicroBatcher
     import threading
+
+    from models.serving import MicroBatcher
 
     started, release, sizes = threading.Event(), threading.Event(), []
 

@@ -53,7 +53,8 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 def test_missing_required_table_is_a_clear_error(raw_cohort, tmp_path):
     write_table(raw_cohort["infusions"], tmp_path / "infusions.csv")
-    with pytest.raises(CohortIOError, match=r"missing table 'measurements' \(expected measurements.csv or measurements.parquet\)"):
+    expected = r"missing table 'measurements' \(expected measurements.csv or measurements.parquet\)"
+    with pytest.raises(CohortIOError, match=expected):
         read_cohort_folder(tmp_path)
 
 

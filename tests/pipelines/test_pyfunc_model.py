@@ -17,10 +17,10 @@ from pipelines.pyfunc_model import (
     BUNDLE_ARTIFACT,
     CarRelapseModel,
     input_schema,
-    request_field_metadata,
     load_bundle,
     model_signature,
     pip_requirements,
+    request_field_metadata,
     save_bundle,
 )
 from tests.models.test_serving import bundle  # noqa: F401  (shared fitted-bundle fixture)

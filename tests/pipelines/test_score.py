@@ -28,7 +28,7 @@ def _write_folder(folder, infusions, measurements, suffix=".csv"):
 def test_chunks_cover_every_measurement_once(cohort):
     infusions, measurements = cohort
     seen = []
-    for chunk, chunk_measurements, rows, measurement_rows in _patient_chunks(infusions, measurements, 7):
+    for chunk, chunk_measurements, _rows, measurement_rows in _patient_chunks(infusions, measurements, 7):
         assert len(chunk) <= 7
         assert set(chunk_measurements["patient_id"]) <= set(chunk["patient_id"])
         assert (measurements.iloc[measurement_rows]["patient_id"].to_numpy() == chunk_measurements["patient_id"]).all()
