@@ -23,6 +23,7 @@ from pipelines.serve_app import (
     RequestGuard,
     RequestLimits,
     RequestRefused,
+    check_depth,
     count_patients,
     read_request_json,
     safe_error_message,
@@ -197,5 +198,6 @@ def test_read_request_json_and_count_patients():
     assert count_patients({"instances": {"a": [1, 2, 3, 4], "b": 5}}) == 4
     assert count_patients({"inputs": 5}) == 1
     with pytest.raises(RequestRefused, match="nested deeper"):
-        read_request_json(b'{"inputs": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}")
-    read_request_json(b'{"inputs": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}")
+        check_depth(read_request_json(b'{"inputs": ' + b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH + b"}"))
+    check_depth(read_request_json(b'{"inputs": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"))
+    check_depth({"inputs": [{"measurements": [{"day": [1.0]}]}]})
