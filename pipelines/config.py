@@ -137,6 +137,16 @@ class RegistryConfig(_Strict):
         "at or above the last = high, between = intermediate.",
     )
     top_factors: int = Field(5, ge=0, le=20, description="Contributing factors reported per patient.")
+    champion_metrics: dict[str, Literal["higher", "lower"] | float] = Field(
+        default_factory=dict,
+        description="Summary metrics compared with the champion besides evaluation.selection_metric, each with "
+        "'higher' or 'lower' (is better) or the number it is best close to (e.g. observed_expected: 1.0).",
+    )
+    champion_tolerance: float = Field(
+        0.005, ge=0,
+        description="How much worse than the champion a compared metric may be (absolute, in its unit) and still "
+        "count as not worse; a new version worse on any compared metric is registered but not promoted.",
+    )
 
     @field_validator("risk_group_cutoffs")
     @classmethod
