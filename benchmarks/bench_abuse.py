@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["abuse_requests", "main"]
+__all__ = ["abuse_requests", "post", "main"]
 
 _RESETS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, http.client.RemoteDisconnected)
 
@@ -84,15 +84,16 @@ class _Tally:
         self.valid_latency_s: list[float] = []
 
 
-def _send(connection: http.client.HTTPConnection, body: bytes, content_type: str | None):
+def post(connection: http.client.HTTPConnection, body: bytes, content_type: str | None) -> tuple[int, str | None, bytes]:
+    """POST ``body`` to /invocations on a kept-alive connection (``Content-Type`` left out when None):
+    (status, the answer's ``Connection`` header, the answer)."""
     connection.putrequest("POST", "/invocations")
     if content_type is not None:
         connection.putheader("Content-Type", content_type)
     connection.putheader("Content-Length", str(len(body)))
     connection.endheaders(body)
     response = connection.getresponse()
-    response.read()
-    return response.status, response.getheader("Connection")
+    return response.status, response.getheader("Connection"), response.read()
 
 
 def _client(port: int, requests: dict[str, list], seed: int, stop_at: float, tally: _Tally) -> None:
@@ -105,7 +106,7 @@ def _client(port: int, requests: dict[str, list], seed: int, stop_at: float, tal
         kind, body, content_type = chooser.choice(requests[group])
         start = time.perf_counter()
         try:
-            status, connection_header = _send(connection, body, content_type)
+            status, connection_header, _ = post(connection, body, content_type)
         except _RESETS:
             with tally.lock:
                 tally.resets[(group, kind)] += 1

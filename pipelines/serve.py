@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_environment(tracking_uri: str) -> dict[str, str]:
-    """Environment of the scoring server: the tracking store, and one OpenMP thread per process.
+    """Environment of the scoring server: the tracking store (also the registry that ``models:/``
+    URIs resolve in, whatever ``MLFLOW_REGISTRY_URI`` said), and one OpenMP thread per process.
 
     Each request scores a few patients; on a small shared machine OpenMP thread pools (XGBoost)
     cost far more in start-up and contention than they gain (about 20 ms per call measured on
@@ -304,7 +305,8 @@ def serve_environment(tracking_uri: str) -> dict[str, str]:
     """
     interpreter_bin = os.path.dirname(sys.executable)
     path = os.pathsep.join([interpreter_bin, os.environ.get("PATH", "")])
-    return {"OMP_NUM_THREADS": "1", **os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri}
+    return {"OMP_NUM_THREADS": "1", **os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_REGISTRY_URI": tracking_uri}
 
 
 def _url(host: str, port: int, path: str) -> str:

@@ -8,7 +8,10 @@ data, a model trained on different data, ``--promote``, and two trainings run at
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -19,6 +22,7 @@ from pipelines.champion_gate import compare_metrics, compare_with_champion, comp
 from pipelines.config import RunConfig
 from pipelines.registry import ALIAS_CHAMPION, PROMOTION_TAG, alias_version, promotion, register_and_promote
 from pipelines.tracking import setup_tracking
+from tests.pipelines.conftest import subprocess_environment
 
 
 # --- the comparison ----------------------------------------------------------------------------------
@@ -149,34 +153,26 @@ def _tiny(store: str, **changes) -> RunConfig:
                                      "tracking": {"tracking_uri": store, "experiment": "gate-e2e"}})
 
 
-def _train_in_child(config_json: str, queue) -> None:
-    from pipelines.train import train
-
-    try:
-        summary = train(RunConfig.model_validate_json(config_json))
-        queue.put((summary.winner_metrics["uno_c"], summary.model_version, summary.promoted, summary.champion_reasons))
-    except Exception as exc:  # reported to the parent, which fails the test with it
-        queue.put(repr(exc))
-
-
 @pytest.mark.e2e
 def test_real_trainings_the_gate_against_the_champion(tracking_uri, tmp_path, capsys):
     from pipelines.train import run_train, train
 
     worse, good = _tiny(tracking_uri, params=BADLY_REGULARISED), _tiny(tracking_uri)
-    # two trainings on the same data at the same time, on an empty registry
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    children = [context.Process(target=_train_in_child, args=(config.model_dump_json(), queue)) for config in (worse, good)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(timeout=600)
-    results = sorted(queue.get(timeout=10) for _ in children)
-    (worse_uno_c, *_), (good_uno_c, good_version, good_promoted, _) = results
-    assert worse_uno_c < good_uno_c - 0.05, results  # the badly regularised one is clearly worse
+    # two `car-relapse train` commands on the same data at the same time, on an empty registry
+    commands = [[str(Path(sys.executable).parent / "car-relapse"), "train", "--config", str(_write(config, tmp_path / name))]
+                for name, config in (("worse.yaml", worse), ("good.yaml", good))]
+    processes = [subprocess.Popen(command, env=subprocess_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for command in commands]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    assert good_promoted and alias_version(client, "gate-e2e", ALIAS_CHAMPION) == good_version, results
+    uno_c = {}  # n_estimators of the run's candidate -> (version, uno_c)
+    for version in client.search_model_versions("name = 'gate-e2e'"):
+        run = client.get_run(version.run_id)
+        uno_c[run.data.params["models.params.xgb_cox.n_estimators"]] = (str(version.version), run.data.metrics["winner/uno_c"])
+    (good_version, good_uno_c), (_, worse_uno_c) = uno_c["40"], uno_c["1"]
+    assert worse_uno_c < good_uno_c - 0.05, uno_c  # the badly regularised one is clearly worse
+    assert alias_version(client, "gate-e2e", ALIAS_CHAMPION) == good_version, outputs
 
     # the worse again, alone: registered, not promoted, the metric named, the table printed and logged
     summary = train(worse)
@@ -190,8 +186,7 @@ def test_real_trainings_the_gate_against_the_champion(tracking_uri, tmp_path, ca
     # a smaller, different cohort: not promoted, both evaluated on it; then --promote
     other = _tiny(tracking_uri, data={**TINY["data"], "synthetic": {**TINY["data"]["synthetic"], "seed": 6,
                                                                      "n_patients": 200}})
-    path = tmp_path / "other.yaml"
-    path.write_text(yaml.safe_dump(other.model_dump(mode="json")))
+    path = _write(other, tmp_path / "other.yaml")
     summary = run_train(path)
     assert summary.registered and not summary.promoted
     assert "trained on different data" in summary.champion_reasons[0]
@@ -200,3 +195,8 @@ def test_real_trainings_the_gate_against_the_champion(tracking_uri, tmp_path, ca
     summary = run_train(path, promote=True)
     assert summary.promoted and alias_version(client, "gate-e2e", ALIAS_CHAMPION) == summary.model_version
     assert "--promote, although trained on different data" in capsys.readouterr().out
+
+
+def _write(config: RunConfig, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path

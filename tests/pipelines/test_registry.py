@@ -92,12 +92,17 @@ def test_unexpected_version_number_is_an_error(client):
         register_and_promote(client, MODEL, uri, run_id, expected_version="7")
 
 
+def _child_client(tracking_uri: str) -> MlflowClient:
+    """In a child process: MLflow pointed at the test's store and experiment."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment("registry-test")
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def _promote_in_child(tracking_uri: str, lock: str, queue) -> None:
     try:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        mlflow.set_experiment("registry-test")
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client = _child_client(tracking_uri)
         uri, run_id = _log_constant_model()
         with promotion(lock):
             expected = next_version(client, MODEL)
@@ -144,10 +149,7 @@ def _promote_and_die(tracking_uri: str, lock: str, die_at: str) -> None:
         return set_tag(self, *args, **kwargs)
 
     MlflowClient.set_registered_model_alias, MlflowClient.set_model_version_tag = alias, tag
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment("registry-test")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _child_client(tracking_uri)
     uri, run_id = _log_constant_model()
     with promotion(lock):
         register_and_promote(client, MODEL, uri, run_id, expected_version="3")

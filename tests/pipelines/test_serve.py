@@ -111,8 +111,9 @@ def test_serve_environment_uses_one_openmp_thread_unless_told_otherwise(monkeypa
     from pipelines.serve import serve_environment
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
     env = serve_environment("sqlite:///x.db")
-    assert env["OMP_NUM_THREADS"] == "1" and env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
+    assert env["OMP_NUM_THREADS"] == "1" and env["MLFLOW_TRACKING_URI"] == env["MLFLOW_REGISTRY_URI"] == "sqlite:///x.db"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert serve_environment("sqlite:///x.db")["OMP_NUM_THREADS"] == "2"
 

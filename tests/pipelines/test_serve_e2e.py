@@ -29,6 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks.bench_abuse import post
 from models.serving import EXAMPLE_PATIENT, tables_to_records
 from pipelines.io import write_table
 from pipelines.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version
@@ -318,13 +319,8 @@ def test_the_registered_model_documents_its_request_fields(trainings, store):
 # --- abuse: answers stay 4xx, connections stay usable, errors stay safe ---------------------------------
 def _exchange(connection: http.client.HTTPConnection, body: bytes, content_type: str | None = "application/json"):
     """POST on a kept-alive connection: (status, Connection header, JSON answer)."""
-    connection.putrequest("POST", "/invocations")
-    if content_type is not None:
-        connection.putheader("Content-Type", content_type)
-    connection.putheader("Content-Length", str(len(body)))
-    connection.endheaders(body)
-    response = connection.getresponse()
-    return response.status, response.getheader("Connection"), json.loads(response.read())
+    status, connection_header, answer = post(connection, body, content_type)
+    return status, connection_header, json.loads(answer)
 
 
 def _connection(url: str) -> http.client.HTTPConnection:

@@ -27,6 +27,7 @@ from models.serving import EXAMPLE_PATIENT
 from pipelines.io import write_table
 from pipelines.simulate import simulate_cohort
 from pipelines.tracking import setup_tracking
+from tests.pipelines.conftest import subprocess_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -73,12 +74,8 @@ def _config(folder: Path, store: str, **changes) -> Path:
     return path
 
 
-def _environment() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
-
-
 def _run(command: list[str], timeout_s: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=_environment())
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=subprocess_environment())
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +120,7 @@ def test_train_on_a_full_store_fails_in_one_line(trained, tmp_path):
     source, _ = trained[0], trained[1]
     mount = tmp_path / "full"
     mount.mkdir()
-    size_kb = (source / "mlflow.db").stat().st_size // 1024 + 64
+    size_kb = (source / "mlflow.db").stat().st_size // 1024 + 8
     script = f'mount -t tmpfs -o size={size_kb}k tmpfs "$0" && cp "$1" "$0"/ && shift && exec "$@"'
     config = _config(tmp_path, f"sqlite:///{mount}/mlflow.db")
     result = _run(["unshare", "-rm", "sh", "-c", script, str(mount), str(source / "mlflow.db"),
@@ -155,7 +152,7 @@ def test_serve_serves_a_model_from_a_read_only_store(read_only_copy, tmp_path):
     command = _read_only(folder, [str(BIN / "car-relapse"), "serve", "--model", f"models:/{MODEL}@champion",
                                   "--port", str(port), "--tracking-uri", store])
     with open(log, "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=_environment(),
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=subprocess_environment(),
                                    start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -182,7 +179,7 @@ def test_a_training_killed_mid_run_is_closed_as_killed_with_a_note_on_the_next_s
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("faults").experiment_id
     before = {run.info.run_id for run in client.search_runs([experiment])}
-    process = subprocess.Popen([str(BIN / "car-relapse"), "train", "--config", str(config)], env=_environment(),
+    process = subprocess.Popen([str(BIN / "car-relapse"), "train", "--config", str(config)], env=subprocess_environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
