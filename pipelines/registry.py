@@ -203,8 +203,9 @@ def repair_interrupted_promotions(client, model_name: str) -> list[str]:
 
     Under the lock no promotion is under way, so a version tagged ``pending`` belongs to a dead
     process. If ``champion`` points to it, the promotion had committed: it is marked ``done``.
-    Otherwise ``previous`` is put back where it was before (it may already point to the current
-    champion) and the version is marked ``interrupted``, with a description saying so.
+    Otherwise the version is marked ``interrupted``, with a description saying so, and, if
+    ``champion`` is still the one the version was to replace, ``previous`` is put back where it was
+    (it may already point to the champion); aliases moved since by other means are left alone.
 
     Returns
     -------
@@ -222,24 +223,26 @@ def repair_interrupted_promotions(client, model_name: str) -> list[str]:
         tags = entry.tags or {}
         if tags.get(PROMOTION_TAG) != "pending":
             continue
-        version = str(entry.version)
-        if alias_version(client, model_name, ALIAS_CHAMPION) == version:
+        version, champion = str(entry.version), alias_version(client, model_name, ALIAS_CHAMPION)
+        if champion == version:
             client.set_model_version_tag(model_name, version, PROMOTION_TAG, "done")
             settled.append(f"version {version}: its promotion had completed before the process was interrupted; "
                            "marked done")
             continue
         former_previous = tags.get(_FORMER_PREVIOUS_TAG) or None
-        if former_previous is None:
+        champion_unchanged = champion == (tags.get(_FORMER_CHAMPION_TAG) or None)
+        if champion_unchanged and former_previous is None:
             if alias_version(client, model_name, ALIAS_PREVIOUS) is not None:
                 client.delete_registered_model_alias(model_name, ALIAS_PREVIOUS)
-        else:
+        elif champion_unchanged:
             client.set_registered_model_alias(model_name, ALIAS_PREVIOUS, former_previous)
         client.set_model_version_tag(model_name, version, PROMOTION_TAG, "interrupted")
         client.update_model_version(model_name, version, description=(
             f"Registered by run {entry.run_id}, but the process was interrupted before it became champion: "
             "not promoted (car_relapse.promotion = interrupted). Check the run before using it."))
+        restored = f", alias 'previous' restored to {former_previous or 'none'}" if champion_unchanged else ""
         settled.append(f"version {version}: its promotion was interrupted (process killed); not promoted, "
-                       f"marked interrupted, alias 'previous' restored to {former_previous or 'none'}")
+                       f"marked interrupted{restored}")
     return settled
 
 

@@ -28,12 +28,15 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.text import Text
 
 from pipelines.tracking import TrackingError, init_store, resolve_tracking_uri
+
+if TYPE_CHECKING:  # the app module is imported by the server processes only
+    from pipelines.serve_app import RequestLimits
 
 __all__ = [
     "DEFAULT_WORKERS", "DEFAULT_MAX_REQUEST_BYTES", "DEFAULT_MAX_PATIENTS", "ServeError", "serve_command",
@@ -134,7 +137,7 @@ def _exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _run_worker(model_path: str, listener: socket.socket, limits: Any, parent_pid: int, ready: Any) -> None:
+def _run_worker(model_path: str, listener: socket.socket, limits: RequestLimits, parent_pid: int, ready: Any) -> None:
     """One server process: the guarded scoring app under uvicorn, on the shared listener.
 
     The model runs with the code it was logged with (its ``features``/``models`` copies, put on
@@ -176,7 +179,7 @@ def _launcher_exit_code(worker_exit_code: int | None) -> int:
 class _Workers:
     """The worker processes (spawned, numbered from 1) on one listener; see :func:`_run_workers`."""
 
-    def __init__(self, listener: socket.socket, model_path: str, limits: Any):
+    def __init__(self, listener: socket.socket, model_path: str, limits: RequestLimits):
         import multiprocessing
 
         self._context = multiprocessing.get_context("spawn")
@@ -211,7 +214,7 @@ class _Workers:
                 process.join()
 
 
-def _run_workers(listener: socket.socket, model_path: str, limits: Any, n_workers: int) -> int:
+def _run_workers(listener: socket.socket, model_path: str, limits: RequestLimits, n_workers: int) -> int:
     """Run ``n_workers`` server processes on ``listener`` until SIGTERM / SIGINT (exit code 0).
 
     A worker that dies after its model loaded is logged (which worker, which signal or exit code)

@@ -404,8 +404,7 @@ class _Registration:
 
 
 def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, make_bundle,
-                      winner_metrics: Mapping[str, float], promote: bool = False,
-                      evaluate_champion=None) -> _Registration:
+                      winner_metrics: Mapping[str, float], promote: bool, evaluate_champion) -> _Registration:
     """Log the pyfunc; register it only if it passes the thresholds, and promote it only if it is not
     worse than the champion on the same data, or ``promote`` (compared and registered under the lock)."""
     import mlflow
@@ -556,11 +555,11 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     """
     import mlflow
 
+    from pipelines.registry import settle_interrupted_promotions
+
     check_config(config)
     target = setup_tracking(config.tracking.experiment, tracking_uri, config.tracking.tracking_uri,
                             config.tracking.artifact_location)
-    from pipelines.registry import settle_interrupted_promotions
-
     for line in (*target.closed_stale_runs, *settle_interrupted_promotions(
             target.promotion_lock_path, config.registry.model_name, target.tracking_uri)):
         _console.print(line, markup=False)

@@ -184,6 +184,25 @@ def test_a_promotion_killed_half_way_is_settled_all_or_nothing(client, tracking_
         assert repair_interrupted_promotions(client, MODEL) == []  # settled once
 
 
+def test_aliases_moved_by_hand_since_an_interrupted_promotion_are_left_alone(client, tracking_uri, tmp_path):
+    from pipelines.registry import PROMOTION_TAG, repair_interrupted_promotions
+
+    lock = str(tmp_path / "promo.lock")
+    for expected in ("1", "2"):
+        uri, run_id = _log_constant_model()
+        with promotion(lock):
+            register_and_promote(client, MODEL, uri, run_id, expected_version=expected)
+    child = multiprocessing.get_context("fork").Process(target=_promote_and_die,
+                                                        args=(tracking_uri, lock, "before the aliases"))
+    child.start()
+    child.join(timeout=120)
+    client.set_registered_model_alias(MODEL, ALIAS_CHAMPION, "1")  # someone rolled back by hand meanwhile
+    with promotion(lock):
+        repair_interrupted_promotions(client, MODEL)
+    assert (alias_version(client, MODEL, ALIAS_CHAMPION), alias_version(client, MODEL, ALIAS_PREVIOUS)) == ("1", "1")
+    assert client.get_model_version(MODEL, "3").tags[PROMOTION_TAG] == "interrupted"
+
+
 def test_a_version_registered_without_promotion_moves_no_alias(client, tmp_path):
     from pipelines.registry import PROMOTION_TAG
 
