@@ -12,9 +12,17 @@ SIGINT. It binds to 127.0.0.1 unless told otherwise and warns on any other addre
 Why not ``mlflow models serve`` itself: with ``--workers`` > 1, uvicorn (0.54, the newest) binds its
 listening socket with ``proto=0``; accepted connections inherit it, asyncio then leaves Nagle's
 algorithm on, and every keep-alive answer waits about 40 ms for the client's delayed ACK (uvicorn
-issue #3149, open): measured side by side (``benchmarks.bench_serving --baseline-server mlflow``),
-its median was 2-3 times this server's. The listener here is created with ``IPPROTO_TCP`` and
-``TCP_NODELAY``. ``mlflow models serve`` still serves the model (the end-to-end test checks it).
+issue #3149, open). The listener here is created with ``IPPROTO_TCP`` and ``TCP_NODELAY``. Measured
+side by side (``benchmarks.bench_serving --baseline-server mlflow``, busy 2-core machine), plain
+``mlflow models serve --workers 2`` had 1.1 to 2.4 times this server's median latency and used a
+third more CPU per request; it still serves the model (the end-to-end test checks it).
+
+The workers share the listener, so the kernel gives each new connection to whichever worker
+accepts first: a burst of keep-alive clients can be split unevenly (8 clients: 2/6 or 3/5 was
+typical), and the fuller worker sets the latency. The former launcher accepted the connections
+itself and dealt them out in turn, which needs uvicorn's internal protocol objects (uvicorn has
+no public way to serve an accepted connection); measured side by side with it, the median was
+about 1.7 times its median with 2 workers and the same with 1.
 """
 
 from __future__ import annotations
