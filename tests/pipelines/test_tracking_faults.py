@@ -145,12 +145,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_serve_serves_a_model_from_a_read_only_store(read_only_copy, tmp_path):
-    folder, store = read_only_copy
-    port = _free_port()
-    log = tmp_path / "serve.log"
-    command = _read_only(folder, [str(BIN / "car-relapse"), "serve", "--model", f"models:/{MODEL}@champion",
-                                  "--port", str(port), "--tracking-uri", store])
+def _serves(command: list[str], port: int, log: Path) -> None:
+    """Start ``car-relapse serve`` (``command``), check it scores the example patient, stop it."""
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=subprocess_environment(),
                                    start_new_session=True)
@@ -168,8 +164,32 @@ def test_serve_serves_a_model_from_a_read_only_store(read_only_copy, tmp_path):
         with urllib.request.urlopen(request, timeout=60) as response:
             assert json.loads(response.read())["predictions"][0]["patient_id"] == "EXAMPLE-001"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def test_serve_serves_a_model_from_a_read_only_store(read_only_copy, tmp_path):
+    folder, store = read_only_copy
+    port = _free_port()
+    _serves(_read_only(folder, [str(BIN / "car-relapse"), "serve", "--model", f"models:/{MODEL}@champion",
+                                "--port", str(port), "--tracking-uri", store]), port, tmp_path / "serve.log")
+
+
+@pytest.mark.skipif(not UNSHARE, reason="a full file system is a small tmpfs in a private mount namespace (unshare)")
+def test_serve_serves_a_model_from_a_full_store(trained, tmp_path):
+    """The store (database and artifacts) on a file system with no room left."""
+    source = trained[0]
+    mount = tmp_path / "full"
+    mount.mkdir()
+    # tmpfs holds each file in whole 4 KiB pages; the slack is then filled up to the last byte.
+    size_kb = sum(-(-path.stat().st_size // 4096) * 4 + 4 for path in source.rglob("*")) + 256
+    fill = '{ dd if=/dev/zero of="$0"/filler bs=4k 2>/dev/null; test "$(df -k --output=avail "$0" | tail -n 1)" -eq 0; }'
+    script = f'mount -t tmpfs -o size={size_kb}k tmpfs "$0" && cp -r "$1"/. "$0"/ && {fill} && shift && exec "$@"'
+    port = _free_port()
+    _serves(["unshare", "-rm", "sh", "-c", script, str(mount), str(source), str(BIN / "car-relapse"), "serve",
+             "--model", f"models:/{MODEL}@champion", "--port", str(port),
+             "--tracking-uri", f"sqlite:///{mount}/mlflow.db"], port, tmp_path / "serve.log")
 
 
 def test_a_training_killed_mid_run_is_closed_as_killed_with_a_note_on_the_next_start(trained, tmp_path):
