@@ -22,6 +22,7 @@ __all__ = [
     "RegistryConfig",
     "TrackingConfig",
     "RunConfig",
+    "check_config",
     "load_config",
 ]
 
@@ -204,3 +205,51 @@ def load_config(path: Path) -> RunConfig:
             where = ".".join(str(p) for p in err["loc"])
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def check_config(config: RunConfig) -> None:
+    """Checks across sections that pydantic cannot express, run by every job before it reads data.
+
+    Parameters
+    ----------
+    config : RunConfig
+
+    Raises
+    ------
+    ConfigError
+        Naming each offending key and why.
+    """
+    from features.registry import get_builder
+    from models.factory import BASELINE_NAME, MODEL_NAMES
+
+    problems = []
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    from models.evaluation import SELECTION_METRICS
+
+    known_metrics = SELECTION_METRICS
+    if config.evaluation.selection_metric not in known_metrics:
+        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
+    if float(config.registry.risk_group_horizon_days) not in horizons:
+        problems.append(f"registry.risk_group_horizon_days: {config.registry.risk_group_horizon_days:g} is not one of "
+                        f"evaluation.horizons_days {horizons}")
+    if float(config.evaluation.shap_horizon_days) not in horizons:
+        problems.append(f"evaluation.shap_horizon_days: {config.evaluation.shap_horizon_days:g} is not one of "
+                        f"evaluation.horizons_days {horizons}")
+    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
+        if name not in known_metrics:
+            problems.append(f"registry thresholds: unknown metric '{name}'; known: {known_metrics}")
+    unknown = [name for name in config.models.candidates if name not in MODEL_NAMES]
+    if unknown or not config.models.candidates:
+        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(MODEL_NAMES)}")
+    extra_params = sorted(set(config.models.params) - set(MODEL_NAMES) - {BASELINE_NAME})
+    if extra_params:
+        problems.append(f"models.params: no candidate named {extra_params}")
+    if config.data.source == "folder" and config.data.input_dir is None:
+        problems.append("data.input_dir: required when data.source is 'folder'")
+    for name in config.features.builders:
+        try:
+            get_builder(name)
+        except KeyError as exc:
+            problems.append(f"features.builders: {exc.args[0]}")
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in problems))

@@ -17,7 +17,6 @@ Steps (each shown with a progress bar):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -30,28 +29,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
-from features.landmarks import feature_columns
 from models.base import ModelInputError
-from models.evaluation import HIGHER_IS_BETTER, best_source
+from models.evaluation import SELECTION_METRICS, best_source
 from models.serving import ScoringBundle
-from pipelines.config import ConfigError, DataConfig, RunConfig, load_config
+from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.experiment import (
+    ORACLE,
+    RULE,
+    CohortError,
+    PreparedCohort,
+    cross_validate,
+    dataset_hash,
+    explain,
+    prepare_landmark_set,
+    progress_bar,
+    refit,
+)
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
 
 __all__ = [
-    "EXIT_BAD_CONFIG",
+    "EXIT_BAD_INPUT",
     "EXIT_FAILED",
-    "LOWER_IS_BETTER",
-    "SELECTION_METRICS",
-    "TrainError",
-    "CohortData",
     "TrainSummary",
-    "check_config",
-    "load_cohort",
-    "dataset_hash",
     "flatten_config",
     "metric_key",
     "summarise_metrics",
@@ -61,29 +65,9 @@ __all__ = [
     "report_without_patient_details",
 ]
 
-EXIT_BAD_CONFIG = 2
+EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-LOWER_IS_BETTER = frozenset({"brier", "ibs"})
-SELECTION_METRICS = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | {"calibration_slope"}))
-RULE = "rule"
-ORACLE = "oracle"
 _console = Console(soft_wrap=True, highlight=False)
-
-
-class TrainError(RuntimeError):
-    """Training cannot go on; the message says what and why."""
-
-
-@dataclass(frozen=True)
-class CohortData:
-    """Raw cohort tables, where they came from, and the oracle when known (evaluation only)."""
-
-    infusions: pd.DataFrame
-    measurements: pd.DataFrame
-    outcomes: pd.DataFrame
-    source_names: dict[str, str]
-    description: str
-    oracle: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -104,42 +88,6 @@ class TrainSummary:
 
 
 # --- config ---------------------------------------------------------------------------------------
-def check_config(config: RunConfig) -> None:
-    """Checks across sections that pydantic cannot express; raises ConfigError naming each key."""
-    from features.registry import get_builder
-    from models.factory import BASELINE_NAME, MODEL_NAMES
-
-    problems = []
-    horizons = [float(h) for h in config.evaluation.horizons_days]
-    known_metrics = SELECTION_METRICS
-    if config.evaluation.selection_metric not in known_metrics:
-        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
-    if float(config.registry.risk_group_horizon_days) not in horizons:
-        problems.append(f"registry.risk_group_horizon_days: {config.registry.risk_group_horizon_days:g} is not one of "
-                        f"evaluation.horizons_days {horizons}")
-    if float(config.evaluation.shap_horizon_days) not in horizons:
-        problems.append(f"evaluation.shap_horizon_days: {config.evaluation.shap_horizon_days:g} is not one of "
-                        f"evaluation.horizons_days {horizons}")
-    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
-        if name not in known_metrics:
-            problems.append(f"registry thresholds: unknown metric '{name}'; known: {known_metrics}")
-    unknown = [name for name in config.models.candidates if name not in MODEL_NAMES]
-    if unknown or not config.models.candidates:
-        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(MODEL_NAMES)}")
-    extra_params = sorted(set(config.models.params) - set(MODEL_NAMES) - {BASELINE_NAME})
-    if extra_params:
-        problems.append(f"models.params: no candidate named {extra_params}")
-    if config.data.source == "folder" and config.data.input_dir is None:
-        problems.append("data.input_dir: required when data.source is 'folder'")
-    for name in config.features.builders:
-        try:
-            get_builder(name)
-        except KeyError as exc:
-            problems.append(f"features.builders: {exc.args[0]}")
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in problems))
-
-
 def flatten_config(config: RunConfig) -> dict[str, str]:
     """The config as flat MLflow params: ``section.key`` (nested keys joined by dots) -> text."""
     flat: dict[str, str] = {}
@@ -155,65 +103,8 @@ def flatten_config(config: RunConfig) -> dict[str, str]:
     return flat
 
 
-# --- data -----------------------------------------------------------------------------------------
-def load_cohort(data: DataConfig) -> CohortData:
-    """The cohort the config names: simulated (with its oracle) or read from a folder.
-
-    Raises
-    ------
-    TrainError
-        A folder without an ``outcomes`` table (training needs outcomes).
-    """
-    if data.source == "synthetic":
-        from pipelines.simulate import simulate_cohort
-
-        synthetic = data.synthetic
-        cohort = simulate_cohort(synthetic.n_patients, synthetic.seed, with_oracle=synthetic.with_oracle)
-        names = {table: table for table in ("infusions", "measurements", "outcomes")}
-        description = f"synthetic (n_patients={synthetic.n_patients}, seed={synthetic.seed})"
-        return CohortData(cohort.infusions, cohort.measurements, cohort.outcomes, names, description, cohort.oracle)
-    from pipelines.io import read_cohort_folder, read_table
-
-    if data.input_dir is None:  # check_config requires it for a folder source
-        raise TrainError("data.input_dir: required when data.source is 'folder'")
-    files = read_cohort_folder(data.input_dir)
-    if "outcomes" not in files.tables:
-        raise TrainError(f"{data.input_dir}: training needs an outcomes table (outcomes.csv or outcomes.parquet)")
-    oracle_file = Path(data.input_dir) / "oracle.parquet"
-    oracle = read_table(oracle_file) if oracle_file.is_file() else None
-    tables = files.tables
-    return CohortData(tables["infusions"], tables["measurements"], tables["outcomes"], files.source_names,
-                      f"folder {data.input_dir}", oracle)
-
-
-def _canonical_csv(frame: pd.DataFrame, keys: Sequence[str]) -> bytes:
-    ordered = frame.reindex(columns=sorted(frame.columns))
-    ordered = ordered.sort_values([k for k in keys if k in ordered.columns], kind="stable")
-    return ordered.to_csv(index=False, lineterminator="\n", na_rep="").encode()
-
-
-def dataset_hash(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: pd.DataFrame) -> str:
-    """sha256 of the validated tables in a canonical form (sorted columns and rows, CSV text).
-
-    Row order and column order in the input files do not change the hash; any value does.
-    """
-    digest = hashlib.sha256()
-    for name, frame, keys in (
-        ("infusions", infusions, ["patient_id"]),
-        ("measurements", measurements, ["patient_id", "day", "specimen", "assay", "value"]),
-        ("outcomes", outcomes, ["patient_id"]),
-    ):
-        digest.update(f"[{name}]\n".encode())
-        digest.update(_canonical_csv(frame, keys))
-    return digest.hexdigest()
-
-
 # --- evaluation -----------------------------------------------------------------------------------
-# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: see
-# pipelines/evaluate.py (prepare_landmark_set, cv_splits, cross_validated_sources,
-# evaluate_landmark_set). Imported inside functions: evaluate.py imports load_cohort from here.
-
-
+# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: pipelines/experiment.py.
 def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per source, each relapse metric over all landmarks averaged over the horizons
     (``models.evaluation.summary_by_source``): what the winner is picked by and the gate checks."""
@@ -411,56 +302,14 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
 
 
 # --- orchestration ----------------------------------------------------------------------------------
-def _progress() -> Progress:
-    from pipelines.evaluate import progress_bar
-
-    return progress_bar(console=_console)
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    cohort: CohortData
-    validated: Any
-    landmark_set: pd.DataFrame
-    columns: list[str]
-
-
-def _prepare(config: RunConfig, progress: Progress) -> _Prepared:
-    """Load, validate and build the landmark set (one progress step each)."""
-    from pipelines.evaluate import prepare_landmark_set
-
-    task = progress.add_task("cohort, validation, landmark set", total=3)
-    prepared = prepare_landmark_set(config, on_step=lambda: progress.advance(task), empty_error=TrainError)
-    return _Prepared(prepared.cohort, prepared.validated, prepared.landmark_set,
-                     feature_columns(prepared.landmark_set))
-
-
-def _cross_validate(config: RunConfig, prepared: _Prepared, progress: Progress):
-    """Out-of-fold predictions of every source and their metrics, with progress bars."""
-    from pipelines.evaluate import cross_validated_sources, cv_splits, evaluate_landmark_set
-
-    splits = cv_splits(prepared.landmark_set, config)
-    n_sources = len(config.models.candidates) + 1
-    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * len(splits))
-    predictions = cross_validated_sources(prepared.landmark_set, prepared.cohort.oracle, config, splits,
-                                          on_fold=lambda _fold: progress.advance(task))
-    task = progress.add_task(f"metrics (bootstrap {config.evaluation.bootstrap})", total=1)
-    evaluation = evaluate_landmark_set(prepared.landmark_set, predictions, config)
-    progress.advance(task)
-    return predictions, evaluation
-
-
-def _refit(config: RunConfig, prepared: _Prepared, winner: str, progress: Progress):
-    from models.factory import make_model
-
+def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, progress: Progress):
     task = progress.add_task(f"refit {winner} on all rows", total=1)
-    model = make_model(winner, config.models.params.get(winner), config.models.random_state)
-    model.fit(prepared.landmark_set[prepared.columns], prepared.landmark_set[["time", "event"]])
+    model = refit(config, prepared, winner)
     progress.advance(task)
     return model
 
 
-def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Path | None) -> None:
+def _log_run_inputs(config: RunConfig, prepared: PreparedCohort, config_path: Path | None) -> None:
     import mlflow
 
     validated = prepared.validated
@@ -476,7 +325,7 @@ def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Path | 
         mlflow.log_artifact(str(config_path), "config")
 
 
-def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluation, summary, winner: str,
+def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, evaluation, summary, winner: str,
                     run_id: str) -> None:
     import mlflow
 
@@ -521,12 +370,12 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     check_config(config)
     target = setup_tracking(config.tracking.experiment, tracking_uri, config.tracking.tracking_uri,
                             config.tracking.artifact_location)
-    with mlflow.start_run(experiment_id=target.experiment_id) as run, _progress() as progress, \
+    with mlflow.start_run(experiment_id=target.experiment_id) as run, progress_bar(_console) as progress, \
             threadpool_limits(1, user_api="blas"):
         run_id = run.info.run_id
-        prepared = _prepare(config, progress)
+        prepared = prepare_landmark_set(config, progress)
         _log_run_inputs(config, prepared, config_path)
-        predictions, evaluation = _cross_validate(config, prepared, progress)
+        predictions, evaluation = cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
         winner = best_source(evaluation.metrics, config.models.candidates, config.evaluation.selection_metric)
         _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
@@ -546,18 +395,14 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
                         registration.previous, registration.reasons, registration.model_uri)
 
 
-def _log_explanations(config: RunConfig, model, prepared: _Prepared, progress: Progress) -> None:
+def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress) -> None:
     """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner."""
     import mlflow
 
-    from models.explain import explain_relapse_risk, global_importance, plot_beeswarm, plot_importance_bar
+    from models.explain import global_importance, plot_beeswarm, plot_importance_bar
 
     task = progress.add_task("SHAP summary", total=1)
-    explanation = explain_relapse_risk(
-        model, prepared.landmark_set[prepared.columns], horizon_days=float(config.evaluation.shap_horizon_days),
-        n_background=config.evaluation.shap_background, max_rows=config.evaluation.shap_max_rows,
-        random_state=config.models.random_state,
-    )
+    explanation = explain(config, model, prepared)
     mlflow.log_figure(plot_beeswarm(explanation), "plots/shap_summary.png")
     mlflow.log_figure(plot_importance_bar(explanation), "plots/shap_importance.png")
     importance = global_importance(explanation)
@@ -596,11 +441,12 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
 def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummary:
     """``car-relapse train``: load the config, train, print where to look.
 
-    Exit codes: 2 for a bad config, 1 for bad data or a failed step; never a traceback for the
-    project's own errors.
+    Exit codes: 2 for bad input (config, cohort, data contract), 1 when a step fails for another
+    reason (tracking store, registry); never a traceback for the project's own errors.
     """
     import typer
 
+    from pipelines.build_features import FeaturesJobError
     from pipelines.io import CohortIOError
     from pipelines.registry import RegistryError
 
@@ -609,11 +455,14 @@ def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummar
         config = load_config(Path(config_path))
         summary = train(config, Path(config_path), tracking_uri)
     except ConfigError as exc:
-        _console.print(f"[red]config error:[/red] {exc}", highlight=False)
-        raise typer.Exit(code=EXIT_BAD_CONFIG) from None
-    except (TrainError, ContractError, CohortIOError, ModelInputError, TrackingError, RegistryError) as exc:
-        _console.print(f"[red]training failed:[/red] {exc}", highlight=False)
+        _console.print(f"[red]config error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    except (CohortError, ContractError, CohortIOError, FeaturesJobError, ModelInputError) as exc:
+        _console.print(f"[red]bad input:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    except (TrackingError, RegistryError) as exc:
+        _console.print(f"[red]training failed:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=EXIT_FAILED) from None
     for line in _where_to_look(summary):
-        _console.print(line, highlight=False, soft_wrap=True)
+        _console.print(line, markup=False, highlight=False, soft_wrap=True)
     return summary

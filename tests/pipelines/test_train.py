@@ -7,13 +7,9 @@ import pandas as pd
 import pytest
 import typer
 
-from pipelines.config import ConfigError, DataConfig, RunConfig
+from pipelines.config import RunConfig
 from pipelines.train import (
-    TrainError,
-    check_config,
-    dataset_hash,
     flatten_config,
-    load_cohort,
     metric_key,
     report_without_patient_details,
     run_train,
@@ -27,32 +23,6 @@ def _config(**sections) -> RunConfig:
 
 
 # --- config ------------------------------------------------------------------------------------------
-def test_default_config_passes_the_cross_section_checks():
-    check_config(RunConfig())
-
-
-def test_cross_section_problems_are_all_listed():
-    config = _config(
-        evaluation={"selection_metric": "accuracy", "horizons_days": [182, 730]},
-        registry={"thresholds": {"uno_c": 0.6, "f1": 0.5}},
-        models={"candidates": ["xgb_cox", "deep_net"], "params": {"svm": {}}},
-        features={"builders": ["baseline", "no_such_builder"]},
-    )
-    with pytest.raises(ConfigError) as error:
-        check_config(config)
-    message = str(error.value)
-    for expected in (
-        "evaluation.selection_metric: 'accuracy'",
-        "registry.risk_group_horizon_days: 365 is not one of evaluation.horizons_days",
-        "evaluation.shap_horizon_days: 365 is not one of",
-        "unknown metric 'f1'",
-        "models.candidates: unknown ['deep_net']",
-        "models.params: no candidate named ['svm']",
-        "no_such_builder",
-    ):
-        assert expected in message
-
-
 @pytest.mark.parametrize(
     ("yaml_text", "expected"),
     [
@@ -85,35 +55,6 @@ def test_flattened_config_params():
     assert flat["features.landmark_days"] == "[0.0, 28.0, 91.0, 182.0]"
     assert flat["data.synthetic.n_patients"] == "5000"
     assert flat["tracking.tracking_uri"] == "None"
-
-
-# --- data ---------------------------------------------------------------------------------------------
-def _tables():
-    infusions = pd.DataFrame({"patient_id": ["a", "b"], "age_years": [3.5, 12.0]})
-    measurements = pd.DataFrame({"patient_id": ["a", "a", "b"], "day": [28.0, 0.0, 28.0],
-                                 "specimen": ["BM", "PB", "BM"], "assay": ["ngs_mrd", "b_cell_count", "ngs_mrd"],
-                                 "value": [1e-5, 3.0, 0.0]})
-    outcomes = pd.DataFrame({"patient_id": ["a", "b"], "event": ["none", "relapse"]})
-    return infusions, measurements, outcomes
-
-
-def test_dataset_hash_ignores_order_but_not_values():
-    infusions, measurements, outcomes = _tables()
-    reference = dataset_hash(infusions, measurements, outcomes)
-    shuffled = measurements.iloc[[2, 0, 1]][["value", "assay", "patient_id", "specimen", "day"]]
-    assert dataset_hash(infusions.iloc[::-1], shuffled, outcomes) == reference
-    changed = measurements.copy()
-    changed.loc[0, "value"] = 1.1e-5
-    assert dataset_hash(infusions, changed, outcomes) != reference
-    assert len(reference) == 64
-
-
-def test_a_folder_without_outcomes_cannot_train(tmp_path):
-    infusions, measurements, _ = _tables()
-    infusions.to_csv(tmp_path / "infusions.csv", index=False)
-    measurements.to_csv(tmp_path / "measurements.csv", index=False)
-    with pytest.raises(TrainError, match="training needs an outcomes table"):
-        load_cohort(DataConfig(source="folder", input_dir=tmp_path))
 
 
 # --- metrics and logging helpers --------------------------------------------------------------------
