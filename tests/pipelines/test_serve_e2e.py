@@ -45,7 +45,7 @@ TINY_CONFIG = {
     "features": {"landmark_days": [0, 91]},
     "models": {"candidates": ["xgb_cox", "xgb_aft"],
                "params": {"xgb_cox": {"n_estimators": 80}, "xgb_aft": {"n_estimators": 80}}},
-    "evaluation": {"cv_folds": 3, "bootstrap": 5, "shap_max_rows": 20},
+    "evaluation": {"cv_folds": 3, "bootstrap": 0, "shap_max_rows": 20},
     "registry": {"model_name": MODEL, "thresholds": {"uno_c": 0.55}, "top_factors": 3},
 }
 
