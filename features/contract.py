@@ -76,6 +76,7 @@ ON_ERROR_MODES = ("fail", "quarantine")
 PATIENT_QUARANTINED = "patient quarantined"
 MAX_ERROR_LINES = 200
 _PROBLEM_COLUMNS = ["table", "position", "column", "kind", "reason", "detail", "patient_id", "cascade"]
+_UNREADABLE = "cohort cannot be read under the data contract"
 
 
 def display_row(source: str, position: int) -> int:
@@ -172,18 +173,24 @@ def _problem_lines(problems: pd.DataFrame, sources: Mapping[str, str]) -> list[s
 
 
 # --- step 1: columns ------------------------------------------------------------------------------
-def _frame_column_problems(name: str, frame: pd.DataFrame, source: str) -> list[str]:
-    """Column problems of a raw frame: duplicate names, missing required columns, wrong column types."""
-    duplicated = pd.Series(frame.columns).value_counts(sort=False)
-    lines = [f"{source}, column {column}: appears {count} times (each column name must be unique)"
-             for column, count in duplicated.items() if count > 1]
-    for spec in COLUMNS_BY_TABLE[name]:
-        if spec.required and spec.name not in frame.columns:
-            lines.append(f"{source}, column {spec.name}: required column is missing")
-        elif spec.name in frame.columns and duplicated[spec.name] == 1:
-            problem = column_type_problem(spec, frame[spec.name].dtype)
+def _duplicate_column_names(frame: pd.DataFrame, source: str) -> list[str]:
+    """A column name given twice: a frame that cannot be read column by column."""
+    return [f"{source}, column {column}: appears {count} times (each column name must be unique)"
+            for column, count in pd.Series(frame.columns).value_counts(sort=False).items() if count > 1]
+
+
+def _column_problems(tables: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str]) -> list[str]:
+    """Missing required columns, and columns whose type cannot hold their declared kind."""
+    lines = []
+    for name, columns in tables.items():
+        for spec in COLUMNS_BY_TABLE[name]:
+            if spec.name not in columns:
+                if spec.required:
+                    lines.append(f"{sources[name]}, column {spec.name}: required column is missing")
+                continue
+            problem = column_type_problem(spec, getattr(columns[spec.name], "dtype", None))
             if problem is not None:
-                lines.append(f"{source}, column {spec.name}: {problem}")
+                lines.append(f"{sources[name]}, column {spec.name}: {problem}")
     return lines
 
 
@@ -235,21 +242,12 @@ class CheckedTables:
     collapsed : numpy.ndarray of bool
         Measurement rows that repeat an earlier row exactly (same patient, day, specimen, assay,
         unit and result); they carry no problem and are left out of the output.
-    n_rows : dict of str to int
     """
 
     typed: dict[str, dict[str, Any]]
     normalised: dict[str, np.ndarray]
     problems: pd.DataFrame
     collapsed: np.ndarray
-    n_rows: dict[str, int]
-
-    def rows_with_problems(self, table: str) -> np.ndarray:
-        """Boolean mask of the rows of ``table`` with at least one problem."""
-        bad = np.zeros(self.n_rows[table], dtype=bool)
-        if len(self.problems):
-            bad[self.problems.loc[self.problems["table"] == table, "position"].to_numpy(dtype=np.int64)] = True
-        return bad
 
     def typed_frame(self, table: str, keep: np.ndarray) -> pd.DataFrame:
         """The typed declared columns of the kept rows (``keep``: boolean mask), in contract order."""
@@ -298,41 +296,45 @@ def check_tables(tables: Mapping[str, Mapping[str, Any]], n_rows: Mapping[str, i
         A required column is missing, or a column cannot hold its kind (dates, booleans for numbers).
     """
     sources = {name: str((sources or {}).get(name, name)) for name in tables}
-    _raise_column_problems(tables, sources)
-    typed, problems = {}, []
-    schema_problems = []
-    for name, columns in tables.items():
-        typed[name], coercion, schema = _typed_table(name, columns, n_rows[name])
-        problems += coercion
-        schema_problems += schema
-    problems += schema_problems
-    normalised, lab_problems = _normalise_measurements(typed["measurements"],
-                                                       ~_bad_rows(problems, n_rows)["measurements"])
-    problems += lab_problems
-    patients = _PatientCodes.of(typed)
-    problems += _cross_table_problems(typed, patients, ~_bad_rows(problems, n_rows)["measurements"],
-                                      ~_bad_rows(problems, n_rows)["outcomes"] if "outcomes" in typed else None)
-    collapsed, duplicate_problems = _duplicate_measurements(typed["measurements"], normalised, patients,
-                                                            ~_bad_rows(problems, n_rows)["measurements"],
-                                                            sources["measurements"])
-    problems.append(duplicate_problems)
-    return CheckedTables(typed=typed, normalised=normalised, problems=_concat_problems(problems),
-                         collapsed=collapsed, n_rows=dict(n_rows))
-
-
-def _raise_column_problems(tables: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str]) -> None:
-    lines = []
-    for name, columns in tables.items():
-        for spec in COLUMNS_BY_TABLE[name]:
-            if spec.name not in columns:
-                if spec.required:
-                    lines.append(f"{sources[name]}, column {spec.name}: required column is missing")
-                continue
-            problem = column_type_problem(spec, getattr(columns[spec.name], "dtype", None))
-            if problem is not None:
-                lines.append(f"{sources[name]}, column {spec.name}: {problem}")
+    lines = _column_problems(tables, sources)
     if lines:
-        raise ContractError(lines, header="cohort cannot be read under the data contract")
+        raise ContractError(lines, header=_UNREADABLE)
+    problems = _Problems(n_rows)
+    typed, declaration = {}, []
+    for name, columns in tables.items():  # every "wrong type" first, then the declarations' checks
+        typed[name], coercion, checks = _typed_table(name, columns, n_rows[name])
+        problems.add(coercion)
+        declaration += checks
+    problems.add(declaration)
+    normalised, lab = _normalise_measurements(typed["measurements"], problems.good("measurements"))
+    problems.add(lab)
+    patients = _PatientCodes.of(typed)
+    problems.add(_cross_table_problems(typed, patients, problems.good("measurements"),
+                                       problems.good("outcomes") if "outcomes" in typed else None))
+    collapsed, conflicts = _duplicate_measurements(typed["measurements"], normalised, patients,
+                                                   problems.good("measurements"), sources["measurements"])
+    problems.add([conflicts])
+    return CheckedTables(typed=typed, normalised=normalised, problems=_concat_problems(problems.frames),
+                         collapsed=collapsed)
+
+
+class _Problems:
+    """The problem frames found so far, and the rows of each table they concern."""
+
+    def __init__(self, n_rows: Mapping[str, int]):
+        self.frames: list[pd.DataFrame | None] = []
+        self._bad = {name: np.zeros(n, dtype=bool) for name, n in n_rows.items()}
+
+    def add(self, frames: list[pd.DataFrame | None]) -> None:
+        for frame in frames:
+            if frame is not None and len(frame):
+                self.frames.append(frame)
+                for table, positions in frame.groupby("table", sort=False)["position"]:
+                    self._bad[table][positions.to_numpy(dtype=np.int64)] = True
+
+    def good(self, table: str) -> np.ndarray:
+        """Rows of ``table`` without a problem so far."""
+        return ~self._bad[table]
 
 
 def _typed_table(name: str, columns: Mapping[str, Any], n_rows: int) -> tuple[dict[str, Any], list, list]:
@@ -349,15 +351,6 @@ def _typed_table(name: str, columns: Mapping[str, Any], n_rows: int) -> tuple[di
             target.append(_problems(name, problem.rows, column, problem.kind, problem.reasons, ids[problem.rows],
                                     problem.detail))
     return typed, coercion, declaration
-
-
-def _bad_rows(problems: list[pd.DataFrame | None], n_rows: Mapping[str, int]) -> dict[str, np.ndarray]:
-    bad = {name: np.zeros(n, dtype=bool) for name, n in n_rows.items()}
-    for frame in problems:
-        if frame is not None and len(frame):
-            for table in frame["table"].unique():
-                bad[table][frame.loc[frame["table"] == table, "position"].to_numpy(dtype=np.int64)] = True
-    return bad
 
 
 def _category_codes(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
@@ -841,9 +834,9 @@ def validate_cohort(
     if outcomes is not None:
         raw["outcomes"] = outcomes
     sources = {name: str((source_names or {}).get(name, name)) for name in raw}
-    lines = [line for name, frame in raw.items() for line in _frame_column_problems(name, frame, sources[name])]
+    lines = [line for name, frame in raw.items() for line in _duplicate_column_names(frame, sources[name])]
     if lines:
-        raise ContractError(lines, header="cohort cannot be read under the data contract")
+        raise ContractError(lines, header=_UNREADABLE)
     checked = check_tables({name: frame_columns(name, frame) for name, frame in raw.items()},
                            {name: len(frame) for name, frame in raw.items()}, sources)
     problems = checked.problems
