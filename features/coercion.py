@@ -328,14 +328,13 @@ def _flagged(specs: Sequence[ColumnSpec], values: Any, missing: np.ndarray, bad:
     flags = bad.copy()
     not_nullable = np.array([not spec.nullable for spec in specs])
     flags |= missing & np.tile(not_nullable, len(missing) // n_columns)
-    kind = specs[0].kind
-    if kind in ("float", "int"):
-        low = np.array([-np.inf if spec.min_value is None else spec.min_value for spec in specs])
-        high = np.array([np.inf if spec.max_value is None else spec.max_value for spec in specs])
-        positive = np.array([spec.positive for spec in specs])
+    if specs[0].kind in ("float", "int"):
         numbers = _as_floats(values).reshape(-1, n_columns)
-        with np.errstate(invalid="ignore"):
-            outside = (numbers < low) | (numbers > high) | (positive & ~(numbers > 0))
+        outside = np.zeros(numbers.shape, dtype=bool)
+        for index, spec in enumerate(specs):
+            for violated, _ in _range_checks(spec):
+                with np.errstate(invalid="ignore"):
+                    outside[:, index] |= violated(numbers[:, index])
         flags |= outside.reshape(-1) & ~missing
     return flags
 
