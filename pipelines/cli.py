@@ -123,6 +123,11 @@ def score(
     output: Path = typer.Option(..., "--output", help=".parquet or .csv"),
     chunk_size: int = typer.Option(5000, "--chunk-size", min=1),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
+    on_error: str = typer.Option(
+        "quarantine", "--on-error",
+        help="quarantine: score the patients the contract accepts, list the rest in <output stem>.rejects.csv; "
+        "fail: score nothing if any row breaks the contract (exit code 2).",
+    ),
 ) -> None:
     """Batch-score a cohort folder with a registered model."""
     from pipelines.score import run_score
@@ -135,6 +140,7 @@ def score(
         output=output,
         chunk_size=chunk_size,
         tracking_uri=tracking_uri,
+        on_error=on_error,
     )
 
 

@@ -2,18 +2,25 @@
 
 Two levels are kept apart, as in MLflow's templates: *what the run does* (data, features,
 models, evaluation, registry) and *where it runs* (``tracking``). Unknown keys are errors, so a
-typo in a config never passes silently.
+typo in a config never passes silently: every unknown key, name or metric is named with the
+closest known one ("did you mean"). :func:`check_config` finds, before any data is read, what
+pydantic cannot: names across sections, model parameters the estimators do not have, registry
+names MLflow would refuse, bootstrap counts too small for confidence intervals.
 """
 
 from __future__ import annotations
 
+import difflib
+import posixpath
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "MIN_BOOTSTRAP",
     "ConfigError",
     "DataConfig",
     "FeaturesConfig",
@@ -27,8 +34,19 @@ __all__ = [
 ]
 
 
+MIN_BOOTSTRAP = 40
+"""Fewest bootstrap resamples for a 95% percentile interval (and the plots' error bars): each 2.5%
+tail must hold at least one resample (40 x 0.025 = 1); 0 means no intervals."""
+
+
 class ConfigError(ValueError):
     """A run config that cannot be used; the message says which key and why."""
+
+
+def _did_you_mean(name: Any, known: Iterable[Any]) -> str:
+    """``; did you mean 'x'?`` for the closest known name (difflib), or nothing."""
+    close = difflib.get_close_matches(str(name), [str(item) for item in known], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class _Strict(BaseModel):
@@ -203,12 +221,29 @@ def load_config(path: Path) -> RunConfig:
         lines = [f"{path}: invalid config"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {where}: {err['msg']}")
+            hint = _did_you_mean(err["loc"][-1], _keys_at(err["loc"][:-1])) if err["type"] == "extra_forbidden" else ""
+            lines.append(f"  {where}: {err['msg']}{hint}")
         raise ConfigError("\n".join(lines)) from None
 
 
+def _keys_at(location: tuple) -> list[str]:
+    """The keys a config section at ``location`` (``("evaluation",)``) may hold."""
+    section: Any = RunConfig
+    for key in location:
+        field = getattr(section, "model_fields", {}).get(key)
+        if field is None:
+            return []
+        section = field.annotation
+    return list(getattr(section, "model_fields", {}))
+
+
 def check_config(config: RunConfig) -> None:
-    """Checks across sections that pydantic cannot express, run by every job before it reads data.
+    """Checks that pydantic cannot express, run by every job before it reads data.
+
+    Names across sections (metrics, horizons, candidates, builders), model parameters (each
+    ``models.params.<name>`` key must be a parameter of that estimator, as ``get_params`` lists
+    them), the registry model name (as MLflow would accept it), the bootstrap count
+    (:data:`MIN_BOOTSTRAP`). Unknown names come with the closest known one.
 
     Parameters
     ----------
@@ -219,37 +254,111 @@ def check_config(config: RunConfig) -> None:
     ConfigError
         Naming each offending key and why.
     """
-    from features.registry import get_builder
+    problems = _metric_problems(config) + _model_problems(config) + _feature_problems(config)
+    if config.data.source == "folder" and config.data.input_dir is None:
+        problems.append("data.input_dir: required when data.source is 'folder'")
+    bootstrap = config.evaluation.bootstrap
+    if 0 < bootstrap < MIN_BOOTSTRAP:
+        problems.append(f"evaluation.bootstrap: {bootstrap} resamples are too few for 95% intervals and their plots; "
+                        f"use 0 (no intervals) or at least {MIN_BOOTSTRAP}")
+    name_problem = _registry_name_problem(config.registry.model_name)
+    if name_problem is not None:
+        problems.append(f"registry.model_name: {config.registry.model_name!r} {name_problem}")
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in problems))
+
+
+def _metric_problems(config: RunConfig) -> list[str]:
+    from models.evaluation import SELECTION_METRICS
+
+    problems = []
+    metric = config.evaluation.selection_metric
+    if metric not in SELECTION_METRICS:
+        problems.append(f"evaluation.selection_metric: '{metric}' is not one of {SELECTION_METRICS}"
+                        f"{_did_you_mean(metric, SELECTION_METRICS)}")
+    for key in ("thresholds", "max_thresholds"):
+        for name in getattr(config.registry, key):
+            if name not in SELECTION_METRICS:
+                problems.append(f"registry.{key}: unknown metric '{name}'; known: {SELECTION_METRICS}"
+                                f"{_did_you_mean(name, SELECTION_METRICS)}")
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    for key, value in (("registry.risk_group_horizon_days", config.registry.risk_group_horizon_days),
+                       ("evaluation.shap_horizon_days", config.evaluation.shap_horizon_days)):
+        if float(value) not in horizons:
+            problems.append(f"{key}: {value:g} is not one of evaluation.horizons_days {horizons}")
+    unknown = [name for name in config.evaluation.bootstrap_endpoints if name not in config.evaluation.endpoints]
+    if unknown:
+        problems.append(f"evaluation.bootstrap_endpoints: {unknown} not among evaluation.endpoints "
+                        f"{config.evaluation.endpoints}{_did_you_mean(unknown[0], config.evaluation.endpoints)}")
+    return problems
+
+
+def _model_problems(config: RunConfig) -> list[str]:
     from models.factory import BASELINE_NAME, MODEL_NAMES
 
     problems = []
-    horizons = [float(h) for h in config.evaluation.horizons_days]
-    from models.evaluation import SELECTION_METRICS
+    for name in config.models.candidates:
+        if name not in MODEL_NAMES:
+            problems.append(f"models.candidates: unknown model '{name}'; known: {list(MODEL_NAMES)}"
+                            f"{_did_you_mean(name, MODEL_NAMES)}")
+    if not config.models.candidates:
+        problems.append(f"models.candidates: empty; known: {list(MODEL_NAMES)}")
+    for name, params in config.models.params.items():
+        if name not in MODEL_NAMES + (BASELINE_NAME,):
+            problems.append(f"models.params: no candidate named '{name}'{_did_you_mean(name, MODEL_NAMES)}")
+        else:
+            problems += _parameter_problems(name, params)
+    return problems
 
-    known_metrics = SELECTION_METRICS
-    if config.evaluation.selection_metric not in known_metrics:
-        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
-    if float(config.registry.risk_group_horizon_days) not in horizons:
-        problems.append(f"registry.risk_group_horizon_days: {config.registry.risk_group_horizon_days:g} is not one of "
-                        f"evaluation.horizons_days {horizons}")
-    if float(config.evaluation.shap_horizon_days) not in horizons:
-        problems.append(f"evaluation.shap_horizon_days: {config.evaluation.shap_horizon_days:g} is not one of "
-                        f"evaluation.horizons_days {horizons}")
-    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
-        if name not in known_metrics:
-            problems.append(f"registry thresholds: unknown metric '{name}'; known: {known_metrics}")
-    unknown = [name for name in config.models.candidates if name not in MODEL_NAMES]
-    if unknown or not config.models.candidates:
-        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(MODEL_NAMES)}")
-    extra_params = sorted(set(config.models.params) - set(MODEL_NAMES) - {BASELINE_NAME})
-    if extra_params:
-        problems.append(f"models.params: no candidate named {extra_params}")
-    if config.data.source == "folder" and config.data.input_dir is None:
-        problems.append("data.input_dir: required when data.source is 'folder'")
+
+def _parameter_problems(name: str, params: dict[str, Any]) -> list[str]:
+    """Keys of ``models.params.<name>`` that are no parameter of the model (found by building it, not fitting)."""
+    from models.base import ModelInputError
+    from models.factory import BASELINE_NAME, make_model, make_survival_estimator
+
+    try:
+        make_model(name, params)
+    except ModelInputError as exc:
+        model = make_model(name)
+        known = set(model.get_params(deep=False))
+        if name != BASELINE_NAME:  # a candidate: its estimator's parameters and the competing-risks wrapper's
+            known = (known - {"survival_estimator", "phenotype_classifier"}) | set(
+                make_survival_estimator(name)[-1].get_params(deep=False))
+        unknown = sorted(set(params) - known)
+        if not unknown:
+            return [f"models.params.{name}: {exc}"]
+        return [f"models.params.{name}.{key}: not a parameter of '{name}'{_did_you_mean(key, known)} "
+                f"(known: {', '.join(sorted(known))})" for key in unknown]
+    return []
+
+
+def _feature_problems(config: RunConfig) -> list[str]:
+    from features.registry import available_builders, get_builder
+
+    problems = []
     for name in config.features.builders:
         try:
             get_builder(name)
         except KeyError as exc:
-            problems.append(f"features.builders: {exc.args[0]}")
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in problems))
+            problems.append(f"features.builders: {exc.args[0]}{_did_you_mean(name, available_builders())}")
+    return problems
+
+
+def _registry_name_problem(name: str) -> str | None:
+    """Why MLflow would refuse ``name`` as a registered model name, or why this project's
+    ``models:/<name>@champion`` URIs could not name it; None when it is fine.
+
+    MLflow has no public function to check a name before registering it (its check is private,
+    ``mlflow.utils.validation._validate_model_name``), so its rules are repeated here: not blank,
+    no ``/`` or ``:``, a path that stays itself when normalised. ``tests/pipelines/test_config.py``
+    registers names in a real store to pin that MLflow refuses what this refuses.
+    """
+    if not name.strip():
+        return "is blank"
+    bad = sorted({character for character in name if character in "/:@"})
+    if bad:
+        return f"contains {', '.join(repr(c) for c in bad)} (MLflow refuses '/' and ':'; '@' would break models:/<name>@alias)"
+    normalised = posixpath.normpath(name)
+    if normalised != name or normalised in (".", "..") or normalised.startswith("../"):
+        return "is not a plain name (MLflow refuses names that change as a path, such as '.', '..' or 'a//b')"
+    return None

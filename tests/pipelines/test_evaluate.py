@@ -22,7 +22,7 @@ models:
     xgb_cox: {n_estimators: 40}
 evaluation:
   cv_folds: 2
-  bootstrap: 10
+  bootstrap: 40
   endpoints: [relapse, relapse_CD19_neg]
   shap_max_rows: 10
   shap_background: 10

@@ -45,7 +45,7 @@ TINY_CONFIG = {
     "features": {"landmark_days": [0, 91]},
     "models": {"candidates": ["xgb_cox", "xgb_aft"],
                "params": {"xgb_cox": {"n_estimators": 80}, "xgb_aft": {"n_estimators": 80}}},
-    "evaluation": {"cv_folds": 3, "bootstrap": 5, "shap_max_rows": 20},
+    "evaluation": {"cv_folds": 3, "bootstrap": 0, "shap_max_rows": 20},
     "registry": {"model_name": MODEL, "thresholds": {"uno_c": 0.55}, "top_factors": 3},
 }
 
@@ -231,6 +231,7 @@ def test_served_answers_equal_batch_scoring_in_every_request_format(server, batc
     status, body = _post(server, json.dumps(_body(key, records)))
     assert status == 200, body
     served = pd.DataFrame(body["predictions"])
+    assert served.pop("error").isna().all()
     pd.testing.assert_frame_equal(served, batch_scores, check_exact=True, check_dtype=False)
     assert (served["model_version"] == "2").all() and (served["model_run_id"] == trainings[1].run_id).all()
 
@@ -241,7 +242,25 @@ def test_single_patient_request_equals_its_batch_row(server, batch_scores, cohor
     status, body = _post(server, json.dumps({"inputs": records}))
     assert status == 200
     expected = batch_scores.iloc[[5]].reset_index(drop=True)
-    pd.testing.assert_frame_equal(pd.DataFrame(body["predictions"]), expected, check_exact=True, check_dtype=False)
+    served = pd.DataFrame(body["predictions"])
+    assert served.pop("error").isna().all()
+    pd.testing.assert_frame_equal(served, expected, check_exact=True, check_dtype=False)
+
+
+def test_a_bad_patient_gets_an_error_record_and_the_others_their_scores(server, batch_scores, cohort):
+    _, infusions, measurements = cohort
+    records = tables_to_records(infusions.iloc[[4, 5, 6]], measurements, AS_OF_DAY)
+    records[1]["prior_lines"] = 2.5
+    status, body = _post(server, json.dumps({"inputs": records}))
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"])
+    assert served["error"].tolist() == [None, "prior_lines: not an integer", None]
+    assert served.drop(columns=["patient_id", "error"]).iloc[1].isna().all()
+    expected = batch_scores.iloc[[4, 6]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(served.drop(index=1).drop(columns="error").reset_index(drop=True), expected,
+                                  check_exact=True, check_dtype=False)
+    status, answer = _post(server, json.dumps({"inputs": records, "params": {"on_error": "fail"}}))
+    assert status == 400 and "patient at position 1: prior_lines: not an integer" in answer["message"]
 
 
 def _without(field: str) -> dict:
@@ -257,22 +276,22 @@ BAD_REQUESTS = {
     "missing field, records format": (json.dumps({"dataframe_records": [_without("as_of_day")]}),
                                       ["as_of_day", "missing"]),
     "wrong type": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "age_years": "eleven"}]}),
-                   ["age_years", "'eleven' is not a number"]),
+                   ["patient at position 0: age_years: not a number"]),
     "unknown assay": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": [
-        {**EXAMPLE_PATIENT["measurements"][0], "assay": "flow_mdr"}]}]}), ["flow_mdr", "assay"]),
+        {**EXAMPLE_PATIENT["measurements"][0], "assay": "flow_mdr"}]}]}), ["measurements[0].assay: not one of"]),
     "unknown measurement field": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": [
         {**EXAMPLE_PATIENT["measurements"][0], "assay_name": "flow_mrd"}]}]}), ["assay_name", "unknown measurement"]),
     "measurements not a list": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": "NEG"}]}),
-                                ["measurements must be a list"]),
+                                ["measurements: must be a list"]),
     "malformed JSON": ('{"inputs": [{"patient_id": "x",', ["valid JSON"]),
     "a list for a number": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "age_years": [11, 12]}]}),
                             ["age_years", "must be a single value"]),
     "true for a number": (json.dumps({"dataframe_records": [{**EXAMPLE_PATIENT, "bm_blasts_pct": True}]}),
-                          ["bm_blasts_pct", "True is not a number"]),
+                          ["bm_blasts_pct: not a number"]),
     "2.5 for an integer": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "prior_lines": 2.5}]}),
-                           ["prior_lines", "2.5 is not an integer"]),
+                           ["prior_lines: not an integer"]),
     "2.5 for an integer, split format": (_split_body({**EXAMPLE_PATIENT, "prior_crs": 2.5}),
-                                         ["prior_crs", "2.5 is not an integer"]),
+                                         ["prior_crs: not an integer"]),
 }
 
 
