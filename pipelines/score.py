@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from models.serving import REJECT_COLUMNS, ScoringBundle, ScoringInputError, score_tables
 from pipelines.io import CohortIOError, read_cohort_folder
 from pipelines.tracking import TrackingError, init_store, quiet_mlflow, resolve_tracking_uri
+from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
 __all__ = ["OUTPUT_SUFFIXES", "ScoreError", "ScoreSummary", "load_scoring_bundle", "rejects_path", "score_cohort",
            "run_score"]
@@ -60,17 +62,19 @@ def load_scoring_bundle(model_uri: str, tracking_uri: str | None = None) -> Scor
     ------
     ScoreError
         When the URI does not resolve or is not a car-relapse model.
+    TrackingError
+        When the tracking store cannot be used.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(tracking_uri)
+    init_store(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        init_store(uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, TrackingError, OSError) as exc:
+    except (MlflowException, OSError) as exc:
         raise ScoreError(f"cannot load model '{model_uri}' from {uri}: {exc}") from None
     bundle = getattr(model.unwrap_python_model(), "_bundle", None)
     if bundle is None:
@@ -217,8 +221,11 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
         _write(scores, output)
         rejects.to_csv(rejects_path(output), index=False)
     except (ScoreError, ScoringInputError, CohortIOError) as exc:
-        _console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=1) from None
+        _console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    except (TrackingError, OSError) as exc:  # the store, or an output that cannot be written
+        _console.print(f"[red]scoring failed:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=EXIT_FAILED) from None
     summary = ScoreSummary(
         output=output, rejects=rejects_path(output), patients_in=patients_in, patients_scored=len(scores),
         rejected_rows=len(rejects), rejected_patients=patients_in - len(scores),
