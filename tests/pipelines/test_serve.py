@@ -206,7 +206,7 @@ def test_server_processes_leave_the_model_its_own_code():
 
     probe = ("import sys, pipelines.serve; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('features', 'models')))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "[]"
 
 
