@@ -67,14 +67,14 @@ def test_chunk_size_does_not_change_the_numbers(bundle, cohort, tmp_path):  # no
 def test_bad_output_suffix_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(typer.Exit) as stop:
         run_score("models:/x@champion", tmp_path, 91.0, tmp_path / "scores.xlsx")
-    assert stop.value.exit_code == 1
+    assert stop.value.exit_code == 2  # bad input
     assert "must end in .csv or .parquet" in capsys.readouterr().out
 
 
 def test_unknown_model_is_a_clear_error(tracking_uri, tmp_path, capsys):
     with pytest.raises(typer.Exit) as stop:
         run_score("models:/nothing@champion", tmp_path, 91.0, tmp_path / "s.csv", tracking_uri=tracking_uri)
-    assert stop.value.exit_code == 1
+    assert stop.value.exit_code == 2  # bad input: no such model
     assert "cannot load model 'models:/nothing@champion'" in capsys.readouterr().out
 
 
