@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.schema import TABLES
 from models.serving import ScoringBundle, ScoringResult, score_tables
 from pipelines.config import RunConfig, load_config
 from pipelines.experiment import CohortData
@@ -33,7 +34,6 @@ from pipelines.train import TrainSummary, train
 __all__ = ["IN_MEMORY", "run_config", "score_frames", "train_frames"]
 
 IN_MEMORY = "in-memory DataFrames"
-_TABLES = ("infusions", "measurements", "outcomes")
 
 
 def run_config(config: RunConfig | Mapping[str, Any] | str | Path | None = None) -> RunConfig:
@@ -89,7 +89,7 @@ def train_frames(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: 
     from pipelines.tracking import quiet_mlflow
 
     quiet_mlflow()
-    cohort = CohortData(infusions, measurements, outcomes, source_names={table: table for table in _TABLES},
+    cohort = CohortData(infusions, measurements, outcomes, source_names={table: table for table in TABLES},
                         description=IN_MEMORY)
     return train(run_config(config), tracking_uri=tracking_uri, cohort=cohort)
 

@@ -19,9 +19,9 @@ def _run_job(job, **kwargs) -> None:
 
     Exit codes (every command): 0 ok; 1 the job failed for a reason other than its input
     (tracking store, registry, a file it cannot write; an uncaught bug also ends with 1, with
-    its traceback); 2 bad input (usage, config, data, a missing file or model). Errors raised by car-relapse itself are
-    meant for the user, so they are printed without a traceback. Anything else is a bug and
-    propagates.
+    its traceback); 2 bad input (usage, config, data, a missing file or model). Errors raised by
+    car-relapse itself, and files that cannot be written, are meant for the user, so they are
+    printed without a traceback. Anything else is a bug and propagates.
     """
     try:
         job(**kwargs)

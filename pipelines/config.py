@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-CONFIG_DIR_CONTEXT = "config_dir"  # validation context key: folder that relative paths start from
+_CONFIG_DIR_CONTEXT = "config_dir"  # validation context key: folder that relative paths start from
 
 
 class ConfigError(ValueError):
@@ -70,7 +70,7 @@ class DataConfig(_Strict):
         the current folder; the stored value is absolute."""
         if value is None:
             return None
-        config_dir = (info.context or {}).get(CONFIG_DIR_CONTEXT)
+        config_dir = (info.context or {}).get(_CONFIG_DIR_CONTEXT)
         base = Path(config_dir) if config_dir is not None else Path.cwd()
         resolved = (base / Path(value).expanduser()).resolve()
         if not resolved.is_dir():
@@ -237,7 +237,7 @@ def load_config(path: Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     try:
-        return RunConfig.model_validate(raw, context={CONFIG_DIR_CONTEXT: path.resolve().parent})
+        return RunConfig.model_validate(raw, context={_CONFIG_DIR_CONTEXT: path.resolve().parent})
     except ValidationError as exc:
         lines = [f"{path}: invalid config"]
         for err in exc.errors():

@@ -491,7 +491,8 @@ def mlflow_client_commands(tracking_uri: str, model_uri: str) -> list[str]:
     tracking_uri : str
         Tracking and registry URI of the store holding the model.
     model_uri : str
-        E.g. ``models:/car-relapse@champion``.
+        A registered model, e.g. ``models:/car-relapse@champion`` (the artifacts CLI reads a file of
+        a model by its registry URI, not by a logged model's ``models:/m-...`` id).
 
     Returns
     -------
@@ -529,9 +530,10 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
         f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
         f"--as-of-day 91 --output scores.parquet{uri_option}",
     ]
-    model_uri = f"models:/{summary.model_name}@champion" if summary.registered else summary.model_uri
-    lines.append("mlflow CLI:  (plain mlflow commands need MLFLOW_TRACKING_URI; without it they look in ./mlflow.db)")
-    lines += [f"  {command}" for command in mlflow_client_commands(summary.tracking_uri, model_uri)]
+    if summary.registered:  # the plain mlflow commands, for the champion (a refused model is not for serving)
+        lines.append("mlflow CLI:  (plain mlflow commands need MLFLOW_TRACKING_URI; without it they look in ./mlflow.db)")
+        lines += [f"  {command}" for command in
+                  mlflow_client_commands(summary.tracking_uri, f"models:/{summary.model_name}@champion")]
     if shutil.which("car-relapse") is None or shutil.which("mlflow") is None:
         lines.append(f"first:       source {Path(sys.prefix) / 'bin' / 'activate'}   (puts car-relapse and mlflow on PATH)")
     return lines

@@ -15,7 +15,9 @@ import typer
 from pipelines.config import RunConfig
 from pipelines.experiment import CohortData
 from pipelines.train import (
+    TrainSummary,
     _log_metrics,
+    _where_to_look,
     cohort_dataset,
     flatten_config,
     mlflow_client_commands,
@@ -180,3 +182,18 @@ def test_mlflow_client_commands_carry_the_store_uri_shell_quoted():
                                          "models:/car-relapse@champion/serving_input_example.json", "-d", "."]
     assert shlex.split(predict)[2:] == ["models", "predict", "-m", "models:/car-relapse@champion", "-i",
                                         "serving_input_example.json", "-t", "json", "--env-manager", "local"]
+
+
+def _summary(registered: bool) -> TrainSummary:
+    return TrainSummary(run_id="r1", experiment_id="1", tracking_uri="sqlite:////data/my store/mlflow.db",
+                        winner="xgb_cox", winner_metrics={"uno_c": 0.7}, registered=registered, model_name="m",
+                        model_version="3" if registered else None, previous_champion=None,
+                        gate_reasons=() if registered else ("uno_c 0.5 fails >= 0.65",),
+                        model_uri="models:/m-123")
+
+
+def test_printed_lines_give_the_mlflow_commands_of_the_champion_only():
+    printed = _where_to_look(_summary(registered=True))
+    commands = [line.strip() for line in printed if line.strip().startswith("MLFLOW_TRACKING_URI=")]
+    assert commands == mlflow_client_commands("sqlite:////data/my store/mlflow.db", "models:/m@champion")
+    assert not any("MLFLOW_TRACKING_URI=" in line for line in _where_to_look(_summary(registered=False)))
