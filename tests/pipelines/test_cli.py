@@ -141,9 +141,13 @@ def test_train_passes_tracking_uri_to_the_job(monkeypatch):
     assert calls == {"config_path": Path("x.yaml"), "tracking_uri": "sqlite:////tmp/x/mlflow.db"}
 
 
-def test_shell_completion_script_and_completions():
+def test_shell_completion_script_and_completions(monkeypatch):
+    assert "--install-completion" in runner.invoke(cli.app, ["--help"]).output
+    # the shell is named rather than detected from the parent process (make, CI: no interactive shell)
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     script = runner.invoke(cli.app, ["--show-completion", "bash"])
-    assert script.exit_code == 0 and "_car_relapse_completion" in script.output
+    assert script.exit_code == 0, script.output
+    assert "complete -o default -F _car_relapse_completion car-relapse" in script.output
     completed = runner.invoke(cli.app, [], env={"_CAR_RELAPSE_COMPLETE": "complete_bash",
                                                 "COMP_WORDS": "car-relapse train --tr", "COMP_CWORD": "2"},
                               prog_name="car-relapse")
