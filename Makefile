@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint setup bench calibration clean
+.PHONY: run test check lint setup bench calibration config-reference clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 
 calibration: $(STAMP)
 	$(BIN)/car-relapse calibrate --patients 20000 --seed 20261121 --out docs/calibration.md
+
+# docs/config.md from the pydantic run config (pipelines/config.py); a test keeps them in step.
+config-reference: $(STAMP)
+	$(BIN)/python -m pipelines.config_reference docs/config.md
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -15,29 +15,36 @@ _PROJECT_PACKAGES = frozenset({"features", "models", "pipelines"})
 
 
 def _run_job(job, **kwargs) -> None:
-    """Call a job function; the project's own error types become a message and exit code 2.
+    """Call a job function; the project's own error types become a message and an exit code.
 
-    Errors raised by car-relapse itself (bad input, bad config, missing model ...) are meant for
-    the user, so they are printed without a traceback. Anything else is a bug and propagates.
+    Exit codes (every command): 0 ok; 1 the job failed for a reason other than its input
+    (tracking store, registry, a file it cannot write; an uncaught bug also ends with 1, with
+    its traceback); 2 bad input (usage, config, data, a missing file or model). Errors raised by
+    car-relapse itself, and files that cannot be written, are meant for the user, so they are
+    printed without a traceback. Anything else is a bug and propagates.
     """
     try:
         job(**kwargs)
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - filtered by origin just below
-        if type(exc).__module__.split(".")[0] not in _PROJECT_PACKAGES:
-            raise
-        from pipelines.validate import EXIT_BAD_INPUT
+        from pipelines.registry import RegistryError
+        from pipelines.tracking import TrackingError
+        from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
+        ours = type(exc).__module__.split(".")[0] in _PROJECT_PACKAGES
+        if not ours and not isinstance(exc, OSError):  # a file or folder the job could not write: not a bug
+            raise
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+        failed = isinstance(exc, (TrackingError, RegistryError)) or not ours
+        raise typer.Exit(code=EXIT_FAILED if failed else EXIT_BAD_INPUT) from None
 
 
 app = typer.Typer(
     name="car-relapse",
     help="Predict relapse and relapse phenotype after CD19 CAR T-cell therapy.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -108,11 +115,24 @@ def evaluate(
 @app.command()
 def train(
     config: Path = typer.Option(Path("configs/default.yaml"), "--config"),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking/registry URI; wins over MLFLOW_TRACKING_URI and the config."
+    ),
 ) -> None:
     """Train the configured candidates, log to MLflow and register the winner (gated)."""
     from pipelines.train import run_train
 
-    _run_job(run_train, config_path=config)
+    _run_job(run_train, config_path=config, tracking_uri=tracking_uri)
+
+
+@app.command("check-config")
+def check_config(
+    config: Path = typer.Option(..., "--config", help="YAML run config to check."),
+) -> None:
+    """Check a run config without running anything: OK and what it resolves to, or every problem (exit 2)."""
+    from pipelines.check_config import run_check_config
+
+    _run_job(run_check_config, config_path=config)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 __all__ = [
     "MIN_BOOTSTRAP",
@@ -38,6 +38,8 @@ MIN_BOOTSTRAP = 40
 """Fewest bootstrap resamples for a 95% percentile interval (and the plots' error bars): each 2.5%
 tail must hold at least one resample (40 x 0.025 = 1); 0 means no intervals."""
 
+_CONFIG_DIR_CONTEXT = "config_dir"  # validation context key: folder that relative paths start from
+
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message says which key and why."""
@@ -57,31 +59,52 @@ class SyntheticCohortConfig(_Strict):
     """The embedded synthetic cohort: simulated on the fly, deterministic given the seed."""
 
     n_patients: int = Field(5000, ge=50, description="Number of simulated patients.")
-    seed: int = 20261121
+    seed: int = Field(20261121, description="Random seed of the simulation (same seed, same cohort).")
     with_oracle: bool = Field(True, description="Compute the Monte Carlo oracle for evaluation.")
 
 
 class DataConfig(_Strict):
     """Which cohort to use: the embedded synthetic one, or a folder in the data contract."""
 
-    source: Literal["synthetic", "folder"] = "synthetic"
-    input_dir: Path | None = Field(None, description="Cohort folder when source is 'folder'.")
+    source: Literal["synthetic", "folder"] = Field(
+        "synthetic", description="synthetic: the embedded simulated cohort (with its oracle); folder: your tables at input_dir."
+    )
+    input_dir: Path | None = Field(
+        None,
+        description="Cohort folder (infusions, measurements, outcomes as CSV or Parquet) when source is 'folder'; "
+        "a relative path is relative to the config file's folder. An oracle.parquet there is used for evaluation only.",
+    )
     synthetic: SyntheticCohortConfig = SyntheticCohortConfig()
-    on_error: Literal["fail", "quarantine"] = "quarantine"
+    on_error: Literal["fail", "quarantine"] = Field(
+        "quarantine", description="Rows that break the data contract: fail stops with every problem listed; "
+        "quarantine sets them aside and counts them in the data report."
+    )
 
     @field_validator("input_dir")
     @classmethod
-    def _folder_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).is_dir():
-            raise ValueError(f"input_dir '{value}' is not a folder")
-        return value
+    def _folder_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        """A relative ``input_dir`` is relative to the config file's folder (``load_config``), else to
+        the current folder; the stored value is absolute."""
+        if value is None:
+            return None
+        config_dir = (info.context or {}).get(_CONFIG_DIR_CONTEXT)
+        base = Path(config_dir) if config_dir is not None else Path.cwd()
+        resolved = (base / Path(value).expanduser()).resolve()
+        if not resolved.is_dir():
+            where = "the config file's folder" if config_dir is not None else "the current folder"
+            raise ValueError(f"input_dir '{value}' is not a folder (resolved relative to {where}: {resolved})")
+        return resolved
 
 
 class FeaturesConfig(_Strict):
     """Landmarks, horizon and the declared feature builders (one name per builder)."""
 
-    landmark_days: list[float] = Field(default_factory=lambda: [0.0, 28.0, 91.0, 182.0])
-    horizon_days: float = Field(730.0, gt=0)
+    landmark_days: list[float] = Field(
+        default_factory=lambda: [0.0, 28.0, 91.0, 182.0],
+        description="Landmarks, days since infusion (0 = infusion): a prediction at day s uses only data known by "
+        "day s, for patients in remission and event-free at s.",
+    )
+    horizon_days: float = Field(730.0, gt=0, description="Follow-up after each landmark is truncated at this many days.")
     builders: list[str] = Field(
         default_factory=lambda: ["baseline", "mrd", "bca", "antigen", "car_copies"],
         description="Feature builders to run, by registry name (features.registry).",
@@ -101,10 +124,14 @@ class ModelsConfig(_Strict):
     """Candidate estimators (by name) and their hyper-parameters."""
 
     candidates: list[str] = Field(
-        default_factory=lambda: ["coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft"]
+        default_factory=lambda: ["coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft"],
+        description="Estimators cross-validated against each other and the clinicians' rule (names below).",
     )
-    params: dict[str, dict] = Field(default_factory=dict)
-    random_state: int = 0
+    params: dict[str, dict] = Field(
+        default_factory=dict,
+        description="Hyper-parameters per candidate name, passed to its estimator, e.g. xgb_cox: {n_estimators: 300}.",
+    )
+    random_state: int = Field(0, description="Seed of the estimators, the cross-validation folds, bootstrap and SHAP.")
 
 
 Endpoint = Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"]
@@ -114,13 +141,20 @@ ENDPOINTS: tuple[Endpoint, ...] = ("relapse", "relapse_CD19_pos", "relapse_CD19_
 class EvaluationConfig(_Strict):
     """Cross-validation and metrics."""
 
-    cv_folds: int = Field(5, ge=2)
-    group_by: Literal["patient", "site"] = "patient"
-    horizons_days: list[float] = Field(default_factory=lambda: [182.0, 365.0, 730.0])
-    bootstrap: int = Field(200, ge=0)
-    shap_horizon_days: float = 365.0
-    shap_background: int = Field(100, ge=10)
-    selection_metric: str = "uno_c"
+    cv_folds: int = Field(5, ge=2, description="Cross-validation folds when grouping by patient (by site: one fold per site).")
+    group_by: Literal["patient", "site"] = Field(
+        "patient", description="Keep every row of a patient (patient) or of a center (site: leave-one-center-out) in one fold."
+    )
+    horizons_days: list[float] = Field(
+        default_factory=lambda: [182.0, 365.0, 730.0],
+        description="Horizons, days after the landmark, at which cumulative incidence is predicted and scored.",
+    )
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples of patients for confidence intervals (0 = none).")
+    shap_horizon_days: float = Field(365.0, description="Horizon whose relapse risk SHAP explains (one of horizons_days).")
+    shap_background: int = Field(100, ge=10, description="Background rows of the SHAP explainer.")
+    selection_metric: str = Field(
+        "uno_c", description="Metric that picks the winner: relapse, all landmarks, averaged over the horizons (names below)."
+    )
     endpoints: list[Endpoint] = Field(
         default_factory=lambda: list(ENDPOINTS),
         description="Endpoints scored: relapse (any phenotype) and each phenotype.",
@@ -136,7 +170,9 @@ class EvaluationConfig(_Strict):
 class RegistryConfig(_Strict):
     """Gated registration of the winner, and what the registered model outputs."""
 
-    model_name: str = Field("car-relapse", min_length=1)
+    model_name: str = Field(
+        "car-relapse", min_length=1, description="Registered model name; the champion is models:/<model_name>@champion."
+    )
     thresholds: dict[str, float] = Field(
         default_factory=lambda: {"uno_c": 0.65},
         description="Minimum value of each named winner metric (higher is better) to register.",
@@ -168,8 +204,10 @@ class RegistryConfig(_Strict):
 class TrackingConfig(_Strict):
     """Where the run goes; MLFLOW_TRACKING_URI overrides tracking_uri."""
 
-    tracking_uri: str | None = None  # default: sqlite:///<project>/mlruns/mlflow.db
-    experiment: str = Field("car-relapse", min_length=1)
+    tracking_uri: str | None = Field(
+        None, description="Tracking and registry URI; default sqlite:///<project>/mlruns/mlflow.db (absolute path)."
+    )
+    experiment: str = Field("car-relapse", min_length=1, description="MLflow experiment of the runs (created if missing).")
     artifact_location: str | None = Field(
         None,
         description="Artifact root for a new experiment; default <db folder>/artifacts for SQLite, "
@@ -216,7 +254,7 @@ def load_config(path: Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context={_CONFIG_DIR_CONTEXT: path.resolve().parent})
     except ValidationError as exc:
         lines = [f"{path}: invalid config"]
         for err in exc.errors():

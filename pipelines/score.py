@@ -38,13 +38,12 @@ from features.contract import ON_ERROR_MODES, ContractError, validate_cohort
 from models.serving import ScoringBundle, ScoringInputError, check_as_of_days, rejects_of, score_validated
 from pipelines.io import CohortIOError, cohort_table_files, private_file, read_cohort_folder
 from pipelines.tracking import TrackingError, init_store, quiet_mlflow, resolve_tracking_uri
+from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
 __all__ = ["OUTPUT_SUFFIXES", "EXIT_FAILED", "EXIT_BAD_INPUT", "ScoreError", "ScoreSummary", "load_scoring_bundle",
            "rejects_path", "score_cohort", "run_score"]
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 _SCORED_TABLES = ("infusions", "measurements")  # outcomes are not read
 _MODEL_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "BAD_REQUEST")
 _console = Console(soft_wrap=True, highlight=False, markup=False)
@@ -92,10 +91,10 @@ def load_scoring_bundle(model_uri: str, tracking_uri: str | None = None) -> Scor
     from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(tracking_uri)
+    init_store(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        init_store(uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as exc:
         code = EXIT_BAD_INPUT if exc.error_code in _MODEL_NOT_FOUND else EXIT_FAILED

@@ -8,20 +8,24 @@ Steps (each shown with a progress bar):
 3. cross-validate every candidate and the clinicians' rule with folds grouped by patient (or
    site), and score them side by side with the oracle where it is known (models.evaluation);
 4. pick the winner by the configured metric, refit it on all rows, explain it (SHAP);
-5. log everything to MLflow (config as params, every metric per landmark / endpoint / horizon /
-   source, data report, plots, feature list, dataset hash; no patient rows unless
+5. log everything to MLflow (config as params; the cohort as an MLflow dataset with its
+   fingerprint and source; the git commit; a few summary metrics per source and the winner's,
+   with the whole metric grid per landmark / endpoint / horizon / source as the table
+   ``evaluation/metrics.csv``; data report, plots, feature list; no patient rows unless
    ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
    configured thresholds, moving the ``champion`` / ``previous`` aliases under a lock;
-6. print where to look: run id, model version, the ``mlflow ui`` line and the serve command.
+6. print where to look: run id, model version, the ``mlflow ui`` line, the serve and score
+   commands, and the plain ``mlflow`` commands with the store's URI.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from pipelines.config import ConfigError, RunConfig, check_config, load_config
 from pipelines.experiment import (
     ORACLE,
     RULE,
+    CohortData,
     CohortError,
     PreparedCohort,
     cross_validate,
@@ -51,13 +56,16 @@ from pipelines.experiment import (
     refit,
 )
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
+from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
     "TrainSummary",
+    "cohort_dataset",
     "flatten_config",
-    "metric_key",
+    "mlflow_client_commands",
+    "source_git_commit",
     "summarise_metrics",
     "train",
     "run_train",
@@ -65,9 +73,8 @@ __all__ = [
     "report_without_patient_details",
 ]
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 _console = Console(soft_wrap=True, highlight=False)
+SERVING_EXAMPLE_FILE = "serving_input_example.json"  # where MLflow stores a logged model's example request
 
 
 @dataclass(frozen=True)
@@ -120,37 +127,24 @@ def _label(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:g}"
 
 
-def metric_key(row: Mapping[str, Any], suffix: str = "") -> str:
-    """MLflow key of one evaluation metric: ``cv/<source>/<endpoint>/lm<day|all>[/h<days>]/<metric>``."""
-    source = str(row["source"]).replace(" - ", "_vs_")
-    landmark = "all" if str(row["landmark_day"]) == "all" else _label(row["landmark_day"])
-    horizon = "" if pd.isna(row["horizon_days"]) else f"/h{_label(row['horizon_days'])}"
-    return f"cv/{source}/{row['endpoint']}/lm{landmark}{horizon}/{row['metric']}{suffix}"
+def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
+    """The summary metrics only: ``summary/<source>/<metric>`` per source and ``winner/<metric>``.
 
-
-def _metric_entries(metrics: pd.DataFrame) -> Iterator[tuple[str, float]]:
-    for row in metrics.to_dict("records"):
-        for column, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
-            if np.isfinite(row[column]):
-                yield metric_key(row, suffix), float(row[column])
-
-
-def _log_metrics(run_id: str, metrics: pd.DataFrame, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
-    """Every evaluation metric, the per-source summaries and the winner's, in batches."""
+    A handful per run, so the MLflow metric list stays readable and runs compare on them; the
+    whole grid (every source, endpoint, landmark, horizon, with bootstrap bounds) is the table
+    artifact ``evaluation/metrics.csv`` (:func:`_log_tables`).
+    """
     import time
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    entries = list(_metric_entries(metrics))
-    entries += [(f"summary/{source}/{name}", value) for source, values in summary.items()
-                for name, value in values.items() if np.isfinite(value)]
+    entries = [(f"summary/{source}/{name}", value) for source, values in summary.items()
+               for name, value in values.items() if np.isfinite(value)]
     entries += [(f"winner/{name}", value) for name, value in summary[winner].items() if np.isfinite(value)]
     stamp = int(time.time() * 1000)
-    client = MlflowClient()
-    batch = [Metric(key, value, stamp, 0) for key, value in entries]
-    for start in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[start:start + 1000], synchronous=True)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in entries],
+                             synchronous=True)
 
 
 def _log_tables(metrics: pd.DataFrame, calibration: pd.DataFrame, report: dict, features: dict) -> None:
@@ -309,18 +303,86 @@ def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, progress: P
     return model
 
 
+def source_git_commit(checkout: Path | None = None) -> tuple[str, bool] | None:
+    """The commit the project's code is run from, and whether tracked files differ from it.
+
+    Parameters
+    ----------
+    checkout : Path, optional
+        Folder of the project's code (default: the folder holding the ``pipelines`` package).
+
+    Returns
+    -------
+    (str, bool) or None
+        The full commit hash and "has local changes"; None when the code is not run from a git
+        checkout of the project (an installed package, no git, a folder inside another repository).
+    """
+    import subprocess
+
+    folder = (Path(checkout) if checkout is not None else Path(__file__).resolve().parents[1]).resolve()
+    if not (folder / "pyproject.toml").is_file():
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=20,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    head = git("rev-parse", "--show-toplevel", "HEAD")
+    if head is None or len(head.split()) != 2 or Path(head.split()[0]).resolve() != folder:
+        return None
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return head.split()[1], bool(changes and changes.strip())
+
+
+def cohort_dataset(cohort: CohortData, fingerprint: str):
+    """The cohort as an MLflow dataset: name, digest (the fingerprint's first 16 hex digits) and
+    source (the cohort folder, or how it was made); metadata only, never patient rows.
+
+    Parameters
+    ----------
+    cohort : CohortData
+    fingerprint : str
+        ``pipelines.experiment.dataset_hash`` of the validated tables.
+
+    Returns
+    -------
+    mlflow.data.meta_dataset.MetaDataset
+    """
+    from mlflow.data import sources
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if cohort.folder is not None:
+        source = sources.LocalArtifactDatasetSource(str(Path(cohort.folder).resolve()))  # type: ignore[attr-defined]
+    else:
+        source = CodeDatasetSource(tags={"cohort": cohort.description})
+    return MetaDataset(source, name="cohort", digest=fingerprint[:16])  # type: ignore[abstract]  # profile: None
+
+
 def _log_run_inputs(config: RunConfig, prepared: PreparedCohort, config_path: Path | None) -> None:
+    """The config as params; the cohort as tags and as an MLflow dataset; the code's git commit."""
     import mlflow
 
     validated = prepared.validated
+    fingerprint = dataset_hash(validated.infusions, validated.measurements, validated.outcomes)
     mlflow.log_params(flatten_config(config))
-    mlflow.set_tags({
+    tags = {
         "data.source": prepared.cohort.description,
-        "data.sha256": dataset_hash(validated.infusions, validated.measurements, validated.outcomes),
+        "data.sha256": fingerprint,
         "data.patients": str(validated.report.patients_out),
         "data.landmark_rows": str(len(prepared.landmark_set)),
         "data.oracle": str(prepared.cohort.oracle is not None).lower(),
-    })
+    }
+    if (commit := source_git_commit()) is not None:
+        tags.update({"mlflow.source.git.commit": commit[0], "git.dirty": str(commit[1]).lower()})
+    mlflow.set_tags(tags)
+    mlflow.log_input(cohort_dataset(prepared.cohort, fingerprint), context="training",
+                     tags={"data.sha256": fingerprint, "data.patients": tags["data.patients"],
+                           "data.landmark_rows": tags["data.landmark_rows"]})
     if config_path is not None:
         mlflow.log_artifact(str(config_path), "config")
 
@@ -332,7 +394,7 @@ def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, ev
     from models.plots import plot_calibration, plot_metric_by_landmark
 
     horizons = [float(h) for h in config.evaluation.horizons_days]
-    _log_metrics(run_id, evaluation.metrics, summary, winner)
+    _log_metrics(run_id, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
     report = prepared.validated.report.to_dict()
     if not config.registry.log_patient_rows:
@@ -350,7 +412,8 @@ def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, ev
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
 
-def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None) -> TrainSummary:
+def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None,
+          cohort: CohortData | None = None) -> TrainSummary:
     """Run the whole training job for a validated config (see the module docstring).
 
     Parameters
@@ -360,6 +423,9 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         Logged as an artifact when given.
     tracking_uri : str, optional
         Overrides the environment and the config.
+    cohort : CohortData, optional
+        Tables already in memory (``pipelines.api.train_frames``) instead of the cohort the
+        config's ``data`` section names.
 
     Returns
     -------
@@ -373,7 +439,7 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     with mlflow.start_run(experiment_id=target.experiment_id) as run, progress_bar(_console) as progress, \
             threadpool_limits(1, user_api="blas"):
         run_id = run.info.run_id
-        prepared = prepare_landmark_set(config, progress)
+        prepared = prepare_landmark_set(config, progress, cohort)
         _log_run_inputs(config, prepared, config_path)
         predictions, evaluation = cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
@@ -413,6 +479,37 @@ def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progre
 
 
 # --- the command ------------------------------------------------------------------------------------
+def mlflow_client_commands(tracking_uri: str, model_uri: str) -> list[str]:
+    """Plain ``mlflow`` commands for a model, each carrying the store's URI (shell-quoted).
+
+    Without ``MLFLOW_TRACKING_URI`` the mlflow CLI looks for ``models:/`` URIs in ``./mlflow.db`` (and
+    creates it empty), so every line sets it. The lines serve the model, fetch its own example
+    request (``serving_input_example.json``) into the current folder, and score that request.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        Tracking and registry URI of the store holding the model.
+    model_uri : str
+        A registered model, e.g. ``models:/car-relapse@champion`` (the artifacts CLI reads a file of
+        a model by its registry URI, not by a logged model's ``models:/m-...`` id).
+
+    Returns
+    -------
+    list of str
+    """
+    from pipelines.serve import mlflow_serve_command
+
+    env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)}"
+    serve = shlex.join(["mlflow", *mlflow_serve_command(model_uri)[3:]])  # without "<python> -m mlflow"
+    model, example = shlex.quote(model_uri), shlex.quote(f"{model_uri}/{SERVING_EXAMPLE_FILE}")
+    return [
+        f"{env} {serve}",
+        f"{env} mlflow artifacts download -u {example} -d .",
+        f"{env} mlflow models predict -m {model} -i {SERVING_EXAMPLE_FILE} -t json --env-manager local",
+    ]
+
+
 def _where_to_look(summary: TrainSummary) -> list[str]:
     from pipelines.tracking import default_tracking_uri
 
@@ -433,6 +530,10 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
         f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
         f"--as-of-day 91 --output scores.parquet{uri_option}",
     ]
+    if summary.registered:  # the plain mlflow commands, for the champion (a refused model is not for serving)
+        lines.append("mlflow CLI:  (plain mlflow commands need MLFLOW_TRACKING_URI; without it they look in ./mlflow.db)")
+        lines += [f"  {command}" for command in
+                  mlflow_client_commands(summary.tracking_uri, f"models:/{summary.model_name}@champion")]
     if shutil.which("car-relapse") is None or shutil.which("mlflow") is None:
         lines.append(f"first:       source {Path(sys.prefix) / 'bin' / 'activate'}   (puts car-relapse and mlflow on PATH)")
     return lines

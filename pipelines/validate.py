@@ -17,8 +17,12 @@ from rich.console import Console
 from features.contract import ON_ERROR_MODES, ContractError, ValidatedCohort, validate_cohort
 from pipelines.io import CohortIOError, private_file, read_cohort_folder
 
-__all__ = ["EXIT_BAD_INPUT", "load_and_validate", "run_validate"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "load_and_validate", "run_validate"]
 
+# The exit codes of every car-relapse command: 0 ok, 1 the job failed for a reason other than its
+# input (tracking store, registry, a file that cannot be written, a bug), 2 bad input (usage,
+# config, data, a missing file or model).
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 

@@ -29,6 +29,17 @@ from models.serving import (
 )
 from pipelines.simulate import simulate_cohort
 
+
+def _wait_until(condition, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` every 10 ms; fail the test (never hang) when it is still false after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        time.sleep(0.01)
+
 HORIZONS = (182.0, 365.0, 730.0)
 BUILDERS = ("baseline", "mrd", "bca", "antigen", "car_copies")
 
@@ -258,8 +269,7 @@ def _run_concurrently_on(batcher, requests, call_started, release):
     call_started.wait(timeout=30)
     for thread in threads[1:]:
         thread.start()
-    while len(batcher._pending) < len(requests) - 1:
-        threading.Event().wait(0.01)
+    _wait_until(lambda: len(batcher._pending) >= len(requests) - 1)
     release.set()
     for thread in threads:
         thread.join(timeout=60)
@@ -388,8 +398,7 @@ def test_micro_batcher_lingers_for_the_callers_active_around_the_last_call():
     threads["F0"].start()
     started.wait(timeout=30)
     threads["F1"].start()
-    while len(batcher._pending) < 1:
-        time.sleep(0.01)
+    _wait_until(lambda: len(batcher._pending) >= 1)
     release.set()
     time.sleep(0.2)
     threads["F2"].start()
@@ -677,8 +686,7 @@ def test_a_caller_whose_call_was_interrupted_gets_an_error_not_none():
     started.wait(timeout=30)
     threads["I1"].start()
     threads["I2"].start()
-    while len(batcher._pending) < 2:
-        threading.Event().wait(0.01)
+    _wait_until(lambda: len(batcher._pending) >= 2)
     release.set()
     for thread in threads.values():
         thread.join(timeout=60)

@@ -176,11 +176,15 @@ def test_two_trainings_two_versions_and_a_gated_one(trainings, store):
 
 
 def test_run_logs_metrics_params_and_report(trainings, store):
-    run = MlflowClient(tracking_uri=store).get_run(trainings[1].run_id)
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(trainings[1].run_id)
     assert run.data.params["models.candidates"] == '["xgb_cox", "xgb_aft"]'
-    assert {"cv/xgb_cox/relapse/lm91/h365/uno_c", "cv/oracle/relapse/lm0/h182/uno_c",
-            "cv/rule/relapse/lmall/h730/brier", "cv/xgb_aft/relapse_CD19_neg/lm0/h365/auc",
+    assert {"summary/xgb_cox/uno_c", "summary/oracle/uno_c", "summary/rule/brier", "summary/xgb_aft/auc",
             "winner/uno_c"} <= set(run.data.metrics)
+    grid = pd.read_csv(client.download_artifacts(run.info.run_id, "evaluation/metrics.csv"))
+    rows = set(zip(grid["source"], grid["endpoint"], grid["landmark_day"].astype(str), grid["metric"]))
+    assert {("xgb_cox", "relapse", "91.0", "uno_c"), ("oracle", "relapse", "0.0", "uno_c"),
+            ("rule", "relapse", "all", "brier"), ("xgb_aft", "relapse_CD19_neg", "0.0", "auc")} <= rows
     assert len(run.data.tags["data.sha256"]) == 64
 
 
