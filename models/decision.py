@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 
 from models.base import COMPETING_CAUSES, RELAPSE_EVENTS, ModelInputError, relapse_column
 from models.bootstrap import PatientBootstrap, percentile_interval
+from models.evaluation import _common_rows  # the rows every source predicts: the metrics' rule, shared
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -173,18 +174,6 @@ def _net_benefit_of_policy(time: np.ndarray, status: np.ndarray, horizon: float,
     """Net benefit and flagged share, each (resamples, thresholds), of one policy."""
     incidence, share = relapse_incidence_by_threshold(time, status, horizon, level, thresholds.size, multiplicities)
     return net_benefit(share, incidence, thresholds[None, :]), share
-
-
-def _common_rows(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], columns: list[str]) -> np.ndarray:
-    keep = np.ones(len(targets), dtype=bool)
-    for source, frame in predictions.items():
-        if not frame.index.equals(targets.index):
-            raise ModelInputError(f"decision curves: predictions of {source!r} are not indexed like the targets")
-        missing = [column for column in columns if column not in frame.columns]
-        if missing:
-            raise ModelInputError(f"decision curves: predictions of {source!r} lack column(s) {missing}")
-        keep &= frame[columns].notna().all(axis=1).to_numpy()
-    return keep
 
 
 def _records(point_and_replicates: dict[str, tuple[np.ndarray, np.ndarray]], thresholds: np.ndarray,

@@ -179,7 +179,9 @@ def _b_cell_panel(axes, measurements: pd.DataFrame, thresholds: dict[str, float]
             axes.axhline(thresholds[unit], color=f"C{k}", linestyle="--", linewidth=1)
             axes.text(0.01, thresholds[unit], f"recovery threshold {thresholds[unit]:g} {unit}: aplasia lost at or above",
                       transform=axes.get_yaxis_transform(), fontsize=7, va="bottom", color=f"C{k}")
-    axes.set(yscale="symlog", ylabel="PB CD19+ B cells", title="B-cell aplasia (peripheral CD19+ B cells)")
+    axes.set_yscale("symlog", linthresh=1.0)  # counts of 0 stay on the axis
+    axes.set(ylabel="PB CD19+ B cells", title="B-cell aplasia (peripheral CD19+ B cells)")
+    axes.set_ylim(bottom=0.0)
     if len(b_cells) == 0:
         axes.text(0.5, 0.5, "no B-cell count", transform=axes.transAxes, ha="center", color="grey")
 
@@ -300,7 +302,9 @@ def patient_page(patient_id: str, scores: pd.Series, measurements: pd.DataFrame,
     thresholds = {"cells/uL": float(options.get("recovery_cells_per_ul", 10.0)),
                   "pct_lymphocytes": float(options.get("recovery_pct_lymphocytes", 1.0))}
     grid = sorted(float(h) for h in report_bundle(bundle).horizons_days)
-    curves = plot_cif_curves(_curves(scores, grid), [0], [f"from day {as_of_day:g}"], title="Predicted incidence")
+    curves = plot_cif_curves(_curves(scores, grid), [0], [f"from the as-of day ({as_of_day:g})"])
+    curves.set_size_inches(7.0, 4.4)
+    curves.tight_layout()
     risk = _risk_facts(scores, bundle)
     risk["table"] = table_rows(risk["table"])
     return render_page(
@@ -373,7 +377,8 @@ def _scored(model: ModelFacts, tables: dict[str, pd.DataFrame], as_of_day: float
 
 def write_reports(model: ModelFacts, tables: dict[str, pd.DataFrame], as_of_day: float, out: Path,
                   patient: str | None = None, progress=None) -> list[Path]:
-    """Write the page of ``patient`` to ``out`` (a file), or of every patient to the folder ``out`` with an index.
+    """Write the page of ``patient`` to ``out`` (a file, or ``<patient>.html`` in ``out`` when it is a folder),
+    or of every patient to the folder ``out`` with an index.
 
     Parameters
     ----------
@@ -410,7 +415,8 @@ def write_reports(model: ModelFacts, tables: dict[str, pd.DataFrame], as_of_day:
     task = None if progress is None else progress.add_task("patient reports", total=len(scores))
     for patient_id, row in scores.iterrows():
         pid = str(patient_id)
-        path = Path(out) if patient is not None else Path(out) / _file_name(pid, taken)
+        single_file = patient is not None and not Path(out).is_dir()
+        path = Path(out) if single_file else Path(out) / _file_name(pid, taken)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(patient_page(pid, row, known[known["patient_id"] == pid], eligibility.loc[pid], as_of_day,
                                      model, int(later.get(pid, 0))), encoding="utf-8")

@@ -174,3 +174,9 @@ def test_report_bundle_keeps_the_model_and_risk_groups(bundle):  # noqa: F811
     extended = report_bundle(bundle)
     unchanged = {field.name for field in dataclasses.fields(bundle)} - {"horizons_days", "n_top_factors"}
     assert all(getattr(extended, name) is getattr(bundle, name) for name in unchanged)
+
+
+def test_out_may_be_a_folder_for_one_patient(bundle, tables, tmp_path):  # noqa: F811
+    patient = _eligible_patient(tables)
+    written = write_reports(ModelFacts("m", bundle), tables, 91.0, tmp_path, patient)
+    assert written == [tmp_path / f"{patient}.html"]
