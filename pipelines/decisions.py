@@ -30,17 +30,18 @@ from pipelines.experiment import ORACLE, RULE
 __all__ = [
     "DECISION_FIGURE",
     "DECISION_TABLE",
+    "HEADLINE_THRESHOLDS",
     "decision_figure",
-    "headline_net_benefit",
     "log_decision_curves",
     "progress_step",
+    "rule_high_risk",
     "run_decision_curves",
     "write_decision_curves",
 ]
 
 DECISION_TABLE, DECISION_FIGURE = "decision_curves.csv", "decision_curves.png"
 HEADLINE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
-"""Thresholds the run report and the printed summary quote."""
+"""Thresholds the run report quotes in its net-benefit table."""
 
 
 @contextmanager
@@ -99,19 +100,6 @@ def decision_figure(table: pd.DataFrame, config: RunConfig, winner: str):
     sources = [s for s in (*config.models.candidates, RULE, ORACLE) if s in present]
     bands = [s for s in (winner, RULE, ORACLE) if s in present]
     return plot_decision_curves(table, float(config.registry.risk_group_horizon_days), sources=sources, bands=bands)
-
-
-def headline_net_benefit(table: pd.DataFrame, horizon_days: float) -> pd.DataFrame:
-    """Net benefit [95% CI] at :data:`HEADLINE_THRESHOLDS` and one horizon, per landmark and source.
-
-    Returns
-    -------
-    DataFrame
-        Columns ``landmark_day``, ``source``, ``threshold``, ``net_benefit``, ``ci_low``, ``ci_high``.
-    """
-    rows = table[(table["kind"] == "estimate") & np.isclose(table["horizon_days"], horizon_days)
-                 & np.isin(np.round(table["threshold"], 6), HEADLINE_THRESHOLDS)]
-    return rows[["landmark_day", "source", "threshold", "net_benefit", "ci_low", "ci_high"]].reset_index(drop=True)
 
 
 def log_decision_curves(config: RunConfig, landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],

@@ -54,8 +54,10 @@ __all__ = [
     "SurveillanceConfig",
     "SurveillanceError",
     "VisitPlan",
+    "cohort_tables",
     "evaluate_schedules",
     "load_surveillance_config",
+    "observe_plan",
     "plan_visits",
     "plot_surveillance",
     "predicted_risk",
@@ -245,7 +247,8 @@ def _regular_days(start: np.ndarray, interval: float, first_offset: float, last_
     return np.where(days <= last_day, days, np.nan)
 
 
-def _slots(days: np.ndarray, tests: Sequence[str], valid: np.ndarray) -> dict[str, np.ndarray]:
+def _slots(tests: Sequence[str], valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per test: done at the valid slots when the schedule lists it."""
     return {test: valid & (test in tests) for test in MRD_SERIES}
 
 
@@ -274,14 +277,14 @@ def plan_visits(schedule: ScheduleConfig, response_day: np.ndarray, window_days:
     valid = np.isfinite(days)
     adaptation = schedule.risk_adapted
     if adaptation is None:
-        return VisitPlan(np.nan_to_num(days), _slots(days, schedule.tests, valid))
+        return VisitPlan(np.nan_to_num(days), _slots(schedule.tests, valid))
     if high_risk is None or high_risk.shape != response_day.shape:
         raise SurveillanceError(f"schedule '{schedule.name}' is risk-adapted: it needs a risk per patient")
     valid &= ~high_risk[:, None] | (days < adaptation.as_of_day)
     intensive = _regular_days(np.full(response_day.shape, adaptation.as_of_day), adaptation.interval_days, 0.0,
                               window_days)
     intensive_valid = np.isfinite(intensive) & high_risk[:, None]
-    regular, adapted = _slots(days, schedule.tests, valid), _slots(intensive, adaptation.tests, intensive_valid)
+    regular, adapted = _slots(schedule.tests, valid), _slots(adaptation.tests, intensive_valid)
     return VisitPlan(np.nan_to_num(np.hstack([days, intensive])),
                      {test: np.hstack([regular[test], adapted[test]]) for test in MRD_SERIES})
 

@@ -14,7 +14,8 @@ runner = CliRunner()
 
 def test_every_documented_command_is_registered():
     names = {command.name or command.callback.__name__ for command in cli.app.registered_commands}
-    assert names == {"simulate", "validate", "features", "calibrate", "evaluate", "train", "score", "serve"}
+    assert names == {"simulate", "validate", "features", "calibrate", "evaluate", "train", "score", "serve", "report",
+                     "surveillance"}
 
 
 def test_project_error_becomes_exit_code_2_with_message(tmp_path):

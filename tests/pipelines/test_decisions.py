@@ -14,7 +14,6 @@ from pipelines.config import RunConfig
 from pipelines.decisions import (
     DECISION_FIGURE,
     DECISION_TABLE,
-    headline_net_benefit,
     log_decision_curves,
     rule_high_risk,
     run_decision_curves,
@@ -63,11 +62,6 @@ def test_every_candidate_landmark_horizon_and_threshold(small_run, decisions):
     assert np.isclose(decisions["threshold"].min(), 0.05) and np.isclose(decisions["threshold"].max(), 0.60)
     estimates = decisions[decisions["kind"] == "estimate"]
     assert (estimates["ci_low"] <= estimates["ci_high"]).all()
-
-
-def test_headline_table_has_the_quoted_thresholds(decisions):
-    table = headline_net_benefit(decisions, 365.0)
-    assert sorted(np.round(table["threshold"].unique(), 2)) == [0.1, 0.2, 0.3, 0.4, 0.5]
 
 
 def test_evaluate_writes_the_table_and_the_plot(small_run, tmp_path):

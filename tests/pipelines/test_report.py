@@ -180,3 +180,14 @@ def test_out_may_be_a_folder_for_one_patient(bundle, tables, tmp_path):  # noqa:
     patient = _eligible_patient(tables)
     written = write_reports(ModelFacts("m", bundle), tables, 91.0, tmp_path, patient)
     assert written == [tmp_path / f"{patient}.html"]
+
+
+def test_cli_missing_folder_is_exit_2_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["report", "--input", str(tmp_path / "none"), "--patient", "P1", "--as-of-day", "91",
+                                      "--out", str(tmp_path / "r.html")])
+    assert result.exit_code == 2
+    assert "none" in result.output and "Traceback" not in result.output

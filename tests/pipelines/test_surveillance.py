@@ -224,3 +224,13 @@ def test_results_come_from_the_simulators_measurement_model():
     table = evaluate_schedules(simulate_courses(600, 4, blind_flow), config).set_index("schedule")
     assert table.loc["flow", "caught_pct"] == 0 and table.loc["flow", "relapse_free_with_positive_pct"] == 0
     assert table.loc["ngs", "caught_pct"] > 50
+
+
+def test_cli_missing_config_is_exit_2_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["surveillance", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "config file not found" in result.output and "Traceback" not in result.output
