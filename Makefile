@@ -1,5 +1,6 @@
 # Two entry points for newcomers (see README):
-#   make run   -> set up .venv, then run the main job on the embedded synthetic cohort
+#   make run   -> set up .venv, then run the main job on the embedded synthetic cohort (train: metrics,
+#                 decision curves, run report, registered champion), then compare surveillance schedules
 #   make test  -> set up .venv, then run the whole test suite
 PYTHON ?= python3
 # One BLAS thread per process: on 2 cores, threaded OpenBLAS made small fits up to 20x slower.
@@ -20,6 +21,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/car-relapse train --config configs/default.yaml
+	$(BIN)/car-relapse surveillance --config configs/surveillance.yaml --out outputs/surveillance
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q

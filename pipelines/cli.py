@@ -136,6 +136,17 @@ def check_config(
 
 
 @app.command()
+def surveillance(
+    config: Path = typer.Option(Path("configs/surveillance.yaml"), "--config", help="Schedules to compare (YAML)."),
+    out: Path = typer.Option(Path("outputs/surveillance"), "--out", help="Output folder for the table and the plot."),
+) -> None:
+    """Compare MRD surveillance schedules on the same simulated patients."""
+    from pipelines.surveillance import run_surveillance
+
+    _run_job(run_surveillance, config_path=config, out_dir=out)
+
+
+@app.command()
 def score(
     model: str = typer.Option("models:/car-relapse@champion", "--model", help="MLflow model URI."),
     input_dir: Path = typer.Option(..., "--input"),
@@ -162,6 +173,22 @@ def score(
         tracking_uri=tracking_uri,
         on_error=on_error,
     )
+
+
+@app.command()
+def report(
+    model: str = typer.Option("models:/car-relapse@champion", "--model", help="MLflow model URI."),
+    input_dir: Path = typer.Option(..., "--input", help="Cohort folder (infusions, measurements; outcomes optional)."),
+    as_of_day: float = typer.Option(..., "--as-of-day", help="Use only data known by this day."),
+    out: Path = typer.Option(..., "--out", help="HTML file with --patient; else a folder (one page per patient + index)."),
+    patient: str | None = typer.Option(None, "--patient", help="One patient_id; omit for every patient of the folder."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
+) -> None:
+    """Write self-contained HTML report(s) of patients as of a day: timeline, risks, drivers, caveats."""
+    from pipelines.report import run_patient_report
+
+    _run_job(run_patient_report, model_uri=model, input_dir=input_dir, as_of_day=as_of_day, out=out, patient=patient,
+             tracking_uri=tracking_uri)
 
 
 @app.command()

@@ -42,6 +42,7 @@ from models.base import ModelInputError
 from models.evaluation import SELECTION_METRICS, best_source
 from models.serving import ScoringBundle
 from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.decisions import log_decision_curves
 from pipelines.experiment import (
     ORACLE,
     RULE,
@@ -55,6 +56,7 @@ from pipelines.experiment import (
     progress_bar,
     refit,
 )
+from pipelines.run_report import RunOutcome, log_run_report
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
 from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
@@ -92,6 +94,7 @@ class TrainSummary:
     previous_champion: str | None
     gate_reasons: tuple[str, ...]
     model_uri: str
+    run_report: str | None = None
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -445,8 +448,9 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         summary = summarise_metrics(evaluation.metrics)
         winner = best_source(evaluation.metrics, config.models.candidates, config.evaluation.selection_metric)
         _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
+        decisions = log_decision_curves(config, prepared.landmark_set, predictions, winner, progress)
         model = _refit(config, prepared, winner, progress)
-        _log_explanations(config, model, prepared, progress)
+        explanation = _log_explanations(config, model, prepared, progress)
         if not config.registry.log_patient_rows:
             model = without_training_rows(model, prepared.landmark_set[prepared.columns])
         mlflow.set_tag("winner", winner)
@@ -456,13 +460,17 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
             summary[winner],
         )
         progress.advance(task)
+        report = log_run_report(config, prepared, evaluation, decisions, explanation,
+                                RunOutcome(run_id, winner, registration.registered, config.registry.model_name,
+                                           registration.version, registration.reasons), progress)
     return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
                         registration.registered, config.registry.model_name, registration.version,
-                        registration.previous, registration.reasons, registration.model_uri)
+                        registration.previous, registration.reasons, registration.model_uri, report)
 
 
-def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress) -> None:
-    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner."""
+def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress):
+    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner;
+    returns the explanation."""
     import mlflow
 
     from models.explain import global_importance, plot_beeswarm, plot_importance_bar
@@ -476,6 +484,7 @@ def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progre
                      "rows_explained": len(explanation.data),
                      "importance": importance.to_dict("records")}, "explain/global_importance.json")
     progress.advance(task)
+    return explanation
 
 
 # --- the command ------------------------------------------------------------------------------------
@@ -525,6 +534,7 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
     else:
         lines.append(f"NOT registered (logged as {summary.model_uri}): " + "; ".join(summary.gate_reasons))
     lines += [
+        f"run report:  {summary.run_report}",
         f"MLflow UI:   {mlflow_ui_command(summary.tracking_uri)}",
         f"serve:       car-relapse serve --model models:/{summary.model_name}@champion{uri_option}",
         f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_documented_command_is_registered():
     names = {command.name or command.callback.__name__ for command in cli.app.registered_commands}
     assert names == {"simulate", "validate", "features", "calibrate", "evaluate", "train", "check-config", "score",
-                     "serve"}
+                     "serve", "report", "surveillance"}
 
 
 def test_project_error_becomes_exit_code_2_with_message(tmp_path):
@@ -167,6 +167,10 @@ def bad_input_cases(tmp_path, tracking_uri) -> dict[str, list[str]]:
         "score, bad output": ["score", "--input", missing, "--as-of-day", "91", "--output", str(tmp_path / "s.xlsx"),
                               "--tracking-uri", tracking_uri],
         "serve, no such model": ["serve", "--model", "models:/no-such-model@champion", "--tracking-uri", tracking_uri],
+        "report, no such folder": ["report", "--input", missing, "--as-of-day", "91", "--out", str(tmp_path / "r.html"),
+                                   "--tracking-uri", tracking_uri],
+        "surveillance, no such config": ["surveillance", "--config", str(tmp_path / "missing.yaml"),
+                                         "--out", str(tmp_path / "surv")],
         "unknown option": ["train", "--confg", "x.yaml"],
         "missing required option": ["score", "--as-of-day", "91"],
     }
@@ -174,7 +178,7 @@ def bad_input_cases(tmp_path, tracking_uri) -> dict[str, list[str]]:
 
 CASES = ["simulate", "validate", "features", "features, bad landmarks", "calibrate", "evaluate", "train",
          "train, bad config", "check-config", "score, no such model", "score, bad output", "serve, no such model",
-         "unknown option", "missing required option"]
+         "report, no such folder", "surveillance, no such config", "unknown option", "missing required option"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -334,3 +334,39 @@ def test_the_registered_model_documents_its_request_fields(trainings, store):
     assert [column["name"] for column in info.signature.inputs.to_dict()] == list(fields)
     assert {column["type"] for column in info.signature.inputs.to_dict()} == {"any"}
     assert "cif_relapse_365d" in info.signature.outputs.input_names()
+
+
+# --- decisions and reports of a training run (pipelines.decisions, run_report, report) ----------------------------
+def test_training_logs_decision_curves_run_report_and_model_card(trainings, store):
+    from pipelines.run_report import MODEL_CARD_ARTIFACT, RUN_REPORT_ARTIFACT
+    from tests.pipelines.html_checks import parse_self_contained
+
+    first, second, gated = trainings
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    for summary in trainings:
+        paths = {a.path for folder in ("evaluation", "plots", "report")
+                 for a in client.list_artifacts(summary.run_id, folder)}
+        assert {"evaluation/decision_curves.csv", "plots/decision_curves.png", RUN_REPORT_ARTIFACT,
+                MODEL_CARD_ARTIFACT} <= paths
+        assert summary.run_report is not None and Path(summary.run_report).is_file()
+        page = Path(summary.run_report).read_text()
+        parse_self_contained(page)
+        assert not re.search(r"P\d{6}", re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page))
+    card = Path(second.run_report).with_name("model_card.md").read_text()
+    assert client.get_model_version(MODEL, second.model_version).description == card
+    assert "sha256" in card and client.get_run(second.run_id).data.tags["data.sha256"] in card
+    decisions = pd.read_csv(Path(second.run_report).parents[1] / "evaluation" / "decision_curves.csv")
+    assert {"xgb_cox", "xgb_aft", "rule", "oracle", "treat_all", "treat_none"} <= set(decisions["source"])
+    assert "not registered" in Path(gated.run_report).read_text()
+
+
+def test_patient_report_from_the_registered_champion(trainings, store, cohort, tmp_path):
+    from pipelines.report import run_patient_report
+    from tests.pipelines.html_checks import parse_self_contained
+
+    folder = cohort[0]
+    patient = str(cohort[1]["patient_id"].iloc[0])
+    written = run_patient_report(CHAMPION, folder, AS_OF_DAY, tmp_path / "report.html", patient, store)
+    parsed = parse_self_contained(written[0].read_text())
+    assert f"Patient {patient}" in parsed["text"] and "Model card of the registered version" in parsed["text"]
+    assert "unknown" in parsed["text"]  # no outcomes table in the scoring folder: eligibility unknown
