@@ -7,8 +7,8 @@ Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--work
 a temporary store (not timed). The server is started exactly as ``car-relapse serve`` starts it
 (MLflow's scoring app, 2 workers, 127.0.0.1, a free port), warmed up, then the clients send a
 bounded number of requests, each one patient (distinct simulated patients, as of day 91), over
-keep-alive connections. The measurement is repeated on fresh connections (each repeat is printed, then all requests pooled); the
-launcher deals the connections to the workers in turn (4 per worker for 8 clients).
+keep-alive connections. The measurement is repeated on fresh connections (each repeat is printed, then all requests
+pooled); the workers share one listening socket, so the kernel splits the connections between them (not always evenly).
 Each line also gives the server's CPU time per request (launcher and workers, from /proc on
 Linux): on a shared machine that runs slower at times, the same requests then cost more CPU. The
 server is stopped at the end. Targets: median < 50 ms, p99 < 200 ms.

@@ -41,6 +41,8 @@ __all__ = [
     "ALL_LANDMARKS",
     "HIGHER_IS_BETTER",
     "CLOSE_TO_ONE",
+    "LOWER_IS_BETTER",
+    "SELECTION_METRICS",
     "EvaluationResult",
     "EvaluationSettings",
     "best_source",
@@ -57,6 +59,10 @@ HIGHER_IS_BETTER = frozenset({"harrell_c", "uno_c", "auc"})
 slope the distance to 1 is what counts."""
 CLOSE_TO_ONE = frozenset({"calibration_slope", "decile_slope", "observed_expected"})
 """Calibration metrics that are best at 1 (a perfectly calibrated model)."""
+LOWER_IS_BETTER = frozenset({"brier", "ibs"})
+"""Metrics where smaller is better."""
+SELECTION_METRICS = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | {"calibration_slope"}))
+"""Summary metrics a run can select its winner by, or gate registration on."""
 
 
 def metric_preference(metric: str) -> str | float:

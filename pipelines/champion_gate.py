@@ -265,7 +265,7 @@ def champion_on_cohort(model_uri: str, infusions: pd.DataFrame, measurements: pd
     """
     from models.evaluation import summary_by_source
     from models.serving import score_tables
-    from pipelines.evaluate import evaluate_landmark_set
+    from pipelines.experiment import evaluate_landmark_set
 
     bundle = replace(_champion_bundle(model_uri), n_top_factors=0)
     columns = list(candidate_predictions.columns)

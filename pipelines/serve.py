@@ -389,13 +389,15 @@ def run_serve(
     """
     import typer
 
+    from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
+
     uri = resolve_tracking_uri(tracking_uri)
     try:
         init_store(uri)
         check_model_uri(model_uri, uri)
-    except (ServeError, TrackingError) as exc:
+    except (ServeError, TrackingError) as exc:  # no such model: bad input; the store: the job failed
         _stderr.print(Text("error: ", style="red") + Text(str(exc)))
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT if isinstance(exc, ServeError) else EXIT_FAILED) from None
     _console.print(f"Serving {model_uri} from {uri}", markup=False)
     _console.print(f"URL: {_url(host, port, '/invocations')}  (health: {_url(host, port, '/ping')}); "
                    f"at most {max_patients} patients and {max_request_bytes} bytes per request", markup=False)

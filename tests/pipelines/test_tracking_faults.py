@@ -257,5 +257,12 @@ def test_the_printed_command_lines_run_nothing_a_path_carries(tmp_path):
         assert uri in arguments, (label, lines[label], arguments)
         if label != "MLflow UI":
             assert "models:/m;touch PWNED4@champion" in arguments
+    plain = [line.strip() for line in _where_to_look(summary) if line.strip().startswith("MLFLOW_TRACKING_URI=")]
+    assert len(plain) == 3  # the plain mlflow lines: the store in the environment, the model as one argument
+    with_store = "mlflow() { printf '%s\\n' \"$MLFLOW_TRACKING_URI\" \"$@\"; }; "
+    for line in plain:
+        result = subprocess.run(["bash", "-c", with_store + line], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=30)
+        assert uri in result.stdout.splitlines(), (line, result.stdout)
     assert not list(tmp_path.glob("PWNED*"))
     assert shlex.split(lines["MLflow UI"])[3] == uri
