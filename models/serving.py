@@ -46,7 +46,7 @@ from features.coercion import TypedColumn, typed_column
 from features.contract import CheckedTables, ContractError, check_tables, validate_cohort
 from features.eligibility import ELIGIBILITY_COLUMNS, eligibility_at
 from features.registry import build_feature_rows
-from features.schema import AS_OF_DAY, INFUSION_COLUMNS, MEASUREMENT_COLUMNS
+from features.schema import AS_OF_DAY, INFUSION_COLUMNS, MEASUREMENT_COLUMNS, ColumnSpec
 from models.base import relapse_column
 
 __all__ = [
@@ -107,21 +107,25 @@ class RequestField:
     required : bool
         Whether the field must be present (``null`` then means an unknown value).
     meaning : str
+    spec : ColumnSpec or None
+        The data contract's declaration of the field (allowed values, range, missingness); None
+        for ``measurements``, whose entries follow ``features.schema.MEASUREMENT_COLUMNS``.
     """
 
     name: str
     kind: str
     required: bool
     meaning: str
+    spec: ColumnSpec | None = None
 
 
 MEASUREMENT_FIELDS: tuple[str, ...] = tuple(spec.name for spec in MEASUREMENT_COLUMNS if spec.name != "patient_id")
 """Keys of one measurement object in a request (the measurements table without ``patient_id``)."""
 
 REQUEST_FIELDS: tuple[RequestField, ...] = (
-    *(RequestField(spec.name, "str" if spec.kind == "category" else spec.kind, spec.required, spec.meaning)
+    *(RequestField(spec.name, "str" if spec.kind == "category" else spec.kind, spec.required, spec.meaning, spec)
       for spec in INFUSION_COLUMNS),
-    RequestField(AS_OF_DAY.name, AS_OF_DAY.kind, True, AS_OF_DAY.meaning),
+    RequestField(AS_OF_DAY.name, AS_OF_DAY.kind, True, AS_OF_DAY.meaning, AS_OF_DAY),
     RequestField("measurements", "measurements", True,
                  f"every measurement known so far, each an object with keys {', '.join(MEASUREMENT_FIELDS)} "
                  "(as in the measurements table); may be empty"),
