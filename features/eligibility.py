@@ -33,33 +33,27 @@ ELIGIBILITY_COLUMNS = ("eligible", "eligibility_reason")
 NO_OUTCOMES = "no outcomes table"
 
 
-def _day(value: float) -> str:
-    return f"{value:g}"
+_JUDGEMENTS: dict[str, tuple[str, str]] = {  # the first condition that fails -> status, reason
+    "no_row": (UNKNOWN, "no outcomes row: remission and events are not recorded"),
+    "event": (NOT_ELIGIBLE, "{event} on day {event_day}"),
+    "event_undated": (UNKNOWN, "{event} recorded without its day"),
+    "no_response": (UNKNOWN, "response not recorded"),
+    "no_remission": (NOT_ELIGIBLE, "no remission (response {response})"),
+    "no_response_day": (UNKNOWN, "{response} recorded without its response_day"),
+    "not_yet_assessed": (NOT_ELIGIBLE, "remission not yet assessed by day {day} (assessed on day {response_day})"),
+    "follow_up": (UNKNOWN, "follow-up ends on day {last_followup_day}, before day {day}"),
+    "at_infusion": (ELIGIBLE, "{response} on day {response_day}; at infusion the risk is among patients who reach "
+                              "remission"),
+    "eligible": (ELIGIBLE, "{response} on day {response_day}, event-free through day {day}"),
+}
+_WORDED = ("event", "event_day", "response", "response_day", "last_followup_day")
 
 
-def _judgement(kind: str, row, day: float) -> tuple[str, str]:
-    """Status and reason of one patient, from the first condition that fails (``kind``)."""
-    if kind == "no_row":
-        return UNKNOWN, "no outcomes row: remission and events are not recorded"
-    if kind == "event":
-        return NOT_ELIGIBLE, f"{row.event} on day {_day(row.event_day)}"
-    if kind == "event_undated":
-        return UNKNOWN, f"{row.event} recorded without its day"
-    if kind == "no_response":
-        return UNKNOWN, "response not recorded"
-    if kind == "no_remission":
-        return NOT_ELIGIBLE, f"no remission (response {row.response})"
-    if kind == "no_response_day":
-        return UNKNOWN, f"{row.response} recorded without its response_day"
-    if kind == "not_yet_assessed":
-        return NOT_ELIGIBLE, (f"remission not yet assessed by day {_day(day)} "
-                              f"(assessed on day {_day(row.response_day)})")
-    if kind == "follow_up":
-        return UNKNOWN, f"follow-up ends on day {_day(row.last_followup_day)}, before day {_day(day)}"
-    if day <= 0:
-        return ELIGIBLE, (f"{row.response} on day {_day(row.response_day)}; at infusion the risk is among "
-                          "patients who reach remission")
-    return ELIGIBLE, f"{row.response} on day {_day(row.response_day)}, event-free through day {_day(day)}"
+def _judgement(kind: str, row: dict, day: float) -> tuple[str, str]:
+    """Status and reason of one patient whose first failing condition is ``kind``."""
+    status, reason = _JUDGEMENTS[kind]
+    words = {name: f"{value:g}" if isinstance(value, float) else value for name, value in row.items()}
+    return status, reason.format(**words, day=f"{day:g}")
 
 
 def eligibility_at(outcomes: pd.DataFrame | None, patient_ids: Sequence[str] | pd.Index | pd.Series,
@@ -98,7 +92,8 @@ def eligibility_at(outcomes: pd.DataFrame | None, patient_ids: Sequence[str] | p
          ~conditions.followed_to],
         ["no_row", "event", "event_undated", "no_response", "no_remission", "no_response_day", "not_yet_assessed",
          "follow_up"],
-        "eligible",
+        np.where(days <= 0, "at_infusion", "eligible"),
     )
-    judged = [_judgement(kind, row, day) for kind, row, day in zip(kinds, aligned.itertuples(index=False), days)]
+    rows = aligned.loc[:, list(_WORDED)].to_dict("records")
+    judged = [_judgement(kind, row, day) for kind, row, day in zip(kinds, rows, days)]
     return pd.DataFrame(judged, columns=list(ELIGIBILITY_COLUMNS), index=index)
