@@ -442,12 +442,11 @@ def check_as_of_days(days: Any) -> np.ndarray:
 def _with_as_of_column(infusions: pd.DataFrame, as_of_day: float | pd.Series) -> tuple[pd.DataFrame, str | None]:
     """Infusions and the name of their as-of day column for the data contract to check.
 
-    One day (checked here: a bad one is a usage error, not a patient's) needs no column; a Series
-    indexed by ``patient_id`` becomes the column ``as_of_day`` (a patient absent from it has a
-    missing as-of day, which the contract names).
+    One day needs no column (:func:`cohort_as_of_days` checks it: a bad one is a usage error, not a
+    patient's); a Series indexed by ``patient_id`` becomes the column ``as_of_day`` (a patient
+    absent from it has a missing as-of day, which the contract names).
     """
     if not isinstance(as_of_day, pd.Series):
-        check_as_of_days([as_of_day])
         return infusions, None
     days = pd.Series(as_of_day.to_numpy(dtype=object), index=as_of_day.index.astype(str))
     if not days.index.is_unique:
