@@ -23,6 +23,11 @@ typical), and the fuller worker sets the latency. The former launcher accepted t
 itself and dealt them out in turn, which needs uvicorn's internal protocol objects (uvicorn has
 no public way to serve an accepted connection); measured side by side with it, the median was
 about 1.7 times its median with 2 workers and the same with 1.
+
+MLflow's app publishes an OpenAPI document (``/openapi.json``) that says nothing of the body of
+``POST /invocations``; the served app fills it in from the JSON Schema the model carries
+(:func:`pipelines.serve_app.openapi_with_request_schema`). It changes the document only, not how
+requests are parsed.
 """
 
 from __future__ import annotations

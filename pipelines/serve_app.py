@@ -19,6 +19,11 @@ app with ``mlflow.pyfunc.scoring_server.init`` (what ``mlflow models serve`` run
   otherwise) instead of letting it reach uvicorn, which would close the keep-alive connection after
   its 500 without ``Connection: close``, so that the client's next request was reset.
 
+It also fills in the body of ``POST /invocations`` in the app's OpenAPI document (``/openapi.json``,
+which MLflow leaves empty) from the JSON Schema the model carries (``artifacts/request_schema.json``,
+``models.request_schema``): the body formats, each patient record with its types, allowed values and
+ranges (:func:`openapi_with_request_schema`). It changes the document only, not how requests are parsed.
+
 The app is only ever built in a server process: this module imports neither ``features`` nor
 ``models`` (the model loads its own logged copies).
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -42,6 +48,7 @@ __all__ = [
     "count_patients",
     "safe_error_message",
     "RequestGuard",
+    "openapi_with_request_schema",
     "scoring_app",
 ]
 
@@ -321,6 +328,67 @@ async def _answer_exception(send: Send, exc: Exception) -> None:
         await _answer(send, 500, {"error_code": "INTERNAL_ERROR", "message": "internal server error (logged by the server)"})
 
 
+_REQUEST_SCHEMA_FILE = os.path.join("artifacts", "request_schema.json")
+_COMPONENT_PREFIX = "CarRelapse"  # names of the OpenAPI components
+
+
+def _component_refs(schema, names: dict[str, str]):
+    """``schema`` with ``#/$defs/x`` references pointing at the OpenAPI components ``names[x]``."""
+    if isinstance(schema, dict):
+        return {key: (f"#/components/schemas/{names[value.removeprefix('#/$defs/')]}"
+                      if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/")
+                      else _component_refs(value, names)) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_component_refs(item, names) for item in schema]
+    return schema
+
+
+def openapi_with_request_schema(openapi: dict, request_schema: dict) -> dict:
+    """The app's OpenAPI document with the request body of ``POST /invocations`` described.
+
+    Parameters
+    ----------
+    openapi : dict
+        The document FastAPI generates for MLflow's scoring app (OpenAPI 3.1).
+    request_schema : dict
+        The model's JSON Schema of one patient (``models.request_schema.request_json_schema``).
+
+    Returns
+    -------
+    dict
+        A copy whose components hold the patient and measurement schemas and whose
+        ``/invocations`` POST has a JSON request body: ``inputs`` or ``dataframe_records`` (patient
+        records), ``dataframe_split``, ``instances``, and ``params.on_error``.
+    """
+    names = {name: f"{_COMPONENT_PREFIX}{''.join(part.title() for part in name.split('_'))}"
+             for name in request_schema.get("$defs", {})}
+    patient = {key: value for key, value in request_schema.items() if key not in ("$schema", "$id", "$defs")}
+    components = {f"{_COMPONENT_PREFIX}Patient": _component_refs(patient, names),
+                  **{names[name]: _component_refs(value, names) for name, value in request_schema.get("$defs", {}).items()}}
+    records = {"type": "array", "items": {"$ref": f"#/components/schemas/{_COMPONENT_PREFIX}Patient"}}
+    body = {"type": "object", "minProperties": 1, "properties": {
+        "inputs": records, "dataframe_records": records,
+        "dataframe_split": {"type": "object", "description": "columns and rows of patient records"},
+        "instances": {"type": "array", "description": "patient records, measurements in column form"},
+        "params": {"type": "object", "properties": {"on_error": {"enum": ["quarantine", "fail"]}}},
+    }}
+    document = json.loads(json.dumps(openapi))
+    document.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    post = document.setdefault("paths", {}).setdefault("/invocations", {}).setdefault("post", {})
+    post["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return document
+
+
+def _describe_invocations(app, model_path: str) -> None:
+    """Fill in the app's OpenAPI document from the model's request schema (models logged without one: unchanged)."""
+    schema_file = os.path.join(model_path, _REQUEST_SCHEMA_FILE)
+    if os.path.isfile(schema_file):
+        with open(schema_file, encoding="utf-8") as handle:
+            app.openapi_schema = openapi_with_request_schema(app.openapi(), json.load(handle))
+
+
+
+
 def scoring_app(model_path: str, limits: RequestLimits) -> RequestGuard:
     """Load the model and build the guarded scoring app (MLflow's app, as ``mlflow models serve``).
 
@@ -337,4 +405,6 @@ def scoring_app(model_path: str, limits: RequestLimits) -> RequestGuard:
     import mlflow.pyfunc
     from mlflow.pyfunc import scoring_server
 
-    return RequestGuard(scoring_server.init(mlflow.pyfunc.load_model(model_path)), limits)
+    app = scoring_server.init(mlflow.pyfunc.load_model(model_path))
+    _describe_invocations(app, model_path)
+    return RequestGuard(app, limits)
