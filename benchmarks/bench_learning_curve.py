@@ -1,7 +1,8 @@
 """Learning curve: held-out Uno's C of a model trained on more and more simulated patients, vs the oracle.
 
 Run ``python -m benchmarks.bench_learning_curve [--sizes 2000 5000 20000 50000] [--model xgb_cox]
-[--test-patients 5000] [--seeds 1] [--extra-builders NAME ...] [--bootstrap 100] [--quick]``.
+[--test-patients 5000] [--seeds 1] [--base-builders NAME ...] [--extra-builders NAME ...] [--bootstrap 100]
+[--quick]``.
 
 The model (``models.factory.make_model``) is trained on landmark sets (``features.landmarks``,
 landmarks 0 / 28 / 91 / 182, horizon 730 days) of simulated cohorts of each size (training seed
@@ -16,8 +17,9 @@ seed, with its oracle). Per landmark, at the headline horizon (12 months):
   fitting on the same amount of data could win at most;
 - the gap **plateau -> oracle**: what the data cannot show, however many patients.
 
-``--extra-builders`` also trains, at every size, the same model with the default feature
-builders plus the named ones, and prints the gain in Uno's C per landmark with a paired
+The model sees the features of ``--base-builders`` (default: ``features.registry.DEFAULT_BUILDERS``).
+``--extra-builders`` also trains, at every size, the same model with the base builders plus the
+named ones, and prints the gain in Uno's C per landmark with a paired
 bootstrap CI (patients of the test cohort resampled; ``models.evaluation`` differences), and the
 spread of the gain over ``--seeds`` training cohorts.
 
@@ -158,11 +160,11 @@ def builder_columns(builders: Sequence[str]) -> list[str]:
     return list(build_feature_rows(valid.infusions, valid.measurements, 0.0, builders).columns)
 
 
-def learning_curve(sizes: Sequence[int], model: str, test_patients: int, seeds: int,
+def learning_curve(sizes: Sequence[int], model: str, test_patients: int, seeds: int, base_builders: Sequence[str],
                    extra_builders: Sequence[str], n_bootstrap: int) -> pd.DataFrame:
     """Train at every size (and seed), score on the held-out cohort; the metrics table (relapse).
 
-    Sources: ``oracle``, ``n=<size>/seed=<k>`` (default builders) and, with ``extra_builders``,
+    Sources: ``oracle``, ``n=<size>/seed=<k>`` (base builders) and, with ``extra_builders``,
     ``n=<size>/seed=<k>/+extra`` with the paired difference ``+extra - default`` (bootstrap CI).
     Every source is scored on the same rows: those the oracle covers.
 
@@ -171,7 +173,7 @@ def learning_curve(sizes: Sequence[int], model: str, test_patients: int, seeds: 
     DataFrame
         ``models.evaluation.EvaluationResult.metrics`` of every source, stacked.
     """
-    builders = (*DEFAULT_BUILDERS, *extra_builders)
+    builders = tuple(dict.fromkeys((*base_builders, *extra_builders)))
     started = time.perf_counter()
     test, oracle = landmark_cohort(test_patients, TEST_SEED, with_oracle=True, builders=builders)
     print(f"test cohort: {test_patients} patients, {len(test)} landmark rows ({time.perf_counter() - started:.0f} s)",
@@ -180,7 +182,7 @@ def learning_curve(sizes: Sequence[int], model: str, test_patients: int, seeds: 
     covered = oracle_frame.notna().all(axis=1).to_numpy()
     test, oracle_frame = test.loc[covered], oracle_frame.loc[covered]
     targets = test[["patient_id", "landmark_day", "time", "event"]]
-    base_columns = [column for column in feature_columns(test) if column in set(builder_columns(DEFAULT_BUILDERS))]
+    base_columns = [column for column in feature_columns(test) if column in set(builder_columns(base_builders))]
 
     def settings(reference: str | None) -> EvaluationSettings:
         return EvaluationSettings(horizons_days=HORIZONS, endpoints=("relapse",), n_bootstrap=n_bootstrap,
@@ -251,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", choices=MODEL_NAMES, default="xgb_cox")
     parser.add_argument("--test-patients", type=int, default=None, help="held-out cohort size (default 5000)")
     parser.add_argument("--seeds", type=int, default=1, help="training cohorts per size (spread over seeds)")
+    parser.add_argument("--base-builders", nargs="+", default=list(DEFAULT_BUILDERS),
+                        help="feature builders of the model (default: features.registry.DEFAULT_BUILDERS)")
     parser.add_argument("--extra-builders", nargs="*", default=[], help="feature builders to add and measure")
     parser.add_argument("--bootstrap", type=int, default=100, help="patient resamples for CIs")
     parser.add_argument("--quick", action="store_true", help="sizes 1000 2000 4000, test cohort 2000")
@@ -259,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     test_patients = args.test_patients or (2000 if args.quick else 5000)
     start = time.perf_counter()
     with threadpool_limits(1, user_api="blas"):
-        metrics = learning_curve(sizes, args.model, test_patients, args.seeds, args.extra_builders, args.bootstrap)
+        metrics = learning_curve(sizes, args.model, test_patients, args.seeds, args.base_builders, args.extra_builders,
+                                 args.bootstrap)
     pd.set_option("display.width", 200)
     print(f"\nLearning curve of {args.model}, Uno's C of relapse at {HEADLINE_HORIZON:g} days (held out, "
           f"{test_patients} patients); capacity grows with n (benchmarks.bench_learning_curve.capacity):")

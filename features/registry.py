@@ -45,7 +45,8 @@ __all__ = [
 FeatureBuilder = Callable[..., pd.DataFrame]
 """``(infusions, measurements, landmark_day, **options) -> DataFrame`` indexed by patient_id."""
 
-DEFAULT_BUILDERS: tuple[str, ...] = ("baseline", "mrd", "bca", "antigen", "car_copies")
+DEFAULT_BUILDERS: tuple[str, ...] = ("baseline", "mrd", "bca", "antigen", "car_copies", "mrd_trajectory", "mrd_joint",
+                                     "b_cell_trajectory", "mrd_antigen")
 
 _REGISTRY: dict[str, FeatureBuilder] = {}
 _BUILTIN_MODULES = ("features.baseline", "features.longitudinal")
