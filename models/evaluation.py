@@ -40,6 +40,8 @@ from models.metrics import (
 __all__ = [
     "ALL_LANDMARKS",
     "HIGHER_IS_BETTER",
+    "LOWER_IS_BETTER",
+    "SELECTION_METRICS",
     "EvaluationResult",
     "EvaluationSettings",
     "best_source",
@@ -52,6 +54,10 @@ ALL_LANDMARKS = "all"
 HIGHER_IS_BETTER = frozenset({"harrell_c", "uno_c", "auc"})
 """Metrics where larger is better; for the others (Brier, IBS) smaller is, and for the calibration
 slope the distance to 1 is what counts."""
+LOWER_IS_BETTER = frozenset({"brier", "ibs"})
+"""Metrics where smaller is better."""
+SELECTION_METRICS = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | {"calibration_slope"}))
+"""Summary metrics a run can select its winner by, or gate registration on."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,40 +28,39 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from threadpoolctl import threadpool_limits
 
-from features.contract import ContractError, validate_cohort
-from features.landmarks import feature_columns
+from features.contract import ContractError
 from features.registry import FeatureInputError
 from models.base import ModelInputError
-from pipelines.config import ConfigError, RunConfig, load_config
+from pipelines.build_features import FeaturesJobError
+from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.decisions import write_decision_curves
+from pipelines.experiment import (
+    ORACLE,
+    RULE,
+    CohortError,
+    PreparedCohort,
+    cross_validate,
+    explain,
+    prepare_landmark_set,
+    progress_bar,
+    refit,
+)
 from pipelines.io import CohortIOError
 from pipelines.validate import EXIT_BAD_INPUT
 
 __all__ = [
     "EXIT_BAD_INPUT",
-    "cross_validated_sources",
-    "cv_splits",
-    "evaluate_config",
-    "evaluate_landmark_set",
-    "EvaluateError",
-    "evaluation_settings",
     "EvaluationRun",
+    "evaluate_config",
     "metrics_payload",
-    "prepare_landmark_set",
-    "progress_bar",
-    "PreparedCohort",
     "run_evaluate",
     "write_outputs",
 ]
 
-ORACLE, RULE = "oracle", "rule"
 _console = Console()
-
-
-class EvaluateError(ValueError):
-    """The evaluation cannot run on this input; the message says why."""
 
 
 @dataclass
@@ -79,212 +77,12 @@ class EvaluationRun:
     timings_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def progress_bar(console: Console | None = None) -> Progress:
-    """The jobs' rich progress display: description, bar, done/total, elapsed time.
-
-    Parameters
-    ----------
-    console : Console, optional
-        Where to draw (default: this module's stdout console).
-
-    Returns
-    -------
-    rich.progress.Progress
-    """
-    return Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console or _console)
-
-
-@dataclass(frozen=True)
-class PreparedCohort:
-    """A loaded cohort, its validation result and its landmark set (shared by train and evaluate)."""
-
-    cohort: Any
-    """``pipelines.train.CohortData``: the tables as read, their source names and the oracle (or None)."""
-    validated: Any
-    """``features.contract.validate_cohort``'s result (validated tables and quarantines)."""
-    landmark_set: pd.DataFrame
-
-
-def prepare_landmark_set(config: RunConfig, on_step: Callable[[], None] | None = None,
-                         empty_error: type[Exception] = EvaluateError) -> PreparedCohort:
-    """Load the configured cohort, validate it and build its landmark set.
-
-    Parameters
-    ----------
-    config : RunConfig
-        Its ``data`` section says what to load and how to treat bad rows; ``features`` how to
-        build the landmark set.
-    on_step : callable, optional
-        Called after each of the three steps (load, validate, landmark set), for progress bars.
-    empty_error : exception type
-        Raised when no row survives (no patient in remission and event-free at any landmark).
-
-    Returns
-    -------
-    PreparedCohort
-
-    Raises
-    ------
-    pipelines.train.TrainError, ContractError, FeaturesJobError
-        Bad input, as raised by the load, validation and feature steps.
-    """
-    from pipelines.build_features import landmark_set_from_config
-    from pipelines.train import load_cohort
-
-    step = on_step if on_step is not None else (lambda: None)
-    cohort = load_cohort(config.data)
-    step()
-    validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes,
-                                on_error=config.data.on_error, source_names=cohort.source_names)
-    step()
-    landmark_set = landmark_set_from_config(validated.infusions, validated.measurements, validated.outcomes,
-                                            config.features)
-    if landmark_set.empty:
-        raise empty_error("the landmark set is empty: no patient is in remission and event-free at any landmark")
-    step()
-    return PreparedCohort(cohort, validated, landmark_set)
-
-
-def _landmark_set(config: RunConfig, progress: Progress) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Load, validate and build the landmark set; returns it with the oracle (None if unknown)."""
-    from pipelines.build_features import FeaturesJobError
-    from pipelines.train import TrainError
-
-    task = progress.add_task("cohort, validation, landmark set", total=3)
-    try:
-        prepared = prepare_landmark_set(config, on_step=lambda: progress.advance(task))
-    except (TrainError, FeaturesJobError) as exc:
-        raise EvaluateError(str(exc)) from None
-    return prepared.landmark_set, prepared.cohort.oracle
-
-
-def cv_splits(landmark_set: pd.DataFrame, config: RunConfig) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cross-validation folds of the landmark set, grouped as ``config.evaluation.group_by`` says.
-
-    Parameters
-    ----------
-    landmark_set : DataFrame
-    config : RunConfig
-
-    Returns
-    -------
-    list of (train positions, test positions)
-        Grouped by patient (``cv_folds`` folds) or one fold per held-out site.
-    """
-    from models.validation import grouped_splits
-
-    return grouped_splits(landmark_set, config.evaluation.cv_folds, config.evaluation.group_by,
-                          config.models.random_state)
-
-
-def cross_validated_sources(landmark_set: pd.DataFrame, oracle: pd.DataFrame | None, config: RunConfig,
-                            splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                            on_fold: Callable[[int], None] | None = None) -> dict[str, pd.DataFrame]:
-    """Out-of-fold cumulative incidences of every candidate and the rule, plus the oracle's.
-
-    Parameters
-    ----------
-    landmark_set : DataFrame
-        Features, ``patient_id``, ``landmark_day``, ``time``, ``event``.
-    oracle : DataFrame or None
-        Ground-truth risks of a simulated cohort; only turned into the ``oracle`` source, never
-        shown to a model.
-    config : RunConfig
-        Candidates, their parameters and the horizons.
-    splits : sequence of (train, test) positions
-        From :func:`cv_splits`.
-    on_fold : callable, optional
-        Called after every fold of every model (progress reporting).
-
-    Returns
-    -------
-    dict
-        Source name -> prediction frame indexed like ``landmark_set``.
-    """
-    from models.factory import BASELINE_NAME, make_model
-    from models.oracle import oracle_predictions
-    from models.validation import cross_validated_cif
-
-    X, y = landmark_set[feature_columns(landmark_set)], landmark_set[["time", "event"]]
-    horizons = [float(h) for h in config.evaluation.horizons_days]
-    predictions = {}
-    for name in [*config.models.candidates, BASELINE_NAME]:
-        model = make_model(name, config.models.params.get(name), config.models.random_state)
-        predictions[name] = cross_validated_cif(model, X, y, splits, horizons, on_fold=on_fold)
-    if oracle is not None:
-        predictions[ORACLE] = oracle_predictions(landmark_set[["patient_id", "landmark_day"]], oracle, horizons)
-    return predictions
-
-
-def _cross_validated_predictions(landmark_set: pd.DataFrame, oracle: pd.DataFrame | None, config: RunConfig,
-                                 progress: Progress) -> dict[str, pd.DataFrame]:
-    splits = cv_splits(landmark_set, config)
-    n_sources = len(config.models.candidates) + 1
-    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * len(splits))
-    return cross_validated_sources(landmark_set, oracle, config, splits, on_fold=lambda _fold: progress.advance(task))
-
-
-def evaluation_settings(config: RunConfig):
-    """The :class:`models.evaluation.EvaluationSettings` of a run config (reference source: the rule).
-
-    Parameters
-    ----------
-    config : RunConfig
-
-    Returns
-    -------
-    models.evaluation.EvaluationSettings
-    """
-    from models.evaluation import EvaluationSettings
-
-    evaluation = config.evaluation
-    return EvaluationSettings(
-        horizons_days=tuple(float(h) for h in evaluation.horizons_days),
-        endpoints=tuple(evaluation.endpoints),
-        n_bootstrap=evaluation.bootstrap,
-        bootstrap_endpoints=tuple(evaluation.bootstrap_endpoints),
-        reference=RULE,
-        calibration_groups=evaluation.calibration_groups,
-        random_state=config.models.random_state,
-    )
-
-
-def evaluate_landmark_set(landmark_set: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], config: RunConfig):
-    """Score every source on the same rows of the landmark set (models.evaluation.evaluate_sources).
-
-    Parameters
-    ----------
-    landmark_set : DataFrame
-        Needs ``patient_id``, ``landmark_day``, ``time``, ``event``.
-    predictions : mapping
-        Source name -> prediction frame indexed like ``landmark_set``.
-    config : RunConfig
-
-    Returns
-    -------
-    models.evaluation.EvaluationResult
-    """
-    from models.evaluation import evaluate_sources
-
-    targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
-    return evaluate_sources(targets, predictions, evaluation_settings(config))
-
-
-def _explain_best(run: EvaluationRun, progress: Progress) -> None:
+def _explain_best(run: EvaluationRun, prepared: PreparedCohort, progress: Progress) -> None:
     """Refit the best candidate on every row; SHAP of its relapse risk; curves for the CIF plot."""
-    from models.explain import explain_relapse_risk
-    from models.factory import make_model
-
-    config, landmark_set = run.config, run.landmark_set
     task = progress.add_task(f"refit + SHAP: {run.best_model}", total=2)
-    X, y = landmark_set[feature_columns(landmark_set)], landmark_set[["time", "event"]]
-    model = make_model(run.best_model, config.models.params.get(run.best_model), config.models.random_state)
-    model.fit(X, y)
+    model = refit(run.config, prepared, run.best_model)
     progress.advance(task)
-    run.explanation = explain_relapse_risk(
-        model, X, horizon_days=config.evaluation.shap_horizon_days, n_background=config.evaluation.shap_background,
-        max_rows=config.evaluation.shap_max_rows, random_state=config.models.random_state)
+    run.explanation = explain(run.config, model, prepared)
     run.best_curves = (model.predict_cif_curves(run.explanation.data), run.explanation.data.index)
     progress.advance(task)
 
@@ -293,20 +91,17 @@ def evaluate_config(config: RunConfig) -> EvaluationRun:
     """Run steps 1-4 of the job (see module docstring) and return what was computed."""
     from models.evaluation import best_source
 
+    check_config(config)
     timings: dict[str, float] = {}
-    with progress_bar() as progress, threadpool_limits(1, user_api="blas"):
+    with progress_bar(_console) as progress, threadpool_limits(1, user_api="blas"):
         start = time.perf_counter()
-        landmark_set, oracle = _landmark_set(config, progress)
+        prepared = prepare_landmark_set(config, progress)
         timings["data"] = time.perf_counter() - start
-        predictions = _cross_validated_predictions(landmark_set, oracle, config, progress)
-        timings["cross_validation"] = time.perf_counter() - start - sum(timings.values())
-        task = progress.add_task("metrics + bootstrap", total=1)
-        result = evaluate_landmark_set(landmark_set, predictions, config)
-        progress.advance(task)
-        timings["metrics"] = time.perf_counter() - start - sum(timings.values())
+        predictions, result = cross_validate(config, prepared, progress)
+        timings["cross_validation_and_metrics"] = time.perf_counter() - start - sum(timings.values())
         best = best_source(result.metrics, config.models.candidates, config.evaluation.selection_metric)
-        run = EvaluationRun(config, landmark_set, predictions, result, best, timings_seconds=timings)
-        _explain_best(run, progress)
+        run = EvaluationRun(config, prepared.landmark_set, predictions, result, best, timings_seconds=timings)
+        _explain_best(run, prepared, progress)
         timings["explain"] = time.perf_counter() - start - sum(timings.values())
     return run
 
@@ -411,7 +206,7 @@ def _figures(run: EvaluationRun) -> dict[str, Any]:
 
 
 def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
-    """Write ``metrics.json`` and every plot (PNG) to ``out_dir``.
+    """Write ``metrics.json``, every plot (PNG) and the decision curves (pipelines.decisions) to ``out_dir``.
 
     Parameters
     ----------
@@ -433,6 +228,7 @@ def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
         path = out_dir / f"{name}.png"
         figure.savefig(path, dpi=110)
         written.append(path)
+    written += write_decision_curves(run.config, run.landmark_set, run.predictions, run.best_model, out_dir)
     return written
 
 
@@ -461,7 +257,8 @@ def _headline_table(run: EvaluationRun):
     return table
 
 
-_INPUT_ERRORS = (ConfigError, ContractError, CohortIOError, FeatureInputError, ModelInputError, EvaluateError)
+_INPUT_ERRORS = (ConfigError, ContractError, CohortIOError, CohortError, FeatureInputError, FeaturesJobError,
+                 ModelInputError)
 
 
 def run_evaluate(config_path: Path, out_dir: Path) -> EvaluationRun:

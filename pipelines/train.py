@@ -8,21 +8,24 @@ Steps (each shown with a progress bar):
 3. cross-validate every candidate and the clinicians' rule with folds grouped by patient (or
    site), and score them side by side with the oracle where it is known (models.evaluation);
 4. pick the winner by the configured metric, refit it on all rows, explain it (SHAP);
-5. log everything to MLflow (config as params, every metric per landmark / endpoint / horizon /
-   source, data report, plots, feature list, dataset hash; no patient rows unless
+5. log everything to MLflow (config as params; the cohort as an MLflow dataset with its
+   fingerprint and source; the git commit; a few summary metrics per source and the winner's,
+   with the whole metric grid per landmark / endpoint / horizon / source as the table
+   ``evaluation/metrics.csv``; data report, plots, feature list; no patient rows unless
    ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
    configured thresholds, moving the ``champion`` / ``previous`` aliases under a lock;
-6. print where to look: run id, model version, the ``mlflow ui`` line and the serve command.
+6. print where to look: run id, model version, the ``mlflow ui`` line, the serve and score
+   commands, and the plain ``mlflow`` commands with the store's URI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,30 +33,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
-from features.landmarks import feature_columns
 from models.base import ModelInputError
-from models.evaluation import HIGHER_IS_BETTER, best_source
+from models.evaluation import SELECTION_METRICS, best_source
 from models.serving import ScoringBundle
-from pipelines.config import ConfigError, DataConfig, RunConfig, load_config
+from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.decisions import log_decision_curves
+from pipelines.experiment import (
+    ORACLE,
+    RULE,
+    CohortData,
+    CohortError,
+    PreparedCohort,
+    cross_validate,
+    dataset_hash,
+    explain,
+    prepare_landmark_set,
+    progress_bar,
+    refit,
+)
+from pipelines.run_report import RunOutcome, log_run_report
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
+from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
 __all__ = [
-    "EXIT_BAD_CONFIG",
+    "EXIT_BAD_INPUT",
     "EXIT_FAILED",
-    "LOWER_IS_BETTER",
-    "SELECTION_METRICS",
-    "TrainError",
-    "CohortData",
     "TrainSummary",
-    "check_config",
-    "load_cohort",
-    "dataset_hash",
+    "cohort_dataset",
     "flatten_config",
-    "metric_key",
+    "mlflow_client_commands",
+    "source_git_commit",
     "summarise_metrics",
     "train",
     "run_train",
@@ -61,29 +75,8 @@ __all__ = [
     "report_without_patient_details",
 ]
 
-EXIT_BAD_CONFIG = 2
-EXIT_FAILED = 1
-LOWER_IS_BETTER = frozenset({"brier", "ibs"})
-SELECTION_METRICS = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | {"calibration_slope"}))
-RULE = "rule"
-ORACLE = "oracle"
 _console = Console(soft_wrap=True, highlight=False)
-
-
-class TrainError(RuntimeError):
-    """Training cannot go on; the message says what and why."""
-
-
-@dataclass(frozen=True)
-class CohortData:
-    """Raw cohort tables, where they came from, and the oracle when known (evaluation only)."""
-
-    infusions: pd.DataFrame
-    measurements: pd.DataFrame
-    outcomes: pd.DataFrame
-    source_names: dict[str, str]
-    description: str
-    oracle: pd.DataFrame | None = None
+SERVING_EXAMPLE_FILE = "serving_input_example.json"  # where MLflow stores a logged model's example request
 
 
 @dataclass(frozen=True)
@@ -101,45 +94,10 @@ class TrainSummary:
     previous_champion: str | None
     gate_reasons: tuple[str, ...]
     model_uri: str
+    run_report: str | None = None
 
 
 # --- config ---------------------------------------------------------------------------------------
-def check_config(config: RunConfig) -> None:
-    """Checks across sections that pydantic cannot express; raises ConfigError naming each key."""
-    from features.registry import get_builder
-    from models.factory import BASELINE_NAME, MODEL_NAMES
-
-    problems = []
-    horizons = [float(h) for h in config.evaluation.horizons_days]
-    known_metrics = SELECTION_METRICS
-    if config.evaluation.selection_metric not in known_metrics:
-        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
-    if float(config.registry.risk_group_horizon_days) not in horizons:
-        problems.append(f"registry.risk_group_horizon_days: {config.registry.risk_group_horizon_days:g} is not one of "
-                        f"evaluation.horizons_days {horizons}")
-    if float(config.evaluation.shap_horizon_days) not in horizons:
-        problems.append(f"evaluation.shap_horizon_days: {config.evaluation.shap_horizon_days:g} is not one of "
-                        f"evaluation.horizons_days {horizons}")
-    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
-        if name not in known_metrics:
-            problems.append(f"registry thresholds: unknown metric '{name}'; known: {known_metrics}")
-    unknown = [name for name in config.models.candidates if name not in MODEL_NAMES]
-    if unknown or not config.models.candidates:
-        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(MODEL_NAMES)}")
-    extra_params = sorted(set(config.models.params) - set(MODEL_NAMES) - {BASELINE_NAME})
-    if extra_params:
-        problems.append(f"models.params: no candidate named {extra_params}")
-    if config.data.source == "folder" and config.data.input_dir is None:
-        problems.append("data.input_dir: required when data.source is 'folder'")
-    for name in config.features.builders:
-        try:
-            get_builder(name)
-        except KeyError as exc:
-            problems.append(f"features.builders: {exc.args[0]}")
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  {line}" for line in problems))
-
-
 def flatten_config(config: RunConfig) -> dict[str, str]:
     """The config as flat MLflow params: ``section.key`` (nested keys joined by dots) -> text."""
     flat: dict[str, str] = {}
@@ -155,65 +113,8 @@ def flatten_config(config: RunConfig) -> dict[str, str]:
     return flat
 
 
-# --- data -----------------------------------------------------------------------------------------
-def load_cohort(data: DataConfig) -> CohortData:
-    """The cohort the config names: simulated (with its oracle) or read from a folder.
-
-    Raises
-    ------
-    TrainError
-        A folder without an ``outcomes`` table (training needs outcomes).
-    """
-    if data.source == "synthetic":
-        from pipelines.simulate import simulate_cohort
-
-        synthetic = data.synthetic
-        cohort = simulate_cohort(synthetic.n_patients, synthetic.seed, with_oracle=synthetic.with_oracle)
-        names = {table: table for table in ("infusions", "measurements", "outcomes")}
-        description = f"synthetic (n_patients={synthetic.n_patients}, seed={synthetic.seed})"
-        return CohortData(cohort.infusions, cohort.measurements, cohort.outcomes, names, description, cohort.oracle)
-    from pipelines.io import read_cohort_folder, read_table
-
-    if data.input_dir is None:  # check_config requires it for a folder source
-        raise TrainError("data.input_dir: required when data.source is 'folder'")
-    files = read_cohort_folder(data.input_dir)
-    if "outcomes" not in files.tables:
-        raise TrainError(f"{data.input_dir}: training needs an outcomes table (outcomes.csv or outcomes.parquet)")
-    oracle_file = Path(data.input_dir) / "oracle.parquet"
-    oracle = read_table(oracle_file) if oracle_file.is_file() else None
-    tables = files.tables
-    return CohortData(tables["infusions"], tables["measurements"], tables["outcomes"], files.source_names,
-                      f"folder {data.input_dir}", oracle)
-
-
-def _canonical_csv(frame: pd.DataFrame, keys: Sequence[str]) -> bytes:
-    ordered = frame.reindex(columns=sorted(frame.columns))
-    ordered = ordered.sort_values([k for k in keys if k in ordered.columns], kind="stable")
-    return ordered.to_csv(index=False, lineterminator="\n", na_rep="").encode()
-
-
-def dataset_hash(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: pd.DataFrame) -> str:
-    """sha256 of the validated tables in a canonical form (sorted columns and rows, CSV text).
-
-    Row order and column order in the input files do not change the hash; any value does.
-    """
-    digest = hashlib.sha256()
-    for name, frame, keys in (
-        ("infusions", infusions, ["patient_id"]),
-        ("measurements", measurements, ["patient_id", "day", "specimen", "assay", "value"]),
-        ("outcomes", outcomes, ["patient_id"]),
-    ):
-        digest.update(f"[{name}]\n".encode())
-        digest.update(_canonical_csv(frame, keys))
-    return digest.hexdigest()
-
-
 # --- evaluation -----------------------------------------------------------------------------------
-# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: see
-# pipelines/evaluate.py (prepare_landmark_set, cv_splits, cross_validated_sources,
-# evaluate_landmark_set). Imported inside functions: evaluate.py imports load_cohort from here.
-
-
+# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: pipelines/experiment.py.
 def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Per source, each relapse metric over all landmarks averaged over the horizons
     (``models.evaluation.summary_by_source``): what the winner is picked by and the gate checks."""
@@ -229,37 +130,24 @@ def _label(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:g}"
 
 
-def metric_key(row: Mapping[str, Any], suffix: str = "") -> str:
-    """MLflow key of one evaluation metric: ``cv/<source>/<endpoint>/lm<day|all>[/h<days>]/<metric>``."""
-    source = str(row["source"]).replace(" - ", "_vs_")
-    landmark = "all" if str(row["landmark_day"]) == "all" else _label(row["landmark_day"])
-    horizon = "" if pd.isna(row["horizon_days"]) else f"/h{_label(row['horizon_days'])}"
-    return f"cv/{source}/{row['endpoint']}/lm{landmark}{horizon}/{row['metric']}{suffix}"
+def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
+    """The summary metrics only: ``summary/<source>/<metric>`` per source and ``winner/<metric>``.
 
-
-def _metric_entries(metrics: pd.DataFrame) -> Iterator[tuple[str, float]]:
-    for row in metrics.to_dict("records"):
-        for column, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
-            if np.isfinite(row[column]):
-                yield metric_key(row, suffix), float(row[column])
-
-
-def _log_metrics(run_id: str, metrics: pd.DataFrame, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
-    """Every evaluation metric, the per-source summaries and the winner's, in batches."""
+    A handful per run, so the MLflow metric list stays readable and runs compare on them; the
+    whole grid (every source, endpoint, landmark, horizon, with bootstrap bounds) is the table
+    artifact ``evaluation/metrics.csv`` (:func:`_log_tables`).
+    """
     import time
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    entries = list(_metric_entries(metrics))
-    entries += [(f"summary/{source}/{name}", value) for source, values in summary.items()
-                for name, value in values.items() if np.isfinite(value)]
+    entries = [(f"summary/{source}/{name}", value) for source, values in summary.items()
+               for name, value in values.items() if np.isfinite(value)]
     entries += [(f"winner/{name}", value) for name, value in summary[winner].items() if np.isfinite(value)]
     stamp = int(time.time() * 1000)
-    client = MlflowClient()
-    batch = [Metric(key, value, stamp, 0) for key, value in entries]
-    for start in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[start:start + 1000], synchronous=True)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in entries],
+                             synchronous=True)
 
 
 def _log_tables(metrics: pd.DataFrame, calibration: pd.DataFrame, report: dict, features: dict) -> None:
@@ -411,79 +299,105 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
 
 
 # --- orchestration ----------------------------------------------------------------------------------
-def _progress() -> Progress:
-    from pipelines.evaluate import progress_bar
-
-    return progress_bar(console=_console)
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    cohort: CohortData
-    validated: Any
-    landmark_set: pd.DataFrame
-    columns: list[str]
-
-
-def _prepare(config: RunConfig, progress: Progress) -> _Prepared:
-    """Load, validate and build the landmark set (one progress step each)."""
-    from pipelines.evaluate import prepare_landmark_set
-
-    task = progress.add_task("cohort, validation, landmark set", total=3)
-    prepared = prepare_landmark_set(config, on_step=lambda: progress.advance(task), empty_error=TrainError)
-    return _Prepared(prepared.cohort, prepared.validated, prepared.landmark_set,
-                     feature_columns(prepared.landmark_set))
-
-
-def _cross_validate(config: RunConfig, prepared: _Prepared, progress: Progress):
-    """Out-of-fold predictions of every source and their metrics, with progress bars."""
-    from pipelines.evaluate import cross_validated_sources, cv_splits, evaluate_landmark_set
-
-    splits = cv_splits(prepared.landmark_set, config)
-    n_sources = len(config.models.candidates) + 1
-    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * len(splits))
-    predictions = cross_validated_sources(prepared.landmark_set, prepared.cohort.oracle, config, splits,
-                                          on_fold=lambda _fold: progress.advance(task))
-    task = progress.add_task(f"metrics (bootstrap {config.evaluation.bootstrap})", total=1)
-    evaluation = evaluate_landmark_set(prepared.landmark_set, predictions, config)
-    progress.advance(task)
-    return predictions, evaluation
-
-
-def _refit(config: RunConfig, prepared: _Prepared, winner: str, progress: Progress):
-    from models.factory import make_model
-
+def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, progress: Progress):
     task = progress.add_task(f"refit {winner} on all rows", total=1)
-    model = make_model(winner, config.models.params.get(winner), config.models.random_state)
-    model.fit(prepared.landmark_set[prepared.columns], prepared.landmark_set[["time", "event"]])
+    model = refit(config, prepared, winner)
     progress.advance(task)
     return model
 
 
-def _log_run_inputs(config: RunConfig, prepared: _Prepared, config_path: Path | None) -> None:
+def source_git_commit(checkout: Path | None = None) -> tuple[str, bool] | None:
+    """The commit the project's code is run from, and whether tracked files differ from it.
+
+    Parameters
+    ----------
+    checkout : Path, optional
+        Folder of the project's code (default: the folder holding the ``pipelines`` package).
+
+    Returns
+    -------
+    (str, bool) or None
+        The full commit hash and "has local changes"; None when the code is not run from a git
+        checkout of the project (an installed package, no git, a folder inside another repository).
+    """
+    import subprocess
+
+    folder = (Path(checkout) if checkout is not None else Path(__file__).resolve().parents[1]).resolve()
+    if not (folder / "pyproject.toml").is_file():
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=20,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    head = git("rev-parse", "--show-toplevel", "HEAD")
+    if head is None or len(head.split()) != 2 or Path(head.split()[0]).resolve() != folder:
+        return None
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return head.split()[1], bool(changes and changes.strip())
+
+
+def cohort_dataset(cohort: CohortData, fingerprint: str):
+    """The cohort as an MLflow dataset: name, digest (the fingerprint's first 16 hex digits) and
+    source (the cohort folder, or how it was made); metadata only, never patient rows.
+
+    Parameters
+    ----------
+    cohort : CohortData
+    fingerprint : str
+        ``pipelines.experiment.dataset_hash`` of the validated tables.
+
+    Returns
+    -------
+    mlflow.data.meta_dataset.MetaDataset
+    """
+    from mlflow.data import sources
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if cohort.folder is not None:
+        source = sources.LocalArtifactDatasetSource(str(Path(cohort.folder).resolve()))  # type: ignore[attr-defined]
+    else:
+        source = CodeDatasetSource(tags={"cohort": cohort.description})
+    return MetaDataset(source, name="cohort", digest=fingerprint[:16])  # type: ignore[abstract]  # profile: None
+
+
+def _log_run_inputs(config: RunConfig, prepared: PreparedCohort, config_path: Path | None) -> None:
+    """The config as params; the cohort as tags and as an MLflow dataset; the code's git commit."""
     import mlflow
 
     validated = prepared.validated
+    fingerprint = dataset_hash(validated.infusions, validated.measurements, validated.outcomes)
     mlflow.log_params(flatten_config(config))
-    mlflow.set_tags({
+    tags = {
         "data.source": prepared.cohort.description,
-        "data.sha256": dataset_hash(validated.infusions, validated.measurements, validated.outcomes),
+        "data.sha256": fingerprint,
         "data.patients": str(validated.report.patients_out),
         "data.landmark_rows": str(len(prepared.landmark_set)),
         "data.oracle": str(prepared.cohort.oracle is not None).lower(),
-    })
+    }
+    if (commit := source_git_commit()) is not None:
+        tags.update({"mlflow.source.git.commit": commit[0], "git.dirty": str(commit[1]).lower()})
+    mlflow.set_tags(tags)
+    mlflow.log_input(cohort_dataset(prepared.cohort, fingerprint), context="training",
+                     tags={"data.sha256": fingerprint, "data.patients": tags["data.patients"],
+                           "data.landmark_rows": tags["data.landmark_rows"]})
     if config_path is not None:
         mlflow.log_artifact(str(config_path), "config")
 
 
-def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluation, summary, winner: str,
+def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, evaluation, summary, winner: str,
                     run_id: str) -> None:
     import mlflow
 
     from models.plots import plot_calibration, plot_metric_by_landmark
 
     horizons = [float(h) for h in config.evaluation.horizons_days]
-    _log_metrics(run_id, evaluation.metrics, summary, winner)
+    _log_metrics(run_id, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
     report = prepared.validated.report.to_dict()
     if not config.registry.log_patient_rows:
@@ -501,7 +415,8 @@ def _log_evaluation(config: RunConfig, prepared: _Prepared, predictions, evaluat
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
 
-def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None) -> TrainSummary:
+def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None,
+          cohort: CohortData | None = None) -> TrainSummary:
     """Run the whole training job for a validated config (see the module docstring).
 
     Parameters
@@ -511,6 +426,9 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         Logged as an artifact when given.
     tracking_uri : str, optional
         Overrides the environment and the config.
+    cohort : CohortData, optional
+        Tables already in memory (``pipelines.api.train_frames``) instead of the cohort the
+        config's ``data`` section names.
 
     Returns
     -------
@@ -521,17 +439,18 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     check_config(config)
     target = setup_tracking(config.tracking.experiment, tracking_uri, config.tracking.tracking_uri,
                             config.tracking.artifact_location)
-    with mlflow.start_run(experiment_id=target.experiment_id) as run, _progress() as progress, \
+    with mlflow.start_run(experiment_id=target.experiment_id) as run, progress_bar(_console) as progress, \
             threadpool_limits(1, user_api="blas"):
         run_id = run.info.run_id
-        prepared = _prepare(config, progress)
+        prepared = prepare_landmark_set(config, progress, cohort)
         _log_run_inputs(config, prepared, config_path)
-        predictions, evaluation = _cross_validate(config, prepared, progress)
+        predictions, evaluation = cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
         winner = best_source(evaluation.metrics, config.models.candidates, config.evaluation.selection_metric)
         _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
+        decisions = log_decision_curves(config, prepared.landmark_set, predictions, winner, progress)
         model = _refit(config, prepared, winner, progress)
-        _log_explanations(config, model, prepared, progress)
+        explanation = _log_explanations(config, model, prepared, progress)
         if not config.registry.log_patient_rows:
             model = without_training_rows(model, prepared.landmark_set[prepared.columns])
         mlflow.set_tag("winner", winner)
@@ -541,23 +460,23 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
             summary[winner],
         )
         progress.advance(task)
+        report = log_run_report(config, prepared, evaluation, decisions, explanation,
+                                RunOutcome(run_id, winner, registration.registered, config.registry.model_name,
+                                           registration.version, registration.reasons), progress)
     return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
                         registration.registered, config.registry.model_name, registration.version,
-                        registration.previous, registration.reasons, registration.model_uri)
+                        registration.previous, registration.reasons, registration.model_uri, report)
 
 
-def _log_explanations(config: RunConfig, model, prepared: _Prepared, progress: Progress) -> None:
-    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner."""
+def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress):
+    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner;
+    returns the explanation."""
     import mlflow
 
-    from models.explain import explain_relapse_risk, global_importance, plot_beeswarm, plot_importance_bar
+    from models.explain import global_importance, plot_beeswarm, plot_importance_bar
 
     task = progress.add_task("SHAP summary", total=1)
-    explanation = explain_relapse_risk(
-        model, prepared.landmark_set[prepared.columns], horizon_days=float(config.evaluation.shap_horizon_days),
-        n_background=config.evaluation.shap_background, max_rows=config.evaluation.shap_max_rows,
-        random_state=config.models.random_state,
-    )
+    explanation = explain(config, model, prepared)
     mlflow.log_figure(plot_beeswarm(explanation), "plots/shap_summary.png")
     mlflow.log_figure(plot_importance_bar(explanation), "plots/shap_importance.png")
     importance = global_importance(explanation)
@@ -565,9 +484,41 @@ def _log_explanations(config: RunConfig, model, prepared: _Prepared, progress: P
                      "rows_explained": len(explanation.data),
                      "importance": importance.to_dict("records")}, "explain/global_importance.json")
     progress.advance(task)
+    return explanation
 
 
 # --- the command ------------------------------------------------------------------------------------
+def mlflow_client_commands(tracking_uri: str, model_uri: str) -> list[str]:
+    """Plain ``mlflow`` commands for a model, each carrying the store's URI (shell-quoted).
+
+    Without ``MLFLOW_TRACKING_URI`` the mlflow CLI looks for ``models:/`` URIs in ``./mlflow.db`` (and
+    creates it empty), so every line sets it. The lines serve the model, fetch its own example
+    request (``serving_input_example.json``) into the current folder, and score that request.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        Tracking and registry URI of the store holding the model.
+    model_uri : str
+        A registered model, e.g. ``models:/car-relapse@champion`` (the artifacts CLI reads a file of
+        a model by its registry URI, not by a logged model's ``models:/m-...`` id).
+
+    Returns
+    -------
+    list of str
+    """
+    from pipelines.serve import mlflow_serve_command
+
+    env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)}"
+    serve = shlex.join(["mlflow", *mlflow_serve_command(model_uri)[3:]])  # without "<python> -m mlflow"
+    model, example = shlex.quote(model_uri), shlex.quote(f"{model_uri}/{SERVING_EXAMPLE_FILE}")
+    return [
+        f"{env} {serve}",
+        f"{env} mlflow artifacts download -u {example} -d .",
+        f"{env} mlflow models predict -m {model} -i {SERVING_EXAMPLE_FILE} -t json --env-manager local",
+    ]
+
+
 def _where_to_look(summary: TrainSummary) -> list[str]:
     from pipelines.tracking import default_tracking_uri
 
@@ -583,11 +534,16 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
     else:
         lines.append(f"NOT registered (logged as {summary.model_uri}): " + "; ".join(summary.gate_reasons))
     lines += [
+        f"run report:  {summary.run_report}",
         f"MLflow UI:   {mlflow_ui_command(summary.tracking_uri)}",
         f"serve:       car-relapse serve --model models:/{summary.model_name}@champion{uri_option}",
         f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
         f"--as-of-day 91 --output scores.parquet{uri_option}",
     ]
+    if summary.registered:  # the plain mlflow commands, for the champion (a refused model is not for serving)
+        lines.append("mlflow CLI:  (plain mlflow commands need MLFLOW_TRACKING_URI; without it they look in ./mlflow.db)")
+        lines += [f"  {command}" for command in
+                  mlflow_client_commands(summary.tracking_uri, f"models:/{summary.model_name}@champion")]
     if shutil.which("car-relapse") is None or shutil.which("mlflow") is None:
         lines.append(f"first:       source {Path(sys.prefix) / 'bin' / 'activate'}   (puts car-relapse and mlflow on PATH)")
     return lines
@@ -596,11 +552,12 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
 def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummary:
     """``car-relapse train``: load the config, train, print where to look.
 
-    Exit codes: 2 for a bad config, 1 for bad data or a failed step; never a traceback for the
-    project's own errors.
+    Exit codes: 2 for bad input (config, cohort, data contract), 1 when a step fails for another
+    reason (tracking store, registry); never a traceback for the project's own errors.
     """
     import typer
 
+    from pipelines.build_features import FeaturesJobError
     from pipelines.io import CohortIOError
     from pipelines.registry import RegistryError
 
@@ -609,11 +566,14 @@ def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummar
         config = load_config(Path(config_path))
         summary = train(config, Path(config_path), tracking_uri)
     except ConfigError as exc:
-        _console.print(f"[red]config error:[/red] {exc}", highlight=False)
-        raise typer.Exit(code=EXIT_BAD_CONFIG) from None
-    except (TrainError, ContractError, CohortIOError, ModelInputError, TrackingError, RegistryError) as exc:
-        _console.print(f"[red]training failed:[/red] {exc}", highlight=False)
+        _console.print(f"[red]config error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    except (CohortError, ContractError, CohortIOError, FeaturesJobError, ModelInputError) as exc:
+        _console.print(f"[red]bad input:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    except (TrackingError, RegistryError) as exc:
+        _console.print(f"[red]training failed:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=EXIT_FAILED) from None
     for line in _where_to_look(summary):
-        _console.print(line, highlight=False, soft_wrap=True)
+        _console.print(line, markup=False, highlight=False, soft_wrap=True)
     return summary
