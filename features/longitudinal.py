@@ -641,6 +641,17 @@ def b_cell_trajectory_features(
     return float_frame({f"b_cells_log10_vs_recovery_{name}": table[stat] for name, stat in names.items()}, index)
 
 
+_DAY_SPAN = 1_000_000.0
+"""Visit key = patient code x this + day (days since infusion are far below it)."""
+
+
+def _last_per_visit(patient: np.ndarray, day: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Visit keys (ascending) and the value of the last row of each visit (rows sorted by patient and day)."""
+    key = patient * _DAY_SPAN + day
+    last = _segments(key)[1] if key.size else np.zeros(0, dtype=np.int64)
+    return key[last], value[last]
+
+
 @register_builder("mrd_antigen")
 def mrd_antigen_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
     """CD19-negative and CD19-positive parts of detectable marrow MRD (antigen of the residual blasts).
@@ -665,18 +676,17 @@ def mrd_antigen_features(infusions: pd.DataFrame, measurements: pd.DataFrame, la
     patient, series = rows.group // 2, rows.group % 2
     flow = (series == 0) & rows.detectable & np.isfinite(rows.value)
     cd19 = (series == 1) & np.isfinite(rows.value)
+    mrd_key, mrd = _last_per_visit(patient[flow], rows.day[flow], rows.value[flow])  # rows sorted: last = highest
+    share_key, share = _last_per_visit(patient[cd19], rows.day[cd19], rows.value[cd19])
+    key, at_mrd, at_share = np.intersect1d(mrd_key, share_key, assume_unique=True, return_indices=True)
+    code = np.floor(key / _DAY_SPAN).astype(np.int64)
+    last = _segments(code)[1] if code.size else np.zeros(0, dtype=np.int64)  # keys ascend: each patient's last visit
+    code, day, log_mrd = code[last], key[last] - code[last] * _DAY_SPAN, mrd[at_mrd][last]
+    cd19_share = np.clip(share[at_share][last] / 100.0, 0.01, 0.99)
     n = len(index)
-    key_flow = pd.MultiIndex.from_arrays([patient[flow], rows.day[flow]])
-    mrd = pd.Series(rows.value[flow], index=key_flow).groupby(level=[0, 1]).max()
-    share = pd.Series(rows.value[cd19], index=pd.MultiIndex.from_arrays([patient[cd19], rows.day[cd19]]))
-    share = share.groupby(level=[0, 1]).last()
-    both = pd.concat([mrd.rename("mrd"), share.rename("cd19")], axis=1, join="inner")
-    last = both.groupby(level=0).tail(1)
-    code = last.index.get_level_values(0).to_numpy()
-    cd19_share = np.clip(last["cd19"].to_numpy() / 100.0, 0.01, 0.99)
     out = {name: np.full(n, np.nan) for name in ("bm_cd19_negative_mrd_log10_last", "bm_cd19_positive_mrd_log10_last",
                                                  "bm_mrd_antigen_days_since")}
-    out["bm_cd19_negative_mrd_log10_last"][code] = last["mrd"].to_numpy() + np.log10(1.0 - cd19_share)
-    out["bm_cd19_positive_mrd_log10_last"][code] = last["mrd"].to_numpy() + np.log10(cd19_share)
-    out["bm_mrd_antigen_days_since"][code] = s - last.index.get_level_values(1).to_numpy()
+    out["bm_cd19_negative_mrd_log10_last"][code] = log_mrd + np.log10(1.0 - cd19_share)
+    out["bm_cd19_positive_mrd_log10_last"][code] = log_mrd + np.log10(cd19_share)
+    out["bm_mrd_antigen_days_since"][code] = s - day
     return float_frame(out, index)
