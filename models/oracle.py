@@ -53,8 +53,6 @@ def mcse_column(column: str) -> str:
     return f"{MCSE_PREFIX}{column}"
 
 
-
-
 def _check_oracle(oracle: pd.DataFrame) -> None:
     required = _KEYS + ["horizon_days", "event_free", *ORACLE_CAUSE_COLUMNS]
     missing = [column for column in required if column not in oracle.columns]
