@@ -1,22 +1,26 @@
 """Serving latency: single-patient requests to the real scoring server under 8 concurrent clients.
 
 Run: ``python -m benchmarks.bench_serving [--requests 800] [--clients 8] [--workers 2] [--repeats 3]
-[--model URI --tracking-uri URI] [--baseline-model URI --baseline-tracking-uri URI]``. Without
+[--model URI --tracking-uri URI] [--baseline-server mlflow|CHECKOUT] [--baseline-model URI
+--baseline-tracking-uri URI]``. Without
 ``--model``, the benchmark model of ``benchmarks.bench_scoring`` is trained and registered first in
 a temporary store (not timed). The server is started exactly as ``car-relapse serve`` starts it
 (MLflow's scoring app, 2 workers, 127.0.0.1, a free port), warmed up, then the clients send a
 bounded number of requests, each one patient (distinct simulated patients, as of day 91), over
-keep-alive connections. The measurement is repeated on fresh connections (each repeat is printed, then all requests pooled); the
-launcher deals the connections to the workers in turn (4 per worker for 8 clients).
+keep-alive connections. The measurement is repeated on fresh connections (each repeat is printed, then all requests
+pooled); the workers share one listening socket, so the kernel splits the connections between them (not always evenly).
 Each line also gives the server's CPU time per request (launcher and workers, from /proc on
 Linux): on a shared machine that runs slower at times, the same requests then cost more CPU. The
 server is stopped at the end. Targets: median < 50 ms, p99 < 200 ms.
 
-Comparing two versions: ``--baseline-model URI [--baseline-tracking-uri URI]`` serves a second
-model beside the first (each runs the code logged with it) and measures them in turn, repeat by
-repeat, alternating which goes first; it prints both and the ratio of their server CPU per request
-in each repeat. On a machine whose speed drifts, separate runs minutes apart are not comparable;
-paired repeats are.
+Comparing two servers: ``--baseline-model URI [--baseline-tracking-uri URI]`` serves a second
+model beside the first (each runs the code logged with it), ``--baseline-server`` says what serves
+it: this checkout's ``car-relapse serve`` (default), ``mlflow`` (plain ``mlflow models serve
+--workers N --env-manager local``) or the path of another checkout (its own ``pipelines.serve``, e.g.
+an older commit checked out with ``git worktree add``); the baseline model defaults to the model.
+Both are measured in turn, repeat by repeat, alternating which goes first; it prints both and the
+ratio of their server CPU per request in each repeat. On a machine whose speed drifts, separate runs
+minutes apart are not comparable; paired repeats are.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["request_bodies", "start_server", "run_clients", "server_cpu_seconds", "main"]
+__all__ = ["request_bodies", "server_command", "start_server", "stop_server", "run_clients", "server_cpu_seconds",
+           "machine_load", "main"]
 
 
 def request_bodies(n_patients: int, as_of_day: float = 91.0, seed: int = 77) -> list[bytes]:
@@ -57,16 +62,33 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model_uri: str, tracking_uri: str | None, workers: int, log: Path) -> tuple[subprocess.Popen, int]:
-    """Start the scoring server (own process group) and wait for ``/ping``."""
-    from pipelines.serve import serve_command, serve_environment
+def server_command(server: str, model_uri: str, port: int, workers: int) -> tuple[list[str], dict[str, str]]:
+    """Command and extra environment of a scoring server: ``project`` (``car-relapse serve``'s
+    launcher), ``mlflow`` (``mlflow models serve``) or the path of another checkout (its launcher)."""
+    from pipelines.serve import mlflow_serve_command, serve_command
+
+    if server == "project":
+        return serve_command(model_uri, "127.0.0.1", port, workers), {}
+    if server == "mlflow":
+        return mlflow_serve_command(model_uri, "127.0.0.1", port, workers), {}
+    checkout = str(Path(server).resolve())
+    command = [sys.executable, "-m", "pipelines.serve", "--model", model_uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(workers)]
+    return command, {"PYTHONPATH": checkout}
+
+
+def start_server(model_uri: str, tracking_uri: str | None, workers: int, log: Path,
+                 server: str = "project") -> tuple[subprocess.Popen, int]:
+    """Start a scoring server (own process group, see :func:`server_command`) and wait for ``/ping``."""
+    from pipelines.serve import serve_environment
     from pipelines.tracking import resolve_tracking_uri
 
     port = _free_port()
-    env = serve_environment(resolve_tracking_uri(tracking_uri))
+    command, extra = server_command(server, model_uri, port, workers)
+    env = {**serve_environment(resolve_tracking_uri(tracking_uri)), **extra}
     with open(log, "wb") as sink:
-        process = subprocess.Popen(serve_command(model_uri, "127.0.0.1", port, workers), env=env,
-                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, env=env, cwd=extra.get("PYTHONPATH"), stdout=sink,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -74,8 +96,28 @@ def start_server(model_uri: str, tracking_uri: str | None, workers: int, log: Pa
                 return process, port
         except OSError:
             time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGTERM)
+    stop_server(process)
     raise RuntimeError(f"scoring server did not start: {log.read_text()[-2000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group; SIGKILL if it has not stopped after 30 s."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def machine_load() -> str:
+    """The 1-minute load average and the cores, for the record (the machine may be shared)."""
+    try:
+        return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load average unknown"
 
 
 def _client(port: int, bodies: list[bytes], counter, n_requests: int, latencies: list, errors: list,
@@ -110,21 +152,35 @@ def run_clients(port: int, bodies: list[bytes], n_requests: int, n_clients: int,
     return np.asarray(latencies), errors, time.perf_counter() - start
 
 
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (``mlflow models serve`` runs uvicorn, which runs the workers)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            queue += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def server_cpu_seconds(root_pid: int) -> float | None:
-    """CPU time (user + system, s) used so far by the server: the launcher and its child processes.
+    """CPU time (user + system, s) used so far by the server: the launcher and every process below it.
 
     Read from /proc (Linux); None elsewhere. The CPU per request tells a slower machine (the same
     requests cost more CPU) from queueing (they cost the same but wait longer).
     """
-    try:
-        children = Path(f"/proc/{root_pid}/task/{root_pid}/children").read_text().split()
-        total = 0.0
-        for pid in [str(root_pid), *children]:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
-    except (OSError, ValueError, IndexError):
+    if not Path(f"/proc/{root_pid}/stat").is_file():
         return None
+    total = 0.0
+    for pid in _descendants(root_pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _measure(port: int, bodies: list[bytes], n_requests: int, n_clients: int, server_pid: int):
@@ -178,27 +234,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also serve this model (e.g. one registered by an older checkout: it runs its own "
                              "logged code) and measure the two in turn, repeat by repeat, for a paired comparison.")
     parser.add_argument("--baseline-tracking-uri", default=None)
+    parser.add_argument("--baseline-server", default=None,
+                        help="What serves the baseline: 'project' (this checkout, the default), 'mlflow' (plain "
+                             "mlflow models serve) or the path of another checkout; implies a baseline (the same "
+                             "model unless --baseline-model).")
     args = parser.parse_args(argv)
     quiet_mlflow()
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        models = {"model": model_or_trained(folder, args.model, args.tracking_uri)}
-        if args.baseline_model:
-            models["baseline"] = (args.baseline_model, args.baseline_tracking_uri or args.tracking_uri)
+        models = {"model": (*model_or_trained(folder, args.model, args.tracking_uri), "project")}
+        if args.baseline_model or args.baseline_server:
+            same_model = args.baseline_model is None
+            models["baseline"] = (models["model"][0] if same_model else args.baseline_model,
+                                  args.baseline_tracking_uri or (models["model"][1] if same_model else args.tracking_uri),
+                                  args.baseline_server or "project")
         bodies = request_bodies(args.patients)
         servers = {}
         try:
-            for name, (model_uri, tracking_uri) in models.items():
-                servers[name] = start_server(model_uri, tracking_uri, args.workers, folder / f"{name}.log")
+            for name, (model_uri, tracking_uri, server) in models.items():
+                servers[name] = start_server(model_uri, tracking_uri, args.workers, folder / f"{name}.log", server)
             for _, port in servers.values():
                 for _ in range(3):  # warm-up, on fresh connections each time (they reach every worker)
                     run_clients(port, bodies, 2 * args.clients, args.clients)
+            print(f"measuring ({machine_load()})")
             runs = _measure_in_turn(servers, bodies, args.requests, args.clients, args.repeats)
+            print(f"measured ({machine_load()})")
         finally:
             for process, _ in servers.values():
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
-    label = {name: f"{model_uri} in {tracking_uri}" for name, (model_uri, tracking_uri) in models.items()}
+                stop_server(process)
+    label = {name: f"{model_uri} in {tracking_uri}, served by {server}" for name, (model_uri, tracking_uri, server)
+             in models.items()}
     for name, measured in runs.items():
         prefix = f"{name} ({label[name]}) " if len(runs) > 1 else ""
         for number, (latencies, errors, wall, cpu) in enumerate(measured, start=1):

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "models": "benchmarks.bench_models",  # issue 4: CV of all candidates < 5 min; quality vs oracle
     "scoring": "benchmarks.bench_scoring",  # issue 5: 100,000 patients < 60 s
     "serving": "benchmarks.bench_serving",  # issue 5: median < 50 ms, p99 < 200 ms, 8 clients
+    "abuse": "benchmarks.bench_abuse",  # issue 13: 16 clients, 60 s of mixed requests: 0 5xx, 0 resets
     "oracle": "benchmarks.bench_oracle",  # issue 12: oracle C stable in its Monte Carlo replicates
     "learning_curve": "benchmarks.bench_learning_curve",  # issue 12: gaps model -> plateau -> oracle
 }

@@ -40,6 +40,7 @@ from models.metrics import (
 __all__ = [
     "ALL_LANDMARKS",
     "HIGHER_IS_BETTER",
+    "CLOSE_TO_ONE",
     "LOWER_IS_BETTER",
     "SELECTION_METRICS",
     "EvaluationResult",
@@ -47,6 +48,8 @@ __all__ = [
     "best_source",
     "endpoint_column",
     "evaluate_sources",
+    "goodness",
+    "metric_preference",
     "summary_by_source",
 ]
 
@@ -54,10 +57,31 @@ ALL_LANDMARKS = "all"
 HIGHER_IS_BETTER = frozenset({"harrell_c", "uno_c", "auc"})
 """Metrics where larger is better; for the others (Brier, IBS) smaller is, and for the calibration
 slope the distance to 1 is what counts."""
+CLOSE_TO_ONE = frozenset({"calibration_slope", "decile_slope", "observed_expected"})
+"""Calibration metrics that are best at 1 (a perfectly calibrated model)."""
 LOWER_IS_BETTER = frozenset({"brier", "ibs"})
 """Metrics where smaller is better."""
 SELECTION_METRICS = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | {"calibration_slope"}))
 """Summary metrics a run can select its winner by, or gate registration on."""
+
+
+def metric_preference(metric: str) -> str | float:
+    """How a summary metric is judged: ``"higher"`` or ``"lower"`` is better, or the number it is
+    best close to (1.0 for the calibration slopes and the observed/expected ratio)."""
+    if metric in CLOSE_TO_ONE:
+        return 1.0
+    return "higher" if metric in HIGHER_IS_BETTER else "lower"
+
+
+def goodness(values, preference: str | float):
+    """Values turned so that larger is better under ``preference`` (see :func:`metric_preference`):
+    the value, its negative, or minus its distance to the preferred number."""
+    values = np.asarray(values, dtype=float)
+    if preference == "higher":
+        return values
+    if preference == "lower":
+        return -values
+    return -np.abs(values - float(preference))
 
 
 @dataclass(frozen=True)
@@ -333,8 +357,8 @@ def best_source(metrics: pd.DataFrame, candidates: Sequence[str], metric: str = 
     candidates : sequence of str
         Sources eligible (the oracle and the rule are not).
     metric : str
-        Higher is better for metrics in :data:`HIGHER_IS_BETTER`; closest to 1 for
-        ``calibration_slope``; lower is better otherwise.
+        Judged by :func:`metric_preference`: higher is better for metrics in
+        :data:`HIGHER_IS_BETTER`, closest to 1 for those in :data:`CLOSE_TO_ONE`, lower otherwise.
 
     Returns
     -------
@@ -348,11 +372,7 @@ def best_source(metrics: pd.DataFrame, candidates: Sequence[str], metric: str = 
     summary = summary_by_source(metrics)
     if metric not in summary.columns:
         raise ModelInputError(f"metric {metric!r} was not computed")
-    values = summary[metric].reindex(list(candidates)).to_numpy(dtype=float)
-    if metric == "calibration_slope":
-        values = -np.abs(values - 1.0)
-    elif metric not in HIGHER_IS_BETTER:
-        values = -values
+    values = goodness(summary[metric].reindex(list(candidates)).to_numpy(dtype=float), metric_preference(metric))
     if not np.isfinite(values).any():
         raise ModelInputError(f"no candidate has a finite {metric!r}")
     return list(candidates)[int(np.nanargmax(values))]

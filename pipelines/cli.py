@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from pipelines.serve import DEFAULT_MAX_PATIENTS, DEFAULT_MAX_REQUEST_BYTES
+
 _PROJECT_PACKAGES = frozenset({"features", "models", "pipelines"})
 
 
@@ -118,11 +120,16 @@ def train(
     tracking_uri: str | None = typer.Option(
         None, "--tracking-uri", help="MLflow tracking/registry URI; wins over MLFLOW_TRACKING_URI and the config."
     ),
+    promote: bool = typer.Option(
+        False, "--promote",
+        help="Make the new version champion even if it is worse than the champion or trained on other data "
+             "(it must still pass the configured thresholds).",
+    ),
 ) -> None:
-    """Train the configured candidates, log to MLflow and register the winner (gated)."""
+    """Train the configured candidates, log to MLflow, register the winner (gated) and promote it if not worse."""
     from pipelines.train import run_train
 
-    _run_job(run_train, config_path=config, tracking_uri=tracking_uri)
+    _run_job(run_train, config_path=config, tracking_uri=tracking_uri, promote=promote)
 
 
 @app.command("check-config")
@@ -199,14 +206,20 @@ def report(
 @app.command()
 def serve(
     model: str = typer.Option("models:/car-relapse@champion", "--model"),
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (localhost by default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (localhost by default; any other is warned "
+                                                         "about: no authentication, see docs/usage.md)."),
     port: int = typer.Option(5001, "--port"),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
+    max_request_bytes: int = typer.Option(DEFAULT_MAX_REQUEST_BYTES, "--max-request-bytes", min=1,
+                                          help="Largest request body; a larger one gets HTTP 413."),
+    max_patients: int = typer.Option(DEFAULT_MAX_PATIENTS, "--max-patients", min=1,
+                                     help="Most patients in one request; more get HTTP 413."),
 ) -> None:
     """Serve the champion model with MLflow's scoring server on localhost."""
     from pipelines.serve import run_serve
 
-    _run_job(run_serve, model_uri=model, host=host, port=port, tracking_uri=tracking_uri)
+    _run_job(run_serve, model_uri=model, host=host, port=port, tracking_uri=tracking_uri,
+             max_request_bytes=max_request_bytes, max_patients=max_patients)
 
 
 def main() -> None:  # pragma: no cover - console entry

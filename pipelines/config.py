@@ -194,6 +194,16 @@ class RegistryConfig(_Strict):
         "at or above the last = high, between = intermediate.",
     )
     top_factors: int = Field(5, ge=0, le=20, description="Contributing factors reported per patient.")
+    champion_metrics: dict[str, Literal["higher", "lower"] | float] = Field(
+        default_factory=dict,
+        description="Summary metrics compared with the champion besides evaluation.selection_metric, each with "
+        "'higher' or 'lower' (is better) or the number it is best close to (e.g. observed_expected: 1.0).",
+    )
+    champion_tolerance: float = Field(
+        0.005, ge=0,
+        description="How much worse than the champion a compared metric may be (absolute, in its unit) and still "
+        "count as not worse; a new version worse on any compared metric is registered but not promoted.",
+    )
 
     @field_validator("risk_group_cutoffs")
     @classmethod
@@ -309,7 +319,7 @@ def check_config(config: RunConfig) -> None:
 
 
 def _metric_problems(config: RunConfig) -> list[str]:
-    from models.evaluation import SELECTION_METRICS
+    from models.evaluation import CLOSE_TO_ONE, HIGHER_IS_BETTER, LOWER_IS_BETTER, SELECTION_METRICS
 
     problems = []
     metric = config.evaluation.selection_metric
@@ -321,6 +331,11 @@ def _metric_problems(config: RunConfig) -> list[str]:
             if name not in SELECTION_METRICS:
                 problems.append(f"registry.{key}: unknown metric '{name}'; known: {SELECTION_METRICS}"
                                 f"{_did_you_mean(name, SELECTION_METRICS)}")
+    compared = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | CLOSE_TO_ONE))  # every summary metric of a run
+    for name in config.registry.champion_metrics:
+        if name not in compared:  # a metric no run computes would count as worse: never promoted
+            problems.append(f"registry.champion_metrics: unknown metric '{name}'; known: {compared}"
+                            f"{_did_you_mean(name, compared)}")
     horizons = [float(h) for h in config.evaluation.horizons_days]
     for key, value in (("registry.risk_group_horizon_days", config.registry.risk_group_horizon_days),
                        ("evaluation.shap_horizon_days", config.evaluation.shap_horizon_days)):

@@ -8,16 +8,29 @@ file store is deprecated in MLflow 3. The URI is resolved in this order: an expl
 
 A fresh SQLite store is initialised once, under a file lock, before anything else touches it:
 MLflow creates the schema (alembic migrations) the first time a store object opens the database,
-and two processes doing that at the same moment collide.
+and two processes doing that at the same moment collide. The database file is created readable by
+its owner only (it holds run parameters, tags and data reports). A read-only store (read-only file,
+folder or file system) is used as it is for reading (``score``, ``serve``); ``train`` refuses it
+in one line.
+
+Runs left ``RUNNING`` by a training that was killed (``kill -9``, power cut) are closed as
+``KILLED`` with a note the next time a training starts (:func:`close_stale_runs`): each training
+holds a lock file for its run (:func:`start_tracked_run`), which the operating system releases
+when the process dies, however it dies.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import socket
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 __all__ = [
@@ -30,8 +43,12 @@ __all__ = [
     "artifact_root_for",
     "lock_path_for",
     "file_lock",
+    "store_is_read_only",
+    "store_error_reason",
     "init_store",
     "setup_tracking",
+    "close_stale_runs",
+    "start_tracked_run",
     "mlflow_ui_command",
     "quiet_mlflow",
 ]
@@ -62,6 +79,8 @@ class TrackingTarget:
         Lock file that serialises store initialisation and experiment creation.
     promotion_lock_path : Path
         Lock file that serialises model registration and alias switches.
+    closed_stale_runs : tuple of str
+        One line per run left RUNNING by a dead training and closed as KILLED while setting up.
     """
 
     tracking_uri: str
@@ -70,6 +89,7 @@ class TrackingTarget:
     artifact_location: str | None
     lock_path: Path
     promotion_lock_path: Path
+    closed_stale_runs: tuple[str, ...] = ()
 
 
 def project_root() -> Path:
@@ -170,20 +190,68 @@ def file_lock(path: Path) -> Iterator[None]:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def store_is_read_only(tracking_uri: str) -> bool:
+    """True for an existing SQLite store that this process cannot write (file, folder or file system).
+
+    SQLite writes a journal beside the database, so a writable file in a read-only folder is
+    read-only too. Other stores (tracking servers) are never read-only here.
+    """
+    db_path = sqlite_db_path(tracking_uri)
+    return db_path is not None and db_path.is_file() and not (
+        os.access(db_path, os.W_OK) and os.access(db_path.parent, os.W_OK))
+
+
+def _private_store_file(db_path: Path) -> None:
+    """Create the database file readable by its owner only (0600), or take the world's read bits off an
+    existing one this user owns: it holds run parameters, tags and data reports."""
+    if not db_path.exists():
+        os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+    status = db_path.stat()
+    if status.st_uid == os.getuid() and status.st_mode & 0o007:
+        db_path.chmod(status.st_mode & 0o770)
+
+
 def init_store(tracking_uri: str) -> None:
     """Create the tracking store's schema once, under a file lock (SQLite only).
 
     One client call (``search_experiments``) makes MLflow open the database and run its
-    migrations; later calls find the schema in place. Remote servers need nothing.
+    migrations; later calls find the schema in place. A read-only store is left as it is (whoever
+    wrote it initialised it; reading needs no lock). Remote servers need nothing.
+
+    Raises
+    ------
+    TrackingError
+        The store cannot be created or opened (one line: path and reason).
     """
     db_path = sqlite_db_path(tracking_uri)
-    if db_path is None:
+    if db_path is None or store_is_read_only(tracking_uri):
         return
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(lock_path_for(tracking_uri)):
-        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_experiments(max_results=1)
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(lock_path_for(tracking_uri)):
+            _private_store_file(db_path)
+            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).search_experiments(max_results=1)
+    except (OSError, MlflowException) as exc:
+        raise TrackingError(f"cannot use the tracking store {db_path}: {store_error_reason(exc)}") from None
+
+
+def store_error_reason(exc: BaseException) -> str:
+    """One line saying why the store refused: the database driver's own words when MLflow wraps them
+    (``(sqlite3.OperationalError) database or disk is full`` gives ``database or disk is full``), the
+    system's for a file, else the message's first line."""
+    import re
+
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(getattr(exc, "message", exc))
+    driver = re.search(r"\([\w.]*Error\) ([^\n\[]+)", text)
+    if driver:
+        return driver.group(1).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def _get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
@@ -227,26 +295,113 @@ def setup_tracking(
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(tracking_uri, configured_uri)
+    if store_is_read_only(uri):
+        raise TrackingError(f"the tracking store {sqlite_db_path(uri)} is read-only; a training writes its run there "
+                            "(use a writable store: --tracking-uri, MLFLOW_TRACKING_URI or tracking.tracking_uri)")
     if artifact_location is None and (root := artifact_root_for(uri)) is not None:
         artifact_location = root.resolve().as_uri()
     lock_path = lock_path_for(uri)
+    init_store(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        init_store(uri)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         with file_lock(lock_path):
             experiment_id = _get_or_create_experiment(client, experiment, artifact_location)
-    except MlflowException as exc:
-        raise TrackingError(f"cannot use tracking URI '{uri}': {exc.message}") from None
+            closed = close_stale_runs(client, experiment_id, _runs_folder(lock_path))
+    except (OSError, MlflowException) as exc:
+        raise TrackingError(f"cannot use tracking URI '{uri}': {store_error_reason(exc)}") from None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     location = client.get_experiment(experiment_id).artifact_location
     promotion_lock = lock_path.with_name(lock_path.name.replace(".lock", ".promotion.lock"))
-    return TrackingTarget(uri, experiment_id, experiment, location, lock_path, promotion_lock)
+    return TrackingTarget(uri, experiment_id, experiment, location, lock_path, promotion_lock, tuple(closed))
+
+
+_LIVENESS_TAG = "car_relapse.liveness_lock"
+"""Run tag: name of the lock file its training holds while it runs (in :func:`_runs_folder`)."""
+_NOTE_TAG = "mlflow.note.content"
+
+
+def _runs_folder(lock_path: Path) -> Path:
+    """Folder of the runs' liveness lock files, beside the store's lock file."""
+    return lock_path.with_name(lock_path.name + ".runs")
+
+
+def _held_by_a_live_process(path: Path) -> bool:
+    """True while some process holds the lock on ``path`` (released by the kernel when it dies)."""
+    if os.name == "nt":  # pragma: no cover - no flock: never take a run for dead
+        return True
+    import fcntl
+
+    try:
+        with open(path, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
+
+
+def close_stale_runs(client, experiment_id: str, runs_folder: Path) -> list[str]:
+    """Close as ``KILLED``, with a note, the runs of the experiment left RUNNING by a dead training.
+
+    A training started by :func:`start_tracked_run` tags its run with its lock file; when no
+    process holds that lock any more, the training died without ending its run. Runs without
+    the tag (started by other tools, or by older versions of this project) are left alone.
+
+    Returns
+    -------
+    list of str
+        One line per closed run.
+    """
+    from mlflow.entities import RunStatus
+
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        name = run.data.tags.get(_LIVENESS_TAG)
+        lock = runs_folder / str(name)
+        if not name or Path(str(name)).name != name or _held_by_a_live_process(lock):
+            continue
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.info.start_time / 1000))
+        note = (f"Closed as KILLED by car-relapse at {time.strftime('%Y-%m-%d %H:%M:%S')}: the training that "
+                f"started this run on {started} (host {run.data.tags.get('car_relapse.host', '?')}) ended without "
+                "closing it (killed or crashed). Its metrics and artifacts may be incomplete.")
+        previous_note = run.data.tags.get(_NOTE_TAG)
+        client.set_tag(run.info.run_id, _NOTE_TAG, f"{previous_note}\n\n{note}" if previous_note else note)
+        client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        lock.unlink(missing_ok=True)
+        closed.append(f"run {run.info.run_id} (started {started}) was left RUNNING by a training that died; "
+                      "closed as KILLED")
+    return closed
+
+
+@contextmanager
+def start_tracked_run(target: TrackingTarget) -> Iterator[Any]:
+    """``mlflow.start_run`` in the target's experiment, holding a lock file for the run's lifetime.
+
+    The run is created with the lock file's name as a tag (one call: no moment where the run
+    exists without it), so that :func:`close_stale_runs` can tell a live training from a dead one.
+    Yields the active run.
+    """
+    import mlflow
+
+    folder = _runs_folder(target.lock_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}.lock"
+    try:
+        with file_lock(folder / name):
+            tags = {_LIVENESS_TAG: name, "car_relapse.host": socket.gethostname()}
+            with mlflow.start_run(experiment_id=target.experiment_id, tags=tags) as run:
+                yield run
+    finally:
+        (folder / name).unlink(missing_ok=True)
 
 
 def mlflow_ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on this store (localhost)."""
-    return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    """The command that opens the MLflow UI on this store (localhost), the URI shell-quoted."""
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
 
 
 def quiet_mlflow() -> None:
@@ -254,10 +409,13 @@ def quiet_mlflow() -> None:
 
     The ``value`` field of a measurement is ``str | float`` on purpose (lab text or a number),
     which MLflow reports as an "AnyType" warning every time the model is logged or loaded; the
-    artifact download progress bars are replaced by the project's own progress bars.
+    artifact download progress bars are replaced by the project's own progress bars. MLflow's
+    SQL store logs every database error with its traceback before raising it; the project's
+    commands report the error in one line (a full or read-only store, for example).
     """
     import logging
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow.types.type_hints").setLevel(logging.ERROR)
     logging.getLogger("mlflow.models.signature").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

@@ -13,7 +13,9 @@ Steps (each shown with a progress bar):
    with the whole metric grid per landmark / endpoint / horizon / source as the table
    ``evaluation/metrics.csv``; data report, plots, feature list; no patient rows unless
    ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
-   configured thresholds, moving the ``champion`` / ``previous`` aliases under a lock;
+   configured thresholds; under a lock, compare it with the champion (``pipelines.champion_gate``)
+   and move the ``champion`` / ``previous`` aliases only if it is not worse, on the same data
+   (or with ``--promote``);
 6. print where to look: run id, model version, the ``mlflow ui`` line, the serve and score
    commands, and the plain ``mlflow`` commands with the store's URI.
 """
@@ -35,6 +37,7 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
+from rich.text import Text
 from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
@@ -57,7 +60,15 @@ from pipelines.experiment import (
     refit,
 )
 from pipelines.run_report import RunOutcome, log_run_report
-from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
+from pipelines.tracking import (
+    TrackingError,
+    TrackingTarget,
+    mlflow_ui_command,
+    quiet_mlflow,
+    setup_tracking,
+    start_tracked_run,
+    store_error_reason,
+)
 from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
 __all__ = [
@@ -94,6 +105,9 @@ class TrainSummary:
     previous_champion: str | None
     gate_reasons: tuple[str, ...]
     model_uri: str
+    promoted: bool = False
+    champion_comparison: tuple[str, ...] = ()
+    champion_reasons: tuple[str, ...] = ()
     run_report: str | None = None
 
 
@@ -271,31 +285,49 @@ class _Registration:
     previous: str | None
     reasons: tuple[str, ...]
     model_uri: str
+    promoted: bool = False
+    comparison: tuple[str, ...] = ()
+    champion_reasons: tuple[str, ...] = ()
 
 
 def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, make_bundle,
-                      winner_metrics: Mapping[str, float]) -> _Registration:
-    """Log the pyfunc; register and promote it only if it passes the gate (under the lock)."""
+                      winner_metrics: Mapping[str, float], promote: bool, evaluate_champion) -> _Registration:
+    """Log the pyfunc; register it only if it passes the thresholds, and promote it only if it is not
+    worse than the champion on the same data, or ``promote`` (compared and registered under the lock)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines.registry import evaluate_gate, next_version, promotion, register_and_promote
+    from pipelines.champion_gate import compare_with_champion, comparison_preferences
+    from pipelines.registry import evaluate_gate, next_version, promotion, register_and_promote, repair_interrupted_promotions
 
     decision = evaluate_gate(winner_metrics, config.registry.thresholds, config.registry.max_thresholds)
-    mlflow.log_dict({"passed": decision.passed, "checks": list(decision.checks)}, "registry/gate.json")
+    gate: dict[str, Any] = {"passed": decision.passed, "checks": list(decision.checks)}
     mlflow.set_tag("registry.gate", "passed" if decision.passed else "failed")
     if not decision.passed:
+        mlflow.log_dict(gate, "registry/gate.json")
         info = _log_bundle(make_bundle(None))
         mlflow.set_tag("registry.registered", "false")
         return _Registration(False, None, None, decision.reasons, info.model_uri)
     client = MlflowClient()
     name = config.registry.model_name
     with promotion(target.promotion_lock_path):
+        repaired = repair_interrupted_promotions(client, name)
+        comparison = compare_with_champion(
+            client, name, client.get_run(run_id).data.tags.get("data.sha256", ""), winner_metrics,
+            comparison_preferences(config.evaluation.selection_metric, config.registry.champion_metrics),
+            config.registry.champion_tolerance, evaluate_champion)
         version = next_version(client, name)
         info = _log_bundle(make_bundle(version))
-        promoted = register_and_promote(client, name, info.model_uri, run_id, expected_version=version)
-    mlflow.set_tags({"registry.registered": "true", "registry.version": promoted.version})
-    return _Registration(True, promoted.version, promoted.previous_champion, (), info.model_uri)
+        promoted = register_and_promote(client, name, info.model_uri, run_id, expected_version=version,
+                                        promote=comparison.promote or promote)
+    forced = promote and not comparison.promote
+    mlflow.log_dict({**gate, "champion": comparison.to_dict(), "promoted": promoted.promoted, "forced_by_promote": forced,
+                     "repaired_promotions": repaired}, "registry/gate.json")
+    mlflow.set_tags({"registry.registered": "true", "registry.version": promoted.version,
+                     "registry.promoted": str(promoted.promoted).lower()})
+    lines = (*(f"repaired:    {line}" for line in repaired), *comparison.lines())
+    return _Registration(True, promoted.version, promoted.previous_champion, (), info.model_uri, promoted.promoted,
+                         lines, comparison.reasons)
 
 
 # --- orchestration ----------------------------------------------------------------------------------
@@ -416,7 +448,7 @@ def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, ev
 
 
 def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None,
-          cohort: CohortData | None = None) -> TrainSummary:
+          cohort: CohortData | None = None, promote: bool = False) -> TrainSummary:
     """Run the whole training job for a validated config (see the module docstring).
 
     Parameters
@@ -429,6 +461,9 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     cohort : CohortData, optional
         Tables already in memory (``pipelines.api.train_frames``) instead of the cohort the
         config's ``data`` section names.
+    promote : bool
+        Promote the new version even if it is worse than the champion or trained on other data
+        (it must still pass the thresholds).
 
     Returns
     -------
@@ -436,11 +471,15 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     """
     import mlflow
 
+    from pipelines.registry import settle_interrupted_promotions
+
     check_config(config)
     target = setup_tracking(config.tracking.experiment, tracking_uri, config.tracking.tracking_uri,
                             config.tracking.artifact_location)
-    with mlflow.start_run(experiment_id=target.experiment_id) as run, progress_bar(_console) as progress, \
-            threadpool_limits(1, user_api="blas"):
+    for line in (*target.closed_stale_runs, *settle_interrupted_promotions(
+            target.promotion_lock_path, config.registry.model_name, target.tracking_uri)):
+        _console.print(line, markup=False)
+    with start_tracked_run(target) as run, progress_bar(_console) as progress, threadpool_limits(1, user_api="blas"):
         run_id = run.info.run_id
         prepared = prepare_landmark_set(config, progress, cohort)
         _log_run_inputs(config, prepared, config_path)
@@ -457,7 +496,7 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         task = progress.add_task("log model, gate, register", total=1)
         registration = _log_and_register(
             config, target, run_id, lambda version: _bundle(config, model, winner, prepared.columns, version, run_id),
-            summary[winner],
+            summary[winner], promote, lambda uri: _champion_on_cohort(uri, config, prepared, predictions[winner]),
         )
         progress.advance(task)
         report = log_run_report(config, prepared, evaluation, decisions, explanation,
@@ -465,7 +504,15 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
                                            registration.version, registration.reasons), progress)
     return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
                         registration.registered, config.registry.model_name, registration.version,
-                        registration.previous, registration.reasons, registration.model_uri, report)
+                        registration.previous, registration.reasons, registration.model_uri, registration.promoted,
+                        registration.comparison, registration.champion_reasons, report)
+
+
+def _champion_on_cohort(model_uri: str, config: RunConfig, prepared: PreparedCohort, winner_predictions: pd.DataFrame):
+    from pipelines.champion_gate import champion_on_cohort
+
+    return champion_on_cohort(model_uri, prepared.cohort.infusions, prepared.cohort.measurements,
+                              prepared.landmark_set, winner_predictions, config)
 
 
 def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress):
@@ -520,24 +567,33 @@ def mlflow_client_commands(tracking_uri: str, model_uri: str) -> list[str]:
 
 
 def _where_to_look(summary: TrainSummary) -> list[str]:
+    """The closing lines of ``train``; every path and URI in a command is shell-quoted."""
     from pipelines.tracking import default_tracking_uri
 
-    uri_option = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri '{summary.tracking_uri}'"
+    uri_option = "" if summary.tracking_uri == default_tracking_uri() else f" --tracking-uri {shlex.quote(summary.tracking_uri)}"
+    champion_uri = shlex.quote(f"models:/{summary.model_name}@champion")
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(summary.winner_metrics.items()) if k in SELECTION_METRICS)
     lines = [
         f"run id:      {summary.run_id} (experiment {summary.experiment_id})",
         f"winner:      {summary.winner}  ({metrics})",
     ]
-    if summary.registered:
+    reasons = "; ".join(summary.champion_reasons)
+    if summary.registered and summary.promoted:
         previous = f", previous champion: version {summary.previous_champion}" if summary.previous_champion else ""
-        lines.append(f"registered:  {summary.model_name} version {summary.model_version} -> alias 'champion'{previous}")
+        forced = f" (--promote, although {reasons})" if reasons else ""
+        lines.append(f"registered:  {summary.model_name} version {summary.model_version} -> alias 'champion'{previous}"
+                     f"{forced}")
+    elif summary.registered:
+        lines.append(f"registered:  {summary.model_name} version {summary.model_version}, NOT promoted (the champion "
+                     f"stays): {reasons}")
     else:
         lines.append(f"NOT registered (logged as {summary.model_uri}): " + "; ".join(summary.gate_reasons))
+    lines += list(summary.champion_comparison)
     lines += [
         f"run report:  {summary.run_report}",
         f"MLflow UI:   {mlflow_ui_command(summary.tracking_uri)}",
-        f"serve:       car-relapse serve --model models:/{summary.model_name}@champion{uri_option}",
-        f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
+        f"serve:       car-relapse serve --model {champion_uri}{uri_option}",
+        f"batch score: car-relapse score --model {champion_uri} --input <cohort folder> "
         f"--as-of-day 91 --output scores.parquet{uri_option}",
     ]
     if summary.registered:  # the plain mlflow commands, for the champion (a refused model is not for serving)
@@ -545,17 +601,20 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
         lines += [f"  {command}" for command in
                   mlflow_client_commands(summary.tracking_uri, f"models:/{summary.model_name}@champion")]
     if shutil.which("car-relapse") is None or shutil.which("mlflow") is None:
-        lines.append(f"first:       source {Path(sys.prefix) / 'bin' / 'activate'}   (puts car-relapse and mlflow on PATH)")
+        activate = shlex.quote(str(Path(sys.prefix) / "bin" / "activate"))
+        lines.append(f"first:       source {activate}   (puts car-relapse and mlflow on PATH)")
     return lines
 
 
-def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummary:
+def run_train(config_path: Path, tracking_uri: str | None = None, promote: bool = False) -> TrainSummary:
     """``car-relapse train``: load the config, train, print where to look.
 
     Exit codes: 2 for bad input (config, cohort, data contract), 1 when a step fails for another
-    reason (tracking store, registry); never a traceback for the project's own errors.
+    reason (tracking store, registry; a store that is read-only, full or unreachable included);
+    never a traceback for the project's own errors.
     """
     import typer
+    from mlflow.exceptions import MlflowException
 
     from pipelines.build_features import FeaturesJobError
     from pipelines.io import CohortIOError
@@ -564,7 +623,7 @@ def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummar
     quiet_mlflow()
     try:
         config = load_config(Path(config_path))
-        summary = train(config, Path(config_path), tracking_uri)
+        summary = train(config, Path(config_path), tracking_uri, promote=promote)
     except ConfigError as exc:
         _console.print(f"[red]config error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
@@ -573,6 +632,10 @@ def run_train(config_path: Path, tracking_uri: str | None = None) -> TrainSummar
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
     except (TrackingError, RegistryError) as exc:
         _console.print(f"[red]training failed:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(code=EXIT_FAILED) from None
+    except (MlflowException, OSError) as exc:  # the store or the artifact folder refused a write
+        _console.print(Text("training failed: ", style="red")
+                       + Text(f"cannot write the run to the tracking store: {store_error_reason(exc)}"))
         raise typer.Exit(code=EXIT_FAILED) from None
     for line in _where_to_look(summary):
         _console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ the schema is created once per test session and each test gets a copy of that em
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -28,4 +29,14 @@ def tracking_uri(empty_mlflow_db, tmp_path, monkeypatch):
     store.mkdir()
     shutil.copy(empty_mlflow_db, store / "mlflow.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     return f"sqlite:///{store}/mlflow.db"
+
+
+def subprocess_environment() -> dict[str, str]:
+    """This environment for a command run by a test, without what earlier tests' MLflow calls left in
+    it (``mlflow.set_tracking_uri`` / ``set_registry_uri`` / ``set_experiment`` export
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` / ``MLFLOW_EXPERIMENT_ID`` for subprocesses),
+    and with one OpenMP thread."""
+    stale = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"}
+    return {key: value for key, value in os.environ.items() if key not in stale} | {"OMP_NUM_THREADS": "1"}

@@ -231,12 +231,14 @@ def test_check_config_accepts_the_default_config():
 
 
 # --- train --tracking-uri and shell completion -------------------------------------------------------------------------
-def test_train_passes_tracking_uri_to_the_job(monkeypatch):
+def test_train_passes_tracking_uri_and_promote_to_the_job(monkeypatch):
     calls = {}
     monkeypatch.setattr("pipelines.train.run_train", lambda **kwargs: calls.update(kwargs))
     result = runner.invoke(cli.app, ["train", "--config", "x.yaml", "--tracking-uri", "sqlite:////tmp/x/mlflow.db"])
     assert result.exit_code == 0, result.output
-    assert calls == {"config_path": Path("x.yaml"), "tracking_uri": "sqlite:////tmp/x/mlflow.db"}
+    assert calls == {"config_path": Path("x.yaml"), "tracking_uri": "sqlite:////tmp/x/mlflow.db", "promote": False}
+    assert runner.invoke(cli.app, ["train", "--config", "x.yaml", "--promote"]).exit_code == 0
+    assert calls == {"config_path": Path("x.yaml"), "tracking_uri": None, "promote": True}
 
 
 def test_shell_completion_script_and_completions(monkeypatch):

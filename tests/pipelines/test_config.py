@@ -53,6 +53,8 @@ def test_cross_section_problems_are_all_listed():
     [
         ({"evaluation": {"selection_metric": "uno-c"}}, "evaluation.selection_metric: 'uno-c' is not one of"),
         ({"registry": {"thresholds": {"uno_C": 0.6}}}, "registry.thresholds: unknown metric 'uno_C'"),
+        ({"registry": {"champion_metrics": {"observed_expectd": 1.0}}},
+         "registry.champion_metrics: unknown metric 'observed_expectd'"),
         ({"models": {"candidates": ["xgb_cx"]}}, "models.candidates: unknown model 'xgb_cx'"),
         ({"models": {"params": {"xgbcox": {}}}}, "models.params: no candidate named 'xgbcox'"),
         ({"features": {"builders": ["mrds"]}}, "features.builders: unknown feature builder 'mrds'"),

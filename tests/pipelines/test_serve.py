@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 
@@ -10,15 +11,17 @@ import pytest
 import typer
 
 from models.serving import REQUEST_FIELDS
-from pipelines.serve import example_curl, mlflow_serve_command, run_serve, serve_command, tcp_listener
+from pipelines.serve import bind_warning, example_curl, mlflow_serve_command, run_serve, serve_command, tcp_listener
 
 
-def test_serve_command_runs_the_launcher_on_localhost():
-    command = serve_command("models:/car-relapse@champion", port=5123)
+def test_serve_command_runs_the_launcher_on_localhost_with_its_limits():
+    command = serve_command("models:/car-relapse@champion", port=5123, max_request_bytes=1000, max_patients=7)
     assert command[:3] == [sys.executable, "-m", "pipelines.serve"]
     assert command[command.index("--model") + 1] == "models:/car-relapse@champion"
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--port") + 1] == "5123"
+    assert command[command.index("--max-request-bytes") + 1] == "1000"
+    assert command[command.index("--max-patients") + 1] == "7"
 
 
 def test_the_equivalent_mlflow_command_uses_the_local_env_on_localhost():
@@ -59,26 +62,58 @@ def test_the_listening_socket_turns_nagle_off_for_its_connections():
 
 
 def test_printed_curl_sends_a_valid_request():
-    curl = example_curl("127.0.0.1", 5001)
-    assert curl.startswith("curl -s http://127.0.0.1:5001/invocations")
-    body = json.loads(curl.split(" -d '", 1)[1].rstrip("'"))
+    curl = shlex.split(example_curl("127.0.0.1", 5001))
+    assert curl[:3] == ["curl", "-s", "http://127.0.0.1:5001/invocations"]
+    body = json.loads(curl[curl.index("-d") + 1])
     assert [r["patient_id"] for r in body["inputs"]] == ["EXAMPLE-001"]
     assert {f.name for f in REQUEST_FIELDS if f.required} <= set(body["inputs"][0])
+
+
+def test_printed_curl_quotes_a_host_a_shell_would_interpret():
+    """The serve lines are pasted into a shell: nothing the user typed may run as a command."""
+    curl = example_curl("127.0.0.1;touch pwned", 5001)
+    assert shlex.split(curl)[2] == "http://127.0.0.1;touch pwned:5001/invocations"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_binds_need_no_warning(host):
+    assert bind_warning(host) is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.org"])
+def test_other_binds_are_warned_about_with_the_proxy_advice(host):
+    warning = bind_warning(host)
+    assert warning is not None and host in warning and "no authentication" in warning and "docs/usage.md" in warning
+
+
+def test_the_launcher_warns_on_a_non_loopback_bind(capsys, caplog, tmp_path):
+    """Before it even loads the model (here: none, so it stops at once)."""
+    from pipelines.serve import main
+
+    probe = tcp_listener("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    with caplog.at_level("WARNING", logger="car_relapse.serve"):
+        code = main(["--model", str(tmp_path / "no-such-model"), "--host", "0.0.0.0", "--port", str(port)])
+    assert code == 1
+    assert any("--host 0.0.0.0" in record.getMessage() and "no authentication" in record.getMessage()
+               for record in caplog.records)
 
 
 def test_a_missing_champion_is_a_clear_error(tracking_uri, capsys):
     with pytest.raises(typer.Exit) as stop:
         run_serve("models:/car-relapse@champion", tracking_uri=tracking_uri)
     assert stop.value.exit_code == 2  # bad input: no such model
-    assert "no model 'models:/car-relapse@champion'" in capsys.readouterr().out
+    assert "no model 'models:/car-relapse@champion'" in capsys.readouterr().err
 
 
 def test_serve_environment_uses_one_openmp_thread_unless_told_otherwise(monkeypatch):
     from pipelines.serve import serve_environment
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
     env = serve_environment("sqlite:///x.db")
-    assert env["OMP_NUM_THREADS"] == "1" and env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
+    assert env["OMP_NUM_THREADS"] == "1" and env["MLFLOW_TRACKING_URI"] == env["MLFLOW_REGISTRY_URI"] == "sqlite:///x.db"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert serve_environment("sqlite:///x.db")["OMP_NUM_THREADS"] == "2"
 
@@ -99,79 +134,6 @@ def test_server_environment_finds_this_interpreters_tools_without_an_activated_v
     env = serve_environment("sqlite:///x.db")
     assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
     assert "/usr/bin" in env["PATH"].split(os.pathsep)
-
-
-def test_the_launcher_deals_connections_to_ready_workers_in_turn():
-    """Nothing is dealt before every worker is ready; then each worker's channel receives every
-    other connection, the received socket is the client's, and stopping ends the dealing."""
-    import socket
-    import threading
-
-    from pipelines.serve import _READY, _hand_out_connections
-
-    listener = tcp_listener("127.0.0.1", 0)
-    listener.listen()
-    pairs = [socket.socketpair() for _ in range(2)]
-    stopping = threading.Event()
-    dealer = threading.Thread(target=_hand_out_connections, args=(listener, [ours for ours, _ in pairs], stopping),
-                              daemon=True)
-    dealer.start()
-    clients = [socket.create_connection(listener.getsockname(), timeout=10) for _ in range(6)]
-    try:
-        pairs[0][1].settimeout(0.3)
-        with pytest.raises(TimeoutError):  # worker 1 is not ready yet: nothing is dealt
-            socket.recv_fds(pairs[0][1], 1, 1)
-        for _, theirs in pairs:
-            theirs.sendall(_READY)
-        for number, client in enumerate(clients):
-            _, theirs = pairs[number % 2]
-            theirs.settimeout(10)
-            _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
-            with socket.socket(fileno=fds[0]) as served:
-                assert served.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-                client.sendall(f"hello {number}".encode())
-                assert served.recv(100) == f"hello {number}".encode()
-        stopping.set()
-        listener.shutdown(socket.SHUT_RDWR)
-        dealer.join(timeout=10)
-        assert not dealer.is_alive()
-    finally:
-        for client in clients:
-            client.close()
-        listener.close()
-        for ours, theirs in pairs:
-            ours.close()
-            theirs.close()
-
-
-def test_a_worker_skips_a_lost_connection_and_stops_at_the_end_of_its_channel():
-    import socket
-    import threading
-
-    from pipelines.serve import _receive_connections
-
-    handed = []
-
-    class Loop:
-        def call_soon_threadsafe(self, callback, *args):
-            handed.append(args[-1])
-
-    ours, theirs = socket.socketpair()
-    spare_a, spare_b = socket.socketpair()
-    receiver = threading.Thread(target=_receive_connections, args=(theirs, Loop(), None, None), daemon=True)
-    receiver.start()
-    try:
-        ours.sendall(b"c")  # a message whose socket was dropped by the kernel
-        socket.send_fds(ours, [b"c"], [spare_a.fileno()])
-        ours.close()
-        receiver.join(timeout=10)
-        assert not receiver.is_alive()
-        assert len(handed) == 1
-        handed[0].sendall(b"x")
-        assert spare_b.recv(1) == b"x"
-    finally:
-        for sock in (theirs, spare_a, spare_b, *handed):
-            sock.close()
 
 
 def test_launcher_reports_a_taken_port_in_one_line(capsys):
@@ -218,6 +180,31 @@ def test_a_worker_killed_by_a_signal_gives_the_shell_exit_code():
     assert _launcher_exit_code(3) == 3 and _launcher_exit_code(0) == 0 and _launcher_exit_code(None) == 0
 
 
+def test_a_worker_exit_is_described_by_its_signal_name():
+    from pipelines.serve import _exit_description
+
+    assert _exit_description(-signal.SIGKILL) == "was killed by signal 9 (SIGKILL)"
+    assert _exit_description(-signal.SIGSEGV) == "was killed by signal 11 (SIGSEGV)"
+    assert _exit_description(3) == "exited with code 3"
+
+
+def test_the_launcher_uses_no_private_attribute_of_mlflow_or_uvicorn():
+    """Issue 11: public routes only (the former launcher set ``scoring_server._SERVER_MODEL_PATH`` and
+    drove uvicorn's protocol objects)."""
+    import ast
+    import inspect
+
+    import pipelines.serve
+    import pipelines.serve_app
+
+    for module in (pipelines.serve, pipelines.serve_app):
+        tree = ast.parse(inspect.getsource(module))
+        private = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                   and node.attr.startswith("_") and not node.attr.startswith("__")
+                   and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "workers"))]
+        assert private == [], f"{module.__name__} reads {private}"
+
+
 # --- the OpenAPI document of the served app ---------------------------------------------------------------
 def test_openapi_gets_the_request_body_from_the_request_schema():
     import jsonschema
@@ -225,7 +212,7 @@ def test_openapi_gets_the_request_body_from_the_request_schema():
 
     from models.request_schema import request_json_schema
     from models.serving import EXAMPLE_PATIENT
-    from pipelines.serve import openapi_with_request_schema
+    from pipelines.serve_app import openapi_with_request_schema
 
     app = FastAPI()
     app.post("/invocations")(lambda: None)

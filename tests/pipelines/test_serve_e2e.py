@@ -10,6 +10,7 @@ measurements; see docs/usage.md).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from benchmarks.bench_abuse import post
 from models.serving import EXAMPLE_PATIENT, tables_to_records
 from pipelines.io import write_table
 from pipelines.registry import ALIAS_CHAMPION, ALIAS_PREVIOUS, alias_version
@@ -384,3 +387,114 @@ def test_patient_report_from_the_registered_champion(trainings, store, cohort, t
     parsed = parse_self_contained(written[0].read_text())
     assert f"Patient {patient}" in parsed["text"] and "Model card of the registered version" in parsed["text"]
     assert "unknown" in parsed["text"]  # no outcomes table in the scoring folder: eligibility unknown
+
+
+# --- abuse: answers stay 4xx, connections stay usable, errors stay safe ---------------------------------
+def _exchange(connection: http.client.HTTPConnection, body: bytes, content_type: str | None = "application/json"):
+    """POST on a kept-alive connection: (status, Connection header, JSON answer)."""
+    status, connection_header, answer = post(connection, body, content_type)
+    return status, connection_header, json.loads(answer)
+
+
+def _connection(url: str) -> http.client.HTTPConnection:
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    return http.client.HTTPConnection(host, int(port), timeout=60)
+
+
+VALID = json.dumps({"inputs": [EXAMPLE_PATIENT]}).encode()
+FORMER_SERVER_ERRORS = {  # answered 500 by c4836dd, and the next request on the connection was reset
+    "no Content-Type": (VALID, None),
+    "JSON nested 5,000 levels deep": (b"[" * 5000 + b"]" * 5000, "application/json"),
+    "JSON nested 5,000 levels deep inside inputs": (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json"),
+    "a 5,000-digit number": (b'{"inputs": [{"age_years": ' + b"9" * 5000 + b"}]}", "application/json"),
+}
+
+
+@pytest.mark.parametrize("case", list(FORMER_SERVER_ERRORS))
+def test_former_server_errors_are_4xx_and_the_connection_serves_the_next_request(server, case):
+    body, content_type = FORMER_SERVER_ERRORS[case]
+    connection = _connection(server)
+    try:
+        status, connection_header, answer = _exchange(connection, body, content_type)
+        assert 400 <= status < 500 and answer["message"], answer
+        assert connection_header != "close"
+        status, _, answer = _exchange(connection, VALID)  # same connection: must not be reset
+        assert status == 200 and answer["predictions"][0]["patient_id"] == "EXAMPLE-001"
+    finally:
+        connection.close()
+
+
+SENTINEL = {"site": "SENTINEL-SITE-4711", "product": "SENTINEL-PRODUCT-4711"}
+UNSAFE_ANSWERS = {  # bad requests whose error answers quoted the whole request (and a stack trace)
+    "missing field": {key: value for key, value in {**EXAMPLE_PATIENT, **SENTINEL}.items() if key != "bm_blasts_pct"},
+    "wrong type": {**EXAMPLE_PATIENT, **SENTINEL, "age_years": "eleven"},
+    "2.5 for an integer": {**EXAMPLE_PATIENT, **SENTINEL, "prior_lines": 2.5},
+    "unknown assay": {**EXAMPLE_PATIENT, **SENTINEL, "measurements": [
+        {**EXAMPLE_PATIENT["measurements"][0], "assay": "flow_mdr"}]},
+}
+
+
+@pytest.mark.parametrize("case", list(UNSAFE_ANSWERS))
+def test_error_answers_carry_no_stack_trace_and_no_other_patient_values(server, case):
+    for fmt in ("inputs", "dataframe_split"):
+        status, answer = _post(server, json.dumps(_body(fmt, [UNSAFE_ANSWERS[case]])))
+        assert 400 <= status < 500
+        assert not any(value in json.dumps(answer) for value in SENTINEL.values()), answer
+        assert "Failed to predict data" not in answer["message"]
+        assert set(answer) == {"error_code", "message"}, answer  # no stack_trace
+
+
+@pytest.fixture(scope="module")
+def limited_server(trainings, store, tmp_path_factory):
+    """The champion served with small request limits; (URL, launcher process, log file)."""
+    log = tmp_path_factory.mktemp("e2e_limited_server") / "server.log"
+    command = partial(serve_command, CHAMPION, "127.0.0.1", max_request_bytes=200_000, max_patients=5)
+    process, url = _start_server(lambda port: command(port=port), store, log)
+    try:
+        yield url, process, log
+    finally:
+        _stop(process)
+
+
+def test_a_body_over_the_configured_byte_limit_gets_413_naming_it(limited_server):
+    url, _, _ = limited_server
+    connection = _connection(url)
+    try:
+        status, _, answer = _exchange(connection, b'{"inputs": ["' + b"x" * 300_000 + b'"]}')
+        assert status == 413 and "limit of 200000 bytes" in answer["message"]
+        assert _exchange(connection, VALID)[0] == 200
+    finally:
+        connection.close()
+
+
+def test_more_patients_than_the_configured_limit_get_413_naming_it(limited_server):
+    url, _, _ = limited_server
+    patients = [{**EXAMPLE_PATIENT, "patient_id": f"P{i}"} for i in range(6)]
+    status, answer = _post(url, json.dumps({"inputs": patients}))
+    assert status == 413 and "6 patients, more than the server's limit of 5" in answer["message"]
+    status, answer = _post(url, json.dumps({"inputs": patients[:5]}))
+    assert status == 200 and len(answer["predictions"]) == 5
+
+
+def _worker_pids(launcher_pid: int) -> list[int]:
+    children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the worker processes from /proc (Linux)")
+def test_a_killed_worker_is_logged_by_number_and_signal_and_replaced(limited_server):
+    """Runs last on this server: it kills one of its workers."""
+    url, process, log = limited_server
+    victim = _worker_pids(process.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    pattern = re.compile(rf"worker (\d) \(pid {victim}\) was killed by signal 9 \(SIGKILL\); starting a new worker \1")
+    while not pattern.search(log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pattern.search(log.read_text()), log.read_text()[-3000:]
+    assert process.poll() is None
+    assert _post(url, json.dumps({"inputs": [EXAMPLE_PATIENT]}))[0] == 200  # the other worker serves meanwhile
+    while len(_worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert victim not in _worker_pids(process.pid) and len(_worker_pids(process.pid)) == 2

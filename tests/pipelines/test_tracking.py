@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import multiprocessing
+import os
+import shlex
+import shutil
 import sqlite3
+import stat
 
 import pytest
 
@@ -15,6 +19,7 @@ from pipelines.tracking import (
     file_lock,
     init_store,
     lock_path_for,
+    mlflow_ui_command,
     resolve_tracking_uri,
     setup_tracking,
     sqlite_db_path,
@@ -109,3 +114,24 @@ def test_setup_tracking_env_overrides_config(tracking_uri, tmp_path, monkeypatch
     target = setup_tracking("exp", configured_uri=f"sqlite:///{tmp_path}/config/mlflow.db")
     assert target.tracking_uri == tracking_uri
     assert not (tmp_path / "config").exists()
+
+
+def test_a_new_store_file_is_readable_by_its_owner_only(tmp_path):
+    previous = os.umask(0o022)  # the usual umask: files 0644, world-readable
+    try:
+        init_store(f"sqlite:///{tmp_path}/store/mlflow.db")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "store" / "mlflow.db").stat().st_mode) == 0o600
+
+
+def test_an_existing_world_readable_store_loses_the_world_bits(tmp_path, empty_mlflow_db):
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
+    (tmp_path / "mlflow.db").chmod(0o644)
+    init_store(f"sqlite:///{tmp_path}/mlflow.db")
+    assert stat.S_IMODE((tmp_path / "mlflow.db").stat().st_mode) == 0o640
+
+
+def test_the_mlflow_ui_line_passes_the_store_as_one_argument():
+    uri = "sqlite:////data/it's; touch PWNED/mlflow.db"
+    assert shlex.split(mlflow_ui_command(uri))[:4] == ["mlflow", "ui", "--backend-store-uri", uri]
