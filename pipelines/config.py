@@ -23,7 +23,9 @@ __all__ = [
     "TrackingConfig",
     "RunConfig",
     "check_config",
+    "gate_thresholds",
     "load_config",
+    "selection_thresholds",
 ]
 
 
@@ -89,8 +91,20 @@ class ModelsConfig(_Strict):
     random_state: int = 0
 
 
-Endpoint = Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"]
-ENDPOINTS: tuple[Endpoint, ...] = ("relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch")
+Endpoint = Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch", "death", "hsct"]
+ENDPOINTS: tuple[Endpoint, ...] = ("relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch",
+                                   "death", "hsct")
+BoundedMetric = Literal["observed_expected", "calibration_slope"]
+CalibrationBounds = dict[BoundedMetric, dict[Endpoint, tuple[float, float]]]
+"""Metric -> endpoint -> (lowest, highest) acceptable value, checked at every landmark and horizon."""
+
+
+def _check_bounds(value: CalibrationBounds) -> CalibrationBounds:
+    for metric, by_endpoint in value.items():
+        for endpoint, (low, high) in by_endpoint.items():
+            if not 0 < low < high:
+                raise ValueError(f"{metric}.{endpoint}: bounds must be 0 < lowest < highest, got [{low}, {high}]")
+    return value
 
 
 class EvaluationConfig(_Strict):
@@ -113,6 +127,17 @@ class EvaluationConfig(_Strict):
     )
     calibration_groups: int = Field(10, ge=2, description="Quantile groups of the calibration tables (deciles).")
     shap_max_rows: int = Field(50, ge=1, description="Rows explained by the model-agnostic SHAP explainer.")
+    selection_bounds: CalibrationBounds = Field(
+        default_factory=dict,
+        description="Candidates whose cross-validated O/E or calibration slope of a listed endpoint lies outside "
+        "these bounds at any landmark and horizon are not eligible; the best selection_metric among the others "
+        "wins (none eligible: the one least outside).",
+    )
+
+    @field_validator("selection_bounds")
+    @classmethod
+    def _selection_bounds_ordered(cls, value: CalibrationBounds) -> CalibrationBounds:
+        return _check_bounds(value)
 
 
 class RegistryConfig(_Strict):
@@ -127,6 +152,12 @@ class RegistryConfig(_Strict):
         default_factory=dict,
         description="Maximum value of each named winner metric (lower is better, e.g. a Brier score).",
     )
+    calibration_bounds: CalibrationBounds = Field(
+        default_factory=dict,
+        description="Gate on calibration: the winner's cross-validated O/E or calibration slope of a listed "
+        "endpoint must lie within these bounds at every landmark and horizon (expanded into thresholds named "
+        "like oe/relapse/lm28/h365).",
+    )
     log_patient_rows: bool = Field(False, description="Log raw patient rows as artifacts (off by default).")
     risk_group_horizon_days: float = Field(
         365.0, gt=0, description="Horizon whose relapse incidence defines the risk group."
@@ -138,6 +169,11 @@ class RegistryConfig(_Strict):
         "at or above the last = high, between = intermediate.",
     )
     top_factors: int = Field(5, ge=0, le=20, description="Contributing factors reported per patient.")
+
+    @field_validator("calibration_bounds")
+    @classmethod
+    def _gate_bounds_ordered(cls, value: CalibrationBounds) -> CalibrationBounds:
+        return _check_bounds(value)
 
     @field_validator("risk_group_cutoffs")
     @classmethod
@@ -207,6 +243,71 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
+def _calibration_thresholds(config: RunConfig, bounds: CalibrationBounds) -> tuple[dict[str, float], dict[str, float]]:
+    from models.evaluation import calibration_thresholds
+
+    return calibration_thresholds(bounds, config.features.landmark_days, config.evaluation.horizons_days)
+
+
+def selection_thresholds(config: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """``evaluation.selection_bounds`` as (minimums, maximums) per summary name and landmark.
+
+    Parameters
+    ----------
+    config : RunConfig
+
+    Returns
+    -------
+    minimums, maximums : dict
+        Name like ``oe/relapse/lm28/h365`` -> bound (``models.evaluation.calibration_thresholds``).
+    """
+    return _calibration_thresholds(config, config.evaluation.selection_bounds)
+
+
+def gate_thresholds(config: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """What the registration gate checks: ``registry.thresholds`` / ``max_thresholds`` plus
+    ``registry.calibration_bounds`` expanded to every landmark and horizon.
+
+    Parameters
+    ----------
+    config : RunConfig
+
+    Returns
+    -------
+    minimums, maximums : dict
+        Metric name -> bound; an explicit threshold wins over an expanded bound of the same name.
+    """
+    minimums, maximums = _calibration_thresholds(config, config.registry.calibration_bounds)
+    return {**minimums, **config.registry.thresholds}, {**maximums, **config.registry.max_thresholds}
+
+
+def _threshold_problems(config: RunConfig) -> list[str]:
+    """Threshold names that are not metrics this run computes."""
+    from models.evaluation import SELECTION_METRICS, parse_summary_key
+
+    landmarks = {float(day) for day in config.features.landmark_days}
+    horizons = {float(h) for h in config.evaluation.horizons_days}
+    endpoints = set(config.evaluation.endpoints)
+    problems = []
+    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
+        parts = None if name in SELECTION_METRICS else parse_summary_key(name)
+        if name not in SELECTION_METRICS and parts is None:
+            problems.append(f"registry thresholds: unknown metric '{name}'; known: {SELECTION_METRICS} "
+                            "or names like oe/relapse/lm28/h365, slope/relapse/h365, ibs/death")
+        elif parts is not None and (parts[1] not in endpoints or (parts[2] is not None and parts[2] not in landmarks)
+                                    or (parts[3] is not None and parts[3] not in horizons)):
+            problems.append(f"registry thresholds: '{name}' names an endpoint, landmark or horizon this run does "
+                            f"not evaluate (endpoints {sorted(endpoints)}, landmarks {sorted(landmarks)}, "
+                            f"horizons {sorted(horizons)})")
+    for key, bounds in (("evaluation.selection_bounds", config.evaluation.selection_bounds),
+                        ("registry.calibration_bounds", config.registry.calibration_bounds)):
+        for metric, by_endpoint in bounds.items():
+            missing = sorted(set(by_endpoint) - endpoints)
+            if missing:
+                problems.append(f"{key}.{metric}: endpoint(s) {missing} are not in evaluation.endpoints")
+    return problems
+
+
 def check_config(config: RunConfig) -> None:
     """Checks across sections that pydantic cannot express, run by every job before it reads data.
 
@@ -220,30 +321,36 @@ def check_config(config: RunConfig) -> None:
         Naming each offending key and why.
     """
     from features.registry import get_builder
-    from models.factory import BASELINE_NAME, MODEL_NAMES
+    from models.evaluation import SELECTION_METRICS
+    from models.factory import BASELINE_NAME, CANDIDATE_NAMES, RECALIBRATION_PARAMS, base_model_name
 
     problems = []
     horizons = [float(h) for h in config.evaluation.horizons_days]
-    from models.evaluation import SELECTION_METRICS
-
-    known_metrics = SELECTION_METRICS
-    if config.evaluation.selection_metric not in known_metrics:
-        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of {known_metrics}")
+    if config.evaluation.selection_metric not in SELECTION_METRICS:
+        problems.append(f"evaluation.selection_metric: '{config.evaluation.selection_metric}' is not one of "
+                        f"{SELECTION_METRICS}")
     if float(config.registry.risk_group_horizon_days) not in horizons:
         problems.append(f"registry.risk_group_horizon_days: {config.registry.risk_group_horizon_days:g} is not one of "
                         f"evaluation.horizons_days {horizons}")
     if float(config.evaluation.shap_horizon_days) not in horizons:
         problems.append(f"evaluation.shap_horizon_days: {config.evaluation.shap_horizon_days:g} is not one of "
                         f"evaluation.horizons_days {horizons}")
-    for name in list(config.registry.thresholds) + list(config.registry.max_thresholds):
-        if name not in known_metrics:
-            problems.append(f"registry thresholds: unknown metric '{name}'; known: {known_metrics}")
-    unknown = [name for name in config.models.candidates if name not in MODEL_NAMES]
+    problems += _threshold_problems(config)
+    unknown = [name for name in config.models.candidates if name not in CANDIDATE_NAMES]
     if unknown or not config.models.candidates:
-        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(MODEL_NAMES)}")
-    extra_params = sorted(set(config.models.params) - set(MODEL_NAMES) - {BASELINE_NAME})
+        problems.append(f"models.candidates: unknown {unknown} or empty; known: {list(CANDIDATE_NAMES)}")
+    recalibrated = [name for name in config.models.candidates if base_model_name(name) != name]
+    if recalibrated and config.evaluation.group_by == "patient" and config.evaluation.cv_folds < 3:
+        problems.append(f"evaluation.cv_folds: recalibrated candidates {recalibrated} need at least 3 folds "
+                        "(nested cross-validation)")
+    extra_params = sorted(set(config.models.params) - set(CANDIDATE_NAMES) - {BASELINE_NAME})
     if extra_params:
         problems.append(f"models.params: no candidate named {extra_params}")
+    for name in set(config.models.params) & set(CANDIDATE_NAMES):
+        base_keys = sorted(set(config.models.params[name]) - set(RECALIBRATION_PARAMS))
+        if base_model_name(name) != name and base_keys:
+            problems.append(f"models.params.{name}: only {list(RECALIBRATION_PARAMS)} here; {base_keys} belong under "
+                            f"models.params.{base_model_name(name)} (shared with the base model)")
     if config.data.source == "folder" and config.data.input_dir is None:
         problems.append("data.input_dir: required when data.source is 'folder'")
     for name in config.features.builders:

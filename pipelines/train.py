@@ -7,11 +7,14 @@ Steps (each shown with a progress bar):
    a folder in the data contract), validate it (the data report), build the stacked landmark set;
 3. cross-validate every candidate and the clinicians' rule with folds grouped by patient (or
    site), and score them side by side with the oracle where it is known (models.evaluation);
-4. pick the winner by the configured metric, refit it on all rows, explain it (SHAP);
+4. pick the winner: the best ``evaluation.selection_metric`` among the candidates whose
+   cross-validated calibration lies within ``evaluation.selection_bounds`` at every landmark and
+   horizon; refit it on all rows, explain it (SHAP);
 5. log everything to MLflow (config as params, every metric per landmark / endpoint / horizon /
-   source, data report, plots, feature list, dataset hash; no patient rows unless
+   source, the selection, data report, plots, feature list, dataset hash; no patient rows unless
    ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
-   configured thresholds, moving the ``champion`` / ``previous`` aliases under a lock;
+   configured thresholds and calibration bounds (``pipelines.config.gate_thresholds``), moving
+   the ``champion`` / ``previous`` aliases under a lock;
 6. print where to look: run id, model version, the ``mlflow ui`` line and the serve command.
 """
 
@@ -34,21 +37,24 @@ from rich.progress import Progress
 from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
-from models.base import ModelInputError
-from models.evaluation import SELECTION_METRICS, best_source
+from models.base import ModelInputError, horizon_label
+from models.evaluation import SELECTION_METRICS
 from models.serving import ScoringBundle
-from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.config import ConfigError, RunConfig, check_config, gate_thresholds, load_config
 from pipelines.experiment import (
     ORACLE,
     RULE,
     CohortError,
     PreparedCohort,
+    calibration_figures,
     cross_validate,
     dataset_hash,
     explain,
     prepare_landmark_set,
     progress_bar,
     refit,
+    select_winner,
+    summarise_metrics,
 )
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
 
@@ -104,27 +110,16 @@ def flatten_config(config: RunConfig) -> dict[str, str]:
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: pipelines/experiment.py.
-def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per source, each relapse metric over all landmarks averaged over the horizons
-    (``models.evaluation.summary_by_source``): what the winner is picked by and the gate checks."""
-    from models.evaluation import summary_by_source
-
-    table = summary_by_source(metrics)
-    return {str(source): {str(m): float(v) for m, v in row.items()} for source, row in table.iterrows()}
+# Loading, cross-validation, scoring, the summary (``summarise_metrics``) and selection are shared
+# with ``car-relapse evaluate``: pipelines/experiment.py.
 
 
 # --- MLflow logging -------------------------------------------------------------------------------
-def _label(value: Any) -> str:
-    number = float(value)
-    return str(int(number)) if number.is_integer() else f"{number:g}"
-
-
 def metric_key(row: Mapping[str, Any], suffix: str = "") -> str:
     """MLflow key of one evaluation metric: ``cv/<source>/<endpoint>/lm<day|all>[/h<days>]/<metric>``."""
     source = str(row["source"]).replace(" - ", "_vs_")
-    landmark = "all" if str(row["landmark_day"]) == "all" else _label(row["landmark_day"])
-    horizon = "" if pd.isna(row["horizon_days"]) else f"/h{_label(row['horizon_days'])}"
+    landmark = "all" if str(row["landmark_day"]) == "all" else horizon_label(row["landmark_day"])
+    horizon = "" if pd.isna(row["horizon_days"]) else f"/h{horizon_label(row['horizon_days'])}"
     return f"cv/{source}/{row['endpoint']}/lm{landmark}{horizon}/{row['metric']}{suffix}"
 
 
@@ -189,44 +184,6 @@ def _log_patient_rows(landmark_set: pd.DataFrame, quarantined: Mapping[str, pd.D
                 mlflow.log_artifact(str(rows_path), "patient_rows")
 
 
-# --- plots (aggregates only) ----------------------------------------------------------------------
-def _figure_grid(n_panels: int):
-    from matplotlib.figure import Figure
-
-    n_cols = min(n_panels, 4)
-    n_rows = -(-n_panels // n_cols)
-    figure = Figure(figsize=(4.2 * n_cols, 4.0 * n_rows))
-    axes = np.atleast_1d(figure.subplots(n_rows, n_cols, squeeze=False)).ravel()
-    for axis in axes[n_panels:]:
-        axis.set_visible(False)
-    return figure, list(axes[:n_panels])
-
-
-def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizons_days: Sequence[float]):
-    """Observed (Aalen-Johansen) cumulative incidence per cause (lines) vs the mean out-of-fold
-    prediction (markers), one panel per landmark: calibration in the large, over time."""
-    from models.base import CAUSES, cif_column
-    from models.nonparametric import aalen_johansen
-
-    codes = {cause: k + 1 for k, cause in enumerate(CAUSES)}
-    landmarks = sorted(landmark_set["landmark_day"].unique())
-    figure, axes = _figure_grid(len(landmarks))
-    grid = np.linspace(0, max(horizons_days), 100)
-    for axis, landmark in zip(axes, landmarks):
-        rows = (landmark_set["landmark_day"] == landmark).to_numpy()
-        status = landmark_set.loc[rows, "event"].map(codes).fillna(0).astype(int).to_numpy()
-        observed = aalen_johansen(landmark_set.loc[rows, "time"].to_numpy(float), status, grid, len(CAUSES))
-        for k, cause in enumerate(CAUSES):
-            line = axis.plot(grid, observed[k], label=cause)[0]
-            means = [predicted.loc[rows, cif_column(cause, h)].mean() for h in horizons_days]
-            axis.plot(horizons_days, means, marker="o", linestyle="none", color=line.get_color())
-        axis.set(title=f"landmark day {_label(landmark)} (n={int(rows.sum())})", xlabel="days from landmark",
-                 ylabel="cumulative incidence")
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    return figure
-
-
 # --- the winner: bundle, gate, registration -------------------------------------------------------
 def _bundle(config: RunConfig, estimator, winner: str, columns: Sequence[str], version: str | None,
             run_id: str) -> ScoringBundle:
@@ -284,7 +241,7 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
 
     from pipelines.registry import evaluate_gate, next_version, promotion, register_and_promote
 
-    decision = evaluate_gate(winner_metrics, config.registry.thresholds, config.registry.max_thresholds)
+    decision = evaluate_gate(winner_metrics, *gate_thresholds(config))
     mlflow.log_dict({"passed": decision.passed, "checks": list(decision.checks)}, "registry/gate.json")
     mlflow.set_tag("registry.gate", "passed" if decision.passed else "failed")
     if not decision.passed:
@@ -302,9 +259,10 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
 
 
 # --- orchestration ----------------------------------------------------------------------------------
-def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, progress: Progress):
+def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, predictions: Mapping[str, pd.DataFrame],
+           progress: Progress):
     task = progress.add_task(f"refit {winner} on all rows", total=1)
-    model = refit(config, prepared, winner)
+    model = refit(config, prepared, winner, dict(predictions))
     progress.advance(task)
     return model
 
@@ -325,27 +283,31 @@ def _log_run_inputs(config: RunConfig, prepared: PreparedCohort, config_path: Pa
         mlflow.log_artifact(str(config_path), "config")
 
 
-def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, evaluation, summary, winner: str,
+def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, evaluation, summary, selection,
                     run_id: str) -> None:
     import mlflow
 
-    from models.plots import plot_calibration, plot_metric_by_landmark
+    from models.plots import plot_metric_by_landmark
 
-    horizons = [float(h) for h in config.evaluation.horizons_days]
+    winner = selection.winner
     _log_metrics(run_id, evaluation.metrics, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
     report = prepared.validated.report.to_dict()
     if not config.registry.log_patient_rows:
         report = report_without_patient_details(report)
     _log_tables(evaluation.metrics, evaluation.calibration, report, features)
-    shown = [s for s in (winner, RULE, ORACLE) if s in predictions]
+    mlflow.log_dict({"winner": winner, "metric": config.evaluation.selection_metric,
+                     "eligible": list(selection.eligible), "outside_bounds": {c: list(lines) for c, lines in
+                                                                              selection.failures.items()}},
+                    "evaluation/selection.json")
+    for name, figure in calibration_figures(config, predictions, evaluation.metrics, evaluation.calibration,
+                                            prepared.landmark_set, winner).items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
     horizon = float(config.registry.risk_group_horizon_days)
-    mlflow.log_figure(plot_calibration(evaluation.calibration, horizon, sources=shown), "plots/calibration_relapse.png")
+    others = [s for s in (RULE, ORACLE) if s in predictions]
     mlflow.log_figure(plot_metric_by_landmark(evaluation.metrics, config.evaluation.selection_metric, horizon,
-                                              sources=[*config.models.candidates, *shown[1:]]),
+                                              sources=[*config.models.candidates, *others]),
                       f"plots/{config.evaluation.selection_metric}_by_landmark.png")
-    mlflow.log_figure(incidence_figure(prepared.landmark_set, predictions[winner], horizons),
-                      "plots/cumulative_incidence.png")
     if config.registry.log_patient_rows:
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
@@ -377,9 +339,10 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         _log_run_inputs(config, prepared, config_path)
         predictions, evaluation = cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
-        winner = best_source(evaluation.metrics, config.models.candidates, config.evaluation.selection_metric)
-        _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
-        model = _refit(config, prepared, winner, progress)
+        selection = select_winner(config, summary)
+        winner = selection.winner
+        _log_evaluation(config, prepared, predictions, evaluation, summary, selection, run_id)
+        model = _refit(config, prepared, winner, predictions, progress)
         _log_explanations(config, model, prepared, progress)
         if not config.registry.log_patient_rows:
             model = without_training_rows(model, prepared.landmark_set[prepared.columns])
