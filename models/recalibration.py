@@ -28,9 +28,12 @@ day (constant outside the fitted landmarks), so any prediction day gets a map.
 2. the relapse, death and HSCT increments on each grid interval are those of :math:`G`, scaled
    down on the rare interval where they would exceed the probability still event-free, so the
    causes plus the event-free probability sum to 1 and every curve stays non-decreasing;
-3. each relapse increment is split among the phenotypes in proportion to the recalibrated
-   phenotype curves' increments on that interval (the base model's own split where those are
-   all zero), so the phenotypes add up to the recalibrated relapse curve exactly.
+3. the relapse curve is split among the phenotypes: at each time each phenotype's target is
+   the relapse incidence times its share of the recalibrated phenotype curves (relapses of
+   unknown phenotype, counted in relapse but in no phenotype, are thereby spread over the
+   phenotypes as the model predicts them), and each interval's relapse increment goes to the
+   phenotypes still below target, in proportion to their shortfall; so the phenotypes add up to
+   the recalibrated relapse curve exactly and stay non-decreasing.
 
 At each time the map is monotone (b > 0), so the relapse ranking within a landmark is kept but
 for near-ties the running maximum of step 1 or the cap of step 2 may swap: Uno's C of relapse
@@ -245,13 +248,29 @@ def _increments(curve: np.ndarray) -> np.ndarray:
     return np.diff(curve, axis=1, prepend=0.0)
 
 
-def _phenotype_split(mapped: dict[str, np.ndarray], curves: CIFCurves) -> np.ndarray:
-    """Share of each phenotype in each interval's relapse increment; shape (3, n, m)."""
-    mapped_steps = np.stack([_increments(mapped[cause]) for cause in PHENOTYPE_CAUSES])
-    base_steps = np.stack([_increments(curves.cif[cause]) for cause in PHENOTYPE_CAUSES])
-    steps = np.where(mapped_steps.sum(axis=0) > 0, mapped_steps, base_steps)
-    total = steps.sum(axis=0)
-    return np.divide(steps, total, out=np.full(steps.shape, 1.0 / len(PHENOTYPE_CAUSES)), where=total > 0)
+def _phenotype_split(relapse: np.ndarray, mapped: dict[str, np.ndarray], curves: CIFCurves) -> np.ndarray:
+    """The relapse curve split into phenotype curves; shape (3, n, m).
+
+    Target at each grid time: the relapse incidence times each phenotype's share of the mapped
+    phenotype curves (the base model's shares where those are all zero). Each interval's relapse
+    increment goes to the phenotypes still below their target, in proportion to how far below:
+    every curve stays non-decreasing, they add up to the relapse curve, and a phenotype whose
+    target share only grows meets its target exactly.
+    """
+    mapped_curves = np.stack([mapped[cause] for cause in PHENOTYPE_CAUSES])
+    base_curves = np.stack([curves.cif[cause] for cause in PHENOTYPE_CAUSES])
+    weights = np.where(mapped_curves.sum(axis=0) > 0, mapped_curves, base_curves)
+    total = weights.sum(axis=0)
+    shares = np.divide(weights, total, out=np.full(weights.shape, 1.0 / len(PHENOTYPE_CAUSES)), where=total > 0)
+    target = relapse[None] * shares
+    split, reached = np.zeros_like(target), np.zeros(target.shape[:2])
+    for j, step in enumerate(_increments(relapse).T):
+        need = np.maximum(target[:, :, j] - reached, 0.0)
+        total_need = need.sum(axis=0)
+        portion = np.divide(need, total_need, out=shares[:, :, j].copy(), where=total_need > 0)
+        reached = reached + step * portion
+        split[:, :, j] = reached
+    return split
 
 
 def _capped(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -274,8 +293,8 @@ def _capped(steps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _assemble(mapped: dict[str, np.ndarray], curves: CIFCurves) -> CIFCurves:
     """Steps 2 and 3 of the module docstring."""
     steps = _capped({cause: _increments(mapped[cause]) for cause in _MAIN_CURVES})
-    split = _phenotype_split(mapped, curves)
-    cif = {cause: np.cumsum(steps["relapse"] * split[k], axis=1) for k, cause in enumerate(PHENOTYPE_CAUSES)}
+    split = _phenotype_split(np.cumsum(steps["relapse"], axis=1), mapped, curves)
+    cif = {cause: split[k] for k, cause in enumerate(PHENOTYPE_CAUSES)}
     cif.update({cause: np.cumsum(steps[cause], axis=1) for cause in COMPETING_CAUSES})
     event_free = np.maximum(1.0 - np.sum([cif[cause] for cause in CAUSES], axis=0), 0.0)
     return CIFCurves(times=curves.times, cif={cause: cif[cause] for cause in CAUSES}, event_free=event_free)

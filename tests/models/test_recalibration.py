@@ -70,7 +70,35 @@ def test_calibrated_predictions_are_left_almost_unchanged(cohort, truth):
     np.testing.assert_allclose(recalibrator.intercept_[relapse], 0.0, atol=0.12)
     np.testing.assert_allclose(recalibrator.slope_[relapse], 1.0, atol=0.12)
     mapped = recalibrator.transform(truth, cohort.X["landmark_day"])
-    assert np.abs(mapped.relapse - truth.relapse).max() < 0.03
+    # largest change of any patient's curve at any time; HSCT's fitted map is the noisiest (its
+    # intercept at one landmark and knot is -0.42 on true curves), so it gets the widest bound
+    tolerance = {"relapse": 0.035, **dict.fromkeys(PHENOTYPE_CAUSES, 0.035), "death": 0.035, "hsct": 0.08}
+    for cause, bound in tolerance.items():
+        before = truth.relapse if cause == "relapse" else truth.cif[cause]
+        after = mapped.relapse if cause == "relapse" else mapped.cif[cause]
+        assert np.abs(after - before).max() < bound, cause
+
+
+def test_the_relapse_curve_is_split_by_the_mapped_phenotype_shares():
+    from models.recalibration import _phenotype_split
+
+    times = np.arange(0.0, 50.0, 10.0)
+    relapse = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
+    mapped = {"relapse_CD19_pos": 0.5 * relapse, "relapse_CD19_neg": 0.3 * relapse,  # shares 5:3:2, summing to
+              "relapse_lineage_switch": 0.2 * relapse * 2.0}                       # more than the relapse curve
+    base = CIFCurves(times=times, cif={cause: relapse / 3 for cause in CAUSES}, event_free=1 - 5 * relapse / 3)
+    split = _phenotype_split(relapse, mapped, base)
+    np.testing.assert_allclose(split[:, 0], np.array([[5], [3], [4]]) / 12 * relapse[0], atol=1e-15)
+    # a phenotype whose target (relapse x mapped share) falls cannot give back incidence; the
+    # others take every later relapse increment: lineage switch's target is 0.05 at day 10, then
+    # 0.2 x 0.1 / 0.6, 0.3 x 0.1 / 1.1, 0.4 x 0.1 / 1.6
+    falling = {"relapse_CD19_pos": np.array([[0.0, 0.1, 0.5, 1.0, 1.5]]), "relapse_CD19_neg": np.zeros((1, 5)),
+               "relapse_lineage_switch": np.array([[0.0, 0.1, 0.1, 0.1, 0.1]])}
+    split = _phenotype_split(relapse, falling, base)
+    np.testing.assert_allclose(split.sum(axis=0), relapse)
+    assert (np.diff(split, axis=2) >= 0).all()
+    np.testing.assert_allclose(split[2, 0], [0.0, 0.05, 0.05, 0.05, 0.05])  # kept, not reduced
+    np.testing.assert_allclose(split[0, 0], [0.0, 0.05, 0.15, 0.25, 0.35])
 
 
 def test_a_known_distortion_is_undone(cohort, truth):
