@@ -161,3 +161,60 @@ def test_training_refuses_a_miscalibrated_winner_and_registers_a_recalibrated_on
                                                  "death", "hsct")]
     assert scored[causes + ["event_free_365d"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
     assert scored["estimator"].iloc[0] == "xgb_cox_recal"
+
+
+def _overpredicting_model_factory(make_model):
+    """``models.factory.make_model`` whose ``xgb_cox`` is deliberately worse: every relapse
+    phenotype's incidence 1.5 times the fitted one (capped by the event-free probability), so the
+    ranking and Uno's C are (nearly) unchanged and only the absolute risks are wrong."""
+    from models.base import PHENOTYPE_CAUSES
+    from models.competing import CauseSpecificHazardsModel, CIFCurves
+
+    class Overpredicting(CauseSpecificHazardsModel):
+        def predict_cif_curves(self, X):
+            curves = super().predict_cif_curves(X)
+            relapse = curves.relapse
+            factor = np.minimum(1.5, np.divide(relapse + curves.event_free, relapse, out=np.ones_like(relapse),
+                                               where=relapse > 0))
+            cif = {cause: values * factor if cause in PHENOTYPE_CAUSES else values
+                   for cause, values in curves.cif.items()}
+            event_free = np.maximum(1.0 - np.sum(list(cif.values()), axis=0), 0.0)
+            return CIFCurves(times=curves.times, cif=cif, event_free=event_free)
+
+    def make(name, params=None, random_state=0):
+        model = make_model(name, params, random_state)
+        return Overpredicting(**model.get_params(deep=False)) if name == "xgb_cox" else model
+
+    return make
+
+
+@pytest.mark.slow
+def test_the_default_gate_refuses_a_deliberately_overpredicting_model(tracking_uri, monkeypatch):
+    """The shipped gate (configs/default.yaml) on a model that ranks as well as xgb_cox but
+    predicts 1.5 times its relapse incidence: not registered, and the reasons name the failing
+    metric, cause, landmark and horizon (Uno's C alone would have let it through)."""
+    import re
+    from pathlib import Path
+
+    import models.factory
+    from pipelines.config import load_config
+    from pipelines.train import train
+
+    default = load_config(Path(__file__).parents[2] / "configs" / "default.yaml")
+    small = RunConfig.model_validate({
+        **default.model_dump(),
+        "data": {"source": "synthetic", "synthetic": {"n_patients": 1000, "seed": 5, "with_oracle": False}},
+        "features": {**default.features.model_dump(), "landmark_days": [0, 91]},
+        "models": {"candidates": ["xgb_cox"], "params": {"xgb_cox": {"n_estimators": 60}}},
+        "evaluation": {**default.evaluation.model_dump(), "cv_folds": 3, "bootstrap": 0, "shap_max_rows": 5,
+                       "shap_background": 10},
+    })
+    monkeypatch.setattr(models.factory, "make_model", _overpredicting_model_factory(models.factory.make_model))
+    refused = train(small, tracking_uri=tracking_uri)
+    assert not refused.registered
+    assert refused.winner_metrics["uno_c"] >= default.registry.thresholds["uno_c"]  # discrimination passes
+    failed_oe = [reason for reason in refused.gate_reasons
+                 if re.fullmatch(r"oe/relapse(_CD19_pos|_CD19_neg)?/lm(0|91)/h(182|365|730) = 0\.\d{4} \(fails >= 0\.8\)",
+                                 reason)]
+    assert failed_oe, refused.gate_reasons
+    assert any(reason.startswith("oe/relapse/lm") for reason in failed_oe)
