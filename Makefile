@@ -1,5 +1,6 @@
 # Two entry points for newcomers (see README):
-#   make run   -> set up .venv, then run the main job on the embedded synthetic cohort
+#   make run   -> set up .venv, then run the main job on the embedded synthetic cohort (train: metrics,
+#                 decision curves, run report, registered champion), then compare surveillance schedules
 #   make test  -> set up .venv, then run the whole test suite
 PYTHON ?= python3
 # One BLAS thread per process: on 2 cores, threaded OpenBLAS made small fits up to 20x slower.
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint setup bench calibration clean
+.PHONY: run test check lint setup bench calibration config-reference clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,7 @@ setup: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/car-relapse train --config configs/default.yaml
+	$(BIN)/car-relapse surveillance --config configs/surveillance.yaml --out outputs/surveillance
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
@@ -35,6 +37,10 @@ lint: $(STAMP)
 
 calibration: $(STAMP)
 	$(BIN)/car-relapse calibrate --patients 20000 --seed 20261121 --out docs/calibration.md
+
+# docs/config.md from the pydantic run config (pipelines/config.py); a test keeps them in step.
+config-reference: $(STAMP)
+	$(BIN)/python -m pipelines.config_reference docs/config.md
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

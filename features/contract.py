@@ -1,16 +1,26 @@
 """The data contract: validate and normalise a cohort (infusions, measurements, outcomes).
 
-:func:`validate_cohort` runs, in order:
+One core, :func:`check_tables`, works on column arrays (one array of cells per declared column) and
+returns typed columns, the normalised measurements and every problem, without a per-row Python
+loop (numpy over whole columns; lab text through the vectorised parser of ``features.labtext``).
+:func:`validate_cohort` (cohort folders, training, batch scoring) and the served model
+(``models.serving``, whose request parser emits columns) both go through it. It runs, in order:
 
-1. **Columns** (per table): every required column present, else :class:`ContractError` in both
-   modes (a table without a required column cannot be interpreted row by row). Unknown extra
-   columns are kept and listed in the report; absent optional columns are listed too.
+1. **Columns** (per table): every required column present, no column name twice, no column of
+   dates or booleans where numbers or text go (a Parquet ``bool`` ``age_years``), else
+   :class:`ContractError` in both modes (a table like that cannot be read row by row). Unknown
+   extra columns are kept and listed in the report; absent optional columns are listed too.
 2. **Types** (per cell): text, float, nullable integer and boolean coercion; a cell that does not
-   coerce is a row problem ("wrong type").
-3. **Schema** (per cell): allowed values, ranges and missingness from ``features.schema``.
+   coerce (a word for a number, ``true`` for a number, a list for a value) is a row problem
+   ("wrong type").
+3. **Schema** (per cell): allowed values, ranges and missingness from ``features.schema``
+   (every number has a finite, plausible range there).
 4. **Lab values** (measurements): parsing and unit normalisation by ``features.labtext``.
-5. **Cross-row and cross-table rules** (see :data:`OUTCOME_RULES`, duplicates, unknown patients,
-   measurements after the last follow-up).
+5. **Cross-row and cross-table rules** (see :data:`OUTCOME_RULES`, duplicate patients, unknown
+   patients, measurements after the last follow-up, duplicate measurements: an exact copy of a
+   measurement (same patient, day, specimen, assay, unit and result) is collapsed into one and
+   counted; the same patient, day, specimen, assay and unit with another result is a row problem
+   on every copy).
 
 ``on_error="fail"`` raises one :class:`ContractError` listing the problems as
 ``file, row N, column C: reason``. ``on_error="quarantine"`` drops the offending rows and records
@@ -19,10 +29,11 @@ quarantines the whole patient (their rows in every table, reason "patient quaran
 the patient's baseline or outcome can no longer be trusted and tables must stay consistent; a
 problem in a single measurement row drops that row only.
 
-Scoring a few patients (no outcomes, small tables) first tries the accept-only fast path of
-``features.contract_fast``: when it proves the tables clean it returns the same frames the steps
-above would, and the report and quarantine frames are built here as for any clean cohort;
-otherwise (anything it is not sure of) the steps above run, so every problem is reported by them.
+Each problem has a ``reason`` (with the offending value, for files and reports) and a ``detail``
+(the same without the value, for answers that must not echo patient values).
+
+The pandera schemas of ``features.schema`` declare the same rules; they are the test oracle of
+this module, not run here.
 
 Row numbers: for a source file ending in ``.csv`` the row number is the file's line number
 (the header is line 1, so the first data row is row 2); for Parquet files and in-memory frames it
@@ -37,23 +48,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from features.contract_fast import BOOL_WORDS, clean_small_cohort
-from features.labtext import MAX_EXACT_INTEGER, normalise_lab_values
-from features.schema import (
-    ASSAYS,
-    COLUMNS_BY_TABLE,
-    NORMALISED_MEASUREMENT_COLUMNS,
-    NORMALISED_MEASUREMENTS_SCHEMA,
-    REMISSION_RESPONSES,
-    SCHEMA_BY_TABLE,
-    SPECIMENS,
-    ColumnSpec,
-)
+from features.coercion import column_type_problem, typed_columns
+from features.labtext import lab_results
+from features.schema import ASSAYS, CANONICAL_UNITS, COLUMNS_BY_TABLE, REMISSION_RESPONSES, SPECIMENS
 
 __all__ = [
     "ON_ERROR_MODES",
@@ -61,6 +62,9 @@ __all__ = [
     "MAX_ERROR_LINES",
     "OUTCOME_RULES",
     "ContractError",
+    "CheckedTables",
+    "check_tables",
+    "frame_columns",
     "TableReport",
     "DataReport",
     "ValidatedCohort",
@@ -71,7 +75,8 @@ __all__ = [
 ON_ERROR_MODES = ("fail", "quarantine")
 PATIENT_QUARANTINED = "patient quarantined"
 MAX_ERROR_LINES = 200
-_PROBLEM_COLUMNS = ["table", "position", "column", "kind", "reason", "patient_id", "cascade"]
+_PROBLEM_COLUMNS = ["table", "position", "column", "kind", "reason", "detail", "patient_id", "cascade"]
+_UNREADABLE = "cohort cannot be read under the data contract"
 
 
 def display_row(source: str, position: int) -> int:
@@ -113,23 +118,30 @@ class ContractError(ValueError):
 # --- problems -------------------------------------------------------------------------------------
 def _problems(
     table: str,
-    rows: pd.Index,
+    rows: np.ndarray,
     column: str | None,
     kind: str,
     reasons: Any,
     patient_ids: Any,
+    detail: Any = None,
     cascade: bool = False,
-) -> pd.DataFrame:
-    """A frame of problems (one per row position in ``rows``)."""
-    if not len(rows):  # the common case; the same empty frame as for no problems at all
-        return _concat_problems([])
+) -> pd.DataFrame | None:
+    """A frame of problems (one per row position in ``rows``); None when there are none.
+
+    ``reasons`` (with the offending values) and ``detail`` (without them; default: the kind) are
+    one text for all rows or one text per row.
+    """
+    if not len(rows):
+        return None
     return pd.DataFrame(
         {
             "table": table,
             "position": np.asarray(rows, dtype=np.int64),
             "column": column,
             "kind": kind,
-            "reason": np.asarray(reasons, dtype=object) if not isinstance(reasons, str) else reasons,
+            "reason": reasons if isinstance(reasons, str) else np.asarray(reasons, dtype=object),
+            "detail": (kind if detail is None else detail) if detail is None or isinstance(detail, str)
+            else np.asarray(detail, dtype=object),
             "patient_id": np.asarray(patient_ids, dtype=object),
             "cascade": cascade,
         },
@@ -140,11 +152,11 @@ def _problems(
 _NO_PROBLEMS = pd.DataFrame({name: pd.Series(dtype=object) for name in _PROBLEM_COLUMNS})
 
 
-def _concat_problems(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [frame for frame in frames if len(frame)]
-    if not frames:
+def _concat_problems(frames: list[pd.DataFrame | None]) -> pd.DataFrame:
+    present = [frame for frame in frames if frame is not None and len(frame)]
+    if not present:
         return _NO_PROBLEMS.copy()  # building an empty frame costs more than copying one
-    return pd.concat(frames, ignore_index=True)
+    return present[0] if len(present) == 1 else pd.concat(present, ignore_index=True)
 
 
 def _problem_lines(problems: pd.DataFrame, sources: Mapping[str, str]) -> list[str]:
@@ -161,15 +173,25 @@ def _problem_lines(problems: pd.DataFrame, sources: Mapping[str, str]) -> list[s
 
 
 # --- step 1: columns ------------------------------------------------------------------------------
-def _check_columns(tables: Mapping[str, pd.DataFrame], sources: Mapping[str, str]) -> None:
-    """Raise :class:`ContractError` when a required column is missing (fatal in both modes)."""
+def _duplicate_column_names(frame: pd.DataFrame, source: str) -> list[str]:
+    """A column name given twice: a frame that cannot be read column by column."""
+    return [f"{source}, column {column}: appears {count} times (each column name must be unique)"
+            for column, count in pd.Series(frame.columns).value_counts(sort=False).items() if count > 1]
+
+
+def _column_problems(tables: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str]) -> list[str]:
+    """Missing required columns, and columns whose type cannot hold their declared kind."""
     lines = []
-    for name, frame in tables.items():
+    for name, columns in tables.items():
         for spec in COLUMNS_BY_TABLE[name]:
-            if spec.required and spec.name not in frame.columns:
-                lines.append(f"{sources[name]}, column {spec.name}: required column is missing")
-    if lines:
-        raise ContractError(lines, header="cohort cannot be read under the data contract")
+            if spec.name not in columns:
+                if spec.required:
+                    lines.append(f"{sources[name]}, column {spec.name}: required column is missing")
+                continue
+            problem = column_type_problem(spec, getattr(columns[spec.name], "dtype", None))
+            if problem is not None:
+                lines.append(f"{sources[name]}, column {spec.name}: {problem}")
+    return lines
 
 
 def _column_lists(name: str, frame: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -180,222 +202,256 @@ def _column_lists(name: str, frame: pd.DataFrame) -> tuple[tuple[str, ...], tupl
     return unknown, absent
 
 
-# --- step 2: types --------------------------------------------------------------------------------
-def _coerce_text(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty") and values.dtype == object:
-        return values, pd.Series(False, index=values.index)
-    text = values.astype(object)
-    present = text.notna()
-    text[present] = text[present].astype(str)
-    return text, pd.Series(False, index=values.index)
+def frame_columns(name: str, frame: pd.DataFrame) -> dict[str, Any]:
+    """The declared columns of a raw frame as arrays (what :func:`check_tables` takes).
 
+    Parameters
+    ----------
+    name : str
+        Table name (``infusions``, ``measurements``, ``outcomes``).
+    frame : pandas.DataFrame
+        The raw table (unique column names).
 
-def _to_numbers(values: pd.Series) -> pd.Series:
-    """``pd.to_numeric(errors="coerce")``, once per distinct value for text columns (days repeat)."""
-    if values.dtype != object:
-        return pd.to_numeric(values, errors="coerce").astype(float)
-    codes, distinct = pd.factorize(values)
-    table = np.append(pd.to_numeric(pd.Series(distinct, dtype=object), errors="coerce").to_numpy(dtype=float), np.nan)
-    return pd.Series(table[codes], index=values.index)
-
-
-def _coerce_float(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "fi":  # already numbers: only inf is bad
-        numbers = values.astype(float)
-        bad = np.isinf(numbers.to_numpy())
-        return (numbers.where(~bad) if bad.any() else numbers), pd.Series(bad, index=values.index)
-    numbers = _to_numbers(values)
-    bad = (values.notna() & numbers.isna()) | np.isinf(numbers)
-    return numbers.where(~bad), bad
-
-
-def _coerce_int(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    numbers, bad = _coerce_float(values)
-    # beyond 2**53 a float is no longer an exact integer (and beyond int64 it cannot be cast at all)
-    bad = bad | (numbers.notna() & ((numbers != numbers.round()) | (numbers.abs() > MAX_EXACT_INTEGER)))
-    return numbers.where(~bad).astype("Int64"), bad
-
-
-def _coerce_bool(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    if pd.api.types.is_bool_dtype(values.dtype):
-        return values.astype("boolean"), pd.Series(False, index=values.index)
-    words = values.astype(str).str.strip().str.lower().map(BOOL_WORDS)
-    bad = values.notna() & words.isna()
-    return words.where(~bad).astype("boolean"), bad
-
-
-_COERCERS: dict[str, Callable[[pd.Series], tuple[pd.Series, pd.Series]]] = {
-    "str": _coerce_text,
-    "float": _coerce_float,
-    "int": _coerce_int,
-    "bool": _coerce_bool,
-}
-_TYPE_WORDS = {"float": "a number", "int": "an integer", "bool": "a boolean (true/false)"}
-
-
-def _coerce_table(name: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Coerce declared columns to their types; cells that do not coerce become row problems."""
-    typed = frame.copy()
-    problems = []
-    for spec in COLUMNS_BY_TABLE[name]:
-        if spec.name not in frame.columns or spec.kind not in _COERCERS:
-            continue
-        typed[spec.name], bad = _COERCERS[spec.kind](frame[spec.name])
-        if bad.any():
-            rows = frame.index[bad.to_numpy()]
-            reasons = [f"{value!r} is not {_TYPE_WORDS[spec.kind]}" for value in frame.loc[rows, spec.name]]
-            problems.append(_problems(name, rows, spec.name, "wrong type", reasons, _ids(frame, rows)))
-    return typed, _concat_problems(problems)
-
-
-def _ids(frame: pd.DataFrame, rows: pd.Index) -> np.ndarray:
-    return frame.loc[rows, "patient_id"].astype(object).to_numpy()
-
-
-# --- step 3: schema -------------------------------------------------------------------------------
-_CHECK_KINDS = {
-    "not_nullable": "missing value",
-    "not_allowed": "value not allowed",
-    "out_of_range": "value out of range",
-}
-
-
-def _expected_dtype(spec: ColumnSpec) -> Any:
-    if spec.kind == "category":
-        return pd.CategoricalDtype(list(spec.allowed or ()))
-    return spec.pandas_dtype
-
-
-def _dtype_matches(spec: ColumnSpec, values: pd.Series) -> bool:
-    expected = _expected_dtype(spec)
-    if isinstance(expected, pd.CategoricalDtype):
-        return (isinstance(values.dtype, pd.CategoricalDtype) and not values.dtype.ordered
-                and list(values.dtype.categories) == list(expected.categories))
-    return expected is None or str(values.dtype) == expected
-
-
-def _values_pass(spec: ColumnSpec, present: pd.Series) -> bool:
-    """Whether the non-missing values pass the column's checks (:meth:`ColumnSpec.checks`)."""
-    if spec.kind == "str" and pd.api.types.infer_dtype(present, skipna=True) not in ("string", "empty"):
-        return False
-    if spec.allowed is not None and spec.kind != "category" and not present.isin(spec.allowed).all():
-        return False
-    if spec.kind in ("str", "category", "text_or_number") or not len(present):
-        return True
-    numbers = present.to_numpy(dtype=float)
-    low, high = spec.min_value, spec.max_value
-    return bool(
-        (not spec.positive or (numbers > 0).all())
-        and (low is None or (numbers >= low).all())
-        and (high is None or (numbers <= high).all())
-    )
-
-
-def _certainly_valid(schema_name: str, typed: pd.DataFrame) -> bool:
-    """True only when the table's pandera schema would find no problem (the fast path).
-
-    Evaluates the same declarations (dtype, missingness, allowed values, ranges, frame-level
-    checks) directly on the arrays, which costs far less than pandera's machinery for a few
-    rows. False means "not sure": the caller then runs pandera, so problems are always reported
-    by the one full path, with its wording.
+    Returns
+    -------
+    dict of str to array
+        Declared column present in ``frame`` -> its cells (a numpy or pandas array).
     """
-    for spec in COLUMNS_BY_TABLE[schema_name]:
-        if spec.name not in typed.columns:
-            if spec.required:
-                return False
-            continue
-        values = typed[spec.name]
-        if not _dtype_matches(spec, values):
-            return False
-        missing = values.isna().to_numpy()
-        if missing.any() and not spec.nullable:
-            return False
-        if not _values_pass(spec, values[~missing] if missing.any() else values):
-            return False
-    checks = SCHEMA_BY_TABLE[schema_name].checks
-    return all(bool(np.all(check(typed).check_passed)) for check in checks)
+    return {spec.name: frame[spec.name].array for spec in COLUMNS_BY_TABLE[name] if spec.name in frame.columns}
 
 
-def _schema_problems(name: str, typed: pd.DataFrame) -> pd.DataFrame:
-    """Run the table's pandera schema lazily and turn its failure cases into row problems."""
-    if _certainly_valid(name, typed):
-        return _concat_problems([])
-    try:
-        SCHEMA_BY_TABLE[name].validate(typed, lazy=True, inplace=True)  # no coercion: nothing modified
-    except pa.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-    else:
-        return _concat_problems([])
-    table_level = cases[cases["index"].isna()]
-    if len(table_level):  # a dtype left wrong by coercion: a bug in this module, not in the data
-        raise RuntimeError(f"{name}: schema failed at table level after coercion:\n{table_level}")
-    names = _check_names(SCHEMA_BY_TABLE[name])
-    cases = cases.drop_duplicates(["index", "column", "check"])
-    frames = []
-    for (column, check), group in cases.groupby(["column", "check"], sort=False):
-        kind = _CHECK_KINDS.get(names.get((column, check), check), "invalid value")
-        rows = pd.Index(group["index"].astype(np.int64))
-        reasons: str | list[str] = "value is missing" if kind == "missing value" else [
-            f"{value!r} {check}" for value in group["failure_case"]]
-        frames.append(_problems(name, rows, column, kind, reasons, _ids(typed, rows)))
-    return _concat_problems(frames)
+# --- steps 2 to 5 over column arrays: the core ------------------------------------------------------------
+_SPECIMEN_TYPE = pd.CategoricalDtype(list(SPECIMENS))
+_ASSAY_TYPE = pd.CategoricalDtype(list(ASSAYS))
 
 
-def _check_names(schema: pa.DataFrameSchema) -> dict[tuple[str, str], str]:
-    """(column, error text) -> check name, to classify pandera failure cases."""
-    names = {}
-    for column_name, column in schema.columns.items():
-        names[(column_name, "not_nullable")] = "not_nullable"
-        for check in column.checks:
-            names[(column_name, check.error)] = check.name
-    return names
+@dataclass(frozen=True)
+class CheckedTables:
+    """What :func:`check_tables` found: typed columns, normalised measurements, problems.
+
+    Attributes
+    ----------
+    typed : dict of str to dict of str to array
+        Per table, the typed declared columns of every row (see :attr:`TypedColumn.values`).
+    normalised : dict of str to array
+        The normalised measurement columns (``NORMALISED_MEASUREMENT_COLUMNS`` but ``patient_id`` and
+        ``day``, which are in ``typed``) of every row; rows with a problem hold NaN / None.
+    problems : pandas.DataFrame
+        One line per problem: ``table``, ``position`` (0-based row), ``column``, ``kind``,
+        ``reason`` (names the value), ``detail`` (does not), ``patient_id``, ``cascade``.
+    collapsed : numpy.ndarray of bool
+        Measurement rows that repeat an earlier row exactly (same patient, day, specimen, assay,
+        unit and result); they carry no problem and are left out of the output.
+    """
+
+    typed: dict[str, dict[str, Any]]
+    normalised: dict[str, np.ndarray]
+    problems: pd.DataFrame
+    collapsed: np.ndarray
+
+    def typed_frame(self, table: str, keep: np.ndarray) -> pd.DataFrame:
+        """The typed declared columns of the kept rows (``keep``: boolean mask), in contract order."""
+        columns = self.typed[table]
+        return pd.DataFrame({name: values[keep] for name, values in columns.items()},
+                            index=pd.RangeIndex(int(keep.sum())))
+
+    def measurements_frame(self, keep: np.ndarray) -> pd.DataFrame:
+        """The normalised measurements of the kept rows (``NORMALISED_MEASUREMENT_COLUMNS``)."""
+        typed = self.typed["measurements"]
+        normalised = self.normalised
+        return pd.DataFrame(
+            {
+                "patient_id": typed["patient_id"][keep],
+                "day": typed["day"][keep],
+                "specimen": pd.Categorical.from_codes(normalised["specimen"][keep], dtype=_SPECIMEN_TYPE),
+                "assay": pd.Categorical.from_codes(normalised["assay"][keep], dtype=_ASSAY_TYPE),
+                **{name: normalised[name][keep] for name in ("value", "censored", "detection_limit", "unit",
+                                                             "detected_below_loq")},
+            },
+            index=pd.RangeIndex(int(keep.sum())),
+        )
 
 
-# --- step 4: lab values ---------------------------------------------------------------------------
-def _normalise_measurements(typed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse lab values of rows that passed the schema; return normalised rows and row problems."""
-    limits = typed["detection_limit"] if "detection_limit" in typed else None
-    parsed = normalise_lab_values(typed["value"], typed["unit"], typed["assay"], limits)
-    bad = parsed["error_kind"].notna()
+def check_tables(tables: Mapping[str, Mapping[str, Any]], n_rows: Mapping[str, int],
+                 sources: Mapping[str, str] | None = None) -> CheckedTables:
+    """Check raw tables given as column arrays against the data contract (steps 1 to 5).
+
+    Parameters
+    ----------
+    tables : mapping of str to mapping of str to array
+        ``infusions``, ``measurements`` and optionally ``outcomes``: declared column -> cells
+        (numpy or pandas arrays of one length; any cell types). Unknown columns are not given.
+    n_rows : mapping of str to int
+        Rows of each table.
+    sources : mapping of str to str, optional
+        Table -> name shown in messages (file name; default the table name).
+
+    Returns
+    -------
+    CheckedTables
+
+    Raises
+    ------
+    ContractError
+        A required column is missing, or a column cannot hold its kind (dates, booleans for numbers).
+    """
+    sources = {name: str((sources or {}).get(name, name)) for name in tables}
+    lines = _column_problems(tables, sources)
+    if lines:
+        raise ContractError(lines, header=_UNREADABLE)
+    problems = _Problems(n_rows)
+    typed, declaration = {}, []
+    for name, columns in tables.items():  # every "wrong type" first, then the declarations' checks
+        typed[name], coercion, checks = _typed_table(name, columns, n_rows[name])
+        problems.add(coercion)
+        declaration += checks
+    problems.add(declaration)
+    normalised, lab = _normalise_measurements(typed["measurements"], problems.good("measurements"))
+    problems.add(lab)
+    patients = _PatientCodes.of(typed)
+    problems.add(_cross_table_problems(typed, patients, problems.good("measurements"),
+                                       problems.good("outcomes") if "outcomes" in typed else None))
+    collapsed, conflicts = _duplicate_measurements(typed["measurements"], normalised, patients,
+                                                   problems.good("measurements"), sources["measurements"])
+    problems.add([conflicts])
+    return CheckedTables(typed=typed, normalised=normalised, problems=_concat_problems(problems.frames),
+                         collapsed=collapsed)
+
+
+class _Problems:
+    """The problem frames found so far, and the rows of each table they concern."""
+
+    def __init__(self, n_rows: Mapping[str, int]):
+        self.frames: list[pd.DataFrame | None] = []
+        self._bad = {name: np.zeros(n, dtype=bool) for name, n in n_rows.items()}
+
+    def add(self, frames: list[pd.DataFrame | None]) -> None:
+        for frame in frames:
+            if frame is not None and len(frame):
+                self.frames.append(frame)
+                for table, positions in frame.groupby("table", sort=False)["position"]:
+                    self._bad[table][positions.to_numpy(dtype=np.int64)] = True
+
+    def good(self, table: str) -> np.ndarray:
+        """Rows of ``table`` without a problem so far."""
+        return ~self._bad[table]
+
+
+def _typed_table(name: str, columns: Mapping[str, Any], n_rows: int) -> tuple[dict[str, Any], list, list]:
+    """Typed columns of a table (contract order), its coercion problems and its declaration problems."""
+    typed: dict[str, Any] = {}
+    coercion: list[pd.DataFrame | None] = []
+    declaration: list[pd.DataFrame | None] = []
+    checked = typed_columns(COLUMNS_BY_TABLE[name], columns, n_rows)
+    ids = checked["patient_id"].values
+    for column, result in checked.items():
+        typed[column] = result.values
+        for problem in result.problems:
+            target = coercion if problem.kind == "wrong type" else declaration
+            target.append(_problems(name, problem.rows, column, problem.kind, problem.reasons, ids[problem.rows],
+                                    problem.detail))
+    return typed, coercion, declaration
+
+
+def _category_codes(values: np.ndarray, categories: tuple[str, ...]) -> np.ndarray:
+    codes = np.full(len(values), -1, dtype=np.int8)
+    for code, category in enumerate(categories):  # the few categories, each a vectorised comparison
+        codes[values == category] = code
+    return codes
+
+
+def _normalise_measurements(typed: Mapping[str, Any], good: np.ndarray) -> tuple[dict[str, np.ndarray], list]:
+    """Lab values of the rows without a problem so far: normalised columns of every row, lab problems."""
+    n_rows = len(good)
+    rows = np.flatnonzero(good)
+    limits = typed.get("detection_limit")
+    results = lab_results(typed["value"][rows], typed["unit"][rows], typed["assay"][rows],
+                          None if limits is None else limits[rows])
+    normalised = {
+        "specimen": _category_codes(typed["specimen"], SPECIMENS),
+        "assay": _category_codes(typed["assay"], ASSAYS),
+        "value": np.full(n_rows, np.nan), "censored": np.zeros(n_rows, dtype=bool),
+        "detection_limit": np.full(n_rows, np.nan), "unit": np.full(n_rows, None, dtype=object),
+        "detected_below_loq": np.zeros(n_rows, dtype=bool),
+    }
+    for name in ("value", "censored", "detection_limit", "unit", "detected_below_loq"):
+        normalised[name][rows] = getattr(results, name)
+    problems = []
+    if results.bad.any():
+        ids = typed["patient_id"]
+        bad = np.flatnonzero(results.bad)
+        keys = pd.MultiIndex.from_arrays([results.error_column[bad], results.error_kind[bad]])
+        for (column, kind), members in pd.Series(bad).groupby(keys, sort=False):
+            at = members.to_numpy()
+            problems.append(_problems("measurements", rows[at], column, kind, results.error_reason[at],
+                                      ids[rows[at]], results.error_detail[at]))
+    return normalised, problems
+
+
+@dataclass(frozen=True)
+class _PatientCodes:
+    """Patient ids of every table as codes of one factorisation (-1: missing id)."""
+
+    codes: dict[str, np.ndarray]
+    n_patients: int
+
+    @classmethod
+    def of(cls, typed: Mapping[str, Mapping[str, Any]]) -> _PatientCodes:
+        names = list(typed)
+        ids = [np.asarray(typed[name]["patient_id"], dtype=object) for name in names]
+        codes, uniques = pd.factorize(np.concatenate(ids)) if sum(map(len, ids)) else (np.array([], int), [])
+        bounds = np.cumsum([0] + [len(part) for part in ids])
+        return cls({name: codes[bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}, len(uniques))
+
+    def present_in(self, table: str) -> np.ndarray:
+        """Per code (and a last entry for -1, False): whether the patient has a row in ``table``."""
+        present = np.zeros(self.n_patients + 1, dtype=bool)
+        codes = self.codes[table]
+        present[codes[codes >= 0]] = True
+        return present
+
+    def counts(self, table: str) -> np.ndarray:
+        codes = self.codes[table]
+        return np.append(np.bincount(codes[codes >= 0], minlength=self.n_patients), 0)
+
+
+def _cross_table_problems(typed: Mapping[str, Mapping[str, Any]], patients: _PatientCodes, good_measurements: np.ndarray,
+                          good_outcomes: np.ndarray | None) -> list:
+    """Duplicate and unknown patients; with outcomes, the outcome rules (rows without a problem so far)
+    and measurements after the last follow-up (both tables' rows without a problem so far)."""
+    ids = {name: columns["patient_id"] for name, columns in typed.items()}
     problems = [
-        _problems("measurements", group.index, column, kind, group["error_reason"], _ids(typed, group.index))
-        for (column, kind), group in parsed[bad].groupby(["error_column", "error_kind"], sort=False)
+        _duplicate_problems("infusions", ids["infusions"], patients),
+        _membership_problems("measurements", ids["measurements"], patients, "infusions", "unknown patient"),
     ]
-    declared = {spec.name for spec in COLUMNS_BY_TABLE["measurements"]}
-    extras = [c for c in typed.columns if c not in declared]
-    normalised = pd.DataFrame(
-        {
-            "patient_id": typed["patient_id"],
-            "day": typed["day"],
-            "specimen": pd.Categorical(typed["specimen"], categories=SPECIMENS),
-            "assay": pd.Categorical(typed["assay"], categories=ASSAYS),
-            **{spec.name: parsed[spec.name] for spec in NORMALISED_MEASUREMENT_COLUMNS[4:]},
-        },
-        index=typed.index,
-    )
-    normalised["censored"] = normalised["censored"].astype(bool)
-    normalised["detected_below_loq"] = normalised["detected_below_loq"].astype(bool)
-    normalised = pd.concat([normalised, typed[extras]], axis=1)
-    return normalised[~bad.to_numpy()], _concat_problems(problems)
+    if good_outcomes is not None:
+        outcomes = pd.DataFrame(typed["outcomes"])
+        problems += [
+            _duplicate_problems("outcomes", ids["outcomes"], patients),
+            _membership_problems("outcomes", ids["outcomes"], patients, "infusions", "unknown patient"),
+            _membership_problems("infusions", ids["infusions"], patients, "outcomes", "no outcome row"),
+            _outcome_rule_problems(outcomes[good_outcomes]),
+            _after_followup_problems(typed["measurements"], good_measurements, patients, outcomes, good_outcomes),
+        ]
+    return problems
 
 
-# --- step 5: cross-row and cross-table rules ------------------------------------------------------
-def _duplicate_problems(name: str, ids: pd.Series) -> pd.DataFrame:
-    counts = ids.map(ids.value_counts())
-    duplicated = ids.notna() & (counts > 1)
-    rows = ids.index[duplicated.to_numpy()]
+def _duplicate_problems(name: str, ids: np.ndarray, patients: _PatientCodes) -> pd.DataFrame | None:
+    codes = patients.codes[name]
+    counts = patients.counts(name)[codes]
+    rows = np.flatnonzero((codes >= 0) & (counts > 1))
     reasons = [f"patient_id {pid!r} appears {int(n)} times" for pid, n in zip(ids[rows], counts[rows])]
-    return _problems(name, rows, "patient_id", "duplicate patient_id", reasons, ids[rows])
+    return _problems(name, rows, "patient_id", "duplicate patient_id", reasons, ids[rows],
+                     f"duplicate patient_id (appears more than once in {name})")
 
 
-def _membership_problems(
-    name: str, ids: pd.Series, known: pd.Series, other: str, kind: str
-) -> pd.DataFrame:
-    """Rows whose patient_id is not among ``known`` ids of table ``other``."""
-    missing = ids.notna() & ~ids.isin(set(known.dropna()))
-    rows = ids.index[missing.to_numpy()]
+def _membership_problems(name: str, ids: np.ndarray, patients: _PatientCodes, other: str,
+                         kind: str) -> pd.DataFrame | None:
+    """Rows whose patient_id is not among the ids of table ``other``."""
+    codes = patients.codes[name]
+    rows = np.flatnonzero((codes >= 0) & ~patients.present_in(other)[codes])
     reasons = [f"patient_id {pid!r} has no row in {other}" for pid in ids[rows]]
-    return _problems(name, rows, "patient_id", kind, reasons, ids[rows])
+    return _problems(name, rows, "patient_id", kind, reasons, ids[rows], f"patient_id has no row in {other}")
 
 
 def _fmt_day(day: float) -> str:
@@ -439,7 +495,7 @@ def _outcome_rule_problems(outcomes: pd.DataFrame) -> pd.DataFrame:
         mask = violated(outcomes).fillna(False).astype(bool)
         bad = outcomes[mask.to_numpy()]
         reasons = [reason_of(row) for row in bad.itertuples(index=False)]
-        frames.append(_problems("outcomes", bad.index, column, kind, reasons, bad["patient_id"]))
+        frames.append(_problems("outcomes", bad.index.to_numpy(), column, kind, reasons, bad["patient_id"]))
     return _concat_problems(frames)
 
 
@@ -465,44 +521,108 @@ def _outcome_notes(outcomes: pd.DataFrame | None) -> list[str]:
     return [f"outcomes: {int(n)} {what}" for what, n in counts.items() if n]
 
 
-def _after_followup_problems(measurements: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
-    last_day = measurements["patient_id"].map(outcomes.drop_duplicates("patient_id").set_index("patient_id")
-                                              ["last_followup_day"])
-    late = (measurements["day"] > last_day).to_numpy()
-    rows = measurements.index[late]
+def _after_followup_problems(measurements: Mapping[str, Any], good_measurements: np.ndarray,
+                             patients: _PatientCodes, outcomes: pd.DataFrame,
+                             good_outcomes: np.ndarray) -> pd.DataFrame | None:
+    """Measurements dated after their patient's last follow-up (first outcomes row of the patient)."""
+    codes = patients.codes["outcomes"]
+    rows = np.flatnonzero(good_outcomes & (codes >= 0))
+    known, first = np.unique(codes[rows], return_index=True)
+    last_day = np.full(patients.n_patients + 1, np.nan)
+    last_day[known] = outcomes["last_followup_day"].to_numpy(dtype=float)[rows[first]]
+    day, ids = measurements["day"], measurements["patient_id"]
+    last = last_day[patients.codes["measurements"]]
+    with np.errstate(invalid="ignore"):
+        late = np.flatnonzero(good_measurements & (day > last))
+    reasons = [f"day {_fmt_day(day[i])} is after last_followup_day {_fmt_day(last[i])} of patient {ids[i]!r}"
+               for i in late]
+    return _problems("measurements", late, "day", "measurement after last follow-up", reasons, ids[late],
+                     "measurement after the patient's last follow-up")
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise equality where NaN equals NaN."""
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _duplicate_measurements(measurements: Mapping[str, Any], normalised: Mapping[str, np.ndarray],
+                            patients: _PatientCodes, good: np.ndarray,
+                            source: str) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Exact copies among the rows without a problem (collapsed: every copy after the first) and
+    conflicting copies (same patient, day, specimen, assay and unit, another result: each a problem).
+
+    Rows are sorted by (patient, day, specimen/assay/unit, position); neighbours with the same key
+    form a group; a group whose results are not all equal conflicts.
+    """
+    collapsed = np.zeros(len(good), dtype=bool)
+    rows = np.flatnonzero(good)
+    if len(rows) < 2:
+        return collapsed, None
+    unit = _category_codes(normalised["unit"][rows], CANONICAL_UNITS).astype(np.int64)
+    kind = (normalised["specimen"][rows].astype(np.int64) * len(ASSAYS) + normalised["assay"][rows]) \
+        * (len(CANONICAL_UNITS) + 1) + unit
+    patient, day = patients.codes["measurements"][rows], measurements["day"][rows]
+    order = np.lexsort((rows, kind, day, patient))
+    patient, day, kind = patient[order], day[order], kind[order]
+    same_key = (patient[1:] == patient[:-1]) & (day[1:] == day[:-1]) & (kind[1:] == kind[:-1])
+    if not same_key.any():  # the usual case
+        return collapsed, None
+    result = [normalised[name][rows][order] for name in ("value", "censored", "detection_limit", "detected_below_loq")]
+    same_result = (_same(result[0][1:], result[0][:-1]) & (result[1][1:] == result[1][:-1])
+                   & _same(result[2][1:], result[2][:-1]) & (result[3][1:] == result[3][:-1]))
+    group = np.concatenate([[0], np.cumsum(~same_key)])
+    conflicting_group = np.zeros(group[-1] + 1, dtype=bool)
+    conflicting_group[group[1:][same_key & ~same_result]] = True
+    sorted_rows = rows[order]
+    collapsed[sorted_rows[np.concatenate([[False], same_key]) & ~conflicting_group[group]]] = True
+    conflicting = conflicting_group[group]
+    return collapsed, _conflict_problems(measurements["patient_id"], sorted_rows[conflicting],
+                                         group[conflicting], source)
+
+
+def _conflict_problems(ids: np.ndarray, rows: np.ndarray, groups: np.ndarray, source: str) -> pd.DataFrame | None:
+    members: dict[int, list[int]] = {}
+    for row, group in zip(rows.tolist(), groups.tolist()):
+        members.setdefault(group, []).append(row)
     reasons = [
-        f"day {_fmt_day(day)} is after last_followup_day {_fmt_day(last)} of patient {pid!r}"
-        for day, last, pid in zip(measurements.loc[rows, "day"], last_day[rows], measurements.loc[rows, "patient_id"])
+        "conflicts with row(s) "
+        + ", ".join(str(display_row(source, other)) for other in members[group] if other != row)
+        + " (same patient, day, specimen, assay and unit; another result)"
+        for row, group in zip(rows.tolist(), groups.tolist())
     ]
-    return _problems("measurements", rows, "day", "measurement after last follow-up", reasons,
-                     measurements.loc[rows, "patient_id"])
+    return _problems("measurements", rows, "value", "conflicting duplicate", reasons, ids[rows],
+                     "another measurement of the same day, specimen, assay and unit has another result")
 
 
-def _cascade_problems(problems: pd.DataFrame, ids: Mapping[str, pd.Series]) -> pd.DataFrame:
+def _cascade_problems(problems: pd.DataFrame, ids: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """Quarantine every row of a patient whose infusions or outcomes row has a problem."""
     if not len(problems):
         return _concat_problems([])
     own = problems[problems["table"].isin(["infusions", "outcomes"]) & problems["patient_id"].notna()]
     first = own.drop_duplicates("patient_id").set_index("patient_id")
     causes = (first["table"] + ": " + first["kind"]).to_dict()
-    causes = {pid: cause for pid, cause in causes.items() if pid in set(ids["infusions"].dropna())}
+    known = set(pd.Series(ids["infusions"]).dropna())
+    causes = {pid: cause for pid, cause in causes.items() if pid in known}
     frames = []
     for table, table_ids in ids.items():
-        flagged = set(problems.loc[problems["table"] == table, "position"])
-        hit = table_ids.isin(causes.keys()) & ~table_ids.index.isin(list(flagged))
-        rows = table_ids.index[hit.to_numpy()]
+        flagged = problems.loc[problems["table"] == table, "position"].to_numpy(dtype=np.int64)
+        hit = pd.Series(table_ids).isin(causes.keys()).to_numpy()
+        hit[flagged] = False
+        rows = np.flatnonzero(hit)
         reasons = [f"patient {pid!r} quarantined ({causes[pid]})" for pid in table_ids[rows]]
-        frames.append(_problems(table, rows, "patient_id", PATIENT_QUARANTINED, reasons, table_ids[rows], True))
+        frames.append(_problems(table, rows, "patient_id", PATIENT_QUARANTINED, reasons, table_ids[rows],
+                                cascade=True))
     return _concat_problems(frames)
 
 
 # --- report ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TableReport:
-    """Rows in, out and quarantined for one table, with reasons, examples and column notes.
+    """Rows in, out, quarantined and collapsed for one table, with reasons, examples and column notes.
 
     ``reasons`` maps ``"kind: column"`` to the number of rows with that problem (a row with two
     problems counts under both, so the counts may sum to more than ``rows_quarantined``).
+    ``rows_collapsed`` counts exact duplicate rows merged into their first copy (measurements).
     """
 
     table: str
@@ -514,12 +634,13 @@ class TableReport:
     examples: tuple[str, ...] = ()
     unknown_columns: tuple[str, ...] = ()
     absent_optional_columns: tuple[str, ...] = ()
+    rows_collapsed: int = 0
 
     def __post_init__(self) -> None:
-        if self.rows_in != self.rows_out + self.rows_quarantined:  # nothing may be lost silently
+        if self.rows_in != self.rows_out + self.rows_quarantined + self.rows_collapsed:  # nothing lost silently
             raise RuntimeError(
                 f"{self.table}: rows in ({self.rows_in}) != rows out ({self.rows_out}) "
-                f"+ quarantined ({self.rows_quarantined})"
+                f"+ quarantined ({self.rows_quarantined}) + collapsed ({self.rows_collapsed})"
             )
 
 
@@ -555,6 +676,7 @@ class DataReport:
                     "rows_in": int(t.rows_in),
                     "rows_out": int(t.rows_out),
                     "rows_quarantined": int(t.rows_quarantined),
+                    "rows_collapsed": int(t.rows_collapsed),
                     "reasons": {k: int(v) for k, v in t.reasons.items()},
                     "examples": list(t.examples),
                     "unknown_columns": list(t.unknown_columns),
@@ -565,7 +687,7 @@ class DataReport:
         }
 
     def render(self) -> Group:
-        """The report for the terminal.
+        """The report for the terminal (every cell plain text: file and column names are never markup).
 
         Returns
         -------
@@ -577,8 +699,9 @@ class DataReport:
             numeric = header.startswith(("rows", "quar"))
             summary.add_column(header, justify="right" if numeric else "left", no_wrap=header != "unknown columns")
         for t in self.tables.values():
-            summary.add_row(t.table, t.source, str(t.rows_in), str(t.rows_out), str(t.rows_quarantined),
-                            ", ".join(t.unknown_columns) or "-")
+            cells = (t.table, t.source, str(t.rows_in), str(t.rows_out), str(t.rows_quarantined),
+                     ", ".join(t.unknown_columns) or "-")
+            summary.add_row(*(Text(cell) for cell in cells))
         parts: list[Any] = [summary, Text(f"patients: {self.patients_in} in, {self.patients_out} out, "
                                           f"{self.patients_in - self.patients_out} quarantined")]
         reasons = Table(title="Quarantine reasons")
@@ -586,7 +709,7 @@ class DataReport:
             reasons.add_column(header, justify="right" if header == "rows" else "left")
         for t in self.tables.values():
             for reason, count in t.reasons.items():
-                reasons.add_row(t.table, reason, str(count))
+                reasons.add_row(Text(t.table), Text(reason), Text(str(count)))
         if reasons.row_count:
             parts += [reasons, Text("Examples:")]
             parts += [Text(f"  {line}") for t in self.tables.values() for line in t.examples]
@@ -599,14 +722,15 @@ def _reason_key(kind: str, column: Any) -> str:
 
 
 def _table_report(
-    name: str, frame: pd.DataFrame, rows_out: int, problems: pd.DataFrame, sources: Mapping[str, str],
-    max_examples: int,
+    name: str, frame: pd.DataFrame, rows_out: int, rows_collapsed: int, problems: pd.DataFrame,
+    sources: Mapping[str, str], max_examples: int,
 ) -> TableReport:
     unknown, absent = _column_lists(name, frame)
     mine = problems[problems["table"] == name] if len(problems) else problems
-    if not len(mine):  # nothing to count (the usual case when scoring a few patients)
+    if not len(mine):  # nothing to count
         return TableReport(table=name, source=sources[name], rows_in=len(frame), rows_out=rows_out,
-                           rows_quarantined=0, unknown_columns=unknown, absent_optional_columns=absent)
+                           rows_quarantined=0, unknown_columns=unknown, absent_optional_columns=absent,
+                           rows_collapsed=rows_collapsed)
     keys = [_reason_key(kind, column) for kind, column in zip(mine["kind"], mine["column"])]
     mine = mine.assign(_key=keys).drop_duplicates(["_key", "position"])
     reasons = {key: int(n) for key, n in mine["_key"].value_counts(sort=False).items()}
@@ -621,6 +745,7 @@ def _table_report(
         examples=tuple(_problem_lines(examples, sources)),
         unknown_columns=unknown,
         absent_optional_columns=absent,
+        rows_collapsed=rows_collapsed,
     )
 
 
@@ -634,11 +759,12 @@ class ValidatedCohort:
     infusions : pandas.DataFrame
         Typed infusions (declared columns in contract order, then unknown extra columns).
     measurements : pandas.DataFrame
-        Normalised measurements (``features.schema.NORMALISED_MEASUREMENT_COLUMNS``, then extras).
+        Normalised measurements (``features.schema.NORMALISED_MEASUREMENT_COLUMNS``, then extras),
+        exact duplicates collapsed into their first copy.
     outcomes : pandas.DataFrame or None
         Typed outcomes, or None when none were given (batch scoring).
     report : DataReport
-        Rows and patients in / out / quarantined, with reasons.
+        Rows and patients in / out / quarantined / collapsed, with reasons.
     quarantined : dict of str to pandas.DataFrame
         The quarantined raw rows of each table with ``row`` (as the user sees it) and
         ``quarantine_reasons``; empty frames in ``fail`` mode.
@@ -651,86 +777,15 @@ class ValidatedCohort:
     quarantined: dict[str, pd.DataFrame]
 
 
-def _without(frame: pd.DataFrame, positions: pd.Series) -> pd.DataFrame:
-    """``frame`` without the rows at ``positions`` (no copy when there are none)."""
-    if not len(positions):
-        return frame
-    return frame.drop(index=pd.unique(positions), errors="ignore")
-
-
-def _row_level(raw: Mapping[str, pd.DataFrame]) -> tuple[dict, dict, list[pd.DataFrame]]:
-    """Coercion and schema checks per table: all rows typed, rows without problems, problems."""
-    typed_all, good, problems = {}, {}, []
-    for name, frame in raw.items():
-        typed, coercion = _coerce_table(name, frame)
-        typed_all[name] = typed
-        candidates = _without(typed, coercion["position"])
-        schema = _schema_problems(name, candidates)
-        good[name] = _without(candidates, schema["position"])
-        problems += [coercion, schema]
-    return typed_all, good, problems
-
-
-def _cross_table_problems(
-    typed_all: Mapping[str, pd.DataFrame], good: Mapping[str, pd.DataFrame], normalised: pd.DataFrame
-) -> list[pd.DataFrame]:
-    ids = {name: frame["patient_id"] for name, frame in typed_all.items()}
-    problems = [
-        _duplicate_problems("infusions", ids["infusions"]),
-        _membership_problems("measurements", ids["measurements"], ids["infusions"], "infusions", "unknown patient"),
-    ]
-    if "outcomes" in ids:
-        problems += [
-            _duplicate_problems("outcomes", ids["outcomes"]),
-            _membership_problems("outcomes", ids["outcomes"], ids["infusions"], "infusions", "unknown patient"),
-            _membership_problems("infusions", ids["infusions"], ids["outcomes"], "outcomes", "no outcome row"),
-            _outcome_rule_problems(good["outcomes"]),
-            _after_followup_problems(normalised, good["outcomes"]),
-        ]
-    return problems
-
-
-def _output_frame(name: str, frame: pd.DataFrame, drop: pd.Series) -> pd.DataFrame:
-    declared = [spec.name for spec in COLUMNS_BY_TABLE[name] if spec.name in frame.columns]
-    extras = [c for c in frame.columns if c not in declared]
-    return _without(frame, drop)[declared + extras].reset_index(drop=True)
-
-
-_NO_QUARANTINE_TEMPLATES: dict[tuple, pd.DataFrame] = {}
-_MAX_NO_QUARANTINE_TEMPLATES = 64
-
-
-def _no_quarantined_rows(raw: pd.DataFrame) -> pd.DataFrame:
-    """The empty quarantine frame of a table (copied from one built once per columns and dtypes).
-
-    Only plain numpy dtypes are cached: pandas' extension dtypes may compare equal while
-    differing (unordered categories in another order).
-    """
-    dtypes = raw.dtypes.tolist()
-    if not all(isinstance(dtype, np.dtype) for dtype in dtypes):
-        return _empty_quarantine_frame(raw)
-    key = (tuple((type(name), name) for name in raw.columns), tuple(dtypes))
-    template = _NO_QUARANTINE_TEMPLATES.get(key)
-    if template is None:
-        template = _empty_quarantine_frame(raw)
-        if len(_NO_QUARANTINE_TEMPLATES) < _MAX_NO_QUARANTINE_TEMPLATES:
-            _NO_QUARANTINE_TEMPLATES[key] = template
-    return template.copy()
-
-
-def _empty_quarantine_frame(raw: pd.DataFrame) -> pd.DataFrame:
-    rows = raw.iloc[:0].copy()
-    rows.insert(0, "row", [])
-    rows["quarantine_reasons"] = np.array([], dtype=object)
-    return rows.reset_index(drop=True)
-
-
 def _quarantined_rows(name: str, raw: pd.DataFrame, problems: pd.DataFrame, source: str) -> pd.DataFrame:
     mine = problems[problems["table"] == name] if len(problems) else problems
-    if not len(mine):  # the usual case: no quarantined row, same empty frame without the group-by
-        return _no_quarantined_rows(raw)
+    if not len(mine):
+        rows = raw.iloc[:0].copy()
+        rows.insert(0, "row", np.array([], dtype=np.int64))
+        rows["quarantine_reasons"] = np.array([], dtype=object)
+        return rows.reset_index(drop=True)
     reasons = mine.groupby("position", sort=True)["reason"].agg("; ".join)
-    rows = raw.loc[reasons.index].copy()
+    rows = raw.iloc[reasons.index.to_numpy(dtype=np.int64)].copy()
     rows.insert(0, "row", [display_row(source, p) for p in reasons.index])
     rows["quarantine_reasons"] = reasons.to_numpy()
     return rows.reset_index(drop=True)
@@ -768,7 +823,8 @@ def validate_cohort(
     Raises
     ------
     ContractError
-        A required column is missing (both modes), or any row problem in ``fail`` mode.
+        A column problem (both modes: a required column missing, a column name twice, a column of
+        dates or booleans where they do not belong), or any row problem in ``fail`` mode.
     ValueError
         ``on_error`` is not one of :data:`ON_ERROR_MODES`.
     """
@@ -778,62 +834,45 @@ def validate_cohort(
     if outcomes is not None:
         raw["outcomes"] = outcomes
     sources = {name: str((source_names or {}).get(name, name)) for name in raw}
-    clean = clean_small_cohort(infusions, measurements) if outcomes is None else None
-    if clean is not None:  # a few certainly clean patients (scoring): the same result, far faster
-        outputs = {"infusions": clean[0], "measurements": clean[1]}
-        return _finish(raw, outputs, _concat_problems([]), sources, on_error, max_examples)
-    raw = {name: frame.reset_index(drop=True) for name, frame in raw.items()}
-    _check_columns(raw, sources)
-    typed_all, good, problems = _row_level(raw)
-    normalised, lab_problems = _normalise_measurements(good["measurements"])
-    problems = _concat_problems(problems + [lab_problems] + _cross_table_problems(typed_all, good, normalised))
+    lines = [line for name, frame in raw.items() for line in _duplicate_column_names(frame, sources[name])]
+    if lines:
+        raise ContractError(lines, header=_UNREADABLE)
+    checked = check_tables({name: frame_columns(name, frame) for name, frame in raw.items()},
+                           {name: len(frame) for name, frame in raw.items()}, sources)
+    problems = checked.problems
     if on_error == "fail" and len(problems):
         raise ContractError(_problem_lines(problems, sources))
-    patient_ids = {name: frame["patient_id"] for name, frame in typed_all.items()}
-    problems = _concat_problems([problems, _cascade_problems(problems, patient_ids)])
-    return _assemble(raw, good, normalised, problems, sources, on_error, max_examples)
+    ids = {name: columns["patient_id"] for name, columns in checked.typed.items()}
+    problems = _concat_problems([problems, _cascade_problems(problems, ids)])
+    return _assemble(raw, checked, problems, sources, on_error, max_examples)
 
 
-def _assemble(
-    raw: Mapping[str, pd.DataFrame],
-    good: Mapping[str, pd.DataFrame],
-    normalised: pd.DataFrame,
-    problems: pd.DataFrame,
-    sources: Mapping[str, str],
-    on_error: str,
-    max_examples: int,
-) -> ValidatedCohort:
-    """Drop quarantined rows, check the normalised table, and build the report."""
-    drop = {name: problems.loc[problems["table"] == name, "position"] for name in raw}
-    outputs = {name: _output_frame(name, good[name], drop[name]) for name in raw if name != "measurements"}
-    measurements = _without(normalised, drop["measurements"]).reset_index(drop=True)
-    if not _certainly_valid("normalised_measurements", measurements):  # an internal guarantee
-        NORMALISED_MEASUREMENTS_SCHEMA.validate(measurements, inplace=True)
-    outputs["measurements"] = measurements
-    return _finish(raw, outputs, problems, sources, on_error, max_examples)
-
-
-def _finish(
-    raw: Mapping[str, pd.DataFrame],
-    outputs: Mapping[str, pd.DataFrame],
-    problems: pd.DataFrame,
-    sources: Mapping[str, str],
-    on_error: str,
-    max_examples: int,
-) -> ValidatedCohort:
-    """The report and the quarantined rows of the output tables, as a :class:`ValidatedCohort`."""
-    tables = {
-        name: _table_report(name, raw[name], len(outputs[name]), problems, sources, max_examples) for name in raw
-    }
-    patients_in = raw["infusions"]["patient_id"].dropna().astype(str).unique()
+def _assemble(raw: Mapping[str, pd.DataFrame], checked: CheckedTables, problems: pd.DataFrame,
+              sources: Mapping[str, str], on_error: str, max_examples: int) -> ValidatedCohort:
+    """Output tables without the quarantined and collapsed rows, the report and the quarantined rows."""
+    quarantined = {name: np.zeros(len(frame), dtype=bool) for name, frame in raw.items()}
+    for name, positions in problems.groupby("table")["position"] if len(problems) else ():
+        quarantined[name][positions.to_numpy(dtype=np.int64)] = True
+    collapsed = checked.collapsed & ~quarantined["measurements"]
+    outputs = {}
+    for name, frame in raw.items():
+        keep = ~quarantined[name] & (~collapsed if name == "measurements" else True)
+        table = checked.measurements_frame(keep) if name == "measurements" else checked.typed_frame(name, keep)
+        extras = [column for column in frame.columns if column not in {spec.name for spec in COLUMNS_BY_TABLE[name]}]
+        for column in extras:  # unknown columns are kept as given, after the declared ones
+            table[column] = frame[column].to_numpy()[keep]
+        outputs[name] = table
+    tables = {name: _table_report(name, raw[name], len(outputs[name]), int(collapsed.sum()) if name == "measurements"
+                                  else 0, problems, sources, max_examples) for name in raw}
+    patients_in = pd.Series(checked.typed["infusions"]["patient_id"]).dropna().unique()
     kept = set(outputs["infusions"]["patient_id"])
+    notes = _outcome_notes(outputs.get("outcomes"))
+    if collapsed.any():
+        notes.append(f"measurements: {int(collapsed.sum())} exact duplicate row(s) collapsed into their first copy "
+                     "(same patient, day, specimen, assay, unit and result)")
     report = DataReport(
-        on_error=on_error,
-        tables=tables,
-        patients_in=len(patients_in),
-        patients_out=len(kept),
-        quarantined_patients=tuple(sorted(set(patients_in) - kept)),
-        notes=tuple(_outcome_notes(outputs.get("outcomes"))),
+        on_error=on_error, tables=tables, patients_in=len(patients_in), patients_out=len(kept),
+        quarantined_patients=tuple(sorted(set(patients_in) - kept)), notes=tuple(notes),
     )
-    quarantined = {name: _quarantined_rows(name, raw[name], problems, sources[name]) for name in raw}
-    return ValidatedCohort(outputs["infusions"], outputs["measurements"], outputs.get("outcomes"), report, quarantined)
+    rows = {name: _quarantined_rows(name, frame, problems, sources[name]) for name, frame in raw.items()}
+    return ValidatedCohort(outputs["infusions"], outputs["measurements"], outputs.get("outcomes"), report, rows)

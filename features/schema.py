@@ -40,6 +40,8 @@ __all__ = [
     "PHENOTYPES",
     "SITES_OF_RELAPSE",
     "TABLES",
+    "BOOL_WORDS",
+    "MAX_DAY",
     "ColumnSpec",
     "INFUSION_COLUMNS",
     "MEASUREMENT_COLUMNS",
@@ -54,7 +56,9 @@ __all__ = [
     "OUTCOMES_SCHEMA",
     "NORMALISED_MEASUREMENTS_SCHEMA",
     "SCHEMA_BY_TABLE",
+    "AS_OF_DAY",
     "columns_markdown",
+    "units_markdown",
 ]
 
 # --- categories -------------------------------------------------------------------------------
@@ -93,13 +97,16 @@ DEFAULT_DETECTION_LIMIT_BY_ASSAY: dict[str, float] = {
     "pcr_mrd": 1e-5,
     "ngs_mrd": 1e-6,
 }
-# physical upper bound of a value in each canonical unit (the lower bound is always 0)
+# largest possible value in each canonical unit (the lower bound is always 0): physical bounds for
+# fractions and percentages; for counts a finite bound far above anything measured (1e5 B cells/uL
+# is 100e9/L; 1e7 CAR copies/ug of DNA is about 60 copies in each of the ~150,000 cells in a ug),
+# so that a unit mix-up or a corrupted number is refused rather than scored
 MAX_VALUE_BY_CANONICAL_UNIT: dict[str, float] = {
     "fraction": 1.0,
-    "cells/uL": np.inf,
+    "cells/uL": 1e5,
     "pct_lymphocytes": 100.0,
     "pct_blasts": 100.0,
-    "copies/ug": np.inf,
+    "copies/ug": 1e7,
 }
 
 RESPONSES = ("CR", "CRi", "NR")
@@ -109,6 +116,16 @@ PHENOTYPES = ("CD19_pos", "CD19_neg", "lineage_switch")
 SITES_OF_RELAPSE = ("medullary", "extramedullary", "combined")
 
 TABLES = ("infusions", "measurements", "outcomes")
+
+MAX_DAY = 7300.0
+"""Latest plausible day since infusion (20 years): days, follow-up and as-of days beyond it are refused."""
+_EARLIEST_MEASUREMENT_DAY = -365.0  # pre-infusion results up to a year before (screening, apheresis)
+
+BOOL_WORDS: dict[str, bool] = {
+    "true": True, "t": True, "yes": True, "y": True, "1": True, "1.0": True,
+    "false": False, "f": False, "no": False, "n": False, "0": False, "0.0": False,
+}
+"""Text of a boolean cell (after stripping blanks and lower-casing) -> value."""
 
 
 # --- column declarations -------------------------------------------------------------------------
@@ -230,8 +247,8 @@ INFUSION_COLUMNS: tuple[ColumnSpec, ...] = (
     _bool("tp53_altered", "TP53 alteration"),
     _bool("hypodiploid", "hypodiploid karyotype"),
     _bool("ph_positive", "Philadelphia chromosome positive"),
-    ColumnSpec("prior_lines", "int", "number of prior therapy lines", min_value=0),
-    ColumnSpec("prior_crs", "int", "number of prior complete remissions", min_value=0),
+    ColumnSpec("prior_lines", "int", "number of prior therapy lines", min_value=0, max_value=20),
+    ColumnSpec("prior_crs", "int", "number of prior complete remissions", min_value=0, max_value=10),
     _bool("prior_hsct", "prior allogeneic stem cell transplant"),
     ColumnSpec("blinatumomab", "str", "blinatumomab history", allowed=BLINATUMOMAB_STATUSES),
     _bool("inotuzumab_prior", "prior inotuzumab"),
@@ -243,34 +260,40 @@ INFUSION_COLUMNS: tuple[ColumnSpec, ...] = (
     _pct("cd22_pct_pre", "% of blasts CD22+"),
     ColumnSpec("product", "str", "product name"),
     ColumnSpec("costim", "str", "costimulatory domain", allowed=COSTIMS),
-    ColumnSpec("cell_dose_per_kg", "float", "CAR+ T cells per kg", positive=True),
-    ColumnSpec("fludarabine_auc", "float", "fludarabine exposure AUC, mg*h/L", min_value=0.0, required=False),
+    ColumnSpec("cell_dose_per_kg", "float", "CAR+ T cells per kg", min_value=1e4, max_value=1e9),
+    ColumnSpec("fludarabine_auc", "float", "fludarabine exposure AUC, mg*h/L", min_value=0.0, max_value=100.0,
+               required=False),
 )
 
 MEASUREMENT_COLUMNS: tuple[ColumnSpec, ...] = (
     _PATIENT_ID,
-    ColumnSpec("day", "float", "days since infusion; negative = before", nullable=False),
+    ColumnSpec("day", "float", "days since infusion; negative = before", min_value=_EARLIEST_MEASUREMENT_DAY,
+               max_value=MAX_DAY, nullable=False),
     ColumnSpec("specimen", "str", "specimen", allowed=SPECIMENS, nullable=False),
     ColumnSpec("assay", "str", "assay", allowed=ASSAYS, nullable=False),
     ColumnSpec("value", "text_or_number", "number or lab text (see the lab-text grammar)", nullable=False),
     ColumnSpec("unit", "str", "unit of value (may be empty, see the lab-text grammar)", allowed=RAW_UNITS),
-    ColumnSpec("detection_limit", "float", "detection limit, in the row's unit", positive=True, required=False),
+    ColumnSpec("detection_limit", "float", "detection limit, in the row's unit", positive=True,
+               max_value=max(MAX_VALUE_BY_CANONICAL_UNIT.values()), required=False),
 )
 
 OUTCOME_COLUMNS: tuple[ColumnSpec, ...] = (
     ColumnSpec("patient_id", "str", "patient identifier, unique within the table", nullable=False),
     ColumnSpec("response", "str", "response assessed about day 28", allowed=RESPONSES),
-    ColumnSpec("response_day", "float", "day of response assessment", min_value=0.0),
+    ColumnSpec("response_day", "float", "day of response assessment", min_value=0.0, max_value=365.0),
     ColumnSpec("event", "str", "first event after infusion", allowed=EVENTS, nullable=False),
-    ColumnSpec("event_day", "float", "day of the first event; empty when event is none", min_value=0.0),
-    ColumnSpec("last_followup_day", "float", "last follow-up day, >= event_day", min_value=0.0, nullable=False),
+    ColumnSpec("event_day", "float", "day of the first event; empty when event is none", min_value=0.0,
+               max_value=MAX_DAY),
+    ColumnSpec("last_followup_day", "float", "last follow-up day, >= event_day", min_value=0.0,
+               max_value=MAX_DAY, nullable=False),
     ColumnSpec("relapse_phenotype", "str", "relapse phenotype; only when event is relapse", allowed=PHENOTYPES),
     ColumnSpec("relapse_site", "str", "relapse site; only when event is relapse", allowed=SITES_OF_RELAPSE),
 )
 
 NORMALISED_MEASUREMENT_COLUMNS: tuple[ColumnSpec, ...] = (
     _PATIENT_ID,
-    ColumnSpec("day", "float", "days since infusion; negative = before", nullable=False),
+    ColumnSpec("day", "float", "days since infusion; negative = before", min_value=_EARLIEST_MEASUREMENT_DAY,
+               max_value=MAX_DAY, nullable=False),
     ColumnSpec("specimen", "category", "specimen", allowed=SPECIMENS, nullable=False),
     ColumnSpec("assay", "category", "assay", allowed=ASSAYS, nullable=False),
     ColumnSpec(
@@ -285,6 +308,10 @@ NORMALISED_MEASUREMENT_COLUMNS: tuple[ColumnSpec, ...] = (
         "True = detected but below the limit of quantitation (also censored=True)", nullable=False,
     ),
 )
+
+AS_OF_DAY = ColumnSpec("as_of_day", "float", "prediction day, days since infusion (only measurements up to it are used)",
+                       min_value=0.0, max_value=MAX_DAY, nullable=False)
+"""The as-of day of a scoring request or of batch scoring (a request field, not a table column)."""
 
 COLUMNS_BY_TABLE: dict[str, tuple[ColumnSpec, ...]] = {
     "infusions": INFUSION_COLUMNS,
@@ -407,5 +434,32 @@ def columns_markdown(table: str) -> str:
         lines.append(
             f"| `{spec.name}` | {dtype} | {spec.meaning} | {spec.constraint_text()} | "
             f"{'yes' if spec.nullable else 'no'} | {'yes' if spec.required else 'no (optional column)'} |"
+        )
+    return "\n".join(lines)
+
+
+def units_markdown() -> str:
+    """The units table of ``docs/data_contract.md``: per assay its units, conversions and bounds.
+
+    Returns
+    -------
+    str
+        A Markdown table: assay, raw units accepted, canonical unit(s), what a ``%`` in the text
+        means, the largest possible value per canonical unit and the default detection limit.
+    """
+    lines = [
+        "| assay | raw units accepted | canonical unit | a `%` in the text means | largest possible value "
+        "(canonical) | default detection limit (canonical) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for assay, conversions in UNIT_CONVERSIONS.items():
+        canonical = list(dict.fromkeys(unit for unit, _ in conversions.values()))
+        bounds = ", ".join(f"{_fmt(MAX_VALUE_BY_CANONICAL_UNIT[unit])} {unit}" for unit in canonical)
+        limit = DEFAULT_DETECTION_LIMIT_BY_ASSAY.get(assay)
+        lines.append(
+            f"| `{assay}` | {', '.join(f'`{unit}`' for unit in conversions)} | "
+            f"{', '.join(f'`{unit}`' for unit in canonical)} | "
+            f"{'error' if PERCENT_UNIT_BY_ASSAY[assay] is None else f'`{PERCENT_UNIT_BY_ASSAY[assay]}`'} | "
+            f"{bounds} | {'none (NaN)' if limit is None else _fmt(limit)} |"
         )
     return "\n".join(lines)

@@ -78,7 +78,7 @@ def plot_metric_by_landmark(metrics: pd.DataFrame, metric: str = "uno_c", horizo
         x = np.arange(len(landmarks)) + (k - (len(sources) - 1) / 2) * width
         low = (part["value"] - part["ci_low"]).to_numpy(dtype=float)
         high = (part["ci_high"] - part["value"]).to_numpy(dtype=float)
-        errors = np.vstack([np.nan_to_num(low), np.nan_to_num(high)])
+        errors = np.clip(np.vstack([np.nan_to_num(low), np.nan_to_num(high)]), 0.0, None)  # a CI can miss the point
         axes.errorbar(x, part["value"].to_numpy(dtype=float), yerr=errors, fmt="o", capsize=3, label=source)
     axes.set_xticks(np.arange(len(landmarks)), [f"day {v:g}" if not isinstance(v, str) else v for v in landmarks])
     axes.set_ylabel(f"{metric} ({endpoint}, {horizon_days:g} days)")

@@ -2,10 +2,11 @@
 
 This is the single code path behind both ways of scoring a fitted model: the MLflow pyfunc
 (``pipelines/pyfunc_model.py``, request frames with a row per patient, :func:`score_requests`) and
-batch scoring of a cohort folder (``pipelines/score.py``, chunks of raw tables,
-:func:`score_tables`). Both validate with the data contract, build features with the same builders
-and predict with :func:`_score_columns`, so the served model and batch scoring give the same
-numbers for the same patients. Nothing here reads files or touches MLflow.
+batch scoring of a cohort folder (``pipelines/score.py``, raw tables, :func:`score_tables` /
+:func:`score_validated`). Both validate with the one core of the data contract
+(``features.contract.check_tables``), build features with the same builders and predict with
+:func:`_score_columns`, so the served model and batch scoring give the same numbers for the same
+patients. Nothing here reads files or touches MLflow.
 
 Steps for a set of patients and their as-of days:
 
@@ -15,20 +16,19 @@ Steps for a set of patients and their as-of days:
    event-free), assign the risk group from the relapse incidence at the risk-group horizon;
 4. explain: the top contributing factors per patient.
 
-A scoring server answers concurrent requests in threads; :class:`MicroBatcher` scores the
-requests waiting at the same moment in one call (:func:`score_requests`: the cost of scoring a few
-patients is mostly per call), each patient's numbers being independent of the batch. Clean
-requests (every field present, measurements as a list of objects, values plain JSON of the declared
-kinds, at most 64 patients and 4,000 measurements in the call) skip the raw tables: their cells go
-to the list form of the contract's fast path (``features.contract_fast.clean_small_columns``),
-which gives exactly the contract's tables or steps aside; otherwise the whole call takes the frame
-route (:func:`score_request` of the stacked requests).
-
 A request has one row per patient: the fields of :data:`REQUEST_FIELDS`, generated from the
 column declarations in ``features.schema`` (the infusions row), the as-of day, and the patient's
-measurements as a list of objects with the measurements table's columns. The served signature is
-built from these fields (``pipelines/pyfunc_model.py``). Every value is checked here by the data
-contract, so a 2.5 sent for an integer field (``prior_lines``) is refused by name, never truncated.
+measurements as a list of objects with the measurements table's columns (or one object of
+equal-length lists). The request parser (:func:`request_columns`) turns the patients of one or
+more requests into the contract's column arrays, so every value is checked by the data contract
+(a 2.5 sent for an integer field is refused by name, never truncated). One bad patient never
+loses the others: :func:`score_requests` scores the good patients and answers each bad one with an
+error record (its scores null, ``error`` naming each field and problem without the patient's
+values); a request whose patients are all bad is refused as a whole.
+
+A scoring server answers concurrent requests in threads; :class:`MicroBatcher` scores the
+requests waiting at the same moment in one call (the cost of scoring a few patients is mostly per
+call), each patient's numbers being independent of the batch.
 """
 
 from __future__ import annotations
@@ -42,16 +42,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.contract import ContractError, validate_cohort
-from features.contract_fast import clean_small_columns
+from features.coercion import TypedColumn, typed_column
+from features.contract import CheckedTables, ContractError, check_tables, validate_cohort
 from features.registry import build_feature_rows
-from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS
+from features.schema import AS_OF_DAY, INFUSION_COLUMNS, MEASUREMENT_COLUMNS
 from models.base import relapse_column
 
 __all__ = [
     "RISK_GROUPS",
     "SERVING_LINGER_S",
     "REJECT_COLUMNS",
+    "ERROR_COLUMN",
     "ScoringInputError",
     "RequestField",
     "MEASUREMENT_FIELDS",
@@ -60,12 +61,17 @@ __all__ = [
     "ScoringResult",
     "EXAMPLE_PATIENT",
     "baseline_field_names",
-    "request_to_tables",
+    "RequestColumns",
+    "request_columns",
     "tables_to_records",
     "assign_risk_groups",
+    "check_as_of_days",
+    "rejects_of",
     "score_tables",
+    "score_validated",
     "score_requests",
     "answer_records",
+    "refusal",
     "score_request",
     "MicroBatcher",
 ]
@@ -76,6 +82,9 @@ SERVING_LINGER_S = 0.02
 with ``benchmarks.bench_serving`` (8 clients, 2 workers, 2 cores, 3 x 800 requests): median 53.7 ms
 at 0.01 s, 42.7-45.1 ms at 0.02 s (two runs)."""
 REJECT_COLUMNS = ("table", "row", "patient_id", "reason")
+ERROR_COLUMN = "error"
+"""Answer field of the served model: null for a scored patient; for a patient that cannot be scored,
+each field at fault and its problem (``measurements[3].value: cannot parse the lab value``)."""
 
 
 class ScoringInputError(ValueError):
@@ -109,7 +118,7 @@ MEASUREMENT_FIELDS: tuple[str, ...] = tuple(spec.name for spec in MEASUREMENT_CO
 REQUEST_FIELDS: tuple[RequestField, ...] = (
     *(RequestField(spec.name, "str" if spec.kind == "category" else spec.kind, spec.required, spec.meaning)
       for spec in INFUSION_COLUMNS),
-    RequestField("as_of_day", "float", True, "prediction day, days since infusion (>= 0)"),
+    RequestField(AS_OF_DAY.name, AS_OF_DAY.kind, True, AS_OF_DAY.meaning),
     RequestField("measurements", "measurements", True,
                  f"every measurement known so far, each an object with keys {', '.join(MEASUREMENT_FIELDS)} "
                  "(as in the measurements table); may be empty"),
@@ -162,144 +171,136 @@ EXAMPLE_PATIENT: dict[str, Any] = {
 """A made-up patient (no real or simulated person): the model's input example and the docs' curl."""
 
 
-# --- conversions between requests and contract tables ------------------------------------------------
-def _entries_from_columns(patient_id: Any, columns: dict) -> list[dict[str, Any]]:
-    """Measurement objects from the column form ``{"day": [...], "assay": [...], ...}``."""
-    lengths = {key: len(values) if isinstance(values, (list, tuple, np.ndarray)) else None
-               for key, values in columns.items()}
-    if None in lengths.values() or len(set(lengths.values())) > 1:
-        raise ScoringInputError(
-            f"patient {patient_id}: measurements in column form must map each field to a list, all of one "
-            f"length; got lengths {lengths}"
-        )
-    keys = list(columns)
-    return [dict(zip(keys, values)) for values in zip(*(columns[key] for key in keys))]
+# --- the request parser: requests -> the contract's column arrays --------------------------------------
+_FIELD_NAMES = tuple(spec.name for spec in REQUEST_FIELDS)
+_REQUIRED_FIELDS = tuple(spec.name for spec in REQUEST_FIELDS if spec.required)
+_MEASUREMENT_KEYS = frozenset(MEASUREMENT_FIELDS)
+_SEQUENCES = (list, tuple, np.ndarray)
+_MEASUREMENTS_SHAPE = ("must be a list of measurement objects (may be empty) or an object of equal-length lists")
 
 
-_NUMERIC_KINDS = ("float", "int")
-_NUMERIC_MEASUREMENT_FIELDS = ("day", "value", "detection_limit")  # value: a number or lab text
-_NON_SCALARS = (list, tuple, dict, set, np.ndarray)
+@dataclass(frozen=True)
+class RequestColumns:
+    """The patients of one or more requests as the data contract's column arrays.
 
-
-def _check_cell(patient_id: Any, field_name: str, value: Any, numeric: bool) -> None:
-    """A request value must be one JSON scalar; a boolean is not a number (true would read as 1)."""
-    if isinstance(value, _NON_SCALARS):
-        raise ScoringInputError(f"patient {patient_id}: {field_name} must be a single value, got {value!r}")
-    if numeric and isinstance(value, (bool, np.bool_)):
-        raise ScoringInputError(f"patient {patient_id}: {field_name} {value!r} is not a number")
-
-
-def _check_request_cells(request: pd.DataFrame) -> None:
-    """Every baseline field and ``as_of_day`` of every patient holds one scalar of a possible type."""
-    patient_ids = request["patient_id"].tolist()
-    for spec in REQUEST_FIELDS:
-        if spec.kind == "measurements" or spec.name not in request.columns:
-            continue
-        values = request[spec.name]
-        numeric = spec.kind in _NUMERIC_KINDS
-        if values.dtype == object or (numeric and values.dtype == bool):
-            for patient_id, value in zip(patient_ids, values.tolist()):
-                _check_cell(patient_id, spec.name, value, numeric)
-
-
-def _check_measurement_keys(patient_id: Any, keys: Any) -> None:
-    unknown = sorted(set(keys) - set(MEASUREMENT_FIELDS))
-    if unknown:
-        raise ScoringInputError(
-            f"patient {patient_id}: unknown measurement field(s) {', '.join(map(str, unknown))} "
-            f"(known: {', '.join(MEASUREMENT_FIELDS)})"
-        )
-
-
-def _measurement_entries(patient_id: Any, entries: Any) -> list[dict[str, Any]]:
-    """A patient's measurement objects, checked to have known keys only.
-
-    ``entries`` is a list of measurement objects, or one object of equal-length lists (the
-    column form, which MLflow's ``instances`` format needs when patients have different numbers
-    of measurements).
+    Attributes
+    ----------
+    infusions : dict of str to numpy.ndarray
+        Every infusions column (object arrays, cells as sent; an absent optional field is None).
+    as_of_day : numpy.ndarray
+        The as-of day cells, as sent.
+    measurements : dict of str to numpy.ndarray
+        ``patient_id`` (the patient's cell) and every measurement field, one row per measurement.
+    owner, entry : numpy.ndarray of int
+        Per measurement row: the patient's position and the row's index in that patient's list.
+    problems : dict of int to list of str
+        Patient position -> problems of the request's shape (``measurements: must be a list ...``);
+        such a patient contributes no measurement rows.
     """
-    if isinstance(entries, dict):
-        _check_measurement_keys(patient_id, entries)
-        return _entries_from_columns(patient_id, entries)
-    if entries is None or isinstance(entries, (str, bytes)) or not hasattr(entries, "__len__"):
-        raise ScoringInputError(
-            f"patient {patient_id}: measurements must be a list of measurement objects (may be empty) or an "
-            f"object of equal-length lists, got {type(entries).__name__}"
-        )
-    for entry in entries:
+
+    infusions: dict[str, np.ndarray]
+    as_of_day: np.ndarray
+    measurements: dict[str, np.ndarray]
+    owner: np.ndarray
+    entry: np.ndarray
+    problems: dict[int, list[str]]
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.as_of_day)
+
+
+def _check_request(request: pd.DataFrame) -> None:
+    """Raise :class:`ScoringInputError` when a required field is absent or there is no patient."""
+    missing = [name for name in _REQUIRED_FIELDS if name not in request.columns]
+    if missing:
+        raise ScoringInputError(f"request is missing field(s) {', '.join(missing)} "
+                                "(required by the data contract; send null for an unknown value)")
+    if not len(request):
+        raise ScoringInputError("no patients in the request")
+
+
+def _field_matrix(request: pd.DataFrame) -> np.ndarray:
+    """The request's cells as objects, one column per field of :data:`REQUEST_FIELDS` (None when absent)."""
+    _check_request(request)
+    names = list(request.columns)
+    position = {name: index for index, name in enumerate(names)}
+    cells = np.concatenate([request.to_numpy(dtype=object), np.full((len(request), 1), None, dtype=object)], axis=1)
+    return cells[:, [position.get(name, len(names)) for name in _FIELD_NAMES]]
+
+
+def _unknown_keys(keys: Any) -> str | None:
+    unknown = sorted(map(str, set(keys) - _MEASUREMENT_KEYS))
+    return None if not unknown else (f"unknown measurement field(s) {', '.join(unknown)} "
+                                     f"(known: {', '.join(MEASUREMENT_FIELDS)})")
+
+
+def _patient_measurements(cell: Any) -> tuple[dict[str, Sequence], int] | str:
+    """One patient's measurements as columns (field -> cells) and their number, or the shape problem."""
+    if isinstance(cell, dict):  # column form: one object of equal-length lists
+        if (unknown := _unknown_keys(cell)) is not None:
+            return f"measurements: {unknown}"
+        lengths = [len(value) if isinstance(value, _SEQUENCES) else -1 for value in cell.values()]
+        if min(lengths, default=0) < 0 or len(set(lengths)) > 1:
+            return "measurements: in column form, each field must be a list, all of one length"
+        count = lengths[0] if lengths else 0
+        return {name: cell[name] if name in cell else [None] * count for name in MEASUREMENT_FIELDS}, count
+    if not isinstance(cell, _SEQUENCES):
+        return f"measurements: {_MEASUREMENTS_SHAPE}"
+    for index, entry in enumerate(cell):  # the list form: each entry an object with known keys
         if not isinstance(entry, dict):
-            raise ScoringInputError(
-                f"patient {patient_id}: each measurement must be an object with keys {', '.join(MEASUREMENT_FIELDS)}"
-            )
-        _check_measurement_keys(patient_id, entry)
-        for key, value in entry.items():
-            _check_cell(patient_id, f"measurement {key}", value, key in _NUMERIC_MEASUREMENT_FIELDS)
-    return list(entries)
+            return f"measurements[{index}]: must be an object with keys {', '.join(MEASUREMENT_FIELDS)}"
+        if (unknown := _unknown_keys(entry)) is not None:
+            return f"measurements[{index}]: {unknown}"
+    return {name: [entry.get(name) for entry in cell] for name in MEASUREMENT_FIELDS}, len(cell)
 
 
-def request_to_tables(request: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
-    """Raw ``infusions`` and ``measurements`` tables (and as-of days) from a scoring request.
+def request_columns(requests: Sequence[pd.DataFrame]) -> RequestColumns:
+    """Parse requests (one row per patient each) into the data contract's column arrays.
 
     Parameters
     ----------
-    request : DataFrame
-        One row per patient with the fields of :data:`REQUEST_FIELDS` (as the MLflow scoring
-        server hands it over; ``pd.DataFrame(records)`` for request records).
+    requests : sequence of pandas.DataFrame
+        Request frames as the MLflow scoring server hands them over (``pd.DataFrame(records)``
+        for request records); their patients are stacked in order.
 
     Returns
     -------
-    infusions : DataFrame
-        One row per patient, every infusions column of the contract (absent optional = missing).
-    measurements : DataFrame
-        One row per measurement, raw as sent (``value`` keeps text or number).
-    as_of_days : Series
-        Float days indexed by patient_id.
+    RequestColumns
 
     Raises
     ------
     ScoringInputError
-        A required field is absent, or a patient's measurements are not a list of objects with
-        known keys.
+        A request lacks a required field or has no patient.
     """
-    missing = [f.name for f in REQUEST_FIELDS if f.required and f.name not in request.columns]
-    if missing:
-        raise ScoringInputError(
-            f"request is missing field(s) {', '.join(missing)} "
-            "(required by the data contract; send null for an unknown value)"
-        )
-    request = request.reset_index(drop=True)
-    _check_request_cells(request)
-    infusions = request.reindex(columns=list(baseline_field_names()))
-    rows = [
-        {"patient_id": patient_id, **entry}
-        for patient_id, entries in zip(infusions["patient_id"].tolist(), request["measurements"].tolist())
-        for entry in _measurement_entries(patient_id, entries)
-    ]
-    measurements = pd.DataFrame(rows, columns=["patient_id", *MEASUREMENT_FIELDS])
-    ids = [pid if pid is None or isinstance(pid, str) else str(pid) for pid in infusions["patient_id"].tolist()]
-    days = _as_of_day_numbers(ids, request["as_of_day"].tolist())
-    as_of_days = pd.Series(days, index=pd.Index(ids, name="patient_id"), name="as_of_day")  # ids as the contract types them
-    return infusions, measurements, as_of_days
+    fields = np.concatenate([_field_matrix(request) for request in requests])
+    column = {name: fields[:, index] for index, name in enumerate(_FIELD_NAMES)}
+    measurements: dict[str, list] = {name: [] for name in MEASUREMENT_FIELDS}
+    counts, problems = np.zeros(len(fields), dtype=np.int64), {}
+    for patient, cell in enumerate(column["measurements"]):
+        found = _patient_measurements(cell)
+        if isinstance(found, str):
+            problems[patient] = [found]
+            continue
+        cells, counts[patient] = found
+        for name in MEASUREMENT_FIELDS:
+            measurements[name].extend(cells[name])
+    owner = np.repeat(np.arange(len(fields)), counts)
+    starts = np.cumsum(counts) - counts
+    return RequestColumns(
+        infusions={name: column[name] for name in baseline_field_names()},
+        as_of_day=column["as_of_day"],
+        measurements={"patient_id": column["patient_id"][owner],
+                      **{name: _objects(measurements[name]) for name in MEASUREMENT_FIELDS}},
+        owner=owner,
+        entry=np.arange(len(owner)) - starts[owner],
+        problems=problems,
+    )
 
 
-def _day_number(value: Any) -> float | None:
-    """``value`` as a float number of days, when it reads as one that is finite and >= 0; else None."""
-    try:
-        day = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return day if math.isfinite(day) and day >= 0 else None
-
-
-def _as_of_day_numbers(patient_ids: list, values: list) -> np.ndarray:
-    """``as_of_day`` of each patient as a float; anything but a finite number >= 0 is named."""
-    days = np.empty(len(values))
-    for position, (patient_id, value) in enumerate(zip(patient_ids, values)):
-        day = _day_number(value)
-        if day is None:
-            raise ScoringInputError(f"patient {patient_id}: as_of_day {value!r} must be a finite number of days >= 0")
-        days[position] = day
-    return days
+def _objects(cells: list) -> np.ndarray:
+    """A list of cells as a 1-D object array (a cell that is itself a list stays one cell)."""
+    return np.fromiter(cells, dtype=object, count=len(cells))
 
 
 def _plain(value: Any) -> Any:
@@ -314,7 +315,7 @@ def tables_to_records(
 ) -> list[dict[str, Any]]:
     """Request records (plain dicts, JSON-ready) for every patient of raw contract tables.
 
-    The inverse of :func:`request_to_tables`: used to build requests for the served model from
+    The inverse of :func:`request_columns`: used to build requests for the served model from
     a cohort folder (tests, benchmarks, the docs' examples).
 
     Parameters
@@ -408,24 +409,46 @@ class ScoringResult:
     rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(REJECT_COLUMNS)))
 
 
+def check_as_of_days(days: Any) -> np.ndarray:
+    """As-of days as floats, each checked by the contract's declaration (``features.schema.AS_OF_DAY``).
+
+    Parameters
+    ----------
+    days : array-like
+        One as-of day per patient (numbers or text).
+
+    Returns
+    -------
+    numpy.ndarray of float
+
+    Raises
+    ------
+    ScoringInputError
+        A day that is missing, not a number or out of range (the first is named).
+    """
+    column = typed_column(AS_OF_DAY, np.asarray(days, dtype=object))
+    if column.problems:
+        raise ScoringInputError(f"as_of_day: {column.problems[0].reasons[0]}")
+    return np.asarray(column.values, dtype=float)
+
 
 def _as_of_days(patient_ids: pd.Series, as_of_day: float | pd.Series) -> np.ndarray:
     """As-of day per patient (scalar broadcast, or a Series indexed by patient_id)."""
     if isinstance(as_of_day, pd.Series):
-        days = as_of_day.reindex(patient_ids.to_numpy()).to_numpy(dtype=float)
+        days = as_of_day.reindex(patient_ids.to_numpy()).to_numpy(dtype=object)
     else:
-        days = np.full(len(patient_ids), float(as_of_day))
-    bad = ~np.isfinite(days) | (days < 0)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ScoringInputError(
-            f"patient {patient_ids.iloc[first]}: as_of_day {days[first]!r} must be a finite number of days >= 0"
-        )
-    return days
+        days = np.full(len(patient_ids), as_of_day, dtype=object)
+    return check_as_of_days(days)
 
 
-def _rejects_from_quarantine(quarantined: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One reject line per quarantined row of the validated tables."""
+def rejects_of(quarantined: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One reject line per quarantined row of validated tables (``ValidatedCohort.quarantined``).
+
+    Returns
+    -------
+    DataFrame
+        :data:`REJECT_COLUMNS`: table, row (as the contract numbers it), patient_id, reason.
+    """
     frames = [
         pd.DataFrame({
             "table": table,
@@ -437,15 +460,6 @@ def _rejects_from_quarantine(quarantined: dict[str, pd.DataFrame]) -> pd.DataFra
         if len(rows)
     ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(REJECT_COLUMNS))
-
-
-def _validate(infusions: pd.DataFrame, measurements: pd.DataFrame, on_error: str):
-    """Typed infusions, normalised measurements and the quarantined rows per table (data contract)."""
-    try:
-        cohort = validate_cohort(infusions, measurements, None, on_error=on_error)
-    except ContractError as exc:
-        raise ScoringInputError(str(exc)) from None
-    return cohort.infusions, cohort.measurements, cohort.quarantined
 
 
 def _feature_matrix(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
@@ -525,6 +539,7 @@ def _model_identity(bundle: ScoringBundle, n_rows: int) -> dict[str, np.ndarray]
     return {column: np.full(n_rows, value, dtype=object) for column, value in identity.items()}
 
 
+
 def _no_scores(bundle: ScoringBundle) -> pd.DataFrame:
     """The output frame with no patient (every one quarantined): the example patient's scores without
     their row, so the columns and their types are those of any other output."""
@@ -547,9 +562,23 @@ def _score_columns(bundle: ScoringBundle, infusions: pd.DataFrame, measurements:
     }
 
 
-def _score_valid(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
-                 as_of: np.ndarray) -> pd.DataFrame:
-    """Output frame for validated tables (see :func:`score_tables`)."""
+def score_validated(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
+                    as_of: np.ndarray) -> pd.DataFrame:
+    """Scores of validated tables (``ValidatedCohort.infusions`` / ``.measurements``), one row per patient.
+
+    Parameters
+    ----------
+    bundle : ScoringBundle
+    infusions, measurements : DataFrame
+        Typed infusions and normalised measurements of the data contract (any number of patients).
+    as_of : ndarray of float
+        As-of day of each patient (see :func:`check_as_of_days`).
+
+    Returns
+    -------
+    DataFrame
+        See :func:`score_tables`.
+    """
     if not len(infusions):
         return _no_scores(bundle)
     return pd.DataFrame(_score_columns(bundle, infusions, measurements, as_of))
@@ -568,7 +597,7 @@ def score_tables(
     ----------
     bundle : ScoringBundle
     infusions, measurements : DataFrame
-        Raw tables in the data contract (as read from files, or built from request records).
+        Raw tables in the data contract (as read from files).
     as_of_day : float or Series
         Day of the prediction (days since infusion, >= 0), for all patients or per patient_id.
         Only measurements with ``day <= as_of_day`` are used.
@@ -589,88 +618,76 @@ def score_tables(
     ScoringInputError
         Input that cannot be scored (in ``fail`` mode, or a bad as-of day).
     """
-    scores, quarantined = _scores_and_quarantine(bundle, infusions, measurements, as_of_day, on_error)
-    return ScoringResult(scores=scores, rejects=_rejects_from_quarantine(quarantined))
+    try:
+        cohort = validate_cohort(infusions, measurements, None, on_error=on_error)
+    except ContractError as exc:
+        raise ScoringInputError(str(exc)) from None
+    as_of = _as_of_days(cohort.infusions["patient_id"], as_of_day)
+    scores = score_validated(bundle, cohort.infusions, cohort.measurements, as_of)
+    return ScoringResult(scores=scores, rejects=rejects_of(cohort.quarantined))
 
 
-def _scores_and_quarantine(bundle: ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
-                           as_of_day: float | pd.Series, on_error: str) -> tuple[pd.DataFrame, dict]:
-    """Scores of the valid patients and the quarantined rows per table (see :func:`score_tables`)."""
-    infusions_valid, measurements_valid, quarantined = _validate(infusions, measurements, on_error)
-    as_of = _as_of_days(infusions_valid["patient_id"].astype(str), as_of_day)
-    return _score_valid(bundle, infusions_valid, measurements_valid, as_of), quarantined
+# --- the served model: the patients of several requests in one call --------------------------------------
+@dataclass(frozen=True)
+class _ScoredPatients:
+    """Scores of the patients that could be scored, and the problems of the others."""
+
+    columns: dict[str, np.ndarray] | None
+    errors: list[str | None]
+    patient_ids: np.ndarray
 
 
-def score_request(bundle: ScoringBundle, request: pd.DataFrame) -> pd.DataFrame:
-    """Score a request (one row per patient, see :func:`request_to_tables`): one output row per patient, in order.
+def _patient_errors(parsed: RequestColumns, checked: CheckedTables, as_of: TypedColumn) -> list[str | None]:
+    """Each patient's problems as ``field: problem`` (no patient value), None for a patient without any."""
+    messages = [list(parsed.problems.get(patient, ())) for patient in range(parsed.n_patients)]
+    for problem in as_of.problems:
+        for row in problem.rows.tolist():
+            messages[row].append(f"{AS_OF_DAY.name}: {problem.detail}")
+    problems = checked.problems
+    if not len(problems) and not parsed.problems and not as_of.problems:  # the usual case
+        return [None] * parsed.n_patients
+    for table, position, column, detail in problems[["table", "position", "column", "detail"]].itertuples(index=False):
+        if table == "infusions":
+            messages[position].append(f"{column}: {detail}")
+        elif column != "patient_id":  # a measurement's patient_id is the patient's own, judged on its row
+            messages[parsed.owner[position]].append(f"measurements[{parsed.entry[position]}].{column}: {detail}")
+    return ["; ".join(dict.fromkeys(found)) if found else None for found in messages]
 
-    Raises
-    ------
-    ScoringInputError
-        A missing required field, a duplicate patient, or any contract violation, named.
+
+def _shared_patient_ids(checked: CheckedTables, request_of: np.ndarray) -> bool:
+    """Whether a patient id appears in more than one of the requests (not a duplicate within one)."""
+    problems = checked.problems
+    if not len(problems):
+        return False
+    duplicated = problems.loc[(problems["table"] == "infusions") & (problems["kind"] == "duplicate patient_id"),
+                              "position"].to_numpy(dtype=np.int64)
+    if not len(duplicated):
+        return False
+    owners = pd.DataFrame({"id": checked.typed["infusions"]["patient_id"][duplicated],
+                           "request": request_of[duplicated]})
+    return bool(owners.groupby("id")["request"].nunique().gt(1).any())
+
+
+def _score_patients(bundle: ScoringBundle, parsed: RequestColumns, request_of: np.ndarray) -> _ScoredPatients | None:
+    """Check every patient with the data contract and score those without a problem.
+
+    None when a patient id appears in two of the requests: requests are then scored one by one
+    (each patient must be one row of the feature builders).
     """
-    if not len(request):
-        raise ScoringInputError("no patients in the request")
-    infusions, measurements, as_of_days = request_to_tables(request)
-    if as_of_days.index.has_duplicates:
-        duplicated = as_of_days.index[as_of_days.index.duplicated()].unique().tolist()[:5]
-        raise ScoringInputError(f"duplicate patient_id in the request: {duplicated}")
-    return _scores_and_quarantine(bundle, infusions, measurements, as_of_days, on_error="fail")[0]
-
-
-# --- the served model: several requests in one call, answered as records ---------------------------------
-_FIELD_NAMES = frozenset(spec.name for spec in REQUEST_FIELDS)
-_MEASUREMENT_KEYS = frozenset(MEASUREMENT_FIELDS)
-
-
-def _finite_day(value: Any) -> float | None:
-    """A JSON number >= 0 as a float, else None (a boolean or a text is not a number here)."""
-    return _day_number(value) if type(value) in (float, int) else None
-
-
-def _request_columns(requests: Sequence[pd.DataFrame]) -> tuple[dict, dict, np.ndarray] | None:
-    """Raw infusions and measurements of the requests as column lists, and the as-of days.
-
-    None unless every request has every field, its measurements are lists of objects with known
-    keys only, and its as-of days are numbers >= 0 (anything else takes the frame route, which
-    names the problem). A key absent from a measurement object reads as None.
-    """
-    baseline = baseline_field_names()
-    infusions: dict[str, list] = {name: [] for name in baseline}
-    measurements: dict[str, list] = {name: [] for name in ("patient_id", *MEASUREMENT_FIELDS)}
-    as_of: list[float] = []
-    for request in requests:
-        names = request.columns.tolist()
-        if len(names) != len(_FIELD_NAMES) or set(names) != _FIELD_NAMES:
-            return None
-        position = {name: index for index, name in enumerate(names)}
-        rows = request.to_numpy(dtype=object).tolist()
-        for name in baseline:
-            index = position[name]
-            infusions[name].extend(row[index] for row in rows)
-        id_at, day_at, entries_at = position["patient_id"], position["as_of_day"], position["measurements"]
-        for row in rows:
-            day, entries = _finite_day(row[day_at]), row[entries_at]
-            if day is None or type(entries) is not list:
-                return None
-            as_of.append(day)
-            for entry in entries:
-                if type(entry) is not dict or not entry.keys() <= _MEASUREMENT_KEYS:
-                    return None
-                measurements["patient_id"].append(row[id_at])
-                for name in MEASUREMENT_FIELDS:
-                    measurements[name].append(entry.get(name))
-    return infusions, measurements, np.asarray(as_of, dtype=float)
-
-
-def _direct_tables(requests: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray] | None:
-    """Validated tables and as-of days of certainly clean requests, built from their cells without raw
-    frames (:func:`features.contract_fast.clean_small_columns`); None when the frame route must decide."""
-    columns = _request_columns(requests)
-    if columns is None:
+    checked = check_tables({"infusions": parsed.infusions, "measurements": parsed.measurements},
+                           {"infusions": parsed.n_patients, "measurements": len(parsed.owner)},
+                           {"infusions": "request", "measurements": "request"})
+    if _shared_patient_ids(checked, request_of):
         return None
-    clean = clean_small_columns(columns[0], columns[1])
-    return None if clean is None else (clean[0], clean[1], columns[2])
+    as_of = typed_column(AS_OF_DAY, parsed.as_of_day)
+    errors = _patient_errors(parsed, checked, as_of)
+    scored = np.array([error is None for error in errors], dtype=bool)
+    columns = None
+    if scored.any():
+        keep = scored[parsed.owner] & ~checked.collapsed
+        columns = _score_columns(bundle, checked.typed_frame("infusions", scored), checked.measurements_frame(keep),
+                                 np.asarray(as_of.values, dtype=float)[scored])
+    return _ScoredPatients(columns, errors, checked.typed["infusions"]["patient_id"])
 
 
 def answer_records(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -688,33 +705,99 @@ def answer_records(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame]) -> list[list[dict[str, Any]]]:
+def _patient_records(scored: _ScoredPatients) -> list[dict[str, Any]]:
+    """One record per patient in order: its scores and ``error`` None, or ``patient_id``, the scores
+    null and ``error`` naming the problems."""
+    good = iter(answer_records(scored.columns)) if scored.columns is not None else iter(())
+    blank = dict.fromkeys(scored.columns or ("patient_id",))
+    records = []
+    for patient, error in enumerate(scored.errors):
+        if error is None:
+            records.append({**next(good), ERROR_COLUMN: None})
+        else:
+            records.append({**blank, "patient_id": scored.patient_ids[patient], ERROR_COLUMN: error})
+    return records
+
+
+def refusal(records: Sequence[Mapping[str, Any]]) -> ScoringInputError:
+    """The error of a request with patients that cannot be scored: their positions in the request and
+    their problems (field and problem, never a patient value).
+
+    Parameters
+    ----------
+    records : sequence of dict
+        A request's answer records (see :func:`score_requests`).
+
+    Returns
+    -------
+    ScoringInputError
+    """
+    bad = [(position, record[ERROR_COLUMN]) for position, record in enumerate(records) if record[ERROR_COLUMN]]
+    head = ("no patient of the request can be scored" if len(bad) == len(records)
+            else f"{len(bad)} of {len(records)} patient(s) of the request cannot be scored")
+    shown = " | ".join(f"patient at position {position}: {error}" for position, error in bad[:20])
+    return ScoringInputError(f"{head}: {shown}" + (f" | ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
+
+
+def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame]) -> list[Any]:
     """Score several requests in one call: for each request, one answer record per patient, in order.
 
-    Each record is the request's row of :func:`score_request` (the patients of one call are scored
-    independently), as :func:`answer_records` gives it. Certainly clean requests are validated
-    straight from their cells (:func:`_direct_tables`); any other goes the frame route
-    (:func:`score_request` of the stacked requests), which alone names problems.
+    A patient that cannot be scored is answered with an error record (``patient_id`` as typed,
+    scores null, :data:`ERROR_COLUMN` naming each field and problem); the others are scored as if
+    alone. A request is answered with a :class:`ScoringInputError` instead of records when it lacks
+    a required field, has no patient, or none of its patients can be scored (:func:`refusal`).
+
+    Parameters
+    ----------
+    bundle : ScoringBundle
+    requests : sequence of DataFrame
+        Request frames (one row per patient).
+
+    Returns
+    -------
+    list
+        Per request: a list of records (each with :data:`ERROR_COLUMN`), or a ScoringInputError.
+    """
+    answers: list[Any] = [None] * len(requests)
+    valid = []
+    for index, request in enumerate(requests):
+        try:
+            _check_request(request)
+            valid.append(index)
+        except ScoringInputError as error:  # alone, each request gets its own answer or error
+            answers[index] = error
+    if not valid:
+        return answers
+    lengths = [len(requests[index]) for index in valid]
+    scored = _score_patients(bundle, request_columns([requests[index] for index in valid]),
+                             np.repeat(np.arange(len(valid)), lengths))
+    if scored is None:  # a patient in two of the requests: each request on its own
+        for index in valid:
+            answers[index] = score_requests(bundle, [requests[index]])[0]
+        return answers
+    records, start = _patient_records(scored), 0
+    for index, length in zip(valid, lengths):
+        own = records[start:start + length]
+        answers[index] = own if any(record[ERROR_COLUMN] is None for record in own) else refusal(own)
+        start += length
+    return answers
+
+
+def score_request(bundle: ScoringBundle, request: pd.DataFrame) -> pd.DataFrame:
+    """Score a request strictly: every patient scored (one output row each, in order), or an error.
 
     Raises
     ------
     ScoringInputError
-        As :func:`score_request`, for the stacked requests.
+        A missing required field, a duplicate patient, or any contract violation, named by the
+        patient's position in the request and the field (see :func:`refusal`).
     """
-    if not all(len(request) for request in requests):  # alone, each request gets its own answer or error
-        raise ScoringInputError("no patients in the request")
-    direct = _direct_tables(requests)
-    if direct is not None:
-        columns = _score_columns(bundle, *direct)
-    else:
-        scores = score_request(bundle, requests[0] if len(requests) == 1 else _concat_requests(list(requests)))
-        columns = {name: scores[name].to_numpy() for name in scores.columns}
-    records = answer_records(columns)
-    answers, start = [], 0
-    for request in requests:
-        answers.append(records[start:start + len(request)])
-        start += len(request)
-    return answers
+    parsed = request_columns([request])
+    scored = _score_patients(bundle, parsed, np.zeros(parsed.n_patients, dtype=np.int64))
+    assert scored is not None  # one request: no patient id can be in two requests
+    if scored.columns is None or any(error is not None for error in scored.errors):
+        raise refusal(_patient_records(scored))
+    return pd.DataFrame(scored.columns)
 
 
 # --- concurrent requests ---------------------------------------------------------------------------------
@@ -730,33 +813,17 @@ class _Job:
     def finish(self, answer: Any = None, error: BaseException | None = None) -> None:
         self.answer, self.error, self.finished = answer, error, True
 
+    def finish_with(self, answer: Any) -> None:
+        """Finish with the scorer's answer to this request, which may be the request's own error."""
+        if isinstance(answer, BaseException):
+            self.finish(error=answer)
+        else:
+            self.finish(answer=answer)
+
     def outcome(self) -> Any:
         if self.error is not None:
             raise self.error
         return self.answer
-
-
-_TEXT_FIELDS = tuple(spec.name for spec in REQUEST_FIELDS if spec.kind == "str")
-
-
-def _concat_requests(requests: list[pd.DataFrame]) -> pd.DataFrame:
-    """Requests stacked into one frame without changing what any text field reads as.
-
-    ``pd.concat`` of an integer column with a float one turns 17 into 17.0, and a patient id (or
-    any text field) sent as the number 17 would then read "17.0": an answer would depend on who
-    else was in the batch. Numbers in number fields mean the same either way (the contract types
-    them); a text field whose dtype differs between requests keeps the values as sent.
-    """
-    stacked = pd.concat(requests, ignore_index=True)
-    for column in _TEXT_FIELDS:
-        kinds = {str(request[column].dtype) for request in requests if column in request.columns}
-        if len(kinds) > 1:
-            stacked[column] = pd.Series(
-                [value for request in requests
-                 for value in (request[column].tolist() if column in request.columns else [None] * len(request))],
-                dtype=object,
-            )
-    return stacked
 
 
 class MicroBatcher:
@@ -842,14 +909,14 @@ class MicroBatcher:
                 answers = list(self._score([job.request for job in batch]))
                 if len(answers) != len(batch):
                     raise ValueError(f"{len(answers)} answers to {len(batch)} requests")
-            except Exception:  # one request's problem (or a bug): each request alone below, with its own error
+            except Exception:  # a failure of the combined call (a bug): each request alone below, with its own error
                 pass
             else:
                 for job, answer in zip(batch, answers):
-                    job.finish(answer=answer)
+                    job.finish_with(answer)
                 return
         for job in batch:
             try:
-                job.finish(answer=self._score([job.request])[0])
+                job.finish_with(self._score([job.request])[0])
             except Exception as error:
                 job.finish(error=error)

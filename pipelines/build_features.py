@@ -5,7 +5,8 @@ the three tables and validates and normalises them (``pipelines.validate.load_an
 the landmark set (``features.landmarks``), writes it as Parquet or CSV and prints a summary (rows
 and events per landmark), preceded by the data report whenever rows were quarantined or the
 report has notes (nothing is dropped without a line on screen). Bad input ends with a clear
-message and exit code 2, never a traceback.
+message and exit code 2, never a traceback; paths and cells are printed as plain text, never read
+as rich markup. The output file gets mode 0600 (it holds patient values).
 
 :func:`landmark_set_from_config` is the same build driven by a run config, for the training job.
 """
@@ -19,8 +20,8 @@ import pandas as pd
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from features.contract import ON_ERROR_MODES, ContractError, DataReport, ValidatedCohort
 from features.landmarks import EVENT_CODES, build_landmark_set
@@ -180,7 +181,7 @@ def event_summary(landmark_set: pd.DataFrame) -> pd.DataFrame:
 
 def _summary_table(summary: pd.DataFrame, out: Path, horizon_days: float) -> Table:
     """Landmarks as columns, row count and event types as rows (stays narrow)."""
-    table = Table(title=f"Landmark set -> {out} (events within {horizon_days:g} days)")
+    table = Table(title=Text(f"Landmark set -> {out} (events within {horizon_days:g} days)"))
     table.add_column("")
     for landmark in summary.index:
         table.add_column(f"day {landmark:g}", justify="right")
@@ -232,17 +233,17 @@ def run_features(input_dir: Path, landmarks: str, horizon_days: float, out: Path
     typer.Exit
         Code 2 after printing the reason, for any bad input.
     """
-    console, errors = Console(), Console(stderr=True)
+    console, errors = Console(), Console(stderr=True, soft_wrap=True)
     try:
         config = _features_config(landmarks, horizon_days)
         _check_output_path(out)
-        with console.status(f"Reading and validating {input_dir} ..."):
+        with console.status(Text(f"Reading and validating {input_dir} ...")):
             cohort = _load_cohort(input_dir, on_error)
-        with console.status(f"Building features at landmarks {config.landmark_days} ..."):
+        with console.status(Text(f"Building features at landmarks {config.landmark_days} ...")):
             landmark_set = landmark_set_from_config(cohort.infusions, cohort.measurements, cohort.outcomes, config)
         write_landmark_set(landmark_set, out)
     except _INPUT_ERRORS as exc:
-        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        errors.print(Text(f"error: {exc}", style="bold red"), highlight=False)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
     if _report_has_news(cohort.report):
         console.print(cohort.report.render())

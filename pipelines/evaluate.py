@@ -38,6 +38,7 @@ from features.registry import FeatureInputError
 from models.base import ModelInputError
 from pipelines.build_features import FeaturesJobError
 from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.decisions import write_decision_curves
 from pipelines.experiment import (
     ORACLE,
     RULE,
@@ -214,7 +215,7 @@ def _figures(run: EvaluationRun) -> dict[str, Any]:
 
 
 def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
-    """Write ``metrics.json`` and every plot (PNG) to ``out_dir``.
+    """Write ``metrics.json``, every plot (PNG) and the decision curves (pipelines.decisions) to ``out_dir``.
 
     Parameters
     ----------
@@ -236,6 +237,7 @@ def write_outputs(run: EvaluationRun, out_dir: Path) -> list[Path]:
         path = out_dir / f"{name}.png"
         figure.savefig(path, dpi=110)
         written.append(path)
+    written += write_decision_curves(run.config, run.landmark_set, run.predictions, run.best_model, out_dir)
     return written
 
 

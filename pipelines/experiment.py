@@ -68,7 +68,10 @@ class CohortError(ValueError):
 
 @dataclass(frozen=True)
 class CohortData:
-    """Raw cohort tables, where they came from, and the oracle when known (evaluation only)."""
+    """Raw cohort tables, where they came from, and the oracle when known (evaluation only).
+
+    ``folder`` is the cohort folder the tables were read from (None: simulated or in memory).
+    """
 
     infusions: pd.DataFrame
     measurements: pd.DataFrame
@@ -76,6 +79,7 @@ class CohortData:
     source_names: dict[str, str]
     description: str
     oracle: pd.DataFrame | None = None
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def load_cohort(data: DataConfig) -> CohortData:
     oracle = read_table(oracle_file) if oracle_file.is_file() else None
     tables = files.tables
     return CohortData(tables["infusions"], tables["measurements"], tables["outcomes"], files.source_names,
-                      f"folder {data.input_dir}", oracle)
+                      f"folder {data.input_dir}", oracle, Path(data.input_dir))
 
 
 def _canonical_csv(frame: pd.DataFrame, keys: Sequence[str]) -> bytes:
@@ -181,7 +185,8 @@ def dataset_hash(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: 
     return digest.hexdigest()
 
 
-def prepare_landmark_set(config: RunConfig, progress: Progress | None = None) -> PreparedCohort:
+def prepare_landmark_set(config: RunConfig, progress: Progress | None = None,
+                         cohort: CohortData | None = None) -> PreparedCohort:
     """Load the configured cohort, validate it and build its landmark set.
 
     Parameters
@@ -191,6 +196,9 @@ def prepare_landmark_set(config: RunConfig, progress: Progress | None = None) ->
         build the landmark set.
     progress : rich.progress.Progress, optional
         Gets a task advanced after each of the three steps (load, validate, landmark set).
+    cohort : CohortData, optional
+        Tables already in memory (``pipelines.api``); then ``data.source`` and ``data.input_dir``
+        are not used.
 
     Returns
     -------
@@ -212,7 +220,7 @@ def prepare_landmark_set(config: RunConfig, progress: Progress | None = None) ->
         if progress is not None and task is not None:
             progress.advance(task)
 
-    cohort = load_cohort(config.data)
+    cohort = load_cohort(config.data) if cohort is None else cohort
     step()
     validated = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes,
                                 on_error=config.data.on_error, source_names=cohort.source_names)

@@ -4,9 +4,14 @@ MLflow logs this file as *model code* (models-from-code): on load it runs the fi
 ``mlflow.models.set_model(CarRelapseModel())``. ``load_context`` unpickles the fitted
 :class:`models.serving.ScoringBundle`; ``predict`` hands the request frame (one row per patient) to
 a :class:`models.serving.MicroBatcher` around :func:`models.serving.score_requests` (requests
-arriving together are scored in one call) and turns a :class:`models.serving.ScoringInputError` into
-an MLflow "invalid parameter value" error, which the scoring server answers with HTTP 400 naming the
-problem (and keeps serving).
+arriving together are scored in one call).
+
+One bad patient never loses the others: ``predict`` scores the good patients and answers each bad
+one with an error record (``patient_id`` kept, scores null, ``error`` naming each field and its
+problem, never the patient's values). When no patient of the call can be scored, or with
+``params={"on_error": "fail"}`` when any cannot, it raises MLflow's "invalid parameter value"
+error, which the scoring server answers with HTTP 400 naming the request positions and fields (and
+keeps serving).
 
 The input signature (:func:`input_schema`) is a column schema built from
 :data:`models.serving.REQUEST_FIELDS`, so the scoring server accepts every documented JSON format
@@ -35,15 +40,18 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
-from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
+from features.contract import ON_ERROR_MODES
 from models.serving import (
+    ERROR_COLUMN,
     EXAMPLE_PATIENT,
     REQUEST_FIELDS,
     SERVING_LINGER_S,
     MicroBatcher,
     ScoringBundle,
     ScoringInputError,
+    refusal,
     score_request,
     score_requests,
 )
@@ -54,6 +62,8 @@ __all__ = [
     "save_bundle",
     "load_bundle",
     "input_schema",
+    "output_schema",
+    "params_schema",
     "request_field_metadata",
     "model_signature",
     "pip_requirements",
@@ -114,10 +124,26 @@ def request_field_metadata() -> list[dict[str, Any]]:
             for field in REQUEST_FIELDS]
 
 
-def model_signature(bundle: ScoringBundle) -> ModelSignature:
-    """Input schema (:func:`input_schema`) and the output schema of scoring the example patient."""
+def output_schema(bundle: ScoringBundle) -> Schema:
+    """The answer's columns: those of scoring the example patient, then ``error`` (text).
+
+    No column is required: a patient that cannot be scored is answered with its ``patient_id``
+    and ``error`` only (every score null), and a missing patient id stays null.
+    """
     example_output = score_request(bundle, pd.DataFrame([EXAMPLE_PATIENT]))
-    return ModelSignature(inputs=input_schema(), outputs=infer_signature(model_output=example_output).outputs)
+    scored = infer_signature(model_output=example_output).outputs.inputs
+    columns: list[Any] = [ColSpec(column.type, column.name, required=False) for column in scored]
+    return Schema(columns + [ColSpec(DataType.string, ERROR_COLUMN, required=False)])
+
+
+def params_schema() -> ParamSchema:
+    """``on_error``: ``quarantine`` (default: error records for bad patients) or ``fail`` (refuse the call)."""
+    return ParamSchema([ParamSpec("on_error", DataType.string, "quarantine")])
+
+
+def model_signature(bundle: ScoringBundle) -> ModelSignature:
+    """Input schema (:func:`input_schema`), :func:`output_schema` and :func:`params_schema`."""
+    return ModelSignature(inputs=input_schema(), outputs=output_schema(bundle), params=params_schema())
 
 
 class CarRelapseModel(PythonModel):
@@ -133,16 +159,26 @@ class CarRelapseModel(PythonModel):
         score_requests(self._bundle, [pd.DataFrame([EXAMPLE_PATIENT])])  # warm-up: lazy imports (shap), caches
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list:
-        """One output record per patient (see ``models.serving.score_requests``); missing values are None.
+        """One output record per patient, in order (see ``models.serving.score_requests``); missing
+        values are None; ``error`` is None for a scored patient and names the problems of one that is not.
 
         ``model_input`` is the request frame MLflow built from any JSON format (one row per
-        patient), or a list of patient records when called directly.
+        patient), or a list of patient records when called directly. ``params["on_error"]``:
+        ``quarantine`` (default) answers bad patients with error records, ``fail`` refuses the call
+        when any patient is bad. A call none of whose patients can be scored is refused (HTTP 400).
         """
+        on_error = (params or {}).get("on_error") or "quarantine"
+        if on_error not in ON_ERROR_MODES:
+            raise MlflowException.invalid_parameter_value(
+                f"params.on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
         request = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(list(model_input))
         try:
-            return self._score(request)
+            records = self._score(request)
         except ScoringInputError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
+        if on_error == "fail" and any(record[ERROR_COLUMN] is not None for record in records):
+            raise MlflowException.invalid_parameter_value(str(refusal(records)))
+        return records
 
 
 def pip_requirements() -> list[str]:

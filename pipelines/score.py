@@ -1,14 +1,28 @@
 """``car-relapse score``: batch scoring of a cohort folder with a registered model.
 
 The model is loaded through MLflow (``models:/car-relapse@champion`` by default) exactly as the
-scoring server loads it, and patients are scored with the same ``models.serving.score_tables``
-the served model uses, so batch and served answers are the same numbers. Patients are scored in
-chunks (a progress bar shows them); every rejected row or patient is written to a rejects file
-beside the output (``<output stem>.rejects.csv``) and counted on screen, never dropped silently.
+scoring server loads it, and patients are scored with the same ``models.serving`` code the served
+model uses, so batch and served answers are the same numbers. The whole cohort goes through the
+data contract once (``features.contract.validate_cohort``: duplicate patients are judged across
+the whole file), then patients are scored in chunks (a progress bar shows them).
+
+``--on-error quarantine`` (the default) scores every patient the contract accepts and writes every
+rejected row or patient to a rejects file beside the output (``<output stem>.rejects.csv``),
+counted on screen, never dropped silently; ``--on-error fail`` scores nothing when any row
+breaks the contract. The arguments (input folder and its tables, output path, as-of day, mode)
+are checked before the model is loaded.
+
+Exit codes, as for every command: 0 done (with quarantined rows, if any, in the rejects file);
+1 the job failed for a reason other than the input (the tracking store, a file that cannot be
+written); 2 bad input (arguments, a missing model or table, a contract violation in ``fail``
+mode, or no patient that could be scored). Output, rejects and nothing else are written, both
+with mode 0600 (they hold patient values).
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,20 +32,30 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
-from models.serving import REJECT_COLUMNS, ScoringBundle, ScoringInputError, score_tables
-from pipelines.io import CohortIOError, read_cohort_folder
+from features.contract import ON_ERROR_MODES, ContractError, validate_cohort
+from models.serving import ScoringBundle, ScoringInputError, check_as_of_days, rejects_of, score_validated
+from pipelines.io import CohortIOError, cohort_table_files, private_file, read_cohort_folder
 from pipelines.tracking import TrackingError, init_store, quiet_mlflow, resolve_tracking_uri
+from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
-__all__ = ["OUTPUT_SUFFIXES", "ScoreError", "ScoreSummary", "load_scoring_bundle", "rejects_path", "score_cohort",
-           "run_score"]
+__all__ = ["OUTPUT_SUFFIXES", "EXIT_FAILED", "EXIT_BAD_INPUT", "ScoreError", "ScoreSummary", "load_scoring_bundle",
+           "rejects_path", "score_cohort", "run_score"]
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
-_console = Console(soft_wrap=True, highlight=False)
+_SCORED_TABLES = ("infusions", "measurements")  # outcomes are not read
+_MODEL_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "BAD_REQUEST")
+_console = Console(soft_wrap=True, highlight=False, markup=False)
+_errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
 
 
 class ScoreError(RuntimeError):
-    """Batch scoring cannot run (bad output path, model not found, unreadable cohort)."""
+    """Batch scoring cannot run; ``exit_code`` says whether the input (2) or the job (1) is at fault."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -44,6 +68,7 @@ class ScoreSummary:
     patients_scored: int
     rejected_rows: int
     rejected_patients: int
+    collapsed_rows: int
     seconds: float
 
 
@@ -59,19 +84,25 @@ def load_scoring_bundle(model_uri: str, tracking_uri: str | None = None) -> Scor
     Raises
     ------
     ScoreError
-        When the URI does not resolve or is not a car-relapse model.
+        Exit code 2 when the URI does not resolve to a car-relapse model, 1 when the tracking
+        store cannot be used.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = resolve_tracking_uri(tracking_uri)
+    init_store(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        init_store(uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, TrackingError, OSError) as exc:
+    except MlflowException as exc:
+        code = EXIT_BAD_INPUT if exc.error_code in _MODEL_NOT_FOUND else EXIT_FAILED
+        raise ScoreError(f"cannot load model '{model_uri}' from {uri}: {exc.message}", code) from None
+    except OSError as exc:
         raise ScoreError(f"cannot load model '{model_uri}' from {uri}: {exc}") from None
+    except TrackingError as exc:
+        raise ScoreError(f"cannot use the tracking store {uri}: {exc}", EXIT_FAILED) from None
     bundle = getattr(model.unwrap_python_model(), "_bundle", None)
     if bundle is None:
         raise ScoreError(f"'{model_uri}' is not a car-relapse scoring model")
@@ -79,10 +110,10 @@ def load_scoring_bundle(model_uri: str, tracking_uri: str | None = None) -> Scor
 
 
 def _patient_chunks(infusions: pd.DataFrame, measurements: pd.DataFrame,
-                    chunk_size: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]]:
-    """Per chunk of patients: infusions rows, their measurements, and both sets of row positions.
+                    chunk_size: int) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, np.ndarray]]:
+    """Per chunk of patients: their infusions rows, their measurements, and the infusions positions.
 
-    ``infusions`` has unique, present patient ids and every measurement belongs to one of them.
+    ``infusions`` has unique patient ids and every measurement belongs to one of them (validated).
     """
     owner = pd.Index(infusions["patient_id"]).get_indexer(measurements["patient_id"])
     order = np.argsort(owner, kind="stable")
@@ -91,42 +122,8 @@ def _patient_chunks(infusions: pd.DataFrame, measurements: pd.DataFrame,
     for i, start in enumerate(starts.tolist()):
         rows = np.arange(start, min(start + chunk_size, len(infusions)))
         measurement_rows = np.sort(order[bounds[i]:bounds[i + 1]])
-        yield infusions.iloc[rows], measurements.iloc[measurement_rows], rows, measurement_rows
-
-
-def _pre_rejects(infusions: pd.DataFrame, measurements: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Rows no chunk can judge alone: missing or duplicate patient ids, measurements of unknown patients.
-
-    Returns the rejects and boolean masks of the infusions and measurements rows to keep.
-    """
-    ids = infusions["patient_id"]
-    missing = ids.isna().to_numpy()
-    duplicate = (ids.duplicated(keep=False) & ids.notna()).to_numpy()
-    keep_infusions = ~(missing | duplicate)
-    keep_measurements = measurements["patient_id"].isin(ids[keep_infusions]).to_numpy()
-    lines = [
-        ("infusions", missing, ids, "missing patient_id (patient not scored)"),
-        ("infusions", duplicate, ids, "duplicate patient_id in infusions (patient not scored)"),
-        ("measurements", ~keep_measurements, measurements["patient_id"],
-         "patient_id missing, not in infusions, or duplicated there"),
-    ]
-    rejects = pd.concat(
-        [pd.DataFrame({"table": table, "row": np.flatnonzero(mask), "patient_id": column[mask].to_numpy(),
-                       "reason": reason}, columns=list(REJECT_COLUMNS)) for table, mask, column, reason in lines],
-        ignore_index=True,
-    )
-    return rejects, keep_infusions, keep_measurements
-
-
-def _remap_rows(rejects: pd.DataFrame, positions: dict[str, np.ndarray], sources: dict[str, str]) -> pd.DataFrame:
-    """Chunk-relative reject rows -> row numbers of the source files (CSV line or position)."""
-    from features.contract import display_row
-
-    rejects = rejects.copy()
-    rows = [display_row(sources.get(table, table), positions[table][int(row)])
-            for table, row in zip(rejects["table"], rejects["row"])]
-    rejects["row"] = np.asarray(rows, dtype=np.int64)
-    return rejects
+        yield (infusions.iloc[rows].reset_index(drop=True), measurements.iloc[measurement_rows].reset_index(drop=True),
+               rows)
 
 
 def _progress() -> Progress:
@@ -134,9 +131,9 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=_console, transient=False)
 
 
-def score_cohort(bundle: ScoringBundle, input_dir: Path, as_of_day: float,
-                 chunk_size: int = 5000) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """Score every patient of a cohort folder, in chunks of ``chunk_size`` patients.
+def score_cohort(bundle: ScoringBundle, input_dir: Path, as_of_day: float, chunk_size: int = 5000,
+                 on_error: str = "quarantine") -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """Score every patient of a cohort folder that the data contract accepts, in chunks of patients.
 
     Returns
     -------
@@ -146,41 +143,90 @@ def score_cohort(bundle: ScoringBundle, input_dir: Path, as_of_day: float,
         ``table``, ``row`` (CSV line number or 0-based Parquet position), ``patient_id``, ``reason``.
     patients_in : int
         Rows of the infusions table.
+    collapsed : int
+        Exact duplicate measurement rows collapsed into their first copy.
+
+    Raises
+    ------
+    CohortIOError
+        The folder or a table cannot be read.
+    ContractError
+        A column problem, or (``on_error="fail"``) any row problem.
     """
-    files = read_cohort_folder(input_dir)
-    infusions, measurements = files.tables["infusions"], files.tables["measurements"]
-    if "patient_id" not in infusions.columns or "patient_id" not in measurements.columns:
-        raise ScoringInputError(f"{input_dir}: infusions and measurements need a patient_id column")
-    rejects, keep_infusions, keep_measurements = _pre_rejects(infusions, measurements)
-    identity = {"infusions": np.arange(len(infusions)), "measurements": np.arange(len(measurements))}
-    rejects = _remap_rows(rejects, identity, files.source_names)
-    kept_inf_rows, kept_meas_rows = np.flatnonzero(keep_infusions), np.flatnonzero(keep_measurements)
-    infusions, measurements = infusions.iloc[kept_inf_rows], measurements.iloc[kept_meas_rows]
-    scores, all_rejects = [], [rejects]
+    files = read_cohort_folder(input_dir, _SCORED_TABLES)
+    with _console.status(Text(f"validating {len(files.tables['infusions'])} patients ...")):
+        cohort = validate_cohort(files.tables["infusions"], files.tables["measurements"], None, on_error=on_error,
+                                 source_names=files.source_names)
+    as_of = check_as_of_days(np.full(len(cohort.infusions), as_of_day, dtype=object))
+    scores = []
     with _progress() as progress:
-        task = progress.add_task("score", total=len(infusions))
-        for chunk, chunk_measurements, inf_rows, meas_rows in _patient_chunks(infusions, measurements, chunk_size):
-            result = score_tables(bundle, chunk, chunk_measurements, as_of_day, on_error="quarantine")
-            positions = {"infusions": kept_inf_rows[inf_rows], "measurements": kept_meas_rows[meas_rows]}
-            scores.append(result.scores)
-            all_rejects.append(_remap_rows(result.rejects, positions, files.source_names))
+        task = progress.add_task("score", total=len(cohort.infusions))
+        for chunk, chunk_measurements, rows in _patient_chunks(cohort.infusions, cohort.measurements, chunk_size):
+            scores.append(score_validated(bundle, chunk, chunk_measurements, as_of[rows]))
             progress.advance(task, len(chunk))
-    rejects = pd.concat([r for r in all_rejects if len(r)], ignore_index=True) if any(len(r) for r in all_rejects) \
-        else pd.DataFrame(columns=list(REJECT_COLUMNS))
-    scored = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame()
-    return scored, rejects, len(files.tables["infusions"])
+    scored = pd.concat(scores, ignore_index=True) if scores else score_validated(bundle, cohort.infusions, cohort.measurements,
+                                                                                   as_of)
+    collapsed = cohort.report.tables["measurements"].rows_collapsed
+    return scored, rejects_of(cohort.quarantined), len(files.tables["infusions"]), collapsed
 
 
-def _write(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_parquet(path, index=False)
+def _check_output(output: Path) -> None:
+    """The output can be written: a ``.csv`` or ``.parquet`` name in a folder that is (or can be
+    made) writable, and neither it nor its rejects file a folder."""
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ScoreError(f"--output '{output}' must end in .csv or .parquet")
+    for path in (output, rejects_path(output)):
+        if path.is_dir():
+            raise ScoreError(f"--output: '{path}' is a folder")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ScoreError(f"--output: '{path}' cannot be written (permission denied)")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScoreError(f"--output: cannot create the folder '{output.parent}': {exc.strerror or exc}") from None
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise ScoreError(f"--output: the folder '{output.parent}' cannot be written (permission denied)")
+
+
+def _check_arguments(input_dir: Path, as_of_day: float, output: Path, chunk_size: int, on_error: str) -> None:
+    """Everything that can be checked before the model is loaded (loading takes seconds)."""
+    if on_error not in ON_ERROR_MODES:
+        raise ScoreError(f"--on-error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
+    if chunk_size < 1:
+        raise ScoreError(f"--chunk-size must be >= 1, got {chunk_size}")
+    if not math.isfinite(as_of_day):
+        raise ScoreError(f"--as-of-day: {as_of_day} is not a finite number of days")
+    try:
+        check_as_of_days([as_of_day])
+    except ScoringInputError as exc:
+        raise ScoreError(f"--as-of-day: {str(exc).removeprefix('as_of_day: ')}") from None
+    cohort_table_files(input_dir, _SCORED_TABLES)
+    _check_output(output)
+
+
+def _write(scores: pd.DataFrame, rejects: pd.DataFrame, output: Path) -> None:
+    try:
+        with private_file(output, binary=output.suffix.lower() == ".parquet") as handle:
+            if output.suffix.lower() == ".csv":
+                scores.to_csv(handle, index=False)
+            else:
+                scores.to_parquet(handle, index=False)
+        with private_file(rejects_path(output)) as handle:
+            rejects.to_csv(handle, index=False)
+    except OSError as exc:
+        raise ScoreError(f"cannot write the scores: {exc}", EXIT_FAILED) from None
+
+
+def _stop(message: str, code: int) -> None:
+    """Print ``error: message`` to stderr as plain text and end the command with ``code``."""
+    import typer
+
+    _errors.print(Text(f"error: {message}", style="red"))
+    raise typer.Exit(code=code)
 
 
 def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, chunk_size: int = 5000,
-              tracking_uri: str | None = None) -> ScoreSummary:
+              tracking_uri: str | None = None, on_error: str = "quarantine") -> ScoreSummary:
     """Batch-score a cohort folder and write the scores and the rejects.
 
     Parameters
@@ -188,7 +234,7 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
     model_uri : str
         MLflow model URI, e.g. ``models:/car-relapse@champion``.
     input_dir : Path
-        Cohort folder (``infusions`` and ``measurements``; ``outcomes`` is ignored).
+        Cohort folder (``infusions`` and ``measurements``; ``outcomes`` is not read).
     as_of_day : float
         Score every patient as of this day since infusion (data after it is not used).
     output : Path
@@ -197,44 +243,47 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
         Patients per chunk.
     tracking_uri : str, optional
         Registry to resolve ``models:/`` URIs in.
+    on_error : {"quarantine", "fail"}
+        Score the patients the contract accepts and list the rest in the rejects file, or score
+        nothing when any row breaks the contract.
 
     Returns
     -------
     ScoreSummary
-    """
-    import typer
 
+    Raises
+    ------
+    typer.Exit
+        Code 2 for bad input, 1 when the job fails otherwise (see the module docstring).
+    """
     quiet_mlflow()
     started = time.perf_counter()
     output = Path(output)
     try:
-        if output.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise ScoreError(f"output '{output}' must end in .csv or .parquet")
-        if chunk_size < 1:
-            raise ScoreError(f"chunk_size must be >= 1, got {chunk_size}")
+        _check_arguments(Path(input_dir), as_of_day, output, chunk_size, on_error)
         bundle = load_scoring_bundle(model_uri, tracking_uri)
-        scores, rejects, patients_in = score_cohort(bundle, Path(input_dir), as_of_day, chunk_size)
-        _write(scores, output)
-        rejects.to_csv(rejects_path(output), index=False)
-    except (ScoreError, ScoringInputError, CohortIOError) as exc:
-        _console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=1) from None
+        scores, rejects, patients_in, collapsed = score_cohort(bundle, Path(input_dir), as_of_day, chunk_size, on_error)
+        _write(scores, rejects, output)
+    except ScoreError as exc:
+        _stop(str(exc), exc.exit_code)
+    except (ScoringInputError, CohortIOError, ContractError) as exc:
+        _stop(str(exc), EXIT_BAD_INPUT)
     summary = ScoreSummary(
         output=output, rejects=rejects_path(output), patients_in=patients_in, patients_scored=len(scores),
-        rejected_rows=len(rejects), rejected_patients=patients_in - len(scores),
+        rejected_rows=len(rejects), rejected_patients=patients_in - len(scores), collapsed_rows=collapsed,
         seconds=time.perf_counter() - started,
     )
     _print_summary(summary)
+    if patients_in and not len(scores):
+        _stop(f"no patient could be scored; every reason is in {summary.rejects}", EXIT_BAD_INPUT)
     return summary
 
 
 def _print_summary(summary: ScoreSummary) -> None:
-    _console.print(
-        f"scored {summary.patients_scored} of {summary.patients_in} patients in {summary.seconds:.1f} s "
-        f"-> {summary.output}"
-    )
-    style = "yellow" if summary.rejected_rows else "green"
-    _console.print(
-        f"[{style}]rejected: {summary.rejected_rows} row(s), {summary.rejected_patients} patient(s) not scored "
-        f"-> {summary.rejects}[/{style}]"
-    )
+    _console.print(f"scored {summary.patients_scored} of {summary.patients_in} patients in {summary.seconds:.1f} s "
+                   f"-> {summary.output}")
+    _console.print(Text(f"rejected: {summary.rejected_rows} row(s), {summary.rejected_patients} patient(s) not scored "
+                        f"-> {summary.rejects}", style="yellow" if summary.rejected_rows else "green"))
+    if summary.collapsed_rows:
+        _console.print(f"note: {summary.collapsed_rows} exact duplicate measurement row(s) collapsed into their first "
+                       "copy (same patient, day, specimen, assay, unit and result)")

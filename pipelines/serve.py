@@ -436,14 +436,20 @@ def run_serve(
         scored together).
     """
     import typer
+    from rich.markup import escape
+
+    from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
     uri = resolve_tracking_uri(tracking_uri)
     try:
         init_store(uri)
         check_model_uri(model_uri, uri)
-    except (ServeError, TrackingError) as exc:
-        _console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=1) from None
+    except ServeError as exc:  # no such model: bad input
+        _console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    except TrackingError as exc:
+        _console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=EXIT_FAILED) from None
     _console.print(f"Serving [bold]{model_uri}[/bold] from {uri}")
     _console.print(f"URL: http://{host}:{port}/invocations  (health: http://{host}:{port}/ping)")
     _console.print("Example request:", style="bold")

@@ -10,21 +10,26 @@ Steps (each shown with a progress bar):
 4. pick the winner: the best ``evaluation.selection_metric`` among the candidates whose
    cross-validated calibration lies within ``evaluation.selection_bounds`` at every landmark and
    horizon; refit it on all rows, explain it (SHAP);
-5. log everything to MLflow (config as params, every metric per landmark / endpoint / horizon /
-   source, the selection, data report, plots, feature list, dataset hash; no patient rows unless
+5. log everything to MLflow (config as params; the cohort as an MLflow dataset with its
+   fingerprint and source; the git commit; the headline summary metrics per source and all the
+   winner's named figures, calibration per cause, landmark and horizon included, with the whole
+   metric grid per landmark / endpoint / horizon / source as the table ``evaluation/metrics.csv``;
+   the selection, data report, plots, feature list; no patient rows unless
    ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
    configured thresholds and calibration bounds (``pipelines.config.gate_thresholds``), moving
    the ``champion`` / ``previous`` aliases under a lock;
-6. print where to look: run id, model version, the ``mlflow ui`` line and the serve command.
+6. print where to look: run id, model version, the ``mlflow ui`` line, the serve and score
+   commands, and the plain ``mlflow`` commands with the store's URI.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +42,15 @@ from rich.progress import Progress
 from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
-from models.base import ModelInputError, horizon_label
+from models.base import ModelInputError
 from models.evaluation import SELECTION_METRICS
 from models.serving import ScoringBundle
 from pipelines.config import ConfigError, RunConfig, check_config, gate_thresholds, load_config
+from pipelines.decisions import log_decision_curves
 from pipelines.experiment import (
     ORACLE,
     RULE,
+    CohortData,
     CohortError,
     PreparedCohort,
     calibration_figures,
@@ -56,14 +63,18 @@ from pipelines.experiment import (
     select_winner,
     summarise_metrics,
 )
+from pipelines.run_report import RunOutcome, log_run_report
 from pipelines.tracking import TrackingError, TrackingTarget, mlflow_ui_command, quiet_mlflow, setup_tracking
+from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
 
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
     "TrainSummary",
+    "cohort_dataset",
     "flatten_config",
-    "metric_key",
+    "mlflow_client_commands",
+    "source_git_commit",
     "summarise_metrics",
     "train",
     "run_train",
@@ -71,9 +82,8 @@ __all__ = [
     "report_without_patient_details",
 ]
 
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 _console = Console(soft_wrap=True, highlight=False)
+SERVING_EXAMPLE_FILE = "serving_input_example.json"  # where MLflow stores a logged model's example request
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class TrainSummary:
     previous_champion: str | None
     gate_reasons: tuple[str, ...]
     model_uri: str
+    run_report: str | None = None
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -115,37 +126,26 @@ def flatten_config(config: RunConfig) -> dict[str, str]:
 
 
 # --- MLflow logging -------------------------------------------------------------------------------
-def metric_key(row: Mapping[str, Any], suffix: str = "") -> str:
-    """MLflow key of one evaluation metric: ``cv/<source>/<endpoint>/lm<day|all>[/h<days>]/<metric>``."""
-    source = str(row["source"]).replace(" - ", "_vs_")
-    landmark = "all" if str(row["landmark_day"]) == "all" else horizon_label(row["landmark_day"])
-    horizon = "" if pd.isna(row["horizon_days"]) else f"/h{horizon_label(row['horizon_days'])}"
-    return f"cv/{source}/{row['endpoint']}/lm{landmark}{horizon}/{row['metric']}{suffix}"
+def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
+    """The summary metrics only: ``summary/<source>/<metric>`` per source (the relapse headline
+    metrics, ``uno_c``, ``ibs``, ...) and ``winner/<name>`` for every named figure of the winner
+    (headline metrics and the calibration figures the gate checks, ``oe/relapse/lm28/h365``, ...).
 
-
-def _metric_entries(metrics: pd.DataFrame) -> Iterator[tuple[str, float]]:
-    for row in metrics.to_dict("records"):
-        for column, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
-            if np.isfinite(row[column]):
-                yield metric_key(row, suffix), float(row[column])
-
-
-def _log_metrics(run_id: str, metrics: pd.DataFrame, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
-    """Every evaluation metric, the per-source summaries and the winner's, in batches."""
+    A handful per run, so the MLflow metric list stays readable and runs compare on them; the
+    whole grid (every source, endpoint, landmark, horizon, with bootstrap bounds) is the table
+    artifact ``evaluation/metrics.csv`` (:func:`_log_tables`).
+    """
     import time
 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    entries = list(_metric_entries(metrics))
-    entries += [(f"summary/{source}/{name}", value) for source, values in summary.items()
-                for name, value in values.items() if np.isfinite(value)]
+    entries = [(f"summary/{source}/{name}", value) for source, values in summary.items()
+               for name, value in values.items() if name in SELECTION_METRICS and np.isfinite(value)]
     entries += [(f"winner/{name}", value) for name, value in summary[winner].items() if np.isfinite(value)]
     stamp = int(time.time() * 1000)
-    client = MlflowClient()
-    batch = [Metric(key, value, stamp, 0) for key, value in entries]
-    for start in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[start:start + 1000], synchronous=True)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in entries],
+                             synchronous=True)
 
 
 def _log_tables(metrics: pd.DataFrame, calibration: pd.DataFrame, report: dict, features: dict) -> None:
@@ -267,18 +267,86 @@ def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, predictions
     return model
 
 
+def source_git_commit(checkout: Path | None = None) -> tuple[str, bool] | None:
+    """The commit the project's code is run from, and whether tracked files differ from it.
+
+    Parameters
+    ----------
+    checkout : Path, optional
+        Folder of the project's code (default: the folder holding the ``pipelines`` package).
+
+    Returns
+    -------
+    (str, bool) or None
+        The full commit hash and "has local changes"; None when the code is not run from a git
+        checkout of the project (an installed package, no git, a folder inside another repository).
+    """
+    import subprocess
+
+    folder = (Path(checkout) if checkout is not None else Path(__file__).resolve().parents[1]).resolve()
+    if not (folder / "pyproject.toml").is_file():
+        return None
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=20,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    head = git("rev-parse", "--show-toplevel", "HEAD")
+    if head is None or len(head.split()) != 2 or Path(head.split()[0]).resolve() != folder:
+        return None
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return head.split()[1], bool(changes and changes.strip())
+
+
+def cohort_dataset(cohort: CohortData, fingerprint: str):
+    """The cohort as an MLflow dataset: name, digest (the fingerprint's first 16 hex digits) and
+    source (the cohort folder, or how it was made); metadata only, never patient rows.
+
+    Parameters
+    ----------
+    cohort : CohortData
+    fingerprint : str
+        ``pipelines.experiment.dataset_hash`` of the validated tables.
+
+    Returns
+    -------
+    mlflow.data.meta_dataset.MetaDataset
+    """
+    from mlflow.data import sources
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if cohort.folder is not None:
+        source = sources.LocalArtifactDatasetSource(str(Path(cohort.folder).resolve()))  # type: ignore[attr-defined]
+    else:
+        source = CodeDatasetSource(tags={"cohort": cohort.description})
+    return MetaDataset(source, name="cohort", digest=fingerprint[:16])  # type: ignore[abstract]  # profile: None
+
+
 def _log_run_inputs(config: RunConfig, prepared: PreparedCohort, config_path: Path | None) -> None:
+    """The config as params; the cohort as tags and as an MLflow dataset; the code's git commit."""
     import mlflow
 
     validated = prepared.validated
+    fingerprint = dataset_hash(validated.infusions, validated.measurements, validated.outcomes)
     mlflow.log_params(flatten_config(config))
-    mlflow.set_tags({
+    tags = {
         "data.source": prepared.cohort.description,
-        "data.sha256": dataset_hash(validated.infusions, validated.measurements, validated.outcomes),
+        "data.sha256": fingerprint,
         "data.patients": str(validated.report.patients_out),
         "data.landmark_rows": str(len(prepared.landmark_set)),
         "data.oracle": str(prepared.cohort.oracle is not None).lower(),
-    })
+    }
+    if (commit := source_git_commit()) is not None:
+        tags.update({"mlflow.source.git.commit": commit[0], "git.dirty": str(commit[1]).lower()})
+    mlflow.set_tags(tags)
+    mlflow.log_input(cohort_dataset(prepared.cohort, fingerprint), context="training",
+                     tags={"data.sha256": fingerprint, "data.patients": tags["data.patients"],
+                           "data.landmark_rows": tags["data.landmark_rows"]})
     if config_path is not None:
         mlflow.log_artifact(str(config_path), "config")
 
@@ -290,7 +358,7 @@ def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, ev
     from models.plots import plot_metric_by_landmark
 
     winner = selection.winner
-    _log_metrics(run_id, evaluation.metrics, summary, winner)
+    _log_metrics(run_id, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
     report = prepared.validated.report.to_dict()
     if not config.registry.log_patient_rows:
@@ -312,7 +380,8 @@ def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, ev
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
 
-def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None) -> TrainSummary:
+def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str | None = None,
+          cohort: CohortData | None = None) -> TrainSummary:
     """Run the whole training job for a validated config (see the module docstring).
 
     Parameters
@@ -322,6 +391,9 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         Logged as an artifact when given.
     tracking_uri : str, optional
         Overrides the environment and the config.
+    cohort : CohortData, optional
+        Tables already in memory (``pipelines.api.train_frames``) instead of the cohort the
+        config's ``data`` section names.
 
     Returns
     -------
@@ -335,15 +407,16 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
     with mlflow.start_run(experiment_id=target.experiment_id) as run, progress_bar(_console) as progress, \
             threadpool_limits(1, user_api="blas"):
         run_id = run.info.run_id
-        prepared = prepare_landmark_set(config, progress)
+        prepared = prepare_landmark_set(config, progress, cohort)
         _log_run_inputs(config, prepared, config_path)
         predictions, evaluation = cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
         selection = select_winner(config, summary)
         winner = selection.winner
         _log_evaluation(config, prepared, predictions, evaluation, summary, selection, run_id)
+        decisions = log_decision_curves(config, prepared.landmark_set, predictions, winner, progress)
         model = _refit(config, prepared, winner, predictions, progress)
-        _log_explanations(config, model, prepared, progress)
+        explanation = _log_explanations(config, model, prepared, progress)
         if not config.registry.log_patient_rows:
             model = without_training_rows(model, prepared.landmark_set[prepared.columns])
         mlflow.set_tag("winner", winner)
@@ -353,13 +426,17 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
             summary[winner],
         )
         progress.advance(task)
+        report = log_run_report(config, prepared, evaluation, decisions, explanation,
+                                RunOutcome(run_id, winner, registration.registered, config.registry.model_name,
+                                           registration.version, registration.reasons), progress)
     return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
                         registration.registered, config.registry.model_name, registration.version,
-                        registration.previous, registration.reasons, registration.model_uri)
+                        registration.previous, registration.reasons, registration.model_uri, report)
 
 
-def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress) -> None:
-    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner."""
+def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progress: Progress):
+    """SHAP summary (beeswarm and mean |SHAP| bars) and global importance of the refitted winner;
+    returns the explanation."""
     import mlflow
 
     from models.explain import global_importance, plot_beeswarm, plot_importance_bar
@@ -373,9 +450,41 @@ def _log_explanations(config: RunConfig, model, prepared: PreparedCohort, progre
                      "rows_explained": len(explanation.data),
                      "importance": importance.to_dict("records")}, "explain/global_importance.json")
     progress.advance(task)
+    return explanation
 
 
 # --- the command ------------------------------------------------------------------------------------
+def mlflow_client_commands(tracking_uri: str, model_uri: str) -> list[str]:
+    """Plain ``mlflow`` commands for a model, each carrying the store's URI (shell-quoted).
+
+    Without ``MLFLOW_TRACKING_URI`` the mlflow CLI looks for ``models:/`` URIs in ``./mlflow.db`` (and
+    creates it empty), so every line sets it. The lines serve the model, fetch its own example
+    request (``serving_input_example.json``) into the current folder, and score that request.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        Tracking and registry URI of the store holding the model.
+    model_uri : str
+        A registered model, e.g. ``models:/car-relapse@champion`` (the artifacts CLI reads a file of
+        a model by its registry URI, not by a logged model's ``models:/m-...`` id).
+
+    Returns
+    -------
+    list of str
+    """
+    from pipelines.serve import mlflow_serve_command
+
+    env = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)}"
+    serve = shlex.join(["mlflow", *mlflow_serve_command(model_uri)[3:]])  # without "<python> -m mlflow"
+    model, example = shlex.quote(model_uri), shlex.quote(f"{model_uri}/{SERVING_EXAMPLE_FILE}")
+    return [
+        f"{env} {serve}",
+        f"{env} mlflow artifacts download -u {example} -d .",
+        f"{env} mlflow models predict -m {model} -i {SERVING_EXAMPLE_FILE} -t json --env-manager local",
+    ]
+
+
 def _where_to_look(summary: TrainSummary) -> list[str]:
     from pipelines.tracking import default_tracking_uri
 
@@ -391,11 +500,16 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
     else:
         lines.append(f"NOT registered (logged as {summary.model_uri}): " + "; ".join(summary.gate_reasons))
     lines += [
+        f"run report:  {summary.run_report}",
         f"MLflow UI:   {mlflow_ui_command(summary.tracking_uri)}",
         f"serve:       car-relapse serve --model models:/{summary.model_name}@champion{uri_option}",
         f"batch score: car-relapse score --model models:/{summary.model_name}@champion --input <cohort folder> "
         f"--as-of-day 91 --output scores.parquet{uri_option}",
     ]
+    if summary.registered:  # the plain mlflow commands, for the champion (a refused model is not for serving)
+        lines.append("mlflow CLI:  (plain mlflow commands need MLFLOW_TRACKING_URI; without it they look in ./mlflow.db)")
+        lines += [f"  {command}" for command in
+                  mlflow_client_commands(summary.tracking_uri, f"models:/{summary.model_name}@champion")]
     if shutil.which("car-relapse") is None or shutil.which("mlflow") is None:
         lines.append(f"first:       source {Path(sys.prefix) / 'bin' / 'activate'}   (puts car-relapse and mlflow on PATH)")
     return lines

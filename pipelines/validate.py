@@ -1,7 +1,9 @@
 """The ``validate`` job: read a cohort folder, apply the data contract, print the data report.
 
 Bad input (a missing folder or table, an unreadable file, a contract violation) is printed as a
-clear message and ends the command with exit code 2; no traceback reaches the user.
+clear message and ends the command with exit code 2; no traceback reaches the user. Nothing the
+user wrote (paths, column names, cells) is read as rich markup. The ``--report`` file gets mode
+0600: it names patients and values.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import typer
 from rich.console import Console
 
 from features.contract import ON_ERROR_MODES, ContractError, ValidatedCohort, validate_cohort
-from pipelines.io import CohortIOError, read_cohort_folder
+from pipelines.io import CohortIOError, private_file, read_cohort_folder
 
-__all__ = ["EXIT_BAD_INPUT", "load_and_validate", "run_validate"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "load_and_validate", "run_validate"]
 
+# The exit codes of every car-relapse command: 0 ok, 1 the job failed for a reason other than its
+# input (tracking store, registry, a file that cannot be written, a bug), 2 bad input (usage,
+# config, data, a missing file or model).
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
@@ -53,10 +59,12 @@ def load_and_validate(input_dir: Path, on_error: str = "fail") -> ValidatedCohor
 
 
 def _write_json(payload: dict, path: Path) -> None:
-    """Write ``payload`` as indented JSON; a file that cannot be written is a :class:`CohortIOError`."""
+    """Write ``payload`` as indented JSON, mode 0600 (it can name patients and values); a file that
+    cannot be written is a :class:`CohortIOError`."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        with private_file(path) as handle:
+            handle.write(json.dumps(payload, indent=2) + "\n")
     except OSError as exc:
         raise CohortIOError(f"{path}: cannot write the data report: {exc}") from None
 

@@ -24,6 +24,7 @@ from features.schema import (
     columns_markdown,
     optional_columns,
     required_columns,
+    units_markdown,
 )
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -36,6 +37,11 @@ def test_docs_embed_the_generated_column_table(table):
         f"docs/data_contract.md is out of date for {table}; regenerate with "
         f"features.schema.columns_markdown({table!r})"
     )
+
+
+def test_docs_embed_the_generated_units_table():
+    assert units_markdown() in (DOCS / "data_contract.md").read_text(), (
+        "docs/data_contract.md's units table is out of date; regenerate with features.schema.units_markdown()")
 
 
 def test_docs_list_units_and_default_limits_of_every_assay():
@@ -116,7 +122,7 @@ def test_outcome_days_may_not_be_negative():
             "event_day": [-1.0], "last_followup_day": [10.0], "relapse_phenotype": [None], "relapse_site": [None],
         }
     )
-    with pytest.raises(pa.errors.SchemaErrors, match="must be >= 0"):
+    with pytest.raises(pa.errors.SchemaErrors, match=r"must be in \[0, 7300\]"):
         OUTCOMES_SCHEMA.validate(outcomes, lazy=True)
 
 

@@ -23,6 +23,14 @@ def test_metric_by_landmark_draws_one_series_per_source():
     assert [label.get_text() for label in figure.axes[0].get_xticklabels()] == ["day 0", "day 28", "all"]
 
 
+def test_metric_by_landmark_draws_a_bootstrap_interval_that_misses_its_point():
+    # With few resamples a percentile CI can lie wholly above (or below) the point estimate.
+    metrics = pd.DataFrame([{"landmark_day": 0.0, "endpoint": "relapse", "horizon_days": 365.0, "metric": "uno_c",
+                             "source": "m", "kind": "estimate", "value": 0.80, "ci_low": 0.81, "ci_high": 0.85}])
+    figure = plot_metric_by_landmark(metrics, sources=["m"])
+    assert len(figure.axes[0].containers) == 1
+
+
 def test_calibration_has_a_panel_per_landmark():
     table = pd.DataFrame([
         {"landmark_day": day, "endpoint": "relapse", "horizon_days": 365.0, "source": "m", "group": g,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import threading
 
 import numpy as np
@@ -15,18 +14,31 @@ from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS
 from models.base import CAUSES, cif_column, event_free_column, relapse_column
 from models.factory import make_model
 from models.serving import (
+    ERROR_COLUMN,
     EXAMPLE_PATIENT,
     MEASUREMENT_FIELDS,
     REQUEST_FIELDS,
     ScoringBundle,
     ScoringInputError,
     assign_risk_groups,
-    request_to_tables,
+    request_columns,
     score_request,
+    score_requests,
     score_tables,
     tables_to_records,
 )
 from pipelines.simulate import simulate_cohort
+
+
+def _wait_until(condition, timeout_s: float = 30.0) -> None:
+    """Poll ``condition`` every 10 ms; fail the test (never hang) when it is still false after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        time.sleep(0.01)
 
 HORIZONS = (182.0, 365.0, 730.0)
 BUILDERS = ("baseline", "mrd", "bca", "antigen", "car_copies")
@@ -76,42 +88,45 @@ def test_request_fields_follow_the_contract():
 def test_missing_required_field_is_named():
     request = _request().drop(columns=["cd19_antigen_load_pct"])
     with pytest.raises(ScoringInputError, match="missing field.*cd19_antigen_load_pct"):
-        request_to_tables(request)
+        request_columns([request])
 
 
 def test_absent_optional_field_and_null_are_missing_values():
     request = _request(_patient(bm_blasts_pct=None)).drop(columns=["fludarabine_auc"])
-    infusions, _, _ = request_to_tables(request)
-    assert list(infusions.columns) == [spec.name for spec in INFUSION_COLUMNS]
-    assert infusions[["bm_blasts_pct", "fludarabine_auc"]].isna().all().all()
+    parsed = request_columns([request])
+    assert list(parsed.infusions) == [spec.name for spec in INFUSION_COLUMNS]
+    assert parsed.infusions["bm_blasts_pct"].tolist() == [None] and parsed.infusions["fludarabine_auc"].tolist() == [None]
 
 
 @pytest.mark.parametrize(
     ("measurements", "message"),
     [
-        (None, "must be a list of measurement objects"),
-        ("NEG", "must be a list of measurement objects"),
-        ([3.0], "each measurement must be an object"),
-        ([dict(EXAMPLE_PATIENT["measurements"][0], assay_name="x")], "unknown measurement field.*assay_name"),
+        (None, "measurements: must be a list of measurement objects"),
+        ("NEG", "measurements: must be a list of measurement objects"),
+        ([3.0], r"measurements\[0\]: must be an object"),
+        ([dict(EXAMPLE_PATIENT["measurements"][0], assay_name="x")],
+         r"measurements\[0\]: unknown measurement field\(s\) assay_name"),
     ],
 )
-def test_measurements_must_be_a_list_of_known_objects(measurements, message):
+def test_measurements_must_be_a_list_of_known_objects(bundle, measurements, message):
     with pytest.raises(ScoringInputError, match=message):
-        request_to_tables(_request(_patient(measurements=measurements)))
+        score_request(bundle, _request(_patient(measurements=measurements)))
 
 
 def test_tables_and_request_round_trip(new_patients):
     infusions, measurements = new_patients
     records = tables_to_records(infusions, measurements, 91.0)
     assert len(records) == len(infusions)
-    back_infusions, back_measurements, as_of = request_to_tables(_request(*records))
-    assert (as_of == 91.0).all()
-    assert back_infusions["patient_id"].tolist() == infusions["patient_id"].tolist()
+    parsed = request_columns([_request(*records)])
+    assert (parsed.as_of_day == 91.0).all()
+    assert parsed.infusions["patient_id"].tolist() == infusions["patient_id"].tolist()
+    back = pd.DataFrame(parsed.measurements)
     order = ["patient_id", "day", "specimen", "assay"]
     expected = measurements.sort_values(order, kind="stable").reset_index(drop=True)
-    got = back_measurements.sort_values(order, kind="stable").reset_index(drop=True)
+    got = back.sort_values(order, kind="stable").reset_index(drop=True)
     assert got["value"].astype(str).tolist() == expected["value"].astype(str).tolist()
-    assert np.allclose(got["day"], expected["day"])
+    assert np.allclose(got["day"].astype(float), expected["day"])
+    assert (parsed.owner == np.repeat(np.arange(len(records)), [len(r["measurements"]) for r in records])).all()
 
 
 # --- risk groups -----------------------------------------------------------------------------------
@@ -181,21 +196,26 @@ def test_data_after_the_as_of_day_is_not_used(bundle):
 
 
 @pytest.mark.parametrize(
-    ("changes", "message"),
+    ("changes", "message", "value"),
     [
-        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], assay="flow_mdr")]}, "flow_mdr"),
-        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value="lots")]}, "lots"),
-        ({"sex": "X"}, "sex"),
-        ({"as_of_day": -3.0}, "as_of_day"),
-        ({"as_of_day": None}, "as_of_day None must be a finite number"),
-        ({"prior_lines": 2.5}, "column prior_lines: 2.5 is not an integer"),
-        ({"age_years": "eleven"}, "column age_years: 'eleven' is not a number"),
-        ({"down_syndrome": "maybe"}, "column down_syndrome: 'maybe' is not a boolean"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], assay="flow_mdr")]},
+         r"measurements\[0\]\.assay: not one of flow_mrd", "flow_mdr"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value="lots")]},
+         r"measurements\[0\]\.value: cannot parse the lab value", "lots"),
+        ({"sex": "X"}, "sex: not one of F, M", "'X'"),
+        ({"as_of_day": -3.0}, r"as_of_day: must be in \[0, 7300\]", "-3"),
+        ({"as_of_day": None}, "as_of_day: value is missing", "None"),
+        ({"prior_lines": 2.5}, "prior_lines: not an integer", "2.5"),
+        ({"age_years": "eleven"}, "age_years: not a number", "eleven"),
+        ({"down_syndrome": "maybe"}, r"down_syndrome: not a boolean \(true/false\)", "maybe"),
+        ({"fludarabine_auc": 1e300}, r"fludarabine_auc: must be in \[0, 100\]", "1e+300"),
+        ({"cell_dose_per_kg": 2.1}, r"cell_dose_per_kg: must be in \[10000, 1e\+09\]", "2.1"),
     ],
 )
-def test_contract_violations_are_named(bundle, changes, message):
-    with pytest.raises(ScoringInputError, match=message):
+def test_contract_violations_are_named_without_the_value(bundle, changes, message, value):
+    with pytest.raises(ScoringInputError, match=r"patient at position 0: .*" + message) as caught:
         score_request(bundle, _request(_patient(**changes)))
+    assert value not in str(caught.value)
 
 
 def test_an_integer_field_accepts_whole_numbers_sent_as_floats(bundle):
@@ -204,8 +224,10 @@ def test_an_integer_field_accepts_whole_numbers_sent_as_floats(bundle):
 
 
 def test_duplicate_patient_in_a_request(bundle):
-    with pytest.raises(ScoringInputError, match="duplicate patient_id"):
+    with pytest.raises(ScoringInputError, match="patient_id: duplicate patient_id"):
         score_request(bundle, _request(_patient(), _patient()))
+    answer = score_requests(bundle, [_request(_patient(), _patient(), _patient(patient_id="OTHER"))])[0]
+    assert [record[ERROR_COLUMN] is None for record in answer] == [False, False, True]
 
 
 def test_quarantine_mode_reports_rejected_rows(bundle, new_patients):
@@ -247,8 +269,7 @@ def _run_concurrently_on(batcher, requests, call_started, release):
     call_started.wait(timeout=30)
     for thread in threads[1:]:
         thread.start()
-    while len(batcher._pending) < len(requests) - 1:
-        threading.Event().wait(0.01)
+    _wait_until(lambda: len(batcher._pending) >= len(requests) - 1)
     release.set()
     for thread in threads:
         thread.join(timeout=60)
@@ -259,7 +280,7 @@ def _run_concurrently(bundle, requests):
     """Concurrent requests to a MicroBatcher around ``score_requests``: results and call sizes (patients)."""
     import threading
 
-    from models.serving import MicroBatcher, score_requests
+    from models.serving import MicroBatcher
 
     first_call_started, others_queued = threading.Event(), threading.Event()
     call_sizes = []
@@ -286,10 +307,10 @@ def test_micro_batcher_scores_waiting_requests_in_one_call(bundle):
 def test_micro_batcher_isolates_a_bad_request(bundle):
     requests = [_request(_patient(patient_id=f"A{i}")) for i in range(3)] + [_request(_patient(patient_id="BAD", sex="X"))]
     results, call_sizes = _run_concurrently(bundle, requests)
-    assert call_sizes == [1, 3, 1, 1, 1]  # the combined call is refused, then one call per request
+    assert call_sizes == [1, 3]  # the bad request is answered with its own error by the combined call
     for i in range(3):
         assert _ids(results[i]) == [f"A{i}"]
-    assert isinstance(results[3], ScoringInputError) and "sex" in str(results[3])
+    assert isinstance(results[3], ScoringInputError) and "sex: not one of F, M" in str(results[3])
 
 
 def test_served_factors_are_the_tree_shap_of_models_explain(bundle, new_patients):
@@ -322,10 +343,10 @@ def test_measurements_in_column_form_score_like_the_list_form(bundle, new_patien
     pd.testing.assert_frame_equal(score_request(bundle, as_columns), score_request(bundle, as_records), check_exact=True)
 
 
-def test_column_form_needs_lists_of_one_length():
+def test_column_form_needs_lists_of_one_length(bundle):
     ragged = {"day": [28.0, 91.0], "specimen": ["BM"], "assay": ["ngs_mrd", "ngs_mrd"], "value": ["NEG", "NEG"]}
-    with pytest.raises(ScoringInputError, match="all of one length"):
-        request_to_tables(_request(_patient(measurements=ragged)))
+    with pytest.raises(ScoringInputError, match="measurements: in column form, each field must be a list, all of one"):
+        score_request(bundle, _request(_patient(measurements=ragged)))
 
 
 def _echo_batcher(linger_s: float):
@@ -377,8 +398,7 @@ def test_micro_batcher_lingers_for_the_callers_active_around_the_last_call():
     threads["F0"].start()
     started.wait(timeout=30)
     threads["F1"].start()
-    while len(batcher._pending) < 1:
-        time.sleep(0.01)
+    _wait_until(lambda: len(batcher._pending) >= 1)
     release.set()
     time.sleep(0.2)
     threads["F2"].start()
@@ -431,19 +451,23 @@ def test_a_lone_caller_does_not_linger():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"age_years": [11.5, 12.0]}, r"age_years must be a single value"),
-        ({"site": {"name": "x"}}, r"site must be a single value"),
-        ({"age_years": True}, r"age_years True is not a number"),
-        ({"prior_lines": True}, r"prior_lines True is not a number"),
-        ({"as_of_day": True}, r"as_of_day True is not a number"),
-        ({"as_of_day": "ninety"}, r"as_of_day 'ninety' must be a finite number"),
-        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value=True)]}, r"measurement value True is not a number"),
-        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value={"x": 1})]}, r"measurement value must be a single"),
+        ({"age_years": [11.5, 12.0]}, r"age_years: must be a single value"),
+        ({"site": {"name": "x"}}, r"site: must be a single value"),
+        ({"age_years": True}, r"age_years: not a number"),
+        ({"prior_lines": True}, r"prior_lines: not an integer"),
+        ({"product": True}, r"product: not text"),
+        ({"as_of_day": True}, r"as_of_day: not a number"),
+        ({"as_of_day": "ninety"}, r"as_of_day: not a number"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value=True)]},
+         r"measurements\[0\]\.value: not a number or lab text"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], value={"x": 1})]},
+         r"measurements\[0\]\.value: must be a single value"),
+        ({"measurements": [dict(EXAMPLE_PATIENT["measurements"][0], day=True)]}, r"measurements\[0\]\.day: not a number"),
     ],
 )
-def test_values_that_would_be_misread_are_refused_by_name(changes, message):
+def test_values_that_would_be_misread_are_refused_by_name(bundle, changes, message):
     with pytest.raises(ScoringInputError, match=message):
-        request_to_tables(_request(_patient(**changes)))
+        score_request(bundle, _request(_patient(**changes)))
 
 
 def test_a_boolean_is_still_a_boolean_where_the_contract_wants_one(bundle):
@@ -474,13 +498,11 @@ def test_micro_batcher_isolates_any_failure_of_a_combined_call():
     assert isinstance(results[3], RuntimeError)
 
 
-def test_an_answer_does_not_depend_on_the_other_requests_in_the_batch():
-    from models.serving import _concat_requests
-
-    alone = _request(_patient(patient_id=17))
-    stacked = _concat_requests([alone, _request(_patient(patient_id=2.5))])
-    infusions, _, _ = request_to_tables(stacked)
-    assert infusions["patient_id"].tolist()[0] == 17 and str(infusions["patient_id"].tolist()[0]) == "17"
+def test_an_answer_does_not_depend_on_the_other_requests_in_the_batch(bundle):
+    """A patient id sent as the number 17 reads "17" whatever the other requests of the call hold."""
+    answers = score_requests(bundle, [_request(_patient(patient_id=17)), _request(_patient(patient_id=2.5))])
+    assert [_ids(answer) for answer in answers] == [["17"], ["2.5"]]
+    assert answers[0] == score_requests(bundle, [_request(_patient(patient_id=17))])[0]
 
 
 def test_tables_with_every_patient_quarantined_give_no_scores_and_every_reject(bundle, new_patients):
@@ -497,78 +519,112 @@ def test_tables_with_every_patient_quarantined_give_no_scores_and_every_reject(b
 
 # --- several requests in one call (the served model) ---------------------------------------------------
 def _expected_answer(bundle, request: pd.DataFrame) -> list[dict]:
-    """The frame route alone: ``score_request`` of this request, as answer records."""
+    """``score_request`` of this request alone, as answer records (``error`` null)."""
     from models.serving import answer_records
 
     scores = score_request(bundle, request)
-    return answer_records({name: scores[name].to_numpy() for name in scores.columns})
+    return [{**record, ERROR_COLUMN: None}
+            for record in answer_records({name: scores[name].to_numpy() for name in scores.columns})]
 
 
 def _measurement(**changes) -> dict:
     return {**EXAMPLE_PATIENT["measurements"][1], **changes}
 
 
-REQUEST_VARIANTS = {  # name -> (patient record changes, whether the direct route takes it)
-    "example patient": ({}, True),
-    "ints for floats, float for an int": ({"age_years": 11, "bm_blasts_pct": 12, "prior_lines": 2.0}, True),
-    "nulls where allowed": ({"site": None, "fludarabine_auc": None, "down_syndrome": None, "prior_crs": None}, True),
-    "no measurements": ({"measurements": []}, True),
-    "text numbers": ({"age_years": "11.5", "prior_lines": "2"}, True),
-    "measurement without unit or limit keys": ({"measurements": [{"day": 28, "specimen": "BM", "assay": "flow_mrd",
-                                                                  "value": "<0.01%"}]}, True),
-    "NaN for a number": ({"cd22_pct_pre": float("nan")}, True),
-    "numeric patient id": ({"patient_id": 17}, False),
-    "boolean as text": ({"down_syndrome": "no"}, False),
-    "number for a boolean": ({"prior_hsct": 0}, False),
-    "measurements in column form": ({"measurements": {"day": [28.0], "specimen": ["BM"], "assay": ["ngs_mrd"],
-                                                      "value": ["NEG"], "unit": ["fraction"],
-                                                      "detection_limit": [1e-6]}}, False),
-    "as-of day as text": ({"as_of_day": "91"}, False),
-    "lab value that cannot be read": ({"measurements": [_measurement(value="1.2E-05 approx")]}, False),
+REQUEST_VARIANTS = {  # name -> patient record changes
+    "example patient": {},
+    "ints for floats, float for an int": {"age_years": 11, "bm_blasts_pct": 12, "prior_lines": 2.0},
+    "nulls where allowed": {"site": None, "fludarabine_auc": None, "down_syndrome": None, "prior_crs": None},
+    "no measurements": {"measurements": []},
+    "text numbers": {"age_years": "11.5", "prior_lines": "2"},
+    "measurement without unit or limit keys": {"measurements": [{"day": 28, "specimen": "BM", "assay": "flow_mrd",
+                                                                 "value": "<0.01%"}]},
+    "NaN for a number": {"cd22_pct_pre": float("nan")},
+    "numeric patient id": {"patient_id": 17},
+    "boolean as text": {"down_syndrome": "no"},
+    "number for a boolean": {"prior_hsct": 0},
+    "measurements in column form": {"measurements": {"day": [28.0], "specimen": ["BM"], "assay": ["ngs_mrd"],
+                                                     "value": ["NEG"], "unit": ["fraction"],
+                                                     "detection_limit": [1e-6]}},
+    "as-of day as text": {"as_of_day": "91"},
+    "lab value that cannot be read": {"measurements": [_measurement(value="1.2E-05 approx")]},
 }
 
 
 @pytest.mark.parametrize("variant", list(REQUEST_VARIANTS))
 def test_each_request_is_answered_as_score_request_answers_it_alone(bundle, variant):
-    from models.serving import _direct_tables, score_requests
-
-    changes, direct = REQUEST_VARIANTS[variant]
+    changes = REQUEST_VARIANTS[variant]
     request = _request(_patient(patient_id=f"V-{variant}", **changes) if "patient_id" not in changes
                        else _patient(**changes))
-    assert (_direct_tables([request]) is not None) is direct
     try:
         expected = _expected_answer(bundle, request)
     except ScoringInputError as error:
-        with pytest.raises(ScoringInputError, match=re.escape(str(error))):
-            score_requests(bundle, [request])
+        answer = score_requests(bundle, [request])[0]
+        assert isinstance(answer, ScoringInputError) and str(answer) == str(error)
         return
     assert score_requests(bundle, [request]) == [expected]
 
 
 def test_a_batch_of_requests_answers_each_as_alone(bundle, new_patients):
-    from models.serving import _direct_tables, score_requests
-
     records = tables_to_records(*new_patients, 91.0)
     variants = [_request(_patient(patient_id=f"V{i}", **changes))
-                for i, (name, (changes, _)) in enumerate(REQUEST_VARIANTS.items())
-                if "patient_id" not in changes and name != "lab value that cannot be read"]
+                for i, (name, changes) in enumerate(REQUEST_VARIANTS.items()) if "patient_id" not in changes]
     requests = [_request(record) for record in records[:6]] + [_request(*records[6:9])] + variants
-    expected = [_expected_answer(bundle, request) for request in requests]
-    clean = requests[:7]
-    assert _direct_tables(clean) is not None
-    assert score_requests(bundle, clean) == expected[:7]
-    assert _direct_tables(requests) is None  # one request needs the frame route: all go that way together
-    assert score_requests(bundle, requests) == expected
-    assert all(len(answer) == len(request) for answer, request in zip(expected, requests))
+    alone = [score_requests(bundle, [request])[0] for request in requests]
+    together = score_requests(bundle, requests)
+    assert [str(a) if isinstance(a, Exception) else a for a in together] == \
+        [str(a) if isinstance(a, Exception) else a for a in alone]
+    assert sum(isinstance(answer, ScoringInputError) for answer in together) == 1  # the unreadable lab value
+    assert all(len(answer) == len(request) for answer, request in zip(together, requests)
+               if not isinstance(answer, Exception))
 
 
-def test_a_bad_request_in_a_batch_fails_the_call_naming_it(bundle):
-    from models.serving import score_requests
-
+def test_a_bad_request_in_a_batch_gets_its_own_error_and_the_others_their_scores(bundle):
     good, bad = _request(_patient(patient_id="OK")), _request(_patient(patient_id="BAD", prior_lines=2.5))
-    with pytest.raises(ScoringInputError, match="prior_lines"):
-        score_requests(bundle, [good, bad])
-    assert score_requests(bundle, [good])[0][0]["patient_id"] == "OK"
+    answers = score_requests(bundle, [good, bad])
+    assert answers[0] == score_requests(bundle, [good])[0] and answers[0][0]["patient_id"] == "OK"
+    assert isinstance(answers[1], ScoringInputError)
+    assert str(answers[1]) == "no patient of the request can be scored: patient at position 0: prior_lines: not an integer"
+
+
+def test_one_bad_patient_gets_an_error_record_and_the_others_their_scores(bundle, new_patients):
+    """A request of five patients, the third with an unreadable lab value: four are scored exactly as
+    alone, the third is answered with its id and the field at fault, without its value."""
+    records = tables_to_records(*new_patients, 91.0)[:5]
+    records[2]["measurements"][1]["value"] = "1.2E-05 approx"
+    answer = score_requests(bundle, [_request(*records)])[0]
+    assert [record["patient_id"] for record in answer] == [record["patient_id"] for record in records]
+    for position in (0, 1, 3, 4):
+        assert answer[position] == _expected_answer(bundle, _request(records[position]))[0]
+    bad = answer[2]
+    assert bad[ERROR_COLUMN] == "measurements[1].value: cannot parse the lab value"
+    assert all(value is None for name, value in bad.items() if name not in ("patient_id", ERROR_COLUMN))
+    assert list(bad) == list(answer[0])
+    with pytest.raises(ScoringInputError, match=r"^1 of 5 patient\(s\) of the request cannot be scored: "
+                                                r"patient at position 2: measurements\[1\]\.value"):
+        score_request(bundle, _request(*records))
+
+
+def test_a_patient_in_two_requests_of_one_call_is_scored_in_each(bundle):
+    """The same patient sent by two clients at the same moment is no duplicate: each request alone."""
+    first, second = _request(_patient()), _request(_patient(as_of_day=28.0), _patient(patient_id="OTHER"))
+    answers = score_requests(bundle, [first, second])
+    assert answers == [score_requests(bundle, [first])[0], score_requests(bundle, [second])[0]]
+    assert all(record[ERROR_COLUMN] is None for answer in answers for record in answer)
+
+
+def test_an_exact_duplicate_measurement_is_collapsed_and_a_conflicting_one_refused(bundle):
+    """The same result sent twice scores as once; the same day, specimen and assay with another value
+    is an error record naming both rows, never a silent choice."""
+    measurements = EXAMPLE_PATIENT["measurements"]
+    once = score_request(bundle, _request(_patient()))
+    twice = score_request(bundle, _request(_patient(measurements=measurements + measurements[3:4])))
+    pd.testing.assert_frame_equal(once, twice, check_exact=True)
+    conflicting = dict(measurements[3], value=50.0)
+    answer = score_requests(bundle, [_request(_patient(measurements=measurements + [conflicting]))])[0]
+    assert isinstance(answer, ScoringInputError)
+    assert "measurements[3].value: another measurement of the same day, specimen, assay and unit" in str(answer)
+    assert "measurements[6].value" in str(answer) and "50" not in str(answer)
 
 
 def test_answer_records_turn_missing_values_into_none():
@@ -583,11 +639,11 @@ def test_answer_records_turn_missing_values_into_none():
 
 def test_an_empty_request_in_a_batch_is_refused_and_the_others_answered(bundle):
     """Alone, an empty request is an error; batched with others it must not become an empty answer."""
-    from models.serving import MicroBatcher, score_requests
+    from models.serving import MicroBatcher
 
     empty = _request(_patient()).iloc[:0]
-    with pytest.raises(ScoringInputError, match="no patients"):
-        score_requests(bundle, [_request(_patient(patient_id="E1")), empty])
+    answers = score_requests(bundle, [_request(_patient(patient_id="E1")), empty])
+    assert _ids(answers[0]) == ["E1"] and isinstance(answers[1], ScoringInputError) and "no patients" in str(answers[1])
     started, release = threading.Event(), threading.Event()
 
     def held(batch):
@@ -630,8 +686,7 @@ def test_a_caller_whose_call_was_interrupted_gets_an_error_not_none():
     started.wait(timeout=30)
     threads["I1"].start()
     threads["I2"].start()
-    while len(batcher._pending) < 2:
-        threading.Event().wait(0.01)
+    _wait_until(lambda: len(batcher._pending) >= 2)
     release.set()
     for thread in threads.values():
         thread.join(timeout=60)

@@ -83,3 +83,61 @@ def test_unsupported_extension_and_unreadable_file(tmp_path):
         read_table(broken)
     with pytest.raises(CohortIOError, match="file not found"):
         read_table(tmp_path / "absent.csv")
+
+
+# --- what cannot be a table is refused with the file and the reason, before any row is read ---------------
+def test_a_folder_named_like_a_table_is_refused(raw_cohort, tmp_path):
+    write_cohort_folder(tmp_path, raw_cohort["infusions"], raw_cohort["measurements"], file_format="csv")
+    (tmp_path / "outcomes.csv").mkdir()  # once silently skipped: the cohort read as having no outcomes
+    with pytest.raises(CohortIOError, match=r"outcomes.csv: is a folder, not a table file"):
+        read_cohort_folder(tmp_path)
+
+
+def test_a_semicolon_delimited_file_is_named_as_such(raw_cohort, tmp_path):
+    write_cohort_folder(tmp_path, **raw_cohort, file_format="csv")
+    raw_cohort["measurements"].to_csv(tmp_path / "measurements.csv", sep=";", index=False)
+    with pytest.raises(CohortIOError, match=r"measurements.csv: the header is one column \('patient_id;day;.*'\): "
+                                            r"the file looks semicolon-delimited; .*\(delimiter ','\)"):
+        read_cohort_folder(tmp_path)
+
+
+def test_a_tab_delimited_file_is_named_as_such(tmp_path):
+    path = tmp_path / "infusions.csv"
+    path.write_text("patient_id\tage_years\nP1\t7\n")
+    with pytest.raises(CohortIOError, match="looks tab-delimited"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_duplicate_column_names_are_refused_not_renamed(raw_cohort, tmp_path, suffix):
+    """pandas would read a second ``value`` column as ``value.1``: an unknown column, silently."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"measurements{suffix}"
+    frame = raw_cohort["measurements"]
+    if suffix == ".csv":
+        path.write_text(frame.to_csv(index=False).replace("unit,detection_limit", "value,detection_limit", 1))
+    else:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table.rename_columns([*table.column_names[:-1], "value"]), path)
+    with pytest.raises(CohortIOError, match=r"column name\(s\) 'value' appear more than once"):
+        read_table(path)
+
+
+def test_a_parquet_column_of_lists_is_refused(raw_cohort, tmp_path):
+    frame = raw_cohort["measurements"].assign(value=[[0.1, 0.2]] * len(raw_cohort["measurements"]))
+    frame.to_parquet(tmp_path / "measurements.parquet")
+    with pytest.raises(CohortIOError, match=r"column\(s\) value \(list<element: double>\) hold lists or records"):
+        read_table(tmp_path / "measurements.parquet")
+
+
+@pytest.mark.parametrize("file_format", ["csv", "parquet"])
+def test_written_tables_are_private_files(raw_cohort, tmp_path, file_format):
+    import stat
+
+    existing = tmp_path / f"infusions.{file_format}"
+    existing.write_text("")
+    existing.chmod(0o644)
+    for path in write_cohort_folder(tmp_path, **raw_cohort, file_format=file_format).values():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

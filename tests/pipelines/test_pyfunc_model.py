@@ -10,9 +10,12 @@ from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
+import mlflow
 import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
 
-from models.serving import EXAMPLE_PATIENT, REQUEST_FIELDS, score_request
+from models.serving import ERROR_COLUMN, EXAMPLE_PATIENT, REQUEST_FIELDS, score_request, tables_to_records
 from pipelines.pyfunc_model import (
     BUNDLE_ARTIFACT,
     CarRelapseModel,
@@ -68,7 +71,8 @@ def test_predict_answers_missing_values_as_none(bundle, tmp_path):  # noqa: F811
     patient = {**EXAMPLE_PATIENT, "measurements": EXAMPLE_PATIENT["measurements"][:1]}
     answer = model.predict(Context(), [patient])
     expected = score_request(every_factor, pd.DataFrame([patient]))
-    assert [list(record) for record in answer] == [expected.columns.tolist()]
+    assert [list(record) for record in answer] == [expected.columns.tolist() + [ERROR_COLUMN]]
+    assert answer[0].pop(ERROR_COLUMN) is None
     answered = pd.DataFrame(answer).to_numpy()
     missing = expected.isna().to_numpy()
     assert missing.any()
@@ -89,6 +93,59 @@ def test_input_schema_names_every_request_field_and_leaves_typing_to_the_contrac
         "name": "prior_lines", "type": "int", "required": True, "meaning": "number of prior therapy lines"}
 
 
-def test_signature_outputs_are_the_scored_columns(bundle):  # noqa: F811
-    outputs = model_signature(bundle).outputs.input_names()
-    assert outputs == score_request(bundle, pd.DataFrame([EXAMPLE_PATIENT])).columns.tolist()
+def test_signature_outputs_are_the_scored_columns_and_the_error(bundle):  # noqa: F811
+    signature = model_signature(bundle)
+    outputs = signature.outputs.input_names()
+    assert outputs == score_request(bundle, pd.DataFrame([EXAMPLE_PATIENT])).columns.tolist() + [ERROR_COLUMN]
+    assert not any(column.required for column in signature.outputs.inputs)  # a bad patient's scores are null
+    assert signature.outputs.inputs[-1].type.name == "string"
+    assert signature.params.to_dict() == [{"name": "on_error", "type": "string", "default": "quarantine",
+                                           "shape": None}]
+
+
+@pytest.fixture(scope="module")
+def saved_model(bundle, tmp_path_factory):  # noqa: F811
+    """The pyfunc saved as ``log_scoring_model`` logs it (model code, bundle, signature), loaded back."""
+    from pathlib import Path
+
+    from pipelines.pyfunc_model import save_bundle
+
+    folder = tmp_path_factory.mktemp("pyfunc")
+    project = Path(__file__).resolve().parents[2]
+    mlflow.pyfunc.save_model(
+        path=str(folder / "model"), python_model=str(project / "pipelines" / "pyfunc_model.py"),
+        artifacts={BUNDLE_ARTIFACT: str(save_bundle(bundle, folder / "bundle.pkl"))},
+        code_paths=[str(project / "features"), str(project / "models")], signature=model_signature(bundle),
+    )
+    return mlflow.pyfunc.load_model(str(folder / "model"))
+
+
+def test_one_bad_patient_in_a_frame_of_many_gets_an_error_record(saved_model, bundle):  # noqa: F811
+    """As Python callers (and a Spark batch) call it: a DataFrame of many patients, one of them bad."""
+    from pipelines.simulate import simulate_cohort
+
+    cohort = simulate_cohort(12, 5)
+    records = tables_to_records(cohort.infusions, cohort.measurements, 91.0)
+    records[4]["age_years"] = "eleven"
+    answer = pd.DataFrame(saved_model.predict(pd.DataFrame(records)))
+    assert answer["patient_id"].tolist() == [record["patient_id"] for record in records]
+    assert answer[ERROR_COLUMN].isna().sum() == 11 and answer.loc[4, ERROR_COLUMN] == "age_years: not a number"
+    assert answer.drop(columns=["patient_id", ERROR_COLUMN]).iloc[4].isna().all()
+    good = [record for position, record in enumerate(records) if position != 4]
+    expected = score_request(bundle, pd.DataFrame(good))
+    pd.testing.assert_frame_equal(answer.drop(index=4).drop(columns=[ERROR_COLUMN]).reset_index(drop=True),
+                                  expected, check_dtype=False, check_exact=True)
+
+
+def test_on_error_fail_and_a_call_without_any_good_patient_raise_a_400(saved_model):
+    good, bad = dict(EXAMPLE_PATIENT), {**EXAMPLE_PATIENT, "patient_id": "B", "prior_lines": 2.5}
+    with pytest.raises(MlflowException) as caught:
+        saved_model.predict(pd.DataFrame([good, bad]), params={"on_error": "fail"})
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "patient at position 1: prior_lines: not an integer" in caught.value.message
+    assert "2.5" not in caught.value.message
+    with pytest.raises(MlflowException, match="no patient of the request can be scored: patient at position 0"):
+        saved_model.predict(pd.DataFrame([bad]))
+    with pytest.raises(MlflowException, match="params.on_error must be one of fail, quarantine"):
+        saved_model.predict(pd.DataFrame([good]), params={"on_error": "ignore"})
+    assert saved_model.predict(pd.DataFrame([good]), params={"on_error": "fail"})[0][ERROR_COLUMN] is None

@@ -1,16 +1,24 @@
-"""Tests of pipelines.score: chunking, rejects (with file row numbers), outputs, errors."""
+"""Tests of pipelines.score and ``car-relapse score``: chunking, rejects (with file row numbers),
+outputs, the argument checks before the model loads, exit codes, file modes, plain-text messages."""
 
 from __future__ import annotations
+
+import stat
 
 import numpy as np
 import pandas as pd
 import pytest
-import typer
+from typer.testing import CliRunner
 
+import pipelines.score as score_module
+from features.contract import validate_cohort
+from pipelines.cli import app
 from pipelines.io import write_table
 from pipelines.score import _patient_chunks, rejects_path, run_score, score_cohort
 from pipelines.simulate import simulate_cohort
 from tests.models.test_serving import bundle  # noqa: F401  (shared fitted-bundle fixture)
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +33,31 @@ def _write_folder(folder, infusions, measurements, suffix=".csv"):
     return folder
 
 
+@pytest.fixture
+def loaded(bundle, monkeypatch):  # noqa: F811
+    """``car-relapse score`` with the test bundle instead of a registered model (calls are counted)."""
+    calls = []
+
+    def load(model_uri, tracking_uri=None):
+        calls.append(model_uri)
+        return bundle
+
+    monkeypatch.setattr(score_module, "load_scoring_bundle", load)
+    return calls
+
+
+def _score(*args: str):
+    return runner.invoke(app, ["score", "--model", "models:/test@champion", *args])
+
+
 def test_chunks_cover_every_measurement_once(cohort):
-    infusions, measurements = cohort
-    seen = []
-    for chunk, chunk_measurements, _rows, measurement_rows in _patient_chunks(infusions, measurements, 7):
-        assert len(chunk) <= 7
+    valid = validate_cohort(*cohort)
+    seen = 0
+    for chunk, chunk_measurements, rows in _patient_chunks(valid.infusions, valid.measurements, 7):
+        assert len(chunk) <= 7 and chunk["patient_id"].tolist() == valid.infusions["patient_id"].iloc[rows].tolist()
         assert set(chunk_measurements["patient_id"]) <= set(chunk["patient_id"])
-        assert (measurements.iloc[measurement_rows]["patient_id"].to_numpy() == chunk_measurements["patient_id"]).all()
-        seen.append(measurement_rows)
-    assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(measurements)))
+        seen += len(chunk_measurements)
+    assert seen == len(valid.measurements)
 
 
 def test_rejects_carry_csv_line_numbers_and_reasons(bundle, cohort, tmp_path):  # noqa: F811
@@ -44,7 +68,7 @@ def test_rejects_carry_csv_line_numbers_and_reasons(bundle, cohort, tmp_path):  
     bad_measurements = pd.concat([bad_measurements, orphan], ignore_index=True)
     bad_infusions = pd.concat([infusions, infusions.iloc[[3]]], ignore_index=True)
     folder = _write_folder(tmp_path, bad_infusions, bad_measurements)
-    scores, rejects, patients_in = score_cohort(bundle, folder, 91.0, chunk_size=8)
+    scores, rejects, patients_in, _ = score_cohort(bundle, folder, 91.0, chunk_size=8)
     assert patients_in == len(bad_infusions)
     duplicated_id = infusions["patient_id"].iloc[3]
     assert duplicated_id not in set(scores["patient_id"])
@@ -59,24 +83,117 @@ def test_rejects_carry_csv_line_numbers_and_reasons(bundle, cohort, tmp_path):  
 
 def test_chunk_size_does_not_change_the_numbers(bundle, cohort, tmp_path):  # noqa: F811
     folder = _write_folder(tmp_path, *cohort, suffix=".parquet")
-    small, _, _ = score_cohort(bundle, folder, 91.0, chunk_size=4)
-    large, _, _ = score_cohort(bundle, folder, 91.0, chunk_size=1000)
+    small, _, _, _ = score_cohort(bundle, folder, 91.0, chunk_size=4)
+    large, _, _, _ = score_cohort(bundle, folder, 91.0, chunk_size=1000)
     pd.testing.assert_frame_equal(small, large, check_exact=True)
 
 
-def test_bad_output_suffix_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(typer.Exit) as stop:
-        run_score("models:/x@champion", tmp_path, 91.0, tmp_path / "scores.xlsx")
-    assert stop.value.exit_code == 1
-    assert "must end in .csv or .parquet" in capsys.readouterr().out
+def test_one_absurd_value_loses_one_patient_not_the_batch(bundle, cohort, tmp_path, loaded):  # noqa: F811
+    """A fludarabine AUC of 1e300 passed the contract and crashed scoring for every patient."""
+    infusions, measurements = cohort
+    absurd = infusions.copy()
+    absurd.loc[4, "fludarabine_auc"] = 1e300
+    folder = _write_folder(tmp_path / "cohort", absurd, measurements, suffix=".parquet")
+    output = tmp_path / "out" / "scores.parquet"
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    scores, rejects = pd.read_parquet(output), pd.read_csv(rejects_path(output))
+    assert len(scores) == len(infusions) - 1 and infusions["patient_id"].iloc[4] not in set(scores["patient_id"])
+    reasons = rejects.loc[rejects["table"] == "infusions", "reason"].tolist()
+    assert reasons == ["1e+300 must be in [0, 100]"]
+    expected, _, _, _ = score_cohort(bundle, _write_folder(tmp_path / "clean", infusions.drop(index=4), measurements,
+                                                           suffix=".parquet"), 91.0)
+    pd.testing.assert_frame_equal(scores, expected, check_exact=True)
 
 
-def test_unknown_model_is_a_clear_error(tracking_uri, tmp_path, capsys):
-    with pytest.raises(typer.Exit) as stop:
-        run_score("models:/nothing@champion", tmp_path, 91.0, tmp_path / "s.csv", tracking_uri=tracking_uri)
-    assert stop.value.exit_code == 1
-    assert "cannot load model 'models:/nothing@champion'" in capsys.readouterr().out
+def test_outputs_are_private_files(cohort, tmp_path, loaded):
+    folder = _write_folder(tmp_path / "cohort", *cohort)
+    output = tmp_path / "scores.csv"
+    output.write_text("old")
+    output.chmod(0o644)  # an existing, world-readable file is replaced by a private one
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    for path in (output, rejects_path(output)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_on_error_fail_scores_nothing_and_exits_2(cohort, tmp_path, loaded):
+    infusions, measurements = cohort
+    bad = measurements.copy().astype({"value": object})
+    bad.loc[3, "value"] = "[/i]lots"  # also: a cell that looks like rich markup is printed as it is
+    folder = _write_folder(tmp_path / "cohort", infusions, bad)
+    output = tmp_path / "scores.csv"
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(output), "--on-error", "fail")
+    assert result.exit_code == 2
+    assert "measurements.csv, row 5, column value: cannot parse lab value '[/i]lots'" in result.stderr
+    assert not output.exists() and "Traceback" not in result.output
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(output))
+    assert result.exit_code == 0 and "rejected: 1 row(s), 0 patient(s) not scored" in result.stdout
+
+
+def test_no_patient_scored_exits_2_and_writes_every_reason(cohort, tmp_path, loaded):
+    infusions, measurements = cohort
+    folder = _write_folder(tmp_path / "cohort", infusions.assign(sex="Q"), measurements)
+    output = tmp_path / "scores.csv"
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(output))
+    assert result.exit_code == 2
+    assert "no patient could be scored" in result.stderr
+    assert (pd.read_csv(rejects_path(output))["table"] == "infusions").sum() == len(infusions)
+
+
+def test_a_boolean_column_where_numbers_go_is_refused_by_name(cohort, tmp_path, loaded):
+    """Parquet booleans were read as numbers: ``age_years`` True became 1.0 years."""
+    infusions, measurements = cohort
+    folder = _write_folder(tmp_path / "cohort", infusions.assign(age_years=True), measurements, suffix=".parquet")
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(tmp_path / "s.csv"))
+    assert result.exit_code == 2
+    assert "infusions.parquet, column age_years: holds booleans (bool); expected numbers" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--input", "{tmp}/nowhere"), "cohort folder not found"),
+        (("--input", "{tmp}/only_infusions"), "missing table 'measurements'"),
+        (("--input", "{tmp}/x[/bad]"), "cohort folder not found: {tmp}/x[/bad]"),
+        (("--input", "{tmp}/cohort", "--as-of-day", "nan"), "--as-of-day: nan is not a finite number"),
+        (("--input", "{tmp}/cohort", "--as-of-day", "-1"), "--as-of-day: -1.0 must be in [0, 7300]"),
+        (("--input", "{tmp}/cohort", "--output", "{tmp}/scores.xlsx"), "must end in .csv or .parquet"),
+        (("--input", "{tmp}/cohort", "--output", "{tmp}/a_file/scores.csv"), "--output: cannot create the folder"),
+        (("--input", "{tmp}/cohort", "--on-error", "ignore"), "--on-error must be one of fail, quarantine"),
+    ],
+)
+def test_arguments_are_checked_before_the_model_is_loaded(cohort, tmp_path, loaded, arguments, message):
+    _write_folder(tmp_path / "cohort", *cohort)
+    write_table(cohort[0], tmp_path / "only_infusions" / "infusions.csv")
+    (tmp_path / "a_file").write_text("not a folder")
+    defaults = {"--as-of-day": "91", "--output": str(tmp_path / "scores.csv")}
+    given = [argument.format(tmp=tmp_path) for argument in arguments]
+    extra = [item for key, value in defaults.items() if key not in given for item in (key, value)]
+    result = _score(*given, *extra)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message.format(tmp=tmp_path) in result.stderr
+    assert loaded == [] and "Traceback" not in result.output
+
+
+def test_unknown_model_exits_2_with_a_clear_error(tracking_uri, cohort, tmp_path):
+    folder = _write_folder(tmp_path / "cohort", *cohort)
+    result = runner.invoke(app, ["score", "--model", "models:/nothing@champion", "--input", str(folder),
+                                 "--as-of-day", "91", "--output", str(tmp_path / "s.csv"),
+                                 "--tracking-uri", tracking_uri])
+    assert result.exit_code == 2
+    assert "cannot load model 'models:/nothing@champion'" in result.stderr
 
 
 def test_rejects_file_sits_beside_the_output(tmp_path):
     assert rejects_path(tmp_path / "out" / "scores.parquet") == tmp_path / "out" / "scores.rejects.csv"
+
+
+def test_run_score_returns_the_summary(cohort, tmp_path, loaded):
+    infusions, measurements = cohort
+    doubled = pd.concat([measurements, measurements.iloc[:4]], ignore_index=True)  # the same rows appended twice
+    folder = _write_folder(tmp_path / "cohort", infusions, doubled)
+    summary = run_score("models:/test@champion", folder, 91.0, tmp_path / "scores.parquet", chunk_size=9)
+    assert (summary.patients_in, summary.patients_scored, summary.rejected_rows) == (len(infusions),) * 2 + (0,)
+    assert summary.collapsed_rows == 4
+    assert np.isfinite(summary.seconds) and loaded == ["models:/test@champion"]

@@ -69,7 +69,7 @@ def test_printed_curl_sends_a_valid_request():
 def test_a_missing_champion_is_a_clear_error(tracking_uri, capsys):
     with pytest.raises(typer.Exit) as stop:
         run_serve("models:/car-relapse@champion", tracking_uri=tracking_uri)
-    assert stop.value.exit_code == 1
+    assert stop.value.exit_code == 2  # bad input: no such model
     assert "no model 'models:/car-relapse@champion'" in capsys.readouterr().out
 
 
@@ -206,7 +206,7 @@ def test_server_processes_leave_the_model_its_own_code():
 
     probe = ("import sys, pipelines.serve; "
              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('features', 'models')))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "[]"
 
 

@@ -45,7 +45,7 @@ TINY_CONFIG = {
     "features": {"landmark_days": [0, 91]},
     "models": {"candidates": ["xgb_cox", "xgb_aft"],
                "params": {"xgb_cox": {"n_estimators": 80}, "xgb_aft": {"n_estimators": 80}}},
-    "evaluation": {"cv_folds": 3, "bootstrap": 5, "shap_max_rows": 20},
+    "evaluation": {"cv_folds": 3, "bootstrap": 0, "shap_max_rows": 20},
     "registry": {"model_name": MODEL, "thresholds": {"uno_c": 0.55}, "top_factors": 3},
 }
 
@@ -176,11 +176,15 @@ def test_two_trainings_two_versions_and_a_gated_one(trainings, store):
 
 
 def test_run_logs_metrics_params_and_report(trainings, store):
-    run = MlflowClient(tracking_uri=store).get_run(trainings[1].run_id)
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(trainings[1].run_id)
     assert run.data.params["models.candidates"] == '["xgb_cox", "xgb_aft"]'
-    assert {"cv/xgb_cox/relapse/lm91/h365/uno_c", "cv/oracle/relapse/lm0/h182/uno_c",
-            "cv/rule/relapse/lmall/h730/brier", "cv/xgb_aft/relapse_CD19_neg/lm0/h365/auc",
+    assert {"summary/xgb_cox/uno_c", "summary/oracle/uno_c", "summary/rule/brier", "summary/xgb_aft/auc",
             "winner/uno_c"} <= set(run.data.metrics)
+    grid = pd.read_csv(client.download_artifacts(run.info.run_id, "evaluation/metrics.csv"))
+    rows = set(zip(grid["source"], grid["endpoint"], grid["landmark_day"].astype(str), grid["metric"]))
+    assert {("xgb_cox", "relapse", "91.0", "uno_c"), ("oracle", "relapse", "0.0", "uno_c"),
+            ("rule", "relapse", "all", "brier"), ("xgb_aft", "relapse_CD19_neg", "0.0", "auc")} <= rows
     assert len(run.data.tags["data.sha256"]) == 64
 
 
@@ -231,6 +235,7 @@ def test_served_answers_equal_batch_scoring_in_every_request_format(server, batc
     status, body = _post(server, json.dumps(_body(key, records)))
     assert status == 200, body
     served = pd.DataFrame(body["predictions"])
+    assert served.pop("error").isna().all()
     pd.testing.assert_frame_equal(served, batch_scores, check_exact=True, check_dtype=False)
     assert (served["model_version"] == "2").all() and (served["model_run_id"] == trainings[1].run_id).all()
 
@@ -241,7 +246,25 @@ def test_single_patient_request_equals_its_batch_row(server, batch_scores, cohor
     status, body = _post(server, json.dumps({"inputs": records}))
     assert status == 200
     expected = batch_scores.iloc[[5]].reset_index(drop=True)
-    pd.testing.assert_frame_equal(pd.DataFrame(body["predictions"]), expected, check_exact=True, check_dtype=False)
+    served = pd.DataFrame(body["predictions"])
+    assert served.pop("error").isna().all()
+    pd.testing.assert_frame_equal(served, expected, check_exact=True, check_dtype=False)
+
+
+def test_a_bad_patient_gets_an_error_record_and_the_others_their_scores(server, batch_scores, cohort):
+    _, infusions, measurements = cohort
+    records = tables_to_records(infusions.iloc[[4, 5, 6]], measurements, AS_OF_DAY)
+    records[1]["prior_lines"] = 2.5
+    status, body = _post(server, json.dumps({"inputs": records}))
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"])
+    assert served["error"].tolist() == [None, "prior_lines: not an integer", None]
+    assert served.drop(columns=["patient_id", "error"]).iloc[1].isna().all()
+    expected = batch_scores.iloc[[4, 6]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(served.drop(index=1).drop(columns="error").reset_index(drop=True), expected,
+                                  check_exact=True, check_dtype=False)
+    status, answer = _post(server, json.dumps({"inputs": records, "params": {"on_error": "fail"}}))
+    assert status == 400 and "patient at position 1: prior_lines: not an integer" in answer["message"]
 
 
 def _without(field: str) -> dict:
@@ -257,22 +280,22 @@ BAD_REQUESTS = {
     "missing field, records format": (json.dumps({"dataframe_records": [_without("as_of_day")]}),
                                       ["as_of_day", "missing"]),
     "wrong type": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "age_years": "eleven"}]}),
-                   ["age_years", "'eleven' is not a number"]),
+                   ["patient at position 0: age_years: not a number"]),
     "unknown assay": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": [
-        {**EXAMPLE_PATIENT["measurements"][0], "assay": "flow_mdr"}]}]}), ["flow_mdr", "assay"]),
+        {**EXAMPLE_PATIENT["measurements"][0], "assay": "flow_mdr"}]}]}), ["measurements[0].assay: not one of"]),
     "unknown measurement field": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": [
         {**EXAMPLE_PATIENT["measurements"][0], "assay_name": "flow_mrd"}]}]}), ["assay_name", "unknown measurement"]),
     "measurements not a list": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "measurements": "NEG"}]}),
-                                ["measurements must be a list"]),
+                                ["measurements: must be a list"]),
     "malformed JSON": ('{"inputs": [{"patient_id": "x",', ["valid JSON"]),
     "a list for a number": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "age_years": [11, 12]}]}),
                             ["age_years", "must be a single value"]),
     "true for a number": (json.dumps({"dataframe_records": [{**EXAMPLE_PATIENT, "bm_blasts_pct": True}]}),
-                          ["bm_blasts_pct", "True is not a number"]),
+                          ["bm_blasts_pct: not a number"]),
     "2.5 for an integer": (json.dumps({"inputs": [{**EXAMPLE_PATIENT, "prior_lines": 2.5}]}),
-                           ["prior_lines", "2.5 is not an integer"]),
+                           ["prior_lines: not an integer"]),
     "2.5 for an integer, split format": (_split_body({**EXAMPLE_PATIENT, "prior_crs": 2.5}),
-                                         ["prior_crs", "2.5 is not an integer"]),
+                                         ["prior_crs: not an integer"]),
 }
 
 
@@ -311,3 +334,39 @@ def test_the_registered_model_documents_its_request_fields(trainings, store):
     assert [column["name"] for column in info.signature.inputs.to_dict()] == list(fields)
     assert {column["type"] for column in info.signature.inputs.to_dict()} == {"any"}
     assert "cif_relapse_365d" in info.signature.outputs.input_names()
+
+
+# --- decisions and reports of a training run (pipelines.decisions, run_report, report) ----------------------------
+def test_training_logs_decision_curves_run_report_and_model_card(trainings, store):
+    from pipelines.run_report import MODEL_CARD_ARTIFACT, RUN_REPORT_ARTIFACT
+    from tests.pipelines.html_checks import parse_self_contained
+
+    first, second, gated = trainings
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    for summary in trainings:
+        paths = {a.path for folder in ("evaluation", "plots", "report")
+                 for a in client.list_artifacts(summary.run_id, folder)}
+        assert {"evaluation/decision_curves.csv", "plots/decision_curves.png", RUN_REPORT_ARTIFACT,
+                MODEL_CARD_ARTIFACT} <= paths
+        assert summary.run_report is not None and Path(summary.run_report).is_file()
+        page = Path(summary.run_report).read_text()
+        parse_self_contained(page)
+        assert not re.search(r"P\d{6}", re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page))
+    card = Path(second.run_report).with_name("model_card.md").read_text()
+    assert client.get_model_version(MODEL, second.model_version).description == card
+    assert "sha256" in card and client.get_run(second.run_id).data.tags["data.sha256"] in card
+    decisions = pd.read_csv(Path(second.run_report).parents[1] / "evaluation" / "decision_curves.csv")
+    assert {"xgb_cox", "xgb_aft", "rule", "oracle", "treat_all", "treat_none"} <= set(decisions["source"])
+    assert "not registered" in Path(gated.run_report).read_text()
+
+
+def test_patient_report_from_the_registered_champion(trainings, store, cohort, tmp_path):
+    from pipelines.report import run_patient_report
+    from tests.pipelines.html_checks import parse_self_contained
+
+    folder = cohort[0]
+    patient = str(cohort[1]["patient_id"].iloc[0])
+    written = run_patient_report(CHAMPION, folder, AS_OF_DAY, tmp_path / "report.html", patient, store)
+    parsed = parse_self_contained(written[0].read_text())
+    assert f"Patient {patient}" in parsed["text"] and "Model card of the registered version" in parsed["text"]
+    assert "unknown" in parsed["text"]  # no outcomes table in the scoring folder: eligibility unknown

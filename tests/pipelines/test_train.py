@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 import typer
 
 from pipelines.config import RunConfig
+from pipelines.experiment import CohortData
 from pipelines.train import (
+    TrainSummary,
+    _log_metrics,
+    _where_to_look,
+    cohort_dataset,
     flatten_config,
-    metric_key,
+    mlflow_client_commands,
     report_without_patient_details,
     run_train,
+    source_git_commit,
     summarise_metrics,
     without_training_rows,
 )
@@ -76,14 +87,6 @@ def test_summary_averages_horizons_over_all_landmarks_for_relapse():
     assert summary["rsf"]["uno_c"] == pytest.approx(0.75)
     assert summary["rsf"]["brier"] == pytest.approx(0.18)
     assert "rsf - rule" not in summary
-
-
-def test_metric_keys():
-    row = {"source": "xgb_cox - rule", "endpoint": "relapse", "landmark_day": 28.0, "horizon_days": 365.0,
-           "metric": "uno_c"}
-    assert metric_key(row) == "cv/xgb_cox_vs_rule/relapse/lm28/h365/uno_c"
-    assert metric_key({**row, "landmark_day": "all", "horizon_days": np.nan, "metric": "ibs"}, "_ci_low") \
-        == "cv/xgb_cox_vs_rule/relapse/lmall/ibs_ci_low"
 
 
 def test_report_redaction_keeps_counts_only():
@@ -218,3 +221,95 @@ def test_the_default_gate_refuses_a_deliberately_overpredicting_model(tracking_u
                                  reason)]
     assert failed_oe, refused.gate_reasons
     assert any(reason.startswith("oe/relapse/lm") for reason in failed_oe)
+
+
+def test_only_summary_metrics_are_logged_the_grid_stays_a_table(tracking_uri):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    summary = summarise_metrics(_metrics_frame())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run() as run:
+            _log_metrics(run.info.run_id, summary, "rsf")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    logged = MlflowClient(tracking_uri=tracking_uri).get_run(run.info.run_id).data.metrics
+    assert set(logged) == {"summary/xgb_cox/uno_c", "summary/xgb_cox/brier", "summary/rsf/uno_c", "summary/rsf/brier",
+                           "winner/uno_c", "winner/brier"}
+    assert logged["winner/uno_c"] == pytest.approx(0.75) == logged["summary/rsf/uno_c"]
+
+
+# --- provenance: git commit, cohort dataset ------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_git_commit_of_the_checkout():
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20,
+                          check=True).stdout.strip()
+    commit, dirty = source_git_commit()
+    assert commit == head and len(commit) == 40
+    assert isinstance(dirty, bool)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_no_git_commit_outside_a_checkout_of_the_project(tmp_path):
+    assert source_git_commit(tmp_path) is None  # no pyproject.toml: not the project
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    assert source_git_commit(tmp_path) is None  # not a git repository
+    outer = tmp_path / "outer"
+    (outer / "project").mkdir(parents=True)
+    (outer / "project" / "pyproject.toml").write_text("[project]\n")
+    subprocess.run(["git", "init", "-q", str(outer)], check=True, timeout=20)
+    subprocess.run(["git", "-C", str(outer), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "x"], check=True, timeout=20)
+    assert source_git_commit(outer / "project") is None  # inside someone else's repository
+    assert source_git_commit(outer) is None  # that repository has no pyproject.toml
+
+
+def _cohort(raw_cohort, folder=None, description="synthetic (n_patients=3, seed=1)") -> CohortData:
+    return CohortData(raw_cohort["infusions"], raw_cohort["measurements"], raw_cohort["outcomes"],
+                      {name: name for name in raw_cohort}, description, folder=folder)
+
+
+def test_cohort_dataset_carries_source_and_fingerprint_not_rows(raw_cohort, tmp_path):
+    fingerprint = "ab" * 32
+    from_folder = cohort_dataset(_cohort(raw_cohort, folder=tmp_path), fingerprint).to_dict()
+    assert from_folder["name"] == "cohort" and from_folder["digest"] == fingerprint[:16]
+    assert from_folder["source_type"] == "local" and str(tmp_path.resolve()) in from_folder["source"]
+    simulated = cohort_dataset(_cohort(raw_cohort), fingerprint).to_dict()
+    assert simulated["source_type"] == "code" and "n_patients=3" in simulated["source"]
+    for stored in (from_folder, simulated):
+        text = str(stored)
+        assert not any(patient in text for patient in ("P1", "P2", "P3")), "no patient ids in a dataset"
+
+
+# --- the plain MLflow commands printed after training ----------------------------------------------------
+def test_mlflow_client_commands_carry_the_store_uri_shell_quoted():
+    uri = "sqlite:////tmp/my store/mlflow.db"
+    serve, download, predict = mlflow_client_commands(uri, "models:/car-relapse@champion")
+    for line in (serve, download, predict):
+        words = shlex.split(line)
+        assert words[0] == f"MLFLOW_TRACKING_URI={uri}" and words[1] == "mlflow"
+    assert shlex.split(serve)[2:5] == ["models", "serve", "-m"] and "--env-manager" in serve
+    assert shlex.split(download)[2:] == ["artifacts", "download", "-u",
+                                         "models:/car-relapse@champion/serving_input_example.json", "-d", "."]
+    assert shlex.split(predict)[2:] == ["models", "predict", "-m", "models:/car-relapse@champion", "-i",
+                                        "serving_input_example.json", "-t", "json", "--env-manager", "local"]
+
+
+def _summary(registered: bool) -> TrainSummary:
+    return TrainSummary(run_id="r1", experiment_id="1", tracking_uri="sqlite:////data/my store/mlflow.db",
+                        winner="xgb_cox", winner_metrics={"uno_c": 0.7}, registered=registered, model_name="m",
+                        model_version="3" if registered else None, previous_champion=None,
+                        gate_reasons=() if registered else ("uno_c 0.5 fails >= 0.65",),
+                        model_uri="models:/m-123")
+
+
+def test_printed_lines_give_the_mlflow_commands_of_the_champion_only():
+    printed = _where_to_look(_summary(registered=True))
+    commands = [line.strip() for line in printed if line.strip().startswith("MLFLOW_TRACKING_URI=")]
+    assert commands == mlflow_client_commands("sqlite:////data/my store/mlflow.db", "models:/m@champion")
+    assert not any("MLFLOW_TRACKING_URI=" in line for line in _where_to_look(_summary(registered=False)))

@@ -103,3 +103,32 @@ def test_load_and_validate_returns_the_cohort_or_raises(good_folder, bad_folder,
     assert len(load_and_validate(bad_folder, "quarantine").infusions) == 2
     with pytest.raises(CohortIOError):
         load_and_validate(tmp_path / "nowhere")
+
+
+def test_report_file_is_private(good_folder, bad_folder, tmp_path):
+    import stat
+
+    for folder in (good_folder, bad_folder):
+        report = tmp_path / f"{folder.name}.json"
+        _invoke("--input", str(folder), "--report", str(report))
+        assert stat.S_IMODE(report.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda folder: (folder / "measurements.csv").write_text("patient_id;day;value\nP1;28;NEG\n"),
+         "looks semicolon-delimited; car-relapse reads comma-delimited CSV (delimiter ',')"),
+        (lambda folder: (folder / "infusions.csv").write_text(
+            (folder / "infusions.csv").read_text().replace("site", "age_years", 1)),
+         "column name(s) 'age_years' appear more than once"),
+        (lambda folder: ((folder / "outcomes.csv").unlink(), (folder / "outcomes.csv").mkdir()),
+         "outcomes.csv: is a folder, not a table file"),
+    ],
+)
+def test_files_that_cannot_be_tables_exit_2_with_one_line(good_folder, damage, message):
+    damage(good_folder)
+    result = _invoke("--input", str(good_folder))
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
