@@ -127,7 +127,8 @@ class ModelsConfig(_Strict):
 
     candidates: list[str] = Field(
         default_factory=lambda: ["coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft"],
-        description="Estimators cross-validated against each other and the clinicians' rule (names below).",
+        description="Estimators cross-validated against each other and the clinicians' rule (names below; "
+        "<name>_recal: that estimator with each cause's incidence recalibrated on out-of-fold predictions).",
     )
     params: dict[str, dict] = Field(
         default_factory=dict,
@@ -181,7 +182,8 @@ class EvaluationConfig(_Strict):
     shap_max_rows: int = Field(50, ge=1, description="Rows explained by the model-agnostic SHAP explainer.")
     selection_bounds: CalibrationBounds = Field(
         default_factory=dict,
-        description="Candidates whose cross-validated O/E or calibration slope of a listed endpoint lies outside "
+        description="observed_expected / calibration_slope -> endpoint -> [lowest, highest]. Candidates whose "
+        "cross-validated O/E or calibration slope of a listed endpoint lies outside "
         "these bounds at any landmark and horizon are not eligible; the best selection_metric among the others "
         "wins (none eligible: the one least outside).",
     )
@@ -208,7 +210,8 @@ class RegistryConfig(_Strict):
     )
     calibration_bounds: CalibrationBounds = Field(
         default_factory=dict,
-        description="Gate on calibration: the winner's cross-validated O/E or calibration slope of a listed "
+        description="observed_expected / calibration_slope -> endpoint -> [lowest, highest]. Gate on calibration: "
+        "the winner's cross-validated O/E or calibration slope of a listed "
         "endpoint must lie within these bounds at every landmark and horizon (expanded into thresholds named "
         "like oe/relapse/lm28/h365).",
     )
