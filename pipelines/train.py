@@ -43,7 +43,7 @@ from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
 from models.base import ModelInputError
-from models.evaluation import SELECTION_METRICS
+from models.evaluation import SELECTION_METRICS, parse_summary_key
 from models.serving import ScoringBundle
 from pipelines.config import ConfigError, RunConfig, check_config, gate_thresholds, load_config
 from pipelines.decisions import log_decision_curves
@@ -126,10 +126,18 @@ def flatten_config(config: RunConfig) -> dict[str, str]:
 
 
 # --- MLflow logging -------------------------------------------------------------------------------
+def _over_all_landmarks(name: str) -> bool:
+    """A headline metric, or a calibration figure not of one landmark (``oe/relapse/h365``)."""
+    parts = parse_summary_key(name)
+    return name in SELECTION_METRICS or (parts is not None and parts[2] is None)
+
+
 def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
     """The summary metrics only: ``summary/<source>/<metric>`` per source (the relapse headline
-    metrics, ``uno_c``, ``ibs``, ...) and ``winner/<name>`` for every named figure of the winner
-    (headline metrics and the calibration figures the gate checks, ``oe/relapse/lm28/h365``, ...).
+    metrics, ``uno_c``, ``ibs``, ...) and ``winner/<name>`` for the winner's headline metrics and
+    its calibration per endpoint and horizon over all landmarks (``oe/relapse/h365``,
+    ``slope/...``, ``ibs/death``); the per-landmark figures the gate checks are in
+    ``registry/gate.json`` and the grid.
 
     A handful per run, so the MLflow metric list stays readable and runs compare on them; the
     whole grid (every source, endpoint, landmark, horizon, with bootstrap bounds) is the table
@@ -142,7 +150,8 @@ def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner
 
     entries = [(f"summary/{source}/{name}", value) for source, values in summary.items()
                for name, value in values.items() if name in SELECTION_METRICS and np.isfinite(value)]
-    entries += [(f"winner/{name}", value) for name, value in summary[winner].items() if np.isfinite(value)]
+    entries += [(f"winner/{name}", value) for name, value in summary[winner].items()
+                if np.isfinite(value) and _over_all_landmarks(name)]
     stamp = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in entries],
                              synchronous=True)
