@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint setup bench calibration config-reference clean
+.PHONY: run test check lint setup bench calibration config-reference request-schema clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ calibration: $(STAMP)
 # docs/config.md from the pydantic run config (pipelines/config.py); a test keeps them in step.
 config-reference: $(STAMP)
 	$(BIN)/python -m pipelines.config_reference docs/config.md
+
+# docs/request_schema.json (JSON Schema of one patient of a scoring request) from the data contract.
+request-schema: $(STAMP)
+	$(BIN)/python -m pipelines.request_schema docs/request_schema.json
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -9,7 +9,9 @@ loop (numpy over whole columns; lab text through the vectorised parser of ``feat
 1. **Columns** (per table): every required column present, no column name twice, no column of
    dates or booleans where numbers or text go (a Parquet ``bool`` ``age_years``), else
    :class:`ContractError` in both modes (a table like that cannot be read row by row). Unknown
-   extra columns are kept and listed in the report; absent optional columns are listed too.
+   extra columns are kept and listed in the report; absent optional columns are listed too. An
+   extra infusions column named as the as-of day column (batch scoring, ``as_of_day_column``) is
+   checked and typed like a declared one (``features.schema.AS_OF_DAY``).
 2. **Types** (per cell): text, float, nullable integer and boolean coercion; a cell that does not
    coerce (a word for a number, ``true`` for a number, a list for a value) is a row problem
    ("wrong type").
@@ -42,6 +44,7 @@ is the 0-based row position.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +55,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from features.coercion import column_type_problem, typed_columns
+from features.coercion import column_type_problem, typed_column, typed_columns
 from features.labtext import lab_results
-from features.schema import ASSAYS, CANONICAL_UNITS, COLUMNS_BY_TABLE, REMISSION_RESPONSES, SPECIMENS
+from features.schema import AS_OF_DAY, ASSAYS, CANONICAL_UNITS, COLUMNS_BY_TABLE, REMISSION_RESPONSES, SPECIMENS
 
 __all__ = [
     "ON_ERROR_MODES",
@@ -799,6 +802,7 @@ def validate_cohort(
     on_error: str = "fail",
     source_names: Mapping[str, str] | None = None,
     max_examples: int = 5,
+    as_of_day_column: str | None = None,
 ) -> ValidatedCohort:
     """Validate, type and normalise a cohort against the data contract.
 
@@ -815,6 +819,11 @@ def validate_cohort(
         row numbers CSV line numbers, otherwise they are 0-based positions.
     max_examples : int
         Example lines kept in the report per table and reason.
+    as_of_day_column : str, optional
+        An extra column of ``infusions`` holding each patient's as-of day (batch scoring). It is
+        required, checked like the declared columns against ``features.schema.AS_OF_DAY`` (a
+        number of days in [0, 7300], not missing; a bad value is a row problem of the patient),
+        and typed (float) in the output. It may not be a declared column.
 
     Returns
     -------
@@ -824,7 +833,8 @@ def validate_cohort(
     ------
     ContractError
         A column problem (both modes: a required column missing, a column name twice, a column of
-        dates or booleans where they do not belong), or any row problem in ``fail`` mode.
+        dates or booleans where they do not belong, an ``as_of_day_column`` that is absent or
+        declared), or any row problem in ``fail`` mode.
     ValueError
         ``on_error`` is not one of :data:`ON_ERROR_MODES`.
     """
@@ -837,19 +847,48 @@ def validate_cohort(
     lines = [line for name, frame in raw.items() for line in _duplicate_column_names(frame, sources[name])]
     if lines:
         raise ContractError(lines, header=_UNREADABLE)
+    if as_of_day_column is not None:
+        _check_as_of_day_column(infusions, as_of_day_column, sources["infusions"])
     checked = check_tables({name: frame_columns(name, frame) for name, frame in raw.items()},
                            {name: len(frame) for name, frame in raw.items()}, sources)
-    problems = checked.problems
+    problems, typed_extras = checked.problems, {}
+    if as_of_day_column is not None:
+        typed_extras[as_of_day_column], as_of_problems = _as_of_days(infusions, as_of_day_column,
+                                                                     checked.typed["infusions"]["patient_id"])
+        problems = _concat_problems([problems, *as_of_problems])
     if on_error == "fail" and len(problems):
         raise ContractError(_problem_lines(problems, sources))
     ids = {name: columns["patient_id"] for name, columns in checked.typed.items()}
     problems = _concat_problems([problems, _cascade_problems(problems, ids)])
-    return _assemble(raw, checked, problems, sources, on_error, max_examples)
+    return _assemble(raw, checked, problems, sources, on_error, max_examples, typed_extras)
+
+
+def _check_as_of_day_column(infusions: pd.DataFrame, column: str, source: str) -> None:
+    """The as-of day column is an extra column present in the infusions table."""
+    if column in {spec.name for spec in COLUMNS_BY_TABLE["infusions"]}:
+        raise ContractError([f"{source}, column {column}: is a declared column of infusions; the as-of day must be "
+                             "a column of its own"], header=_UNREADABLE)
+    if column not in infusions.columns:
+        raise ContractError([f"{source}, column {column}: as-of day column is missing"], header=_UNREADABLE)
+
+
+def _as_of_days(infusions: pd.DataFrame, column: str, ids: np.ndarray) -> tuple[np.ndarray, list]:
+    """Typed as-of days of the infusions column (``features.schema.AS_OF_DAY``) and their row problems."""
+    spec = dataclasses.replace(AS_OF_DAY, name=column)
+    typed = typed_column(spec, infusions[column].array)
+    problems = [_problems("infusions", problem.rows, column, problem.kind,
+                          [f"as-of day: {reason}" for reason in problem.reasons], ids[problem.rows],
+                          problem.detail) for problem in typed.problems]
+    return np.asarray(typed.values, dtype=float), problems
 
 
 def _assemble(raw: Mapping[str, pd.DataFrame], checked: CheckedTables, problems: pd.DataFrame,
-              sources: Mapping[str, str], on_error: str, max_examples: int) -> ValidatedCohort:
-    """Output tables without the quarantined and collapsed rows, the report and the quarantined rows."""
+              sources: Mapping[str, str], on_error: str, max_examples: int,
+              typed_extras: Mapping[str, np.ndarray]) -> ValidatedCohort:
+    """Output tables without the quarantined and collapsed rows, the report and the quarantined rows.
+
+    ``typed_extras``: extra infusions columns checked and typed by the caller (the as-of day column).
+    """
     quarantined = {name: np.zeros(len(frame), dtype=bool) for name, frame in raw.items()}
     for name, positions in problems.groupby("table")["position"] if len(problems) else ():
         quarantined[name][positions.to_numpy(dtype=np.int64)] = True
@@ -860,13 +899,15 @@ def _assemble(raw: Mapping[str, pd.DataFrame], checked: CheckedTables, problems:
         table = checked.measurements_frame(keep) if name == "measurements" else checked.typed_frame(name, keep)
         extras = [column for column in frame.columns if column not in {spec.name for spec in COLUMNS_BY_TABLE[name]}]
         for column in extras:  # unknown columns are kept as given, after the declared ones
-            table[column] = frame[column].to_numpy()[keep]
+            cells = typed_extras[column] if name == "infusions" and column in typed_extras else frame[column].to_numpy()
+            table[column] = cells[keep]
         outputs[name] = table
     tables = {name: _table_report(name, raw[name], len(outputs[name]), int(collapsed.sum()) if name == "measurements"
                                   else 0, problems, sources, max_examples) for name in raw}
     patients_in = pd.Series(checked.typed["infusions"]["patient_id"]).dropna().unique()
     kept = set(outputs["infusions"]["patient_id"])
     notes = _outcome_notes(outputs.get("outcomes"))
+    notes += [f"infusions: column {column} read as each patient's as-of day" for column in typed_extras]
     if collapsed.any():
         notes.append(f"measurements: {int(collapsed.sum())} exact duplicate row(s) collapsed into their first copy "
                      "(same patient, day, specimen, assay, unit and result)")

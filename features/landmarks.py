@@ -26,6 +26,7 @@ or ``none`` (also HSCT with ``hsct="censor"``: follow-up ends at the transplant)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,10 +46,12 @@ __all__ = [
     "HSCT_POLICIES",
     "ID_COLUMNS",
     "REMISSION_RESPONSES",
+    "RiskSetConditions",
     "TARGET_COLUMNS",
     "build_landmark_set",
     "feature_columns",
     "landmark_targets",
+    "risk_set_conditions",
     "risk_set_mask",
 ]
 
@@ -81,16 +84,51 @@ def _outcome_arrays(outcomes: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
     return aligned
 
 
+@dataclass(frozen=True)
+class RiskSetConditions:
+    """The conditions of the risk set at a day (module docstring), one boolean per patient.
+
+    Attributes
+    ----------
+    in_remission : ndarray of bool
+        CR/CRi, assessed by the day (for a day <= 0: reached later, the landmark-0 rule).
+    event_free : ndarray of bool
+        No relapse, death or HSCT on or before the day.
+    followed_past : ndarray of bool
+        ``last_followup_day`` after the day: the patient has follow-up time beyond it (a target).
+    followed_to : ndarray of bool
+        ``last_followup_day`` on or after the day: the patient is known to be event-free at it.
+    """
+
+    in_remission: np.ndarray
+    event_free: np.ndarray
+    followed_past: np.ndarray
+    followed_to: np.ndarray
+
+    @property
+    def at_risk(self) -> np.ndarray:
+        """In the landmark risk set: in remission, event-free and followed past the day."""
+        return self.in_remission & self.event_free & self.followed_past
+
+
+def _conditions(aligned: pd.DataFrame, day: float | np.ndarray) -> RiskSetConditions:
+    """Risk-set conditions over outcomes aligned to the patients (a day, or one per patient)."""
+    s = np.broadcast_to(np.asarray(day, dtype=float), (len(aligned),))
+    response_day = aligned["response_day"].to_numpy(dtype=float, na_value=np.nan)
+    in_remission = aligned["response"].isin(REMISSION_RESPONSES).to_numpy() & ((s <= 0) | (response_day <= s))
+    event_day = aligned["event_day"].to_numpy(dtype=float, na_value=np.nan)
+    last = aligned["last_followup_day"].to_numpy(dtype=float, na_value=np.nan)
+    return RiskSetConditions(
+        in_remission=in_remission,
+        event_free=(aligned["event"] == "none").to_numpy() | (event_day > s),
+        followed_past=last > s,
+        followed_to=last >= s,
+    )
+
+
 def _at_risk(aligned: pd.DataFrame, landmark_day: float) -> np.ndarray:
     """Risk-set mask over outcomes already aligned to the infused patients."""
-    s = float(landmark_day)
-    in_remission = aligned["response"].isin(REMISSION_RESPONSES).to_numpy()
-    if s > 0:
-        in_remission &= aligned["response_day"].to_numpy(dtype=float, na_value=np.nan) <= s
-    event_day = aligned["event_day"].to_numpy(dtype=float, na_value=np.nan)
-    event_free = (aligned["event"] == "none").to_numpy() | (event_day > s)
-    followed = aligned["last_followup_day"].to_numpy(dtype=float, na_value=np.nan) > s
-    return in_remission & event_free & followed
+    return _conditions(aligned, landmark_day).at_risk
 
 
 def risk_set_mask(outcomes: pd.DataFrame, index: pd.Index, landmark_day: float) -> np.ndarray:
@@ -111,6 +149,31 @@ def risk_set_mask(outcomes: pd.DataFrame, index: pd.Index, landmark_day: float) 
         Aligned with ``index``; patients without an outcome row are never at risk.
     """
     return _at_risk(_outcome_arrays(outcomes, index), landmark_day)
+
+
+def risk_set_conditions(outcomes: pd.DataFrame, index: pd.Index,
+                        day: float | np.ndarray) -> tuple[RiskSetConditions, pd.DataFrame]:
+    """Each condition of the risk set at ``day`` (one day, or one per patient), and the outcomes behind them.
+
+    Parameters
+    ----------
+    outcomes : DataFrame
+        Outcomes table.
+    index : Index
+        Patient ids.
+    day : float or ndarray of float
+        Days since infusion: one for every patient, or one per patient of ``index``.
+
+    Returns
+    -------
+    conditions : RiskSetConditions
+        Aligned with ``index``; ``conditions.at_risk`` is :func:`risk_set_mask` for a single day.
+    aligned : DataFrame
+        The outcomes rows aligned to ``index`` (all missing for a patient without one), to word
+        why a condition fails.
+    """
+    aligned = _outcome_arrays(outcomes, index)
+    return _conditions(aligned, day), aligned
 
 
 def _event_codes(aligned: pd.DataFrame, hsct: str) -> np.ndarray:

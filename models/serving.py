@@ -44,8 +44,9 @@ import pandas as pd
 
 from features.coercion import TypedColumn, typed_column
 from features.contract import CheckedTables, ContractError, check_tables, validate_cohort
+from features.eligibility import ELIGIBILITY_COLUMNS, eligibility_at
 from features.registry import build_feature_rows
-from features.schema import AS_OF_DAY, INFUSION_COLUMNS, MEASUREMENT_COLUMNS
+from features.schema import AS_OF_DAY, INFUSION_COLUMNS, MEASUREMENT_COLUMNS, ColumnSpec
 from models.base import relapse_column
 
 __all__ = [
@@ -66,6 +67,8 @@ __all__ = [
     "tables_to_records",
     "assign_risk_groups",
     "check_as_of_days",
+    "cohort_as_of_days",
+    "with_eligibility",
     "rejects_of",
     "score_tables",
     "score_validated",
@@ -104,21 +107,25 @@ class RequestField:
     required : bool
         Whether the field must be present (``null`` then means an unknown value).
     meaning : str
+    spec : ColumnSpec or None
+        The data contract's declaration of the field (allowed values, range, missingness); None
+        for ``measurements``, whose entries follow ``features.schema.MEASUREMENT_COLUMNS``.
     """
 
     name: str
     kind: str
     required: bool
     meaning: str
+    spec: ColumnSpec | None = None
 
 
 MEASUREMENT_FIELDS: tuple[str, ...] = tuple(spec.name for spec in MEASUREMENT_COLUMNS if spec.name != "patient_id")
 """Keys of one measurement object in a request (the measurements table without ``patient_id``)."""
 
 REQUEST_FIELDS: tuple[RequestField, ...] = (
-    *(RequestField(spec.name, "str" if spec.kind == "category" else spec.kind, spec.required, spec.meaning)
+    *(RequestField(spec.name, "str" if spec.kind == "category" else spec.kind, spec.required, spec.meaning, spec)
       for spec in INFUSION_COLUMNS),
-    RequestField(AS_OF_DAY.name, AS_OF_DAY.kind, True, AS_OF_DAY.meaning),
+    RequestField(AS_OF_DAY.name, AS_OF_DAY.kind, True, AS_OF_DAY.meaning, AS_OF_DAY),
     RequestField("measurements", "measurements", True,
                  f"every measurement known so far, each an object with keys {', '.join(MEASUREMENT_FIELDS)} "
                  "(as in the measurements table); may be empty"),
@@ -432,13 +439,70 @@ def check_as_of_days(days: Any) -> np.ndarray:
     return np.asarray(column.values, dtype=float)
 
 
-def _as_of_days(patient_ids: pd.Series, as_of_day: float | pd.Series) -> np.ndarray:
-    """As-of day per patient (scalar broadcast, or a Series indexed by patient_id)."""
-    if isinstance(as_of_day, pd.Series):
-        days = as_of_day.reindex(patient_ids.to_numpy()).to_numpy(dtype=object)
-    else:
-        days = np.full(len(patient_ids), as_of_day, dtype=object)
-    return check_as_of_days(days)
+def _with_as_of_column(infusions: pd.DataFrame, as_of_day: float | pd.Series) -> tuple[pd.DataFrame, str | None]:
+    """Infusions and the name of their as-of day column for the data contract to check.
+
+    One day needs no column (:func:`cohort_as_of_days` checks it: a bad one is a usage error, not a
+    patient's); a Series indexed by ``patient_id`` becomes the column ``as_of_day`` (a patient
+    absent from it has a missing as-of day, which the contract names).
+    """
+    if not isinstance(as_of_day, pd.Series):
+        return infusions, None
+    days = pd.Series(as_of_day.to_numpy(dtype=object), index=as_of_day.index.astype(str))
+    if not days.index.is_unique:
+        raise ScoringInputError(f"as_of_day: patient_id(s) given twice, e.g. {days.index[days.index.duplicated()][:3].tolist()}")
+    if AS_OF_DAY.name in infusions.columns:
+        raise ScoringInputError(f"as_of_day: infusions already has a column {AS_OF_DAY.name!r}; give the as-of days "
+                                "in that column or in the Series, not both")
+    cells = days.reindex(infusions["patient_id"].astype(str).to_numpy()).to_numpy(dtype=object)
+    return infusions.assign(**{AS_OF_DAY.name: cells}), AS_OF_DAY.name
+
+
+def cohort_as_of_days(infusions: pd.DataFrame, as_of_day: float | None = None,
+                      as_of_day_column: str | None = None) -> np.ndarray:
+    """The as-of day of each patient of a validated cohort: one day for all, or the checked column.
+
+    Parameters
+    ----------
+    infusions : DataFrame
+        ``ValidatedCohort.infusions``; with ``as_of_day_column`` validated with that column
+        (``features.contract.validate_cohort(..., as_of_day_column=...)``), so every value is checked.
+    as_of_day : float, optional
+        The day of every patient (checked here).
+    as_of_day_column : str, optional
+        The infusions column holding each patient's day (exactly one of the two is given).
+
+    Returns
+    -------
+    ndarray of float
+    """
+    if (as_of_day is None) == (as_of_day_column is None):
+        raise ValueError("give exactly one of as_of_day and as_of_day_column")
+    if as_of_day_column is not None:
+        return infusions[as_of_day_column].to_numpy(dtype=float)
+    return np.full(len(infusions), check_as_of_days([as_of_day])[0])
+
+
+def with_eligibility(scores: pd.DataFrame, outcomes: pd.DataFrame | None) -> pd.DataFrame:
+    """Scores with ``eligible`` and ``eligibility_reason`` after ``as_of_day`` (``features.eligibility``).
+
+    Parameters
+    ----------
+    scores : DataFrame
+        Output of :func:`score_validated` (``patient_id``, ``as_of_day``, ...).
+    outcomes : DataFrame or None
+        Validated outcomes of the same cohort; None: every patient ``unknown`` ("no outcomes table").
+
+    Returns
+    -------
+    DataFrame
+    """
+    judged = eligibility_at(outcomes, scores["patient_id"], scores["as_of_day"].to_numpy(dtype=float))
+    at = scores.columns.get_loc("as_of_day") + 1
+    scores = scores.copy()
+    for offset, column in enumerate(ELIGIBILITY_COLUMNS):
+        scores.insert(at + offset, column, judged[column].to_numpy(dtype=object))
+    return scores
 
 
 def rejects_of(quarantined: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -590,6 +654,7 @@ def score_tables(
     measurements: pd.DataFrame,
     as_of_day: float | pd.Series,
     on_error: str = "fail",
+    outcomes: pd.DataFrame | None = None,
 ) -> ScoringResult:
     """Score patients given as raw contract tables, each as of its day.
 
@@ -599,16 +664,22 @@ def score_tables(
     infusions, measurements : DataFrame
         Raw tables in the data contract (as read from files).
     as_of_day : float or Series
-        Day of the prediction (days since infusion, >= 0), for all patients or per patient_id.
+        Day of the prediction (days since infusion, in [0, 7300]), for all patients or per
+        patient_id (a Series: each day is checked by the data contract like a column of the
+        patient's infusions row; a bad or missing one is a contract violation of the patient).
         Only measurements with ``day <= as_of_day`` are used.
     on_error : {"fail", "quarantine"}
         ``fail``: any contract violation raises :class:`ScoringInputError` naming it;
         ``quarantine``: offending rows (and patients) are left out and listed in the rejects.
+    outcomes : DataFrame, optional
+        Raw outcomes table: validated with the others, and each patient's eligibility at its
+        as-of day added (:func:`with_eligibility`).
 
     Returns
     -------
     ScoringResult
-        Scores with columns ``patient_id``, ``as_of_day``, per horizon h ``cif_{cause}_{h}d``
+        Scores with columns ``patient_id``, ``as_of_day`` (with ``outcomes``: then ``eligible``
+        and ``eligibility_reason``), per horizon h ``cif_{cause}_{h}d``
         for each relapse phenotype, death and HSCT, ``cif_relapse_{h}d`` and
         ``event_free_{h}d``, then ``risk_group``, ``top_factor_{i}`` / ``_value`` /
         ``_contribution``, ``model_name``, ``model_version``, ``model_run_id``, ``estimator``.
@@ -618,12 +689,15 @@ def score_tables(
     ScoringInputError
         Input that cannot be scored (in ``fail`` mode, or a bad as-of day).
     """
+    infusions, column = _with_as_of_column(infusions, as_of_day)
     try:
-        cohort = validate_cohort(infusions, measurements, None, on_error=on_error)
+        cohort = validate_cohort(infusions, measurements, outcomes, on_error=on_error, as_of_day_column=column)
     except ContractError as exc:
         raise ScoringInputError(str(exc)) from None
-    as_of = _as_of_days(cohort.infusions["patient_id"], as_of_day)
-    scores = score_validated(bundle, cohort.infusions, cohort.measurements, as_of)
+    as_of = cohort_as_of_days(cohort.infusions, None if column else float(as_of_day), column)
+    scores = score_validated(bundle, cohort.infusions.drop(columns=column or []), cohort.measurements, as_of)
+    if outcomes is not None:
+        scores = with_eligibility(scores, cohort.outcomes)
     return ScoringResult(scores=scores, rejects=rejects_of(cohort.quarantined))
 
 

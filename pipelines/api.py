@@ -96,7 +96,7 @@ def train_frames(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: 
 
 def score_frames(model: str | ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,
                  as_of_day: float | pd.Series, tracking_uri: str | None = None,
-                 on_error: str = "quarantine") -> ScoringResult:
+                 on_error: str = "quarantine", outcomes: pd.DataFrame | None = None) -> ScoringResult:
     """Score patients given as two tables in memory, as ``car-relapse score`` and the server do.
 
     Parameters
@@ -108,12 +108,17 @@ def score_frames(model: str | ScoringBundle, infusions: pd.DataFrame, measuremen
         Raw tables of the data contract (``outcomes`` is not needed).
     as_of_day : float or Series
         Days since infusion, for every patient or per ``patient_id``: only measurements with
-        ``day <= as_of_day`` are used.
+        ``day <= as_of_day`` are used. Each day of a Series is checked by the data contract (a
+        number of days in [0, 7300]); a patient with a bad or missing one is rejected with the
+        reason (or, with ``on_error="fail"``, the call raises).
     tracking_uri : str, optional
         Registry that resolves ``models:/`` URIs (see :func:`train_frames`).
     on_error : {"quarantine", "fail"}
         ``quarantine`` (default) scores the valid patients and lists every rejected row in
         ``rejects``; ``fail`` raises on the first contract violation, naming them all.
+    outcomes : DataFrame, optional
+        The outcomes table: validated with the others, and each patient's eligibility at its
+        as-of day added (``eligible``, ``eligibility_reason``), as ``car-relapse score`` does.
 
     Returns
     -------
@@ -128,4 +133,4 @@ def score_frames(model: str | ScoringBundle, infusions: pd.DataFrame, measuremen
 
         quiet_mlflow()
         bundle = load_scoring_bundle(model, tracking_uri)
-    return score_tables(bundle, infusions, measurements, as_of_day, on_error=on_error)
+    return score_tables(bundle, infusions, measurements, as_of_day, on_error=on_error, outcomes=outcomes)

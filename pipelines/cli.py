@@ -150,7 +150,11 @@ def surveillance(
 def score(
     model: str = typer.Option("models:/car-relapse@champion", "--model", help="MLflow model URI."),
     input_dir: Path = typer.Option(..., "--input"),
-    as_of_day: float = typer.Option(..., "--as-of-day", help="Use only data known by this day."),
+    as_of_day: float | None = typer.Option(None, "--as-of-day", help="Use only data known by this day (every patient)."),
+    as_of_day_column: str | None = typer.Option(
+        None, "--as-of-day-column",
+        help="Instead of --as-of-day: a column of the infusions table with each patient's as-of day.",
+    ),
     output: Path = typer.Option(..., "--output", help=".parquet or .csv"),
     chunk_size: int = typer.Option(5000, "--chunk-size", min=1),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri"),
@@ -160,7 +164,7 @@ def score(
         "fail: score nothing if any row breaks the contract (exit code 2).",
     ),
 ) -> None:
-    """Batch-score a cohort folder with a registered model."""
+    """Batch-score a cohort folder with a registered model (with outcomes: each patient's eligibility)."""
     from pipelines.score import run_score
 
     _run_job(
@@ -168,6 +172,7 @@ def score(
         model_uri=model,
         input_dir=input_dir,
         as_of_day=as_of_day,
+        as_of_day_column=as_of_day_column,
         output=output,
         chunk_size=chunk_size,
         tracking_uri=tracking_uri,

@@ -19,6 +19,8 @@ The input signature (:func:`input_schema`) is a column schema built from
 re-typed on the way: every field is declared ``any`` (see :func:`input_schema` for the MLflow casts
 this avoids) and typed by the data contract, which refuses a 2.5 for an integer field, a word for a
 number or an unknown assay by name (HTTP 400). A missing required field is refused by MLflow (400).
+The real types, allowed values and ranges of one patient's request are a JSON Schema
+(``models.request_schema``) logged with every model as ``artifacts/request_schema.json``.
 Unknown top-level fields are dropped by MLflow's schema enforcement before the model sees them
 (documented in docs/usage.md).
 
@@ -43,6 +45,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from features.contract import ON_ERROR_MODES
+from models.request_schema import request_schema_text
 from models.serving import (
     ERROR_COLUMN,
     EXAMPLE_PATIENT,
@@ -58,6 +61,7 @@ from models.serving import (
 
 __all__ = [
     "BUNDLE_ARTIFACT",
+    "REQUEST_SCHEMA_ARTIFACT",
     "CarRelapseModel",
     "save_bundle",
     "load_bundle",
@@ -71,6 +75,8 @@ __all__ = [
 ]
 
 BUNDLE_ARTIFACT = "scoring_bundle"
+REQUEST_SCHEMA_ARTIFACT = "request_schema"
+"""Artifact key of the request's JSON Schema: ``artifacts/request_schema.json`` in the model folder."""
 _SHIPPED_PACKAGES = ("features", "models")
 # what the shipped code (features/, models/) and this file import; keep in step with their imports
 _REQUIRED_DISTRIBUTIONS = (
@@ -193,7 +199,7 @@ def pip_requirements() -> list[str]:
 
 
 def log_scoring_model(bundle: ScoringBundle, name: str = "model", input_example: list | None = None):
-    """Log the pyfunc (model code + bundle + shipped packages) in the active run.
+    """Log the pyfunc (model code + bundle + request JSON Schema + shipped packages) in the active run.
 
     Parameters
     ----------
@@ -212,10 +218,12 @@ def log_scoring_model(bundle: ScoringBundle, name: str = "model", input_example:
     project = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as folder:
         bundle_path = save_bundle(bundle, Path(folder) / "scoring_bundle.pkl")
+        schema_path = Path(folder) / "request_schema.json"
+        schema_path.write_text(request_schema_text(), encoding="utf-8")
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).resolve()),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_path)},
+            artifacts={BUNDLE_ARTIFACT: str(bundle_path), REQUEST_SCHEMA_ARTIFACT: str(schema_path)},
             code_paths=[str(project / package) for package in _SHIPPED_PACKAGES],
             input_example=pd.DataFrame(input_example if input_example is not None else [EXAMPLE_PATIENT]),
             signature=model_signature(bundle),

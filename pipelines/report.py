@@ -12,7 +12,8 @@ The page shows, for one patient at the as-of day:
 - the predicted cumulative incidence of relapse by phenotype, with death and HSCT, over the
   model's horizons; the risk group and the factors driving it (a SHAP waterfall);
 - whether the patient is eligible at that day (in remission and event-free as far as the
-  outcomes table shows), and the model's caveats (with the registered version's model card).
+  outcomes table shows, ``features.eligibility``, as batch scoring says it), and the model's
+  caveats (with the registered version's model card).
 
 The folder is read with ``pipelines.io`` and validated with the data contract; the numbers come
 from ``models.serving.score_tables``, the function batch scoring and the served model use, with
@@ -32,16 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.eligibility import ELIGIBLE, eligibility_at
 from models.base import CAUSES, cif_column, event_free_column, relapse_column
 from models.serving import ScoringBundle
 
 __all__ = [
-    "ELIGIBLE",
-    "NOT_ELIGIBLE",
-    "UNKNOWN",
     "ModelFacts",
     "PatientReportError",
-    "eligibility_at",
     "patient_page",
     "plot_patient_timeline",
     "registered_model_card",
@@ -50,7 +48,6 @@ __all__ = [
     "write_reports",
 ]
 
-ELIGIBLE, NOT_ELIGIBLE, UNKNOWN = "eligible", "not eligible", "unknown"
 _CURVE_STEP_DAYS = 14.0
 _MRD_ASSAYS = ("flow_mrd", "ngs_mrd", "pcr_mrd")
 _MORPHOLOGICAL_RELAPSE_FRACTION = 0.05
@@ -58,54 +55,6 @@ _MORPHOLOGICAL_RELAPSE_FRACTION = 0.05
 
 class PatientReportError(ValueError):
     """The report cannot be made (unknown patient, bad as-of day, unusable model or folder)."""
-
-
-# --- eligibility -------------------------------------------------------------------------------------------
-def _eligibility_of(row: pd.Series | None, as_of_day: float) -> tuple[str, str]:
-    if row is None:
-        return UNKNOWN, "no outcomes row: remission and events are not recorded"
-    response, response_day = row.get("response"), float(row.get("response_day", np.nan))
-    event, event_day = row.get("event"), float(row.get("event_day", np.nan))
-    if event in ("relapse", "death", "hsct") and event_day <= as_of_day:
-        return NOT_ELIGIBLE, f"{event} on day {event_day:g}"
-    if pd.isna(response):
-        return UNKNOWN, "response not recorded"
-    if response not in ("CR", "CRi"):
-        return NOT_ELIGIBLE, f"no remission (response {response})"
-    if as_of_day > 0 and not response_day <= as_of_day:
-        return NOT_ELIGIBLE, f"remission not yet assessed by day {as_of_day:g} (assessed on day {response_day:g})"
-    last = float(row.get("last_followup_day", np.nan))
-    if not last >= as_of_day:
-        return UNKNOWN, f"follow-up ends on day {last:g}, before day {as_of_day:g}"
-    if as_of_day <= 0:
-        return ELIGIBLE, f"{response} on day {response_day:g}; at infusion the risk is among patients who reach remission"
-    return ELIGIBLE, f"{response} on day {response_day:g}, event-free through day {as_of_day:g}"
-
-
-def eligibility_at(outcomes: pd.DataFrame | None, patient_ids: Sequence[str], as_of_day: float) -> pd.DataFrame:
-    """Whether each patient is in the model's population at ``as_of_day``, as far as the outcomes show.
-
-    Eligible = in remission (CR/CRi, assessed by the day; at day 0 the later remission counts, as in
-    the landmark-0 risk set of ``features.landmarks``) and no relapse, death or HSCT on or before
-    the day, with follow-up reaching it.
-
-    Parameters
-    ----------
-    outcomes : DataFrame or None
-        Validated outcomes table (None: no outcomes, every patient is ``unknown``).
-    patient_ids : sequence of str
-    as_of_day : float
-
-    Returns
-    -------
-    DataFrame
-        Indexed by ``patient_id``: ``status`` (:data:`ELIGIBLE`, :data:`NOT_ELIGIBLE`,
-        :data:`UNKNOWN`) and ``reason``.
-    """
-    rows = {} if outcomes is None else {str(r["patient_id"]): r for _, r in outcomes.iterrows()}
-    judged = [_eligibility_of(rows.get(str(pid)), float(as_of_day)) for pid in patient_ids]
-    return pd.DataFrame(judged, columns=["status", "reason"], index=pd.Index([str(p) for p in patient_ids],
-                                                                              name="patient_id"))
 
 
 # --- scoring -----------------------------------------------------------------------------------------------
@@ -248,8 +197,8 @@ class ModelFacts:
 
 def _caveats(as_of_day: float, eligibility: pd.Series, measurements: pd.DataFrame, output: str) -> list[str]:
     caveats = []
-    if eligibility["status"] != ELIGIBLE:
-        caveats.append(f"Eligibility is {eligibility['status']} ({eligibility['reason']}): the model was built for "
+    if eligibility["eligible"] != ELIGIBLE:
+        caveats.append(f"Eligible: {eligibility['eligible']} ({eligibility['eligibility_reason']}): the model was built for "
                        "patients in remission and event-free at the day; read these numbers as a reference only.")
     if as_of_day <= 0:
         caveats.append("At infusion (day 0) the model predicts relapse among patients who reach remission: read it as "
@@ -286,7 +235,7 @@ def patient_page(patient_id: str, scores: pd.Series, measurements: pd.DataFrame,
     measurements : DataFrame
         The patient's normalised measurements known by ``as_of_day``.
     eligibility : Series
-        ``status`` and ``reason`` (:func:`eligibility_at`).
+        ``eligible`` and ``eligibility_reason`` (``features.eligibility.eligibility_at``).
     as_of_day : float
     model : ModelFacts
     later_results : int
@@ -424,7 +373,7 @@ def write_reports(model: ModelFacts, tables: dict[str, pd.DataFrame], as_of_day:
                                      model, int(later.get(pid, 0))), encoding="utf-8")
         written.append(path)
         risk = float(row[relapse_column(model.bundle.risk_group_horizon_days)])
-        pages.append({"patient_id": pid, "file": path.name, "status": eligibility.loc[pid, "status"],
+        pages.append({"patient_id": pid, "file": path.name, "eligible": eligibility.loc[pid, "eligible"],
                       "group": row["risk_group"], "risk": f"{risk:.1%}"})
         if progress is not None and task is not None:
             progress.advance(task)

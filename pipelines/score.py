@@ -6,6 +6,18 @@ model uses, so batch and served answers are the same numbers. The whole cohort g
 data contract once (``features.contract.validate_cohort``: duplicate patients are judged across
 the whole file), then patients are scored in chunks (a progress bar shows them).
 
+As-of day: ``--as-of-day D`` scores every patient as of day D; ``--as-of-day-column COLUMN``
+scores each patient as of the day in that extra column of the infusions table, which the data
+contract checks like a declared column (a number of days in [0, 7300]; a missing or bad one
+quarantines the patient with the reason, or fails the run with ``--on-error fail``). The output's
+``as_of_day`` column holds the day each patient was scored at.
+
+Eligibility: when the folder holds an ``outcomes`` table it is validated with the others (so a
+patient without an outcomes row, or with an inconsistent one, is quarantined like any other
+contract violation), and every scored patient gets ``eligible`` (``yes`` / ``no`` / ``unknown``)
+and ``eligibility_reason`` at its as-of day (``features.eligibility``: in remission, event-free,
+followed up to the day). Without outcomes every patient is ``unknown`` ("no outcomes table").
+
 ``--on-error quarantine`` (the default) scores every patient the contract accepts and writes every
 rejected row or patient to a rejects file beside the output (``<output stem>.rejects.csv``),
 counted on screen, never dropped silently; ``--on-error fail`` scores nothing when any row
@@ -35,7 +47,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from features.contract import ON_ERROR_MODES, ContractError, validate_cohort
-from models.serving import ScoringBundle, ScoringInputError, check_as_of_days, rejects_of, score_validated
+from models.serving import (
+    ScoringBundle,
+    ScoringInputError,
+    check_as_of_days,
+    cohort_as_of_days,
+    rejects_of,
+    score_validated,
+    with_eligibility,
+)
 from pipelines.io import CohortIOError, cohort_table_files, private_file, read_cohort_folder
 from pipelines.tracking import TrackingError, init_store, quiet_mlflow, resolve_tracking_uri
 from pipelines.validate import EXIT_BAD_INPUT, EXIT_FAILED
@@ -44,7 +64,6 @@ __all__ = ["OUTPUT_SUFFIXES", "EXIT_FAILED", "EXIT_BAD_INPUT", "ScoreError", "Sc
            "rejects_path", "score_cohort", "run_score"]
 
 OUTPUT_SUFFIXES = (".csv", ".parquet")
-_SCORED_TABLES = ("infusions", "measurements")  # outcomes are not read
 _MODEL_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND", "BAD_REQUEST")
 _console = Console(soft_wrap=True, highlight=False, markup=False)
 _errors = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
@@ -131,14 +150,30 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=_console, transient=False)
 
 
-def score_cohort(bundle: ScoringBundle, input_dir: Path, as_of_day: float, chunk_size: int = 5000,
-                 on_error: str = "quarantine") -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+def score_cohort(bundle: ScoringBundle, input_dir: Path, as_of_day: float | None, chunk_size: int = 5000,
+                 on_error: str = "quarantine",
+                 as_of_day_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
     """Score every patient of a cohort folder that the data contract accepts, in chunks of patients.
+
+    Parameters
+    ----------
+    bundle : ScoringBundle
+    input_dir : Path
+        Cohort folder: ``infusions``, ``measurements`` and, when present, ``outcomes`` (validated
+        with the others; it gives each patient's eligibility at the as-of day).
+    as_of_day : float or None
+        The day of every patient, or None with ``as_of_day_column``.
+    chunk_size : int
+    on_error : {"quarantine", "fail"}
+    as_of_day_column : str, optional
+        An extra column of the infusions table holding each patient's as-of day (checked by the
+        data contract: a bad or missing day quarantines the patient, or fails in ``fail`` mode).
 
     Returns
     -------
     scores : DataFrame
-        One row per scored patient, in input order.
+        One row per scored patient, in input order, with ``as_of_day``, ``eligible`` and
+        ``eligibility_reason`` after ``patient_id``.
     rejects : DataFrame
         ``table``, ``row`` (CSV line number or 0-based Parquet position), ``patient_id``, ``reason``.
     patients_in : int
@@ -151,23 +186,25 @@ def score_cohort(bundle: ScoringBundle, input_dir: Path, as_of_day: float, chunk
     CohortIOError
         The folder or a table cannot be read.
     ContractError
-        A column problem, or (``on_error="fail"``) any row problem.
+        A column problem (also an absent as-of day column), or (``on_error="fail"``) any row problem.
     """
-    files = read_cohort_folder(input_dir, _SCORED_TABLES)
+    files = read_cohort_folder(input_dir)
     with _console.status(Text(f"validating {len(files.tables['infusions'])} patients ...")):
-        cohort = validate_cohort(files.tables["infusions"], files.tables["measurements"], None, on_error=on_error,
-                                 source_names=files.source_names)
-    as_of = check_as_of_days(np.full(len(cohort.infusions), as_of_day, dtype=object))
+        cohort = validate_cohort(files.tables["infusions"], files.tables["measurements"], files.tables.get("outcomes"),
+                                 on_error=on_error, source_names=files.source_names, as_of_day_column=as_of_day_column)
+    as_of = cohort_as_of_days(cohort.infusions, as_of_day, as_of_day_column)
+    infusions = cohort.infusions.drop(columns=as_of_day_column or [])
     scores = []
     with _progress() as progress:
-        task = progress.add_task("score", total=len(cohort.infusions))
-        for chunk, chunk_measurements, rows in _patient_chunks(cohort.infusions, cohort.measurements, chunk_size):
+        task = progress.add_task("score", total=len(infusions))
+        for chunk, chunk_measurements, rows in _patient_chunks(infusions, cohort.measurements, chunk_size):
             scores.append(score_validated(bundle, chunk, chunk_measurements, as_of[rows]))
             progress.advance(task, len(chunk))
-    scored = pd.concat(scores, ignore_index=True) if scores else score_validated(bundle, cohort.infusions, cohort.measurements,
+    scored = pd.concat(scores, ignore_index=True) if scores else score_validated(bundle, infusions, cohort.measurements,
                                                                                    as_of)
     collapsed = cohort.report.tables["measurements"].rows_collapsed
-    return scored, rejects_of(cohort.quarantined), len(files.tables["infusions"]), collapsed
+    return (with_eligibility(scored, cohort.outcomes), rejects_of(cohort.quarantined), len(files.tables["infusions"]),
+            collapsed)
 
 
 def _check_output(output: Path) -> None:
@@ -188,19 +225,32 @@ def _check_output(output: Path) -> None:
         raise ScoreError(f"--output: the folder '{output.parent}' cannot be written (permission denied)")
 
 
-def _check_arguments(input_dir: Path, as_of_day: float, output: Path, chunk_size: int, on_error: str) -> None:
-    """Everything that can be checked before the model is loaded (loading takes seconds)."""
-    if on_error not in ON_ERROR_MODES:
-        raise ScoreError(f"--on-error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
-    if chunk_size < 1:
-        raise ScoreError(f"--chunk-size must be >= 1, got {chunk_size}")
+def _check_as_of(as_of_day: float | None, as_of_day_column: str | None) -> None:
+    """Exactly one of ``--as-of-day`` (a valid day) and ``--as-of-day-column``."""
+    if as_of_day is None and as_of_day_column is None:
+        raise ScoreError("give --as-of-day DAY (one day for every patient) or --as-of-day-column COLUMN (a column of "
+                         "the infusions table with each patient's day)")
+    if as_of_day is not None and as_of_day_column is not None:
+        raise ScoreError("--as-of-day and --as-of-day-column exclude each other: give one of them")
+    if as_of_day is None:  # the column is the contract's to check
+        return
     if not math.isfinite(as_of_day):
         raise ScoreError(f"--as-of-day: {as_of_day} is not a finite number of days")
     try:
         check_as_of_days([as_of_day])
     except ScoringInputError as exc:
         raise ScoreError(f"--as-of-day: {str(exc).removeprefix('as_of_day: ')}") from None
-    cohort_table_files(input_dir, _SCORED_TABLES)
+
+
+def _check_arguments(input_dir: Path, as_of_day: float | None, as_of_day_column: str | None, output: Path,
+                     chunk_size: int, on_error: str) -> None:
+    """Everything that can be checked before the model is loaded (loading takes seconds)."""
+    if on_error not in ON_ERROR_MODES:
+        raise ScoreError(f"--on-error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
+    if chunk_size < 1:
+        raise ScoreError(f"--chunk-size must be >= 1, got {chunk_size}")
+    _check_as_of(as_of_day, as_of_day_column)
+    cohort_table_files(input_dir)
     _check_output(output)
 
 
@@ -225,8 +275,9 @@ def _stop(message: str, code: int) -> None:
     raise typer.Exit(code=code)
 
 
-def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, chunk_size: int = 5000,
-              tracking_uri: str | None = None, on_error: str = "quarantine") -> ScoreSummary:
+def run_score(model_uri: str, input_dir: Path, as_of_day: float | None, output: Path, chunk_size: int = 5000,
+              tracking_uri: str | None = None, on_error: str = "quarantine",
+              as_of_day_column: str | None = None) -> ScoreSummary:
     """Batch-score a cohort folder and write the scores and the rejects.
 
     Parameters
@@ -234,9 +285,11 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
     model_uri : str
         MLflow model URI, e.g. ``models:/car-relapse@champion``.
     input_dir : Path
-        Cohort folder (``infusions`` and ``measurements``; ``outcomes`` is not read).
-    as_of_day : float
-        Score every patient as of this day since infusion (data after it is not used).
+        Cohort folder (``infusions`` and ``measurements``; ``outcomes`` when present gives each
+        patient's eligibility at the as-of day).
+    as_of_day : float or None
+        Score every patient as of this day since infusion (data after it is not used); None with
+        ``as_of_day_column``.
     output : Path
         ``.csv`` or ``.parquet``; the rejects go to ``<stem>.rejects.csv`` beside it.
     chunk_size : int
@@ -246,6 +299,8 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
     on_error : {"quarantine", "fail"}
         Score the patients the contract accepts and list the rest in the rejects file, or score
         nothing when any row breaks the contract.
+    as_of_day_column : str, optional
+        Score each patient as of the day in this column of the infusions table instead.
 
     Returns
     -------
@@ -260,9 +315,10 @@ def run_score(model_uri: str, input_dir: Path, as_of_day: float, output: Path, c
     started = time.perf_counter()
     output = Path(output)
     try:
-        _check_arguments(Path(input_dir), as_of_day, output, chunk_size, on_error)
+        _check_arguments(Path(input_dir), as_of_day, as_of_day_column, output, chunk_size, on_error)
         bundle = load_scoring_bundle(model_uri, tracking_uri)
-        scores, rejects, patients_in, collapsed = score_cohort(bundle, Path(input_dir), as_of_day, chunk_size, on_error)
+        scores, rejects, patients_in, collapsed = score_cohort(bundle, Path(input_dir), as_of_day, chunk_size, on_error,
+                                                               as_of_day_column)
         _write(scores, rejects, output)
     except ScoreError as exc:
         _stop(str(exc), exc.exit_code)

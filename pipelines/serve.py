@@ -14,6 +14,12 @@ the same workers on a listening socket created with ``IPPROTO_TCP`` and ``TCP_NO
 the connections out to the workers in turn (uvicorn leaves that to the kernel, which split 8
 keep-alive clients 6/2 or 7/1 as often as 4/4). ``mlflow models serve`` still serves the model
 (the end-to-end test checks it), only slower with several workers.
+
+MLflow's app publishes an OpenAPI document (``/openapi.json``) that says nothing of the body of
+``POST /invocations``. The launcher fills it in from the JSON Schema the model carries
+(``artifacts/request_schema.json``, ``models.request_schema``): the body formats, each patient record
+with its types, allowed values and ranges (:func:`openapi_with_request_schema`). It changes the
+document only, not how requests are parsed.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from pipelines.tracking import TrackingError, init_store, resolve_tracking_uri
 
 __all__ = [
     "DEFAULT_WORKERS", "ServeError", "serve_command", "mlflow_serve_command", "tcp_listener", "serve_environment",
-    "example_curl", "check_model_uri", "run_serve", "main",
+    "example_curl", "check_model_uri", "openapi_with_request_schema", "run_serve", "main",
 ]
 
 _console = Console(soft_wrap=True, highlight=False)
@@ -94,6 +100,63 @@ def _local_model_path(model_uri: str) -> str:
 
 
 _APP = "mlflow.pyfunc.scoring_server.app:app"
+_REQUEST_SCHEMA_FILE = os.path.join("artifacts", "request_schema.json")
+_SCHEMA_PREFIX = "CarRelapse"
+
+
+def _component_refs(schema, names: dict[str, str]):
+    """``schema`` with ``#/$defs/x`` references pointing at the OpenAPI components ``names[x]``."""
+    if isinstance(schema, dict):
+        return {key: (f"#/components/schemas/{names[value.removeprefix('#/$defs/')]}"
+                      if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/")
+                      else _component_refs(value, names)) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_component_refs(item, names) for item in schema]
+    return schema
+
+
+def openapi_with_request_schema(openapi: dict, request_schema: dict) -> dict:
+    """The app's OpenAPI document with the request body of ``POST /invocations`` described.
+
+    Parameters
+    ----------
+    openapi : dict
+        The document FastAPI generates for MLflow's scoring app (OpenAPI 3.1).
+    request_schema : dict
+        The model's JSON Schema of one patient (``models.request_schema.request_json_schema``).
+
+    Returns
+    -------
+    dict
+        A copy whose components hold the patient and measurement schemas and whose
+        ``/invocations`` POST has a JSON request body: ``inputs`` or ``dataframe_records`` (patient
+        records), ``dataframe_split``, ``instances``, and ``params.on_error``.
+    """
+    names = {name: f"{_SCHEMA_PREFIX}{''.join(part.title() for part in name.split('_'))}"
+             for name in request_schema.get("$defs", {})}
+    patient = {key: value for key, value in request_schema.items() if key not in ("$schema", "$id", "$defs")}
+    components = {f"{_SCHEMA_PREFIX}Patient": _component_refs(patient, names),
+                  **{names[name]: _component_refs(value, names) for name, value in request_schema.get("$defs", {}).items()}}
+    records = {"type": "array", "items": {"$ref": f"#/components/schemas/{_SCHEMA_PREFIX}Patient"}}
+    body = {"type": "object", "minProperties": 1, "properties": {
+        "inputs": records, "dataframe_records": records,
+        "dataframe_split": {"type": "object", "description": "columns and rows of patient records"},
+        "instances": {"type": "array", "description": "patient records, measurements in column form"},
+        "params": {"type": "object", "properties": {"on_error": {"enum": ["quarantine", "fail"]}}},
+    }}
+    document = json.loads(json.dumps(openapi))
+    document.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    post = document.setdefault("paths", {}).setdefault("/invocations", {}).setdefault("post", {})
+    post["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return document
+
+
+def _describe_invocations(app, model_path: str) -> None:
+    """Fill in the app's OpenAPI document from the model's request schema (models logged without one: unchanged)."""
+    schema_file = os.path.join(model_path, _REQUEST_SCHEMA_FILE)
+    if os.path.isfile(schema_file):
+        with open(schema_file, encoding="utf-8") as handle:
+            app.openapi_schema = openapi_with_request_schema(app.openapi(), json.load(handle))
 
 
 def _exit_with_parent(parent_pid: int, interval_s: float = 1.0) -> None:
@@ -220,7 +283,8 @@ def _run_worker(model_path: str, host: str, port: int, channel: socket.socket | 
         _exit_with_parent(parent_pid)
     listener = tcp_listener(host, port) if channel is None else None
     os.environ[scoring_server._SERVER_MODEL_PATH] = model_path  # read by MLflow's app module
-    importlib.import_module(_APP.split(":")[0])
+    app_module = importlib.import_module(_APP.split(":")[0])
+    _describe_invocations(app_module.app, model_path)
     gc.collect()
     gc.freeze()
     config = uvicorn.Config(_APP, host=host, port=port)

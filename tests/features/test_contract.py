@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,10 +39,10 @@ from tests import conftest
 CSV_SOURCES = {table: f"{table}.csv" for table in ("infusions", "measurements", "outcomes")}
 
 
-def _validate(raw, on_error="fail", sources=CSV_SOURCES, outcomes=True):
+def _validate(raw, on_error="fail", sources=CSV_SOURCES, outcomes=True, as_of_day_column=None):
     return validate_cohort(
         raw["infusions"], raw["measurements"], raw["outcomes"] if outcomes else None,
-        on_error=on_error, source_names=sources,
+        on_error=on_error, source_names=sources, as_of_day_column=as_of_day_column,
     )
 
 
@@ -610,3 +611,39 @@ def test_b_cell_counts_in_two_units_on_one_day_are_not_duplicates(raw_cohort):
     raw_cohort["measurements"] = pd.concat([raw_cohort["measurements"], extra], ignore_index=True)
     cohort = _validate(raw_cohort)
     assert len(cohort.measurements) == 11 and cohort.report.tables["measurements"].rows_collapsed == 0
+
+
+# --- the as-of day column of batch scoring -----------------------------------------------------------
+def test_an_as_of_day_column_is_checked_typed_and_noted(raw_cohort):
+    raw_cohort["infusions"]["visit_day"] = ["91", "28.5", "0"]
+    cohort = _validate(raw_cohort, as_of_day_column="visit_day")
+    assert cohort.infusions["visit_day"].tolist() == [91.0, 28.5, 0.0]
+    assert cohort.infusions["visit_day"].dtype == float
+    assert "infusions: column visit_day read as each patient's as-of day" in cohort.report.notes
+
+
+@pytest.mark.parametrize(("cell", "reason"), [
+    ("-1", "as-of day: -1.0 must be in [0, 7300]"),
+    ("9000", "as-of day: 9000.0 must be in [0, 7300]"),
+    ("inf", "as-of day: 'inf' is not a number"),
+    ("ninety", "as-of day: 'ninety' is not a number"),
+    (None, "as-of day: value is missing"),
+])
+def test_a_bad_as_of_day_quarantines_its_patient_with_the_reason(raw_cohort, cell, reason):
+    raw_cohort["infusions"]["visit_day"] = ["91", cell, "63"]
+    cohort = _validate(raw_cohort, on_error="quarantine", as_of_day_column="visit_day")
+    assert cohort.infusions["patient_id"].tolist() == ["P1", "P3"]
+    assert "P2" not in set(cohort.measurements["patient_id"]) and cohort.report.quarantined_patients == ("P2",)
+    quarantined = cohort.quarantined["infusions"]
+    assert quarantined["patient_id"].tolist() == ["P2"] and quarantined["row"].tolist() == [3]
+    assert quarantined["quarantine_reasons"].tolist() == [reason]
+    with pytest.raises(ContractError, match=rf"infusions.csv, row 3, column visit_day: {re.escape(reason)}"):
+        _validate(raw_cohort, as_of_day_column="visit_day")
+
+
+@pytest.mark.parametrize("mode", ["fail", "quarantine"])
+def test_an_absent_or_declared_as_of_day_column_is_an_error_in_both_modes(raw_cohort, mode):
+    with pytest.raises(ContractError, match="infusions.csv, column visit_day: as-of day column is missing"):
+        _validate(raw_cohort, on_error=mode, as_of_day_column="visit_day")
+    with pytest.raises(ContractError, match="column age_years: is a declared column of infusions"):
+        _validate(raw_cohort, on_error=mode, as_of_day_column="age_years")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from features.contract import validate_cohort
+from features.eligibility import eligibility_at
 from features.landmarks import build_landmark_set, feature_columns
 from features.schema import INFUSION_COLUMNS, MEASUREMENT_COLUMNS
 from models.base import CAUSES, cif_column, event_free_column, relapse_column
@@ -174,6 +175,38 @@ def test_patients_at_different_as_of_days_score_as_they_do_at_one_day(bundle, ne
         own = measurements[measurements["patient_id"].astype(str).isin(ids[chosen])]
         alone = score_tables(bundle, infusions.loc[chosen], own, day).scores
         pd.testing.assert_frame_equal(mixed.loc[chosen].reset_index(drop=True), alone, check_exact=True)
+
+
+def test_a_bad_or_missing_per_patient_day_rejects_that_patient_only(bundle, new_patients):
+    infusions, measurements = new_patients
+    ids = infusions["patient_id"].astype(str)
+    days = pd.Series(91.0, index=ids.to_numpy(), dtype=object)
+    days.iloc[1] = -4.0
+    days = days.drop(ids.iloc[2])  # no day for this patient
+    result = score_tables(bundle, infusions, measurements, days, on_error="quarantine")
+    assert result.scores["patient_id"].tolist() == ids.drop(index=[1, 2]).tolist()
+    rejected = result.rejects[result.rejects["table"] == "infusions"]
+    assert rejected[["row", "patient_id"]].values.tolist() == [[1, ids.iloc[1]], [2, ids.iloc[2]]]
+    assert rejected["reason"].tolist() == ["as-of day: -4.0 must be in [0, 7300]", "as-of day: value is missing"]
+    assert set(result.rejects.loc[result.rejects["table"] == "measurements", "patient_id"]) <= set(ids.iloc[1:3])
+    with pytest.raises(ScoringInputError, match=r"infusions, row 1, column as_of_day: as-of day: -4.0 must be"):
+        score_tables(bundle, infusions, measurements, days)
+    with pytest.raises(ScoringInputError, match="given twice"):
+        score_tables(bundle, infusions, measurements, pd.concat([days, days.iloc[:1]]))
+
+
+def test_outcomes_add_each_patients_eligibility_at_its_day(bundle):
+    cohort = simulate_cohort(40, 17)
+    ids = cohort.infusions["patient_id"].astype(str)
+    days = pd.Series(np.where(np.arange(len(ids)) % 2, 28.0, 182.0), index=ids.to_numpy())
+    plain = score_tables(bundle, cohort.infusions, cohort.measurements, days).scores
+    scored = score_tables(bundle, cohort.infusions, cohort.measurements, days, outcomes=cohort.outcomes).scores
+    assert list(scored.columns[:4]) == ["patient_id", "as_of_day", "eligible", "eligibility_reason"]
+    expected = eligibility_at(cohort.outcomes, ids, days.to_numpy())
+    assert scored["eligible"].tolist() == expected["eligible"].tolist()
+    assert scored["eligibility_reason"].tolist() == expected["eligibility_reason"].tolist()
+    assert {"yes", "no"} <= set(scored["eligible"])
+    pd.testing.assert_frame_equal(scored.drop(columns=["eligible", "eligibility_reason"]), plain, check_exact=True)
 
 
 def test_requests_and_tables_give_identical_scores(bundle, new_patients):

@@ -114,6 +114,30 @@ def test_documented_mlflow_predict_works_from_the_project_folder(trained, projec
     assert not (project / "mlflow.db").exists(), "the mlflow CLI used the project's store, not ./mlflow.db"
 
 
+def _records(example: dict) -> list[dict]:
+    """Patient records of a serving input example, whatever JSON format MLflow wrote it in."""
+    if "dataframe_split" in example:
+        split = example["dataframe_split"]
+        return [dict(zip(split["columns"], row)) for row in split["data"]]
+    return list(example.get("inputs") or example["dataframe_records"])
+
+
+def test_the_registered_model_carries_the_request_schema_its_example_validates(trained, tmp_path):
+    import jsonschema
+    from mlflow.artifacts import download_artifacts
+
+    from models.request_schema import request_schema_text
+
+    uri, _ = trained
+    folder = Path(download_artifacts(artifact_uri=f"models:/{MODEL}@champion", dst_path=str(tmp_path),
+                                     tracking_uri=uri))
+    schema_file = folder / "artifacts" / "request_schema.json"
+    assert schema_file.read_text() == request_schema_text()
+    records = _records(json.loads((folder / "serving_input_example.json").read_text()))
+    assert [record["patient_id"] for record in records] == [EXAMPLE_PATIENT["patient_id"]]
+    jsonschema.Draft202012Validator(json.loads(schema_file.read_text())).validate(records[0])
+
+
 def test_the_run_holds_the_cohort_dataset_the_commit_and_a_few_summary_metrics(trained, project):
     uri, _ = trained
     client = MlflowClient(tracking_uri=uri)

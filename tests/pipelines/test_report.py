@@ -10,16 +10,12 @@ import pytest
 import typer
 
 from features.contract import ContractError
-from features.landmarks import risk_set_mask
+from features.eligibility import ELIGIBLE, eligibility_at
 from models.base import cif_column, relapse_column
 from models.serving import score_tables
 from pipelines.report import (
-    ELIGIBLE,
-    NOT_ELIGIBLE,
-    UNKNOWN,
     ModelFacts,
     PatientReportError,
-    eligibility_at,
     report_bundle,
     run_patient_report,
     write_reports,
@@ -37,42 +33,7 @@ def tables():
 
 def _eligible_patient(tables, as_of_day: float = 91.0) -> str:
     status = eligibility_at(tables["outcomes"], tables["outcomes"]["patient_id"].tolist(), as_of_day)
-    return str(status.index[status["status"] == ELIGIBLE][0])
-
-
-# --- eligibility ---------------------------------------------------------------------------------------------
-OUTCOMES = pd.DataFrame({
-    "patient_id": ["cr", "nr", "relapsed", "late_assessment", "short", "hsct_later"],
-    "response": ["CR", "NR", "CRi", "CR", "CR", "CR"],
-    "response_day": [28.0, 28.0, 28.0, 120.0, 28.0, 28.0],
-    "event": ["none", "none", "relapse", "none", "none", "hsct"],
-    "event_day": [np.nan, np.nan, 80.0, np.nan, np.nan, 200.0],
-    "last_followup_day": [400.0, 28.0, 300.0, 400.0, 60.0, 300.0],
-})
-
-
-def test_eligibility_reads_remission_events_and_follow_up():
-    status = eligibility_at(OUTCOMES, [*OUTCOMES["patient_id"], "no_row"], 91.0)
-    assert status["status"].to_dict() == {
-        "cr": ELIGIBLE, "nr": NOT_ELIGIBLE, "relapsed": NOT_ELIGIBLE, "late_assessment": NOT_ELIGIBLE,
-        "short": UNKNOWN, "hsct_later": ELIGIBLE, "no_row": UNKNOWN}
-    assert status.loc["relapsed", "reason"] == "relapse on day 80"
-    assert "not yet assessed" in status.loc["late_assessment", "reason"]
-    assert eligibility_at(None, ["cr"], 91.0).loc["cr", "status"] == UNKNOWN
-
-
-def test_eligibility_at_day_0_is_conditional_on_remission_like_the_landmark_0_risk_set():
-    status = eligibility_at(OUTCOMES, OUTCOMES["patient_id"].tolist(), 0.0)
-    assert status.loc["late_assessment", "status"] == ELIGIBLE
-    assert "reach remission" in status.loc["late_assessment", "reason"]
-
-
-@pytest.mark.parametrize("day", [0.0, 28.0, 91.0, 250.0])
-def test_eligible_patients_followed_past_the_day_are_the_landmark_risk_set(day):
-    followed = OUTCOMES[OUTCOMES["last_followup_day"] > day]
-    status = eligibility_at(followed, followed["patient_id"].tolist(), day)
-    expected = risk_set_mask(followed, pd.Index(followed["patient_id"]), day)
-    assert ((status["status"] == ELIGIBLE).to_numpy() == expected).all()
+    return str(status.index[status["eligible"] == ELIGIBLE][0])
 
 
 # --- the numbers ----------------------------------------------------------------------------------------------

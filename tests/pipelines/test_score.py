@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 import pipelines.score as score_module
 from features.contract import validate_cohort
+from features.eligibility import eligibility_at
+from models.serving import score_tables
 from pipelines.cli import app
 from pipelines.io import write_table
 from pipelines.score import _patient_chunks, rejects_path, run_score, score_cohort
@@ -161,6 +163,7 @@ def test_a_boolean_column_where_numbers_go_is_refused_by_name(cohort, tmp_path, 
         (("--input", "{tmp}/cohort", "--output", "{tmp}/scores.xlsx"), "must end in .csv or .parquet"),
         (("--input", "{tmp}/cohort", "--output", "{tmp}/a_file/scores.csv"), "--output: cannot create the folder"),
         (("--input", "{tmp}/cohort", "--on-error", "ignore"), "--on-error must be one of fail, quarantine"),
+        (("--input", "{tmp}/cohort", "--as-of-day-column", "visit_day"), "--as-of-day and --as-of-day-column exclude"),
     ],
 )
 def test_arguments_are_checked_before_the_model_is_loaded(cohort, tmp_path, loaded, arguments, message):
@@ -197,3 +200,75 @@ def test_run_score_returns_the_summary(cohort, tmp_path, loaded):
     assert (summary.patients_in, summary.patients_scored, summary.rejected_rows) == (len(infusions),) * 2 + (0,)
     assert summary.collapsed_rows == 4
     assert np.isfinite(summary.seconds) and loaded == ["models:/test@champion"]
+
+
+# --- eligibility and per-patient as-of days ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def followed():
+    simulated = simulate_cohort(30, 7)
+    return simulated.infusions, simulated.measurements, simulated.outcomes
+
+
+def test_without_an_as_of_day_the_command_says_what_to_give(cohort, tmp_path, loaded):
+    folder = _write_folder(tmp_path / "cohort", *cohort)
+    result = _score("--input", str(folder), "--output", str(tmp_path / "s.csv"))
+    assert result.exit_code == 2 and "give --as-of-day DAY" in result.stderr and loaded == []
+
+
+def test_each_patient_is_scored_at_the_day_of_its_column(bundle, followed, tmp_path, loaded):  # noqa: F811
+    infusions, measurements, outcomes = followed
+    days = np.where(np.arange(len(infusions)) % 3, 63.0, 182.0)
+    folder = _write_folder(tmp_path / "cohort", infusions.assign(visit_day=days), measurements)
+    write_table(outcomes, folder / "outcomes.csv")
+    output = tmp_path / "scores.csv"
+    result = _score("--input", str(folder), "--as-of-day-column", "visit_day", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(output, dtype={"model_version": str})
+    assert scores["as_of_day"].tolist() == days.tolist()
+    assert list(scores.columns[:4]) == ["patient_id", "as_of_day", "eligible", "eligibility_reason"]
+    series = pd.Series(days, index=infusions["patient_id"].astype(str).to_numpy())
+    expected = score_tables(bundle, infusions, measurements, series, outcomes=outcomes).scores
+    assert scores["patient_id"].tolist() == expected["patient_id"].tolist()
+    assert np.allclose(scores["cif_relapse_365d"], expected["cif_relapse_365d"], rtol=0, atol=1e-12)
+    judged = eligibility_at(outcomes, infusions["patient_id"], days)
+    assert scores["eligible"].tolist() == judged["eligible"].tolist() and {"yes", "no"} <= set(scores["eligible"])
+    assert scores["eligibility_reason"].tolist() == judged["eligibility_reason"].tolist()
+
+
+def test_a_bad_day_in_the_column_is_a_reject_with_its_line(followed, tmp_path, loaded):
+    infusions, measurements, _ = followed
+    days = np.full(len(infusions), 91.0, dtype=object)
+    days[2], days[5] = "soon", None
+    folder = _write_folder(tmp_path / "cohort", infusions.assign(visit_day=days), measurements)
+    output = tmp_path / "scores.csv"
+    result = _score("--input", str(folder), "--as-of-day-column", "visit_day", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    scores, rejects = pd.read_csv(output), pd.read_csv(rejects_path(output))
+    assert len(scores) == len(infusions) - 2 and (scores["as_of_day"] == 91.0).all()
+    lines = rejects[rejects["table"] == "infusions"]
+    assert lines["row"].tolist() == [2 + 2, 5 + 2]  # CSV lines
+    assert lines["reason"].tolist() == ["as-of day: 'soon' is not a number", "as-of day: value is missing"]
+    assert (scores["eligibility_reason"] == "no outcomes table").all() and (scores["eligible"] == "unknown").all()
+    result = _score("--input", str(folder), "--as-of-day-column", "visit_day", "--output", str(output),
+                    "--on-error", "fail")
+    assert result.exit_code == 2
+    assert "infusions.csv, row 4, column visit_day: as-of day: 'soon' is not a number" in result.stderr
+
+
+def test_an_absent_as_of_day_column_exits_2_by_name(cohort, tmp_path, loaded):
+    folder = _write_folder(tmp_path / "cohort", *cohort)
+    result = _score("--input", str(folder), "--as-of-day-column", "visit", "--output", str(tmp_path / "s.csv"))
+    assert result.exit_code == 2 and "infusions.csv, column visit: as-of day column is missing" in result.stderr
+
+
+def test_outcomes_in_the_folder_are_validated_like_the_other_tables(followed, tmp_path, loaded):
+    infusions, measurements, outcomes = followed
+    folder = _write_folder(tmp_path / "cohort", infusions, measurements)
+    write_table(outcomes.iloc[1:], folder / "outcomes.csv")  # the first patient has no outcomes row
+    output = tmp_path / "scores.csv"
+    result = _score("--input", str(folder), "--as-of-day", "91", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    scores, rejects = pd.read_csv(output), pd.read_csv(rejects_path(output))
+    first = infusions["patient_id"].iloc[0]
+    assert first not in set(scores["patient_id"]) and len(scores) == len(infusions) - 1
+    assert rejects.loc[rejects["table"] == "infusions", "reason"].tolist() == [f"patient_id {first!r} has no row in outcomes"]

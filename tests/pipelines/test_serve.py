@@ -216,3 +216,30 @@ def test_a_worker_killed_by_a_signal_gives_the_shell_exit_code():
     assert _launcher_exit_code(-signal.SIGKILL) == 128 + signal.SIGKILL == 137
     assert _launcher_exit_code(-signal.SIGTERM) == 143
     assert _launcher_exit_code(3) == 3 and _launcher_exit_code(0) == 0 and _launcher_exit_code(None) == 0
+
+
+# --- the OpenAPI document of the served app ---------------------------------------------------------------
+def test_openapi_gets_the_request_body_from_the_request_schema():
+    import jsonschema
+    from fastapi import FastAPI
+
+    from models.request_schema import request_json_schema
+    from models.serving import EXAMPLE_PATIENT
+    from pipelines.serve import openapi_with_request_schema
+
+    app = FastAPI()
+    app.post("/invocations")(lambda: None)
+    plain = app.openapi()
+    document = openapi_with_request_schema(plain, request_json_schema())
+    assert "requestBody" not in plain["paths"]["/invocations"]["post"]  # the copy is changed, not the app's
+    body = document["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    patient = document["components"]["schemas"]["CarRelapsePatient"]
+    assert list(patient["properties"]) == list(request_json_schema()["properties"])
+    assert "$defs" not in json.dumps(document)  # every reference points at a component
+    validator = jsonschema.Draft202012Validator({**body, "components": document["components"]})
+    assert not list(validator.iter_errors({"inputs": [EXAMPLE_PATIENT], "params": {"on_error": "fail"}}))
+    assert not list(validator.iter_errors({"dataframe_records": [EXAMPLE_PATIENT]}))
+    bad = {**EXAMPLE_PATIENT, "prior_lines": 2.5, "measurements": [{**EXAMPLE_PATIENT["measurements"][0], "assay": "x"}]}
+    messages = [error.message for error in validator.iter_errors({"inputs": [bad]})]
+    assert any("2.5" in message for message in messages) and len(messages) == 2
+    assert list(validator.iter_errors({}))  # a body needs a format

@@ -158,7 +158,9 @@ def batch_scores(trainings, store, cohort, tmp_path_factory):
     output = tmp_path_factory.mktemp("e2e_scores") / "scores.parquet"
     summary = run_score(CHAMPION, folder, AS_OF_DAY, output, chunk_size=7, tracking_uri=store)
     assert summary.rejected_rows == 0 and summary.patients_scored == 20
-    return pd.read_parquet(output)
+    scores = pd.read_parquet(output)
+    assert (scores["eligible"] == "unknown").all()  # the folder has no outcomes table
+    return scores.drop(columns=["eligible", "eligibility_reason"])  # batch only: the served answer has no outcomes
 
 
 # --- registry -----------------------------------------------------------------------------------------
@@ -320,6 +322,18 @@ def test_plain_mlflow_models_serve_gives_the_same_answer(server, trainings, stor
         assert _post(url, body)[0] == 200
     finally:
         _stop(process)
+
+
+def test_openapi_describes_the_request_body_with_the_models_schema(server):
+    from models.request_schema import request_json_schema
+
+    with urllib.request.urlopen(f"{server}/openapi.json", timeout=30) as response:
+        document = json.loads(response.read())
+    body = document["paths"]["/invocations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["inputs"]["items"] == {"$ref": "#/components/schemas/CarRelapsePatient"}
+    patient = document["components"]["schemas"]["CarRelapsePatient"]
+    assert patient["properties"]["prior_lines"] == request_json_schema()["properties"]["prior_lines"]
+    assert patient["required"] == request_json_schema()["required"]
 
 
 def test_the_registered_model_documents_its_request_fields(trainings, store):
