@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from features.contract import validate_cohort
 from features.landmarks import build_landmark_set, feature_columns
+from features.registry import DEFAULT_BUILDERS
 from models.evaluation import EvaluationSettings, best_source, evaluate_sources
 from models.factory import BASELINE_NAME, MODEL_NAMES, make_model
 from models.oracle import oracle_predictions
@@ -44,11 +46,13 @@ def _peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def landmark_cohort(n_patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def landmark_cohort(n_patients: int, seed: int, with_oracle: bool = True,
+                    builders: Sequence[str] = DEFAULT_BUILDERS) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Simulated cohort (with oracle) -> validated -> landmark set at :data:`LANDMARK_DAYS`."""
-    cohort = simulate_cohort(n_patients, seed, with_oracle=True)
+    cohort = simulate_cohort(n_patients, seed, with_oracle=with_oracle, with_true_cifs=False)
     valid = validate_cohort(cohort.infusions, cohort.measurements, cohort.outcomes, on_error="quarantine")
-    landmark_set = build_landmark_set(valid.infusions, valid.measurements, valid.outcomes, LANDMARK_DAYS, 730.0)
+    landmark_set = build_landmark_set(valid.infusions, valid.measurements, valid.outcomes, LANDMARK_DAYS, 730.0,
+                                      builders=builders)
     return landmark_set, cohort.oracle
 
 

@@ -21,6 +21,8 @@ BENCHMARKS = {
     "calibration": "benchmarks.bench_calibration",  # issue 12: held-out O/E 0.9-1.1 per cause, horizon, landmark
     "scoring": "benchmarks.bench_scoring",  # issue 5: 100,000 patients < 60 s
     "serving": "benchmarks.bench_serving",  # issue 5: median < 50 ms, p99 < 200 ms, 8 clients
+    "oracle": "benchmarks.bench_oracle",  # issue 12: oracle C stable in its Monte Carlo replicates
+    "learning_curve": "benchmarks.bench_learning_curve",  # issue 12: gaps model -> plateau -> oracle
 }
 
 

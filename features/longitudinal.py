@@ -44,12 +44,17 @@ __all__ = [
     "BCA_RECOVERY_PCT_LYMPHOCYTES",
     "DAYS_PER_SLOPE_UNIT",
     "MRD_SPECIMENS",
+    "MRD_VISIT_WINDOW_DAYS",
     "SLOPE_LAST_TESTS",
     "SeriesSpec",
     "antigen_features",
+    "b_cell_trajectory_features",
     "bca_features",
     "car_copies_features",
+    "mrd_antigen_features",
     "mrd_features",
+    "mrd_joint_features",
+    "mrd_trajectory_features",
     "series_features",
 ]
 
@@ -463,3 +468,225 @@ def bca_features(
         "bca_days_since_last_test": np.where(tested, s - last_test, np.nan),
     }
     return float_frame(columns, index)
+
+
+# --- trajectories and joint states (issue 12: kept only with a measured gain, see docs/features.md) ---
+_TRAJECTORY_STATS = ("log10_nadir_since_infusion", "nadir_censored", "log10_rise_from_nadir",
+                     "days_since_last_negative")
+
+
+def _post_infusion(rows: _Rows) -> _Rows:
+    """The rows of :class:`_Rows` with day > 0, still sorted."""
+    keep = rows.day > 0
+    return _Rows(rows.group[keep], rows.day[keep], rows.value[keep], rows.censored[keep], rows.detectable[keep],
+                 rows.n_groups)
+
+
+def _trajectory_statistics(rows: _Rows, landmark_day: float) -> dict[str, np.ndarray]:
+    """Nadir, rise from it and time since the last negative result of each group (post-infusion rows)."""
+    stats = {name: np.full(rows.n_groups, np.nan) for name in _TRAJECTORY_STATS}
+    usable = np.isfinite(rows.value)
+    group, value = rows.group[usable], rows.value[usable]
+    if group.size:
+        nadir = _group_reduce(np.minimum, group, value, rows.n_groups, np.inf)
+        at_nadir = rows.censored[usable] & (value <= nadir[group] + 1e-12)
+        present = np.isfinite(nadir)
+        stats["log10_nadir_since_infusion"] = np.where(present, nadir, np.nan)
+        stats["nadir_censored"] = np.where(present, np.bincount(group[at_nadir], minlength=rows.n_groups) > 0,
+                                           np.nan)
+        first, last = _segments(group)
+        latest = np.full(rows.n_groups, np.nan)
+        latest[group[last]] = value[last]
+        stats["log10_rise_from_nadir"] = latest - stats["log10_nadir_since_infusion"]
+    negative = ~rows.detectable
+    last_negative = _group_reduce(np.maximum, rows.group[negative], rows.day[negative], rows.n_groups, -np.inf)
+    stats["days_since_last_negative"] = np.where(np.isfinite(last_negative), landmark_day - last_negative, np.nan)
+    return stats
+
+
+@register_builder("mrd_trajectory")
+def mrd_trajectory_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
+    """MRD trajectory since infusion per specimen (BM, PB) and assay (flow, NGS, PCR).
+
+    From results with 0 < day <= landmark; censored results enter at their detection limit (the
+    upper bound of the true value), as in :func:`series_features`.
+
+    Returns
+    -------
+    DataFrame
+        One row per patient (index ``patient_id``). Prefix ``{bm|pb}_{flow|ngs|pcr}_mrd_`` +
+        ``log10_nadir_since_infusion`` (log10 fraction: the lowest result; a detection limit
+        when the nadir is censored), ``nadir_censored`` (flag: the nadir is an upper bound),
+        ``log10_rise_from_nadir`` (log10 units: last result minus nadir; 0 while undetectable at
+        the same limit), ``days_since_last_negative`` (days from the last undetectable result to
+        the landmark; NaN when none). NaN without a post-infusion result.
+    """
+    index = patient_index(infusions)
+    s = float(landmark_day)
+    rows = _post_infusion(_select_rows(measurements, index, s, _MRD_SPECS))
+    table = _trajectory_statistics(rows, s)
+    columns = {f"{spec.prefix}_{stat}": table[stat].reshape(len(index), len(_MRD_SPECS))[:, number]
+               for number, spec in enumerate(_MRD_SPECS) for stat in _TRAJECTORY_STATS}
+    return float_frame(columns, index)
+
+
+MRD_VISIT_WINDOW_DAYS = 7.0
+"""Results within this many days before the latest MRD result belong to the same (latest) visit."""
+
+
+def _latest_visit(rows: _Rows, n_patients: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patient code, specimen (0 BM, 1 PB) and a mask of the rows of each patient's latest MRD visit."""
+    patient = rows.group // len(_MRD_SPECS)
+    specimen = (rows.group % len(_MRD_SPECS)) // len(MRD_ASSAYS)
+    latest = _group_reduce(np.maximum, patient, rows.day, n_patients, -np.inf)
+    return patient, specimen, rows.day >= latest[patient] - MRD_VISIT_WINDOW_DAYS
+
+
+@register_builder("mrd_joint")
+def mrd_joint_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
+    """Joint blood / marrow MRD state at the latest visit, with the detection limits of negative results.
+
+    The latest visit is the day of a patient's latest post-infusion MRD result (any specimen and
+    assay) and the :data:`MRD_VISIT_WINDOW_DAYS` before it.
+
+    Returns
+    -------
+    DataFrame
+        One row per patient (index ``patient_id``):
+
+        - ``mrd_latest_days_since`` (days from the latest MRD result to the landmark)
+        - ``mrd_latest_detectable_any`` (flag: any result of the visit detectable)
+        - ``mrd_latest_log10_max_detectable`` (log10 fraction: highest detectable result; NaN when none)
+        - ``mrd_latest_log10_negative_limit`` (log10 fraction: when nothing is detectable, the lowest
+          detection limit among the visit's results, i.e. how deep the negative state was tested;
+          NaN otherwise)
+        - ``mrd_latest_pb_positive_bm_negative`` (flag: blood detectable while every marrow result
+          of the visit is not; NaN unless both specimens were tested)
+
+        All NaN without a post-infusion MRD result.
+    """
+    index = patient_index(infusions)
+    n = len(index)
+    s = float(landmark_day)
+    rows = _post_infusion(_select_rows(measurements, index, s, _MRD_SPECS))
+    patient, specimen, visit = _latest_visit(rows, n)
+    patient, specimen = patient[visit], specimen[visit]
+    value, detectable = rows.value[visit], rows.detectable[visit]
+    latest = _group_reduce(np.maximum, patient, rows.day[visit], n, -np.inf)
+    tested = np.isfinite(latest)
+    detected = np.bincount(patient[detectable], minlength=n) > 0
+    highest = _group_reduce(np.maximum, patient[detectable], np.nan_to_num(value[detectable], nan=-np.inf), n, -np.inf)
+    finite_limit = ~detectable & np.isfinite(value)
+    deepest = _group_reduce(np.minimum, patient[finite_limit], value[finite_limit], n, np.inf)
+    bm_detected, pb_detected = (np.bincount(patient[detectable & (specimen == k)], minlength=n) > 0 for k in (0, 1))
+    bm_tested, pb_tested = (np.bincount(patient[specimen == k], minlength=n) > 0 for k in (0, 1))
+    columns = {
+        "mrd_latest_days_since": np.where(tested, s - latest, np.nan),
+        "mrd_latest_detectable_any": np.where(tested, detected, np.nan),
+        "mrd_latest_log10_max_detectable": np.where(np.isfinite(highest), highest, np.nan),
+        "mrd_latest_log10_negative_limit": np.where(tested & ~detected & np.isfinite(deepest), deepest, np.nan),
+        "mrd_latest_pb_positive_bm_negative": np.where(bm_tested & pb_tested, pb_detected & ~bm_detected, np.nan),
+    }
+    return float_frame(columns, index)
+
+
+def _sorted_rows(group: np.ndarray, day: np.ndarray, value: np.ndarray, censored: np.ndarray,
+                 detectable: np.ndarray, n_groups: int) -> _Rows:
+    """:class:`_Rows` sorted as :func:`_select_rows` sorts them (group, day, detectable, value)."""
+    order = np.lexsort((np.where(np.isnan(value), -np.inf, value), detectable, day, group))
+    return _Rows(group[order], day[order], value[order], censored[order], detectable[order], n_groups)
+
+
+@register_builder("b_cell_trajectory")
+def b_cell_trajectory_features(
+    infusions: pd.DataFrame,
+    measurements: pd.DataFrame,
+    landmark_day: float,
+    *,
+    recovery_cells_per_ul: float = BCA_RECOVERY_CELLS_PER_UL,
+    recovery_pct_lymphocytes: float = BCA_RECOVERY_PCT_LYMPHOCYTES,
+) -> pd.DataFrame:
+    """Timing of B-cell recovery: PB B cells relative to the recovery threshold of their unit.
+
+    Each post-infusion PB ``b_cell_count`` result (0 < day <= landmark) becomes log10(value /
+    threshold), the threshold of its unit (as :func:`bca_features`), so centers reporting cells/uL
+    and % of lymphocytes share one scale: 0 = at the threshold of loss of BCA, -1 = ten times below.
+    A censored result enters at its limit (an upper bound), as in :func:`series_features`.
+
+    Returns
+    -------
+    DataFrame
+        One row per patient (index ``patient_id``), prefix ``b_cells_log10_vs_recovery_`` +
+        ``last`` (log10 ratio at the last test), ``last_censored`` (flag), ``max_since_infusion``
+        (log10 ratio, highest quantified result), ``slope_per_30d`` (log10 ratio per 30 days over
+        the last 3 results: a rise below the threshold announces the loss of BCA). NaN without a
+        post-infusion result.
+    """
+    index = patient_index(infusions)
+    s = float(landmark_day)
+    require_columns(measurements, (*_MEASUREMENT_COLUMNS, "unit"), "measurements")
+    day = measurements["day"].to_numpy(dtype=float)
+    patient = _category_codes(measurements["patient_id"], index)
+    unit = _category_codes(measurements["unit"], ["cells/uL", "pct_lymphocytes"])
+    keep = np.flatnonzero((_category_codes(measurements["specimen"], ["PB"]) == 0)
+                          & (_category_codes(measurements["assay"], ["b_cell_count"]) == 0)
+                          & (patient >= 0) & (unit >= 0) & (day > 0) & (day <= s))
+    threshold = np.array([recovery_cells_per_ul, recovery_pct_lymphocytes])[unit[keep]]
+    ratio = log10_positive(measurements["value"].to_numpy(dtype=float, na_value=np.nan)[keep] / threshold)
+    censored = (_flags(measurements, "censored") | _flags(measurements, "detected_below_loq"))[keep]
+    rows = _sorted_rows(patient[keep].astype(np.int64), day[keep], ratio, censored, ~censored, len(index))
+    table = _series_statistics(rows, s)
+    names = {"last": "last", "last_censored": "last_censored", "max_since_infusion": "max_since_infusion",
+             "slope_per_30d": "slope_per_30d"}
+    return float_frame({f"b_cells_log10_vs_recovery_{name}": table[stat] for name, stat in names.items()}, index)
+
+
+_DAY_SPAN = 1_000_000.0
+"""Visit key = patient code x this + day (days since infusion are far below it)."""
+
+
+def _last_per_visit(patient: np.ndarray, day: np.ndarray, value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Visit keys (ascending) and the value of the last row of each visit (rows sorted by patient and day)."""
+    key = patient * _DAY_SPAN + day
+    last = _segments(key)[1] if key.size else np.zeros(0, dtype=np.int64)
+    return key[last], value[last]
+
+
+@register_builder("mrd_antigen")
+def mrd_antigen_features(infusions: pd.DataFrame, measurements: pd.DataFrame, landmark_day: float) -> pd.DataFrame:
+    """CD19-negative and CD19-positive parts of detectable marrow MRD (antigen of the residual blasts).
+
+    At the last marrow visit (day <= landmark, after infusion) with both a detectable BM flow-MRD
+    result and a CD19 % of blasts result: the MRD fraction times the share of blasts without /
+    with CD19 (the share is floored at 1%, about the resolution of the assay).
+
+    Returns
+    -------
+    DataFrame
+        One row per patient (index ``patient_id``): ``bm_cd19_negative_mrd_log10_last`` and
+        ``bm_cd19_positive_mrd_log10_last`` (log10 fraction of nucleated cells),
+        ``bm_mrd_antigen_days_since`` (days from that visit to the landmark). NaN without such a
+        visit (no detectable blasts to type).
+    """
+    index = patient_index(infusions)
+    s = float(landmark_day)
+    specs = (SeriesSpec("flow", ("BM",), "flow_mrd", log10=True),
+             SeriesSpec("cd19", ("BM",), "cd19_pct_blasts", log10=False))
+    rows = _post_infusion(_select_rows(measurements, index, s, specs))
+    patient, series = rows.group // 2, rows.group % 2
+    flow = (series == 0) & rows.detectable & np.isfinite(rows.value)
+    cd19 = (series == 1) & np.isfinite(rows.value)
+    mrd_key, mrd = _last_per_visit(patient[flow], rows.day[flow], rows.value[flow])  # rows sorted: last = highest
+    share_key, share = _last_per_visit(patient[cd19], rows.day[cd19], rows.value[cd19])
+    key, at_mrd, at_share = np.intersect1d(mrd_key, share_key, assume_unique=True, return_indices=True)
+    code = np.floor(key / _DAY_SPAN).astype(np.int64)
+    last = _segments(code)[1] if code.size else np.zeros(0, dtype=np.int64)  # keys ascend: each patient's last visit
+    code, day, log_mrd = code[last], key[last] - code[last] * _DAY_SPAN, mrd[at_mrd][last]
+    cd19_share = np.clip(share[at_share][last] / 100.0, 0.01, 0.99)
+    n = len(index)
+    out = {name: np.full(n, np.nan) for name in ("bm_cd19_negative_mrd_log10_last", "bm_cd19_positive_mrd_log10_last",
+                                                 "bm_mrd_antigen_days_since")}
+    out["bm_cd19_negative_mrd_log10_last"][code] = log_mrd + np.log10(1.0 - cd19_share)
+    out["bm_cd19_positive_mrd_log10_last"][code] = log_mrd + np.log10(cd19_share)
+    out["bm_mrd_antigen_days_since"][code] = s - day
+    return float_frame(out, index)

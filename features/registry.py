@@ -46,6 +46,8 @@ FeatureBuilder = Callable[..., pd.DataFrame]
 """``(infusions, measurements, landmark_day, **options) -> DataFrame`` indexed by patient_id."""
 
 DEFAULT_BUILDERS: tuple[str, ...] = ("baseline", "mrd", "bca", "antigen", "car_copies")
+"""The trajectory builders (``mrd_trajectory``, ``mrd_joint``, ``b_cell_trajectory``, ``mrd_antigen``) are opt-in:
+docs/features.md gives their measured gain and serving cost."""
 
 _REGISTRY: dict[str, FeatureBuilder] = {}
 _BUILTIN_MODULES = ("features.baseline", "features.longitudinal")

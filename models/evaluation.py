@@ -321,10 +321,22 @@ def evaluate_sources(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFra
         _score_landmark(collector, targets.loc[rows], {s: f.loc[rows] for s, f in predictions.items()},
                         landmark, multiplicities, settings, calibration)
     _add_landmark_means(collector, landmarks)
-    metrics = pd.DataFrame.from_records(_records(collector, settings.reference))
+    records = _records(collector, settings.reference) + _monte_carlo_errors(targets, predictions, settings)
+    metrics = pd.DataFrame.from_records(records)
     calibration_frame = pd.concat(calibration, ignore_index=True) if calibration else pd.DataFrame()
     return EvaluationResult(metrics=metrics, calibration=calibration_frame, n_rows_scored=int(keep.sum()),
                             n_rows_dropped=int((~keep).sum()), replicates=collector.replicates)
+
+
+def _monte_carlo_errors(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],
+                        settings: EvaluationSettings) -> list[dict]:
+    """Monte Carlo standard errors of sources that are Monte Carlo estimates (the oracle's ``mcse_`` columns):
+    ``uno_c_mcse``, ``harrell_c_mcse``, ``cif_mcse_mean`` for the endpoints in ``bootstrap_endpoints``
+    (models.oracle.monte_carlo_error_records)."""
+    from models.oracle import monte_carlo_error_records
+
+    return monte_carlo_error_records(targets, predictions, settings.bootstrap_endpoints, settings.horizons_days,
+                                     ALL_LANDMARKS, random_state=settings.random_state)
 
 
 def summary_by_source(metrics: pd.DataFrame, endpoint: str = "relapse") -> pd.DataFrame:

@@ -1,6 +1,6 @@
-"""Calibration report: DOMAIN.md's published figures vs the same statistics on a simulated cohort.
+"""Calibration report: published figures vs the same statistics on a simulated cohort.
 
-``TARGETS`` declares every figure of DOMAIN.md's "Published figures" table: its source cohort,
+``TARGETS`` declares every published figure the simulator is held to: its source cohort,
 the statistic, the published value (and 95% CI or range when known), the analysis that estimates
 it (``pipelines.calibration_targets``) and the tolerance rule. Figures the simulator cannot
 produce are kept as ``NotModeled`` rows with the reason.
@@ -121,6 +121,7 @@ class CalibrationTarget:
 
 # --- shared definitions ----------------------------------------------------------------------------------
 RESPONDERS = "responder"
+BCA_LOST_BY_6_MONTHS = f"bca_loss_day <= {DAYS_6_MONTHS}"
 CARMA_EFS_COVARIATES = ("high_burden", "blinatumomab_nonresponder", "blinatumomab_responder", "active_non_cns_emd",
                         "kmt2a_rearranged")
 CARMA_RELAPSE_COVARIATES = CARMA_EFS_COVARIATES + ("prior_crs_ge2",)
@@ -283,6 +284,9 @@ def _extramedullary_targets() -> list[CalibrationTarget]:
         _efs_hr("efs_hr_active_non_cns_emd", "active_non_cns_emd", "active non-CNS EMD at infusion: EFS HR 1.9", 1.9),
         _not_modeled("prior_emd_no_effect", "prior EM or CNS disease: no effect", "CAR-MA", "hazard_ratio", 1.0,
                      "the data contract records CNS status and active EMD at infusion, not prior EM/CNS disease"),
+        _share("cr_active_non_cns_emd", "active non-CNS extramedullary disease at infusion: CR/CRi 66%", "PRWCC",
+               66.0, "active_non_cns_emd == 1", "responder"),
+        _share("cr_cns3", "CNS3 at infusion: CR/CRi 88%", "PRWCC", 88.0, "cns3 == 1", "responder"),
         _share("cr_isolated_cns", "isolated CNS disease (CNS2/3, BM blasts <5%, no other EMD): CR 96-98%",
                "single-center series", 97.0, isolated, "responder", target_range=(96.0, 98.0)),
         _share("relapse_isolated_cns", "isolated CNS disease: about a third relapse afterwards",
@@ -323,6 +327,8 @@ def _surveillance_targets() -> list[CalibrationTarget]:
                           "hazard_ratio", 4.5,
                           TimeVaryingCoxHazardRatio("relapse", RESPONDERS, "bca_loss_day", DAYS_12_MONTHS), HR,
                           ci95=(2.03, 9.97)),
+        _km("efs_24m_bca_loss_6m", "loss of B-cell aplasia within 6 months: 24-month EFS 14%", "ELIANA/ENSIGN", 14.0,
+            "efs", f"{RESPONDERS} and {BCA_LOST_BY_6_MONTHS}", DAYS_24_MONTHS),
         CalibrationTarget("relapse_hr_ngs_d28", "detectable BM NGS-MRD at day 28: relapse HR 4.9 (4.87, with "
                           "B-cell recovery in the model)", "ELIANA/ENSIGN", "hazard_ratio", 4.9,
                           LandmarkCoxHazardRatio("relapse", "ngs_bm_detectable_d28", NGS_LANDMARKS["d28"][1], True), HR,
@@ -514,6 +520,10 @@ def _definitions() -> str:
 - **High burden**: marrow blasts >= {HIGH_BURDEN_BLASTS_PCT:g}% before lymphodepletion. Multivariable EFS model
   (CAR-MA): {", ".join(CARMA_EFS_COVARIATES)}. Cause-specific relapse models add prior_crs_ge2; the "no
   effect" model adds age_ge_18, male, down_syndrome, prior_hsct, ph_positive, hypodiploid.
+- **Loss of BCA within 6 months** (ELIANA/ENSIGN EFS figure): responders whose first recovered B-cell
+  result is on or before day {DAYS_6_MONTHS:g}; their EFS is counted from infusion.
+- **CR/CRi by extramedullary disease** (PRWCC): among patients with active non-CNS EMD at infusion, and
+  among CNS3 patients, whatever their marrow burden.
 - **Low antigen load / fludarabine exposure**: CD19 antigen load < {LOW_CD19_ANTIGEN_LOAD_PCT:g}% of BM cells;
   fludarabine AUC < {LOW_FLUDARABINE_AUC:g} mg*h/L (patients without an AUC are left out of those models).
 - **Cumulative incidences** (death, HSCT) by Aalen-Johansen with relapse, death and HSCT as
@@ -549,8 +559,9 @@ def render_markdown(results: pd.DataFrame, n_patients: int, seed: int, command: 
     counts = results["status"].value_counts()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pass", "miss", "not modeled", "no ground truth"))
     lines = ["# Calibration report", "",
-             "Generated file; do not edit. Published figures (/work/shared/DOMAIN.md) vs the same statistics on "
-             "the simulated cohort.", "",
+             "Generated file; do not edit. Published figures (source cohort in the `source` column; 'DOMAIN' marks "
+             "consensus figures of the clinical literature without a single cohort) vs the same statistics on the "
+             "simulated cohort.", "",
              f"Regenerate with `{command}` (N = {n_patients} patients, seed = {seed}).", "",
              f"**Summary:** {summary} (of {len(results)} figures); {quarantine_summary(results)}.", "",
              "Tolerance: HR inside its published 95% CI or within +-30%; percentages within +-5 points of the "

@@ -140,6 +140,7 @@ def _covariates(infusions: pd.DataFrame) -> pd.DataFrame:
     out["costim_cd28"] = _flag(infusions["costim"] == "CD28", infusions["costim"].notna())
     out["age_ge_18"] = _flag(age >= 18.0, age.notna())
     out["male"] = _flag(sex == "M", sex.notna())
+    out["cns3"] = _flag(cns == "CNS3", cns.notna())
     cns_involved = cns.isin(["CNS2", "CNS3"])
     isolated = cns_involved & (blasts < HIGH_BURDEN_BLASTS_PCT) & (out["active_non_cns_emd"] == 0.0)
     out["isolated_cns"] = _flag(isolated, cns.notna() & blasts.notna())

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from features.registry import DEFAULT_BUILDERS
+
 __all__ = [
     "MIN_BOOTSTRAP",
     "ConfigError",
@@ -108,7 +110,7 @@ class FeaturesConfig(_Strict):
     )
     horizon_days: float = Field(730.0, gt=0, description="Follow-up after each landmark is truncated at this many days.")
     builders: list[str] = Field(
-        default_factory=lambda: ["baseline", "mrd", "bca", "antigen", "car_copies"],
+        default_factory=lambda: list(DEFAULT_BUILDERS),
         description="Feature builders to run, by registry name (features.registry).",
     )
     hsct: Literal["competing", "censor"] = Field(

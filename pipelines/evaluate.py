@@ -247,10 +247,12 @@ def _headline_table(run: EvaluationRun):
 
     horizon = _headline_horizon(run.config)
     metrics = run.result.metrics
-    rows = metrics[(metrics["metric"] == "uno_c") & (metrics["endpoint"] == "relapse")
-                   & np.isclose(metrics["horizon_days"].astype(float), horizon)]
+    at_horizon = metrics[(metrics["endpoint"] == "relapse") & np.isclose(metrics["horizon_days"].astype(float), horizon)]
+    rows = at_horizon[at_horizon["metric"] == "uno_c"]
+    mcse = at_horizon[at_horizon["metric"] == "uno_c_mcse"]
     shown = [*run.config.models.candidates, ORACLE, RULE, f"{run.best_model} - {RULE}"]
-    table = Table(title=f"Uno's C, relapse at {horizon:g} days [95% CI]; best model: {run.best_model}")
+    table = Table(title=f"Uno's C, relapse at {horizon:g} days [95% CI] (Monte Carlo SE of the oracle); "
+                        f"best model: {run.best_model}")
     landmarks = list(dict.fromkeys(rows["landmark_day"]))
     table.add_column("source")
     for landmark in landmarks:
@@ -259,8 +261,10 @@ def _headline_table(run: EvaluationRun):
         cells = []
         for landmark in landmarks:
             row = rows[(rows["source"] == source) & (rows["landmark_day"] == landmark)]
+            error = mcse[(mcse["source"] == source) & (mcse["landmark_day"] == landmark)]["value"]
             cells.append("" if row.empty else f"{row['value'].iloc[0]:.3f} "
-                                              f"[{row['ci_low'].iloc[0]:.3f}, {row['ci_high'].iloc[0]:.3f}]")
+                                              f"[{row['ci_low'].iloc[0]:.3f}, {row['ci_high'].iloc[0]:.3f}]"
+                                              + ("" if error.empty else f" ({error.iloc[0]:.4f})"))
         if any(cells):
             table.add_row(source, *cells)
     return table

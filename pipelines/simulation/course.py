@@ -18,14 +18,21 @@ if TYPE_CHECKING:
 import numpy as np
 
 from pipelines.simulation.covariates import Covariates, draw_covariates
-from pipelines.simulation.disease import ClonalCourse, DiseaseLatent, clonal_course, draw_disease, sample_escape
+from pipelines.simulation.disease import (
+    ClonalCourse,
+    DiseaseLatent,
+    clonal_course,
+    draw_disease,
+    sample_escape,
+)
 from pipelines.simulation.events import (
     FirstEvent,
     Relapse,
     first_event,
     hsct_decision_day,
+    hsct_decision_probability,
+    in_remission,
     relapse_from_crossings,
-    responds,
     sample_death_day,
 )
 from pipelines.simulation.observation import (
@@ -50,9 +57,11 @@ from pipelines.simulation.persistence import (
 __all__ = [
     "LatentPatients",
     "CourseDraws",
+    "DiseaseCourse",
     "CourseOutcome",
     "draw_latent_patients",
     "draw_course",
+    "disease_course",
     "run_course",
     "decision_view",
 ]
@@ -94,6 +103,23 @@ class CourseDraws:
     death_day: np.ndarray
     """Latent day of death in remission (``inf`` never happens: the late hazard is constant)."""
     noise: VisitNoise
+
+
+@dataclass(frozen=True)
+class DiseaseCourse:
+    """What T_p, the escape and the result noise decide: everything but death and the HSCT decisions."""
+
+    clonal: ClonalCourse
+    crossings: np.ndarray
+    """Crossing day of each clone, shape (n, 5) (:meth:`ClonalCourse.crossing_days`)."""
+    remission: np.ndarray
+    """The disease criterion of remission at the response assessment (alive or not)."""
+    relapse: Relapse
+    observed: VisitObservations
+    b_cells_value: np.ndarray
+    """Observed B cells at each visit slot in the center's unit (NaN: not done)."""
+    hsct_probability: np.ndarray
+    """Probability of deciding a consolidative HSCT at each visit slot, until the relapse."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +202,41 @@ def draw_course(latent: LatentPatients, rng: np.random.Generator, params: Simula
     )
 
 
+def disease_course(latent: LatentPatients, draws: CourseDraws, params: SimulationParams) -> DiseaseCourse:
+    """Resolve the leukemia, its observation and the HSCT decision hazards (not death, not the decisions).
+
+    A decision is possible at visits before the relapse. A death before such a visit makes the
+    decision moot (death is the first event then), so it need not end the eligibility here.
+
+    Parameters
+    ----------
+    latent : LatentPatients
+        The patients (rows may repeat: Monte Carlo replicates).
+    draws : CourseDraws
+        Their course draws (the death day is not used).
+    params : SimulationParams
+        Thresholds, observation and event parameters.
+
+    Returns
+    -------
+    DiseaseCourse
+    """
+    dp = params.disease
+    clonal = clonal_course(latent.disease, draws.car_loss_day, draws.escape_day, draws.escape_myeloid, dp)
+    crossings = clonal.crossing_days(dp.marrow_threshold_log10, dp.em_threshold_log10)
+    remission = in_remission(clonal, latent.schedule.day[:, 0], dp)
+    relapse = relapse_from_crossings(crossings, dp)
+    observed = observe_visits(clonal, latent.observation, latent.schedule, draws.noise, params.observation)
+    true_b = b_cells_per_ul(latent.schedule.day, draws.car_loss_day, latent.persistence, params.persistence)
+    b_value, b_recovered = observe_b_cells(true_b, latent.persistence.lymphocytes_per_ul, latent.b_cells_in_pct,
+                                           latent.schedule.b_cells, draws.noise.b_cells, params.observation)
+    probability = hsct_decision_probability(observed, latent.schedule, b_recovered,
+                                            np.where(remission, relapse.day, -np.inf), latent.hsct_policy,
+                                            latent.cov.prior_hsct, params.events)
+    return DiseaseCourse(clonal=clonal, crossings=crossings, remission=remission, relapse=relapse, observed=observed,
+                         b_cells_value=b_value, hsct_probability=probability)
+
+
 def run_course(latent: LatentPatients, draws: CourseDraws, params: SimulationParams) -> CourseOutcome:
     """Resolve response, relapse, HSCT and the first event from the latent state and the draws.
 
@@ -194,23 +255,15 @@ def run_course(latent: LatentPatients, draws: CourseDraws, params: SimulationPar
     -------
     CourseOutcome
     """
-    dp = params.disease
-    clonal = clonal_course(latent.disease, draws.car_loss_day, draws.escape_day, draws.escape_myeloid, dp)
-    crossings = clonal.crossing_days(dp.marrow_threshold_log10, dp.em_threshold_log10)
+    course = disease_course(latent, draws, params)
     response_day = latent.schedule.day[:, 0]
-    responder = responds(clonal, response_day, draws.death_day, dp)
-    relapse = relapse_from_crossings(crossings, dp)
-    observed = observe_visits(clonal, latent.observation, latent.schedule, draws.noise, params.observation)
-    true_b = b_cells_per_ul(latent.schedule.day, draws.car_loss_day, latent.persistence, params.persistence)
-    b_value, b_recovered = observe_b_cells(true_b, latent.persistence.lymphocytes_per_ul, latent.b_cells_in_pct,
-                                           latent.schedule.b_cells, draws.noise.b_cells, params.observation)
-    eligible_until = np.where(responder, np.minimum(relapse.day, draws.death_day), -np.inf)
-    decision = hsct_decision_day(observed, latent.schedule, b_recovered, eligible_until, latent.hsct_policy,
-                                 latent.cov.prior_hsct, draws.noise.decision, params.events)
+    responder = course.remission & (draws.death_day > response_day)
+    decision = hsct_decision_day(course.hsct_probability, latent.schedule.day, draws.noise.decision)
     hsct_day = decision + latent.hsct_delay_days
-    first = first_event(responder, response_day, relapse.day, draws.death_day, hsct_day, params.horizon_days)
-    return CourseOutcome(clonal=clonal, crossings=crossings, responder=responder, relapse=relapse,
-                         hsct_day=hsct_day, first=first, observed=observed, b_cells_value=b_value)
+    first = first_event(responder, response_day, course.relapse.day, draws.death_day, hsct_day, params.horizon_days)
+    return CourseOutcome(clonal=course.clonal, crossings=course.crossings, responder=responder,
+                         relapse=course.relapse, hsct_day=hsct_day, first=first, observed=course.observed,
+                         b_cells_value=course.b_cells_value)
 
 
 def _first_columns(record: T, k: int) -> T:

@@ -17,7 +17,7 @@ from features.landmarks import (
     landmark_targets,
     risk_set_mask,
 )
-from features.registry import build_feature_rows
+from features.registry import available_builders, build_feature_rows
 from tests.features.test_baseline import infusions_for
 from tests.features.test_longitudinal import measurements_of
 
@@ -190,7 +190,7 @@ def future_changes(draw, outcomes: pd.DataFrame, landmark: float) -> pd.DataFram
     return changed
 
 
-BUILDERS = ("baseline", "mrd", "bca", "antigen", "car_copies")
+BUILDERS = available_builders()  # every registered builder, the trajectory ones included
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -11,9 +11,13 @@ import pytest
 from features.longitudinal import (
     SLOPE_LAST_TESTS,
     antigen_features,
+    b_cell_trajectory_features,
     bca_features,
     car_copies_features,
+    mrd_antigen_features,
     mrd_features,
+    mrd_joint_features,
+    mrd_trajectory_features,
 )
 
 UNIT_BY_ASSAY = {
@@ -312,3 +316,87 @@ def test_flags_are_booleans_with_missing_as_false(column):
     assert flags.dtype == bool
     np.testing.assert_array_equal(flags, column.fillna(False).astype(bool).to_numpy())
     np.testing.assert_array_equal(_flags(pd.DataFrame({"x": column}), "censored"), [False] * 3)
+
+
+# --- trajectories and joint states -------------------------------------------------------------
+TRAJECTORY_ROWS = [
+    ("A", -5, "BM", "ngs_mrd", 1e-2, False),
+    ("A", 28, "BM", "ngs_mrd", 1e-6, True),
+    ("A", 91, "BM", "ngs_mrd", 1e-6, True),
+    ("A", 182, "BM", "ngs_mrd", 1e-4, False),
+    ("B", 28, "BM", "ngs_mrd", 1e-3, False),
+    ("B", 91, "BM", "ngs_mrd", 1e-5, False),
+]
+
+
+def test_mrd_trajectory_nadir_rise_and_last_negative():
+    features = mrd_trajectory_features(infusions_of("A", "B", "C"), measurements_of(TRAJECTORY_ROWS), 200.0)
+    a, b, c = (features.loc[p] for p in ("A", "B", "C"))
+    assert a["bm_ngs_mrd_log10_nadir_since_infusion"] == pytest.approx(-6.0)   # the limit, not zero
+    assert a["bm_ngs_mrd_nadir_censored"] == 1.0
+    assert a["bm_ngs_mrd_log10_rise_from_nadir"] == pytest.approx(2.0)          # -4 - (-6)
+    assert a["bm_ngs_mrd_days_since_last_negative"] == pytest.approx(200.0 - 91.0)
+    assert b["bm_ngs_mrd_log10_nadir_since_infusion"] == pytest.approx(-5.0)
+    assert b["bm_ngs_mrd_nadir_censored"] == 0.0
+    assert b["bm_ngs_mrd_log10_rise_from_nadir"] == pytest.approx(0.0)          # the last result is the nadir
+    assert math.isnan(b["bm_ngs_mrd_days_since_last_negative"])                   # never negative
+    assert features.loc["C"].isna().all() and math.isnan(a["pb_ngs_mrd_log10_nadir_since_infusion"])
+    assert math.isnan(c["bm_ngs_mrd_nadir_censored"])
+    early = mrd_trajectory_features(infusions_of("A"), measurements_of(TRAJECTORY_ROWS), 91.0).loc["A"]
+    assert early["bm_ngs_mrd_log10_rise_from_nadir"] == pytest.approx(0.0)      # day 182 is not known yet
+    assert early["bm_ngs_mrd_days_since_last_negative"] == pytest.approx(0.0)
+
+
+JOINT_ROWS = [
+    ("A", 28, "BM", "flow_mrd", 1e-2, False),
+    ("A", 91, "BM", "ngs_mrd", 1e-6, True),
+    ("A", 91, "BM", "flow_mrd", 1e-4, True),
+    ("A", 93, "PB", "flow_mrd", 1e-4, True),
+    ("B", 120, "PB", "flow_mrd", 1e-3, False),
+    ("B", 180, "BM", "ngs_mrd", 1e-6, True),
+    ("B", 182, "PB", "flow_mrd", 3e-4, False),
+]
+
+
+def test_mrd_joint_state_of_the_latest_visit():
+    features = mrd_joint_features(infusions_of("A", "B", "C"), measurements_of(JOINT_ROWS), 200.0)
+    a, b = features.loc["A"], features.loc["B"]
+    assert a["mrd_latest_days_since"] == pytest.approx(107.0)
+    assert a["mrd_latest_detectable_any"] == 0.0
+    assert math.isnan(a["mrd_latest_log10_max_detectable"])
+    assert a["mrd_latest_log10_negative_limit"] == pytest.approx(-6.0)   # NGS-negative: the deepest limit
+    assert a["mrd_latest_pb_positive_bm_negative"] == 0.0
+    assert b["mrd_latest_detectable_any"] == 1.0
+    assert b["mrd_latest_log10_max_detectable"] == pytest.approx(math.log10(3e-4))   # day 120 is not the visit
+    assert math.isnan(b["mrd_latest_log10_negative_limit"])
+    assert b["mrd_latest_pb_positive_bm_negative"] == 1.0
+    assert features.loc["C"].isna().all()
+
+
+def test_b_cell_trajectory_on_one_scale_for_both_units():
+    rows = [("A", 28, "PB", "b_cell_count", 1.0, True, "cells/uL"),     # "<1 cells/uL"
+            ("A", 91, "PB", "b_cell_count", 2.0, False, "cells/uL"),
+            ("A", 122, "PB", "b_cell_count", 5.0, False, "cells/uL"),
+            ("B", 61, "PB", "b_cell_count", 0.1, True, "pct_lymphocytes"),
+            ("B", 91, "PB", "b_cell_count", 3.0, False, "pct_lymphocytes")]
+    features = b_cell_trajectory_features(infusions_of("A", "B", "C"), measurements_of(rows), 200.0)
+    a, b = features.loc["A"], features.loc["B"]
+    assert a["b_cells_log10_vs_recovery_last"] == pytest.approx(math.log10(5.0 / 10.0))   # half the threshold
+    assert a["b_cells_log10_vs_recovery_max_since_infusion"] == pytest.approx(math.log10(0.5))
+    days, values = np.array([28.0, 91.0, 122.0]), np.log10([0.1, 0.2, 0.5])   # the censored one at its limit
+    assert a["b_cells_log10_vs_recovery_slope_per_30d"] == pytest.approx(np.polyfit(days, values, 1)[0] * 30)
+    assert b["b_cells_log10_vs_recovery_last"] == pytest.approx(math.log10(3.0))            # 3% vs 1%
+    assert b["b_cells_log10_vs_recovery_last_censored"] == 0.0
+    assert features.loc["C"].isna().all()
+
+
+def test_mrd_antigen_splits_detectable_marrow_mrd_by_cd19():
+    rows = [("A", 91, "BM", "flow_mrd", 1e-3, False), ("A", 91, "BM", "cd19_pct_blasts", 20.0, False),
+            ("A", 182, "BM", "flow_mrd", 1e-4, True), ("A", 182, "BM", "cd19_pct_blasts", 5.0, False),
+            ("B", 91, "BM", "flow_mrd", 1e-2, False)]
+    features = mrd_antigen_features(infusions_of("A", "B"), measurements_of(rows), 200.0)
+    a = features.loc["A"]
+    assert a["bm_cd19_negative_mrd_log10_last"] == pytest.approx(-3.0 + math.log10(0.8))
+    assert a["bm_cd19_positive_mrd_log10_last"] == pytest.approx(-3.0 + math.log10(0.2))
+    assert a["bm_mrd_antigen_days_since"] == pytest.approx(109.0)   # day 182: MRD censored, nothing to type
+    assert features.loc["B"].isna().all()                           # no antigen result

@@ -66,6 +66,18 @@ def test_metrics_put_model_oracle_and_rule_side_by_side(evaluated):
     assert payload["shap"]["method"] == "tree"
 
 
+def test_oracle_carries_its_monte_carlo_standard_error(evaluated):
+    result, out = evaluated
+    payload = json.loads((out / "metrics.json").read_text())
+    errors = [entry for entry in payload["results"] if entry["metric"] == "uno_c_mcse" and entry["endpoint"] == "relapse"
+              and entry["horizon_days"] == 365.0]
+    assert sorted(str(entry["landmark_day"]) for entry in errors) == ["0.0", "91.0", "all"]
+    for entry in errors:
+        assert set(entry["sources"]) == {"oracle"}
+        assert 0.0 <= entry["sources"]["oracle"]["value"] < 0.01
+    assert "Monte Carlo SE of the oracle" in " ".join(result.output.split())
+
+
 @pytest.mark.parametrize("config_text, message", [
     ("models:\n  candidates: [xgb_cox]\nevaluation:\n  cv_folds: 1\n", "cv_folds"),
     ("data:\n  source: folder\n  input_dir: /nonexistent/cohort\n", "input_dir"),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipelines.simulation.arrays import take_rows
 from pipelines.simulation.course import decision_view, draw_course, draw_latent_patients, run_course
-from pipelines.simulation.oracle import conditional_draws, true_incidence
+from pipelines.simulation.events import EVENT_DEATH, EVENT_HSCT, EVENT_RELAPSE
+from pipelines.simulation.oracle import RELAPSE, conditional_draws, in_risk_set, oracle_table, true_incidence
 from pipelines.simulation.params import SimulationParams
 
 
@@ -59,3 +61,56 @@ def test_more_replicates_shrink_monte_carlo_noise():
     spread_few = np.nanmean(np.abs(estimates[0] - estimates[1]))
     spread_many = np.nanmean(np.abs(estimates[2] - estimates[3]))
     assert spread_many < 0.5 * spread_few
+
+
+def _counted_incidence(latent, draws, patients, s, horizon, replicates, rng, params):
+    """Reference: sample the whole future (death and HSCT decisions too) and count first events."""
+    rows = np.repeat(patients, replicates)
+    view_latent, view_draws = decision_view(take_rows(latent, rows), take_rows(draws, rows), params)
+    replicate = run_course(view_latent, conditional_draws(view_latent, view_draws, s, rng, params), params)
+    within = replicate.first.day <= s + horizon
+    cause = np.select([within & (replicate.first.event == EVENT_RELAPSE), within & (replicate.first.event == EVENT_DEATH),
+                       within & (replicate.first.event == EVENT_HSCT)],
+                      [replicate.relapse.phenotype, 3, 4], 5)
+    group = np.repeat(np.arange(patients.size), replicates)
+    kept = replicate.responder
+    counts = np.stack([np.bincount(group[kept & (cause == c)], minlength=patients.size) for c in range(6)], axis=1)
+    return counts / np.bincount(group[kept], minlength=patients.size)[:, None], kept.reshape(-1, replicates).mean(1)
+
+
+@pytest.mark.parametrize("s", [0.0, 91.0])
+def test_integrating_out_death_and_hsct_keeps_the_expectation(s):
+    """The oracle's conditional expectation agrees with counting sampled first events."""
+    params, latent, draws, outcome = _realised(600, seed=4)
+    patients = np.flatnonzero(in_risk_set(outcome, s))[:150]
+    horizon = 365.0
+    oracle = true_incidence(latent, draws, outcome, s, (horizon,), 400, np.random.default_rng(7), params,
+                            patients=patients)
+    counted, responded = _counted_incidence(latent, draws, patients, s, horizon, 1500, np.random.default_rng(8),
+                                            params)
+    cif = oracle.cif[patients, 0, :]
+    counted_se = np.sqrt(counted * (1 - counted) / 1500)
+    for c in range(6):
+        difference = cif[:, c].mean() - counted[:, c].mean()
+        se = np.sqrt(np.mean(oracle.mcse[patients, 0, c] ** 2) + np.mean(counted_se[:, c] ** 2)) / np.sqrt(150)
+        assert abs(difference) < 4 * se + 1e-4, (c, difference, se)
+    z = (cif - counted) / np.sqrt(oracle.mcse[patients, 0, :6] ** 2 + counted_se ** 2 + 1e-12)
+    assert np.mean(np.abs(z) > 4) < 0.01
+    np.testing.assert_allclose(oracle.p_response[patients].mean(), responded.mean(), atol=0.01)
+
+
+def test_monte_carlo_standard_errors_match_the_spread_between_runs():
+    params, latent, draws, outcome = _realised(800, seed=5)
+    s = 28.0
+    runs = [true_incidence(latent, draws, outcome, s, (182.0, 365.0), 64, np.random.default_rng(seed), params)
+            for seed in (1, 2)]
+    at_risk = runs[0].in_risk_set
+    relapse = [run.cif[at_risk][..., :3].sum(axis=2) for run in runs]
+    mcse = [run.mcse[at_risk][..., RELAPSE] for run in runs]
+    spread = np.sqrt(np.mean((relapse[0] - relapse[1]) ** 2))
+    predicted = np.sqrt(np.mean(mcse[0] ** 2 + mcse[1] ** 2))
+    assert 0.8 < spread / predicted < 1.25
+    assert runs[0].replicates == 64
+    table = oracle_table(np.arange(800).astype(str), runs[:1])
+    assert {"mcse_cif_relapse", "mcse_cif_CD19_pos", "mcse_event_free", "mc_replicates"} <= set(table.columns)
+    assert table.loc[table["in_risk_set"], "mcse_cif_relapse"].notna().all()
