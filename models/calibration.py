@@ -15,8 +15,11 @@ r"""Calibration of predicted cumulative incidence at a horizon, with competing r
   group incidence across the deciles (weights = group sizes); reported alongside.
 - :func:`observed_expected_ratio`: Aalen-Johansen incidence over the mean predicted incidence
   (calibration in the large).
+- :func:`cloglog_recalibration`: the intercept and slope (a, b) of the same model, optionally
+  shrunk towards a prior (penalised likelihood); what :mod:`models.recalibration` maps
+  predictions with.
 
-All accept bootstrap ``multiplicities`` (B, n) like the metrics.
+All but the last accept bootstrap ``multiplicities`` (B, n) like the metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ import pandas as pd
 from models.metrics import COMPETING, ENDPOINT, Outcome, known_status_weights
 from models.nonparametric import aalen_johansen
 
-__all__ = ["calibration_slope", "calibration_table", "decile_slope", "observed_expected_ratio", "observed_incidence"]
+__all__ = [
+    "calibration_slope",
+    "calibration_table",
+    "cloglog_recalibration",
+    "decile_slope",
+    "observed_expected_ratio",
+    "observed_incidence",
+]
 
 _CLIP = 1e-4
 """Predictions are clipped to [1e-4, 1 - 1e-4] before the cloglog transform: below 1e-4 nothing
@@ -39,31 +49,38 @@ def _cloglog(p: np.ndarray) -> np.ndarray:
     return np.log(-np.log1p(-p))
 
 
-def _cloglog_log_likelihood(design: np.ndarray, y: np.ndarray, w: np.ndarray, beta: np.ndarray) -> float:
-    eta = np.clip(design @ beta, -30.0, 30.0)
-    risk = np.exp(eta)
+def _cloglog_log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    risk = np.exp(np.clip(eta, -30.0, 30.0))
     log_mu = np.log(np.maximum(-np.expm1(-risk), 1e-300))
     return float(np.sum(w * (y * log_mu - (1.0 - y) * risk)))
 
 
-def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, iterations: int = 100) -> tuple[float, float]:
-    """Weighted binomial maximum likelihood with cloglog link, by Newton steps halved until the
-    likelihood improves; starts from perfect calibration (0, 1). Returns (intercept, slope)."""
+def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior_mean: tuple[float, float] = (0.0, 1.0),
+                 prior_precision: tuple[float, float] = (0.0, 0.0), iterations: int = 100) -> tuple[float, float]:
+    """Weighted binomial maximum likelihood of ``cloglog P(y) = a + b x``, penalised by
+    ``precision / 2 * (beta - prior_mean)**2`` (a normal prior; zero precision = plain ML), by
+    Newton steps halved until the objective improves, starting from the prior mean. Returns
+    (a, b); (NaN, NaN) when the information matrix is singular."""
     design = np.column_stack([np.ones_like(x), x])
-    beta = np.array([0.0, 1.0])
-    current = _cloglog_log_likelihood(design, y, w, beta)
+    mean, precision = np.asarray(prior_mean, dtype=float), np.asarray(prior_precision, dtype=float)
+
+    def objective(beta: np.ndarray) -> float:
+        return _cloglog_log_likelihood(design @ beta, y, w) - 0.5 * float(precision @ (beta - mean) ** 2)
+
+    beta = mean.copy()
+    current = objective(beta)
     for _ in range(iterations):
         eta = np.clip(design @ beta, -30.0, 30.0)
         mu = np.clip(-np.expm1(-np.exp(eta)), 1e-12, 1.0 - 1e-12)
         dmu = np.exp(eta - np.exp(eta))
-        score = design.T @ (w * (y - mu) * dmu / (mu * (1 - mu)))
-        information = (design * (w * dmu**2 / (mu * (1 - mu)))[:, None]).T @ design
+        score = design.T @ (w * (y - mu) * dmu / (mu * (1 - mu))) - precision * (beta - mean)
+        information = (design * (w * dmu**2 / (mu * (1 - mu)))[:, None]).T @ design + np.diag(precision)
         try:
             step = np.linalg.solve(information, score)
         except np.linalg.LinAlgError:
             return np.nan, np.nan
         for _ in range(40):
-            candidate = _cloglog_log_likelihood(design, y, w, beta + step)
+            candidate = objective(beta + step)
             if candidate >= current - 1e-12:
                 break
             step = step / 2.0
@@ -71,6 +88,47 @@ def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, iterations: int = 
         if np.max(np.abs(step)) < 1e-8 or abs(improvement) < 1e-10:
             break
     return float(beta[0]), float(beta[1])
+
+
+def _known_rows(outcome: Outcome, cif: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows whose status at t is known: their cloglog prediction, endpoint indicator and IPCW weight,
+    and the mask selecting them."""
+    weight, case, _ = known_status_weights(outcome, t)
+    known = weight > 0
+    return _cloglog(np.asarray(cif, dtype=float))[known], case[known].astype(float), weight[known], known
+
+
+def cloglog_recalibration(outcome: Outcome, cif: np.ndarray, t: float, prior_mean: tuple[float, float] = (0.0, 1.0),
+                          prior_sd: tuple[float, float] | None = None) -> tuple[float, float]:
+    r"""Intercept and slope (a, b) of :math:`\operatorname{cloglog} P(\text{endpoint by } t) = a + b
+    \operatorname{cloglog} \hat F(t)`, IPCW-weighted binomial maximum likelihood (module docstring).
+
+    Parameters
+    ----------
+    outcome : Outcome
+    cif : ndarray
+        Predicted cumulative incidence of the endpoint at t, one value per row.
+    t : float
+        Horizon, days since the landmark.
+    prior_mean : (float, float)
+        Centre of the normal prior on (a, b) when ``prior_sd`` is given.
+    prior_sd : (float, float), optional
+        Standard deviations of that prior: the estimate is shrunk towards ``prior_mean`` the
+        fewer events there are (penalised likelihood). None: plain maximum likelihood.
+
+    Returns
+    -------
+    (a, b) : tuple of float
+        (0, 1) is perfect calibration. Without a prior, NaN when no known row has the endpoint,
+        when the predictions do not vary, or when the fit is singular.
+    """
+    x, y, w, _ = _known_rows(outcome, cif, t)
+    if prior_sd is None:
+        if y @ w <= 0 or x.size == 0 or np.ptp(x) < 1e-9:
+            return np.nan, np.nan
+        return _fit_cloglog(x, y, w, prior_mean)
+    precision = 1.0 / np.square(np.asarray(prior_sd, dtype=float))
+    return _fit_cloglog(x, y, w, prior_mean, (float(precision[0]), float(precision[1])))
 
 
 def calibration_slope(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.ndarray | None = None):
@@ -89,18 +147,16 @@ def calibration_slope(outcome: Outcome, cif: np.ndarray, t: float, multiplicitie
     float or ndarray
         NaN when the predictions do not vary or no row has the endpoint.
     """
-    weight, case, _ = known_status_weights(outcome, t)
-    known = weight > 0
-    x, y = _cloglog(np.asarray(cif, dtype=float))[known], case[known].astype(float)
-    if np.ptp(x) < 1e-9 or y.sum() == 0:
+    x, y, w, known = _known_rows(outcome, cif, t)
+    if (x.size == 0 or np.ptp(x) < 1e-9) or y.sum() == 0:
         return np.nan if multiplicities is None else np.full(multiplicities.shape[0], np.nan)
     if multiplicities is None:
-        return _fit_cloglog(x, y, weight[known])[1]
-    return np.array([_fit_cloglog(x, y, weight[known] * m[known])[1] if m[known][y > 0].sum() > 0 else np.nan
+        return _fit_cloglog(x, y, w)[1]
+    return np.array([_fit_cloglog(x, y, w * m[known])[1] if m[known][y > 0].sum() > 0 else np.nan
                      for m in multiplicities])
 
 
-def observed_incidence(outcome: Outcome, t: float, weights: np.ndarray | None = None) -> float:
+def observed_incidence(outcome: Outcome, t: float, weights: np.ndarray | None = None):
     """Aalen-Johansen cumulative incidence of the endpoint at t.
 
     Parameters
@@ -108,15 +164,16 @@ def observed_incidence(outcome: Outcome, t: float, weights: np.ndarray | None = 
     outcome : Outcome
     t : float
         Horizon, days since the landmark.
-    weights : ndarray, optional
-        Row weights (e.g. bootstrap multiplicities of one resample).
+    weights : ndarray, shape (n,) or (B, n), optional
+        Row weights (e.g. bootstrap multiplicities of one or of B resamples).
 
     Returns
     -------
-    float
+    float, or ndarray of B values
     """
     incidence = aalen_johansen(outcome.time, outcome.status, np.array([t]), n_causes=COMPETING, weights=weights)
-    return float(incidence[ENDPOINT - 1, 0])
+    endpoint = incidence[..., ENDPOINT - 1, 0]
+    return float(endpoint) if endpoint.ndim == 0 else endpoint
 
 
 def observed_expected_ratio(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.ndarray | None = None):
@@ -125,7 +182,8 @@ def observed_expected_ratio(outcome: Outcome, cif: np.ndarray, t: float, multipl
     Parameters
     ----------
     outcome, cif, t, multiplicities
-        As :func:`calibration_slope`.
+        As :func:`calibration_slope`; with multiplicities the B resampled ratios (observed and
+        expected from the same resample) are computed in one pass.
 
     Returns
     -------
@@ -136,8 +194,9 @@ def observed_expected_ratio(outcome: Outcome, cif: np.ndarray, t: float, multipl
     if multiplicities is None:
         expected = cif.mean()
         return observed_incidence(outcome, t) / expected if expected > 0 else np.nan
-    return np.array([observed_incidence(outcome, t, m) / e if (e := m @ cif / m.sum()) > 0 else np.nan
-                     for m in multiplicities])
+    expected = multiplicities @ cif / multiplicities.sum(axis=1)
+    observed = observed_incidence(outcome, t, multiplicities)
+    return np.divide(observed, expected, out=np.full(expected.shape, np.nan), where=expected > 0)
 
 
 def calibration_table(outcome: Outcome, cif: np.ndarray, t: float, n_groups: int = 10) -> pd.DataFrame:

@@ -406,8 +406,7 @@ def _impute(imputer: SimpleImputer, X: np.ndarray) -> np.ndarray | None:
     """``SimpleImputer.transform`` (NaN as missing, dense output) in numpy; None when not that case."""
     statistics = imputer.statistics_
     if not (isinstance(imputer.missing_values, float) and np.isnan(imputer.missing_values)) \
-            or X.shape[1] != statistics.shape[0] or statistics.dtype != np.float64 \
-            or getattr(imputer, "_fill_dtype", None) != np.float64:  # fitted on float32: fills in float32
+            or X.shape[1] != statistics.shape[0] or statistics.dtype != np.float64:
         return None
     if not imputer.keep_empty_features and np.isnan(statistics).any():
         return None  # sklearn drops those columns, with a warning
@@ -441,9 +440,13 @@ def plain_transform(steps: Pipeline, X: pd.DataFrame) -> np.ndarray | None:
 
     For a few rows, scikit-learn's per-call input checks cost far more than the arithmetic (about
     2 ms per phenotype call when scoring one patient). Handled: a chain of ``SimpleImputer``
-    (NaN as missing, with or without missingness indicators; fitted on float64) and
-    ``StandardScaler`` steps fed a float frame with exactly the fitted columns and no infinite value. Anything else returns
-    None, and the caller uses the pipeline itself (which also raises its own errors).
+    (NaN as missing, with or without missingness indicators) and ``StandardScaler`` steps fed a
+    float frame with exactly the fitted columns and no infinite value. Anything else returns None,
+    and the caller uses the pipeline itself (which also raises its own errors).
+
+    Precondition: the steps were fitted on float64 data. A ``SimpleImputer`` fitted on float32
+    fills in float32, and no public attribute tells; :class:`CauseSpecificHazardsModel` always fits
+    its phenotype classifier on float64 features (``check_features``), which a test pins.
 
     Parameters
     ----------

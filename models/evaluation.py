@@ -5,28 +5,35 @@ and, per source, a ``predict_cif``-layout frame for the same rows (out-of-fold p
 oracle, the rule). Only rows where every source has a prediction are scored, so all sources are
 compared on the same rows.
 
-Per landmark, endpoint (relapse and each phenotype) and horizon: Harrell's and Uno's C, the
-time-dependent AUC, the Brier score, the calibration slope (cloglog recalibration), the decile
-slope and the observed/expected ratio; per landmark and endpoint the integrated Brier score over
-the horizons (see models.metrics and models.calibration for the definitions). The landmark
-``"all"`` is the mean over landmarks (its CI the mean of the same resamples).
+Per landmark, endpoint (relapse, each phenotype, death, HSCT) and horizon: Harrell's and Uno's C,
+the time-dependent AUC, the Brier score, the calibration slope (cloglog recalibration), the
+decile slope and the observed/expected ratio; per landmark and endpoint the integrated Brier
+score over the horizons (see models.metrics and models.calibration for the definitions). The
+landmark ``"all"`` is the mean over landmarks (its CI the mean of the same resamples).
 
-Bootstrap (resampling patients, models.bootstrap) for the endpoints in ``bootstrap_endpoints``:
-percentile CIs of every metric but the decile slope and O/E, and paired differences
-"source - reference" with their CIs (e.g. model - rule in Uno's C).
+Bootstrap (resampling patients, models.bootstrap): percentile CIs of the observed/expected ratio
+for every endpoint (one vectorised Aalen-Johansen pass per cell, shared by the sources), and for
+the endpoints in ``bootstrap_endpoints`` of every other metric but the decile slope, with paired
+differences "source - reference" and their CIs (e.g. model - rule in Uno's C; not for O/E).
+
+:func:`calibration_summary` names the calibration figures stably for selection and the
+registration gate (``oe/relapse/lm28/h365``: observed/expected of relapse at landmark 28 and
+365 days); :func:`select_candidate` picks the best discriminating candidate among those whose
+calibration lies within bounds (:func:`calibration_thresholds`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from models.base import ModelInputError, cif_column, relapse_column
+from models.base import ModelInputError, cif_column, horizon_label, relapse_column
 from models.bootstrap import PatientBootstrap, percentile_interval
-from models.calibration import calibration_slope, calibration_table, decile_slope, observed_expected_ratio
+from models.calibration import calibration_slope, calibration_table, decile_slope, observed_incidence
 from models.metrics import (
     ENDPOINT,
     ENDPOINTS,
@@ -39,17 +46,25 @@ from models.metrics import (
 
 __all__ = [
     "ALL_LANDMARKS",
+    "CALIBRATION_BOUND_METRICS",
     "HIGHER_IS_BETTER",
     "CLOSE_TO_ONE",
     "LOWER_IS_BETTER",
     "SELECTION_METRICS",
     "EvaluationResult",
     "EvaluationSettings",
+    "Selection",
     "best_source",
+    "calibration_summary",
+    "calibration_thresholds",
     "endpoint_column",
     "evaluate_sources",
     "goodness",
+    "is_summary_metric",
     "metric_preference",
+    "parse_summary_key",
+    "select_candidate",
+    "summary_key",
     "summary_by_source",
 ]
 
@@ -184,12 +199,19 @@ def _with_point(multiplicities: np.ndarray | None) -> np.ndarray | None:
 def _point_and_replicates(outcome, prediction, horizon, multiplicities) -> tuple[dict, dict]:
     values = _horizon_metrics(outcome, prediction, horizon, _with_point(multiplicities))
     if multiplicities is None:
-        points, replicates = values, {}
-    else:
-        points = {metric: float(value[0]) for metric, value in values.items()}
-        replicates = {metric: value[1:] for metric, value in values.items()}
-    points["observed_expected"] = observed_expected_ratio(outcome, prediction, horizon)
-    return points, replicates
+        return values, {}
+    return ({metric: float(value[0]) for metric, value in values.items()},
+            {metric: value[1:] for metric, value in values.items()})
+
+
+def _observed_expected(observed: np.ndarray | float, prediction: np.ndarray,
+                       multiplicities: np.ndarray | None) -> tuple[float, np.ndarray | None]:
+    """O/E point and replicates from the observed incidence (point first, then one per resample)."""
+    observed = np.atleast_1d(np.asarray(observed, dtype=float))
+    expected = np.array([prediction.mean()]) if multiplicities is None else np.concatenate(
+        [[prediction.mean()], multiplicities @ prediction / multiplicities.sum(axis=1)])
+    ratio = np.divide(observed, expected, out=np.full(expected.shape, np.nan), where=expected > 0)
+    return float(ratio[0]), None if multiplicities is None else ratio[1:]
 
 
 class _Collector:
@@ -209,28 +231,42 @@ class _Collector:
             self.replicates[key] = np.asarray(replicates, dtype=float)
 
 
+def _score_horizon(collector: _Collector, outcome: Outcome, predictions: Mapping[str, pd.DataFrame], key: tuple,
+                   multiplicities, full_bootstrap: bool, settings: EvaluationSettings, calibration: list) -> None:
+    """Every metric of every source at one (landmark, endpoint, horizon) = ``key``."""
+    landmark, endpoint, horizon = key
+    counts = (outcome.n, int(((outcome.status == ENDPOINT) & (outcome.time <= horizon)).sum()))
+    observed = observed_incidence(outcome, horizon, _with_point(multiplicities))
+    for source, frame in predictions.items():
+        prediction = frame[endpoint_column(endpoint, horizon)].to_numpy(dtype=float)
+        points, replicates = _point_and_replicates(outcome, prediction, horizon,
+                                                   multiplicities if full_bootstrap else None)
+        points["observed_expected"], replicates["observed_expected"] = _observed_expected(observed, prediction,
+                                                                                          multiplicities)
+        for metric, value in points.items():
+            collector.add((*key, metric, source), value, replicates.get(metric), counts)
+        table = calibration_table(outcome, prediction, horizon, settings.calibration_groups)
+        collector.add((*key, "decile_slope", source), decile_slope(table), None, counts)
+        calibration.append(table.assign(landmark_day=landmark, endpoint=endpoint, horizon_days=horizon, source=source))
+
+
 def _score_landmark(collector: _Collector, targets: pd.DataFrame, predictions: Mapping[str, pd.DataFrame],
                     landmark: float, multiplicities, settings: EvaluationSettings, calibration: list) -> None:
     for endpoint in settings.endpoints:
         outcome = Outcome.from_events(targets["time"], targets["event"], endpoint)
-        boot = multiplicities if endpoint in settings.bootstrap_endpoints else None
+        full_bootstrap = endpoint in settings.bootstrap_endpoints
+        for horizon in settings.horizons_days:
+            _score_horizon(collector, outcome, predictions, (landmark, endpoint, horizon), multiplicities,
+                           full_bootstrap, settings, calibration)
+        if len(settings.horizons_days) < 2:
+            continue
+        boot = multiplicities if full_bootstrap else None
         for source, frame in predictions.items():
-            cifs = []
-            for horizon in settings.horizons_days:
-                prediction = frame[endpoint_column(endpoint, horizon)].to_numpy(dtype=float)
-                cifs.append(prediction)
-                counts = (outcome.n, int(((outcome.status == ENDPOINT) & (outcome.time <= horizon)).sum()))
-                points, replicates = _point_and_replicates(outcome, prediction, horizon, boot)
-                for metric, value in points.items():
-                    collector.add((landmark, endpoint, horizon, metric, source), value, replicates.get(metric), counts)
-                table = calibration_table(outcome, prediction, horizon, settings.calibration_groups)
-                collector.add((landmark, endpoint, horizon, "decile_slope", source), decile_slope(table), None, counts)
-                calibration.append(table.assign(landmark_day=landmark, endpoint=endpoint, horizon_days=horizon,
-                                                source=source))
-            if len(settings.horizons_days) >= 2:
-                ibs = integrated_brier_score(outcome, np.column_stack(cifs), settings.horizons_days, _with_point(boot))
-                ibs_point, ibs_replicates = (ibs, None) if boot is None else (ibs[0], ibs[1:])
-                collector.add((landmark, endpoint, np.nan, "ibs", source), ibs_point, ibs_replicates, (outcome.n, -1))
+            cifs = np.column_stack([frame[endpoint_column(endpoint, h)].to_numpy(dtype=float)
+                                    for h in settings.horizons_days])
+            ibs = integrated_brier_score(outcome, cifs, settings.horizons_days, _with_point(boot))
+            ibs_point, ibs_replicates = (ibs, None) if boot is None else (ibs[0], ibs[1:])
+            collector.add((landmark, endpoint, np.nan, "ibs", source), ibs_point, ibs_replicates, (outcome.n, -1))
 
 
 def _finite_mean(values: np.ndarray):
@@ -266,8 +302,8 @@ def _records(collector: _Collector, reference: str | None) -> list[dict]:
                 "n_rows": collector.counts[key][0], "n_events": collector.counts[key][1]}
         records.append({**base, "source": source, "kind": "estimate", "value": point, "ci_low": low, "ci_high": high})
         reference_key = (landmark, endpoint, horizon, metric, reference)
-        if reference is None or source == reference or key not in collector.replicates \
-                or reference_key not in collector.replicates:
+        if reference is None or source == reference or metric == "observed_expected" \
+                or key not in collector.replicates or reference_key not in collector.replicates:
             continue
         difference = collector.replicates[key] - collector.replicates[reference_key]
         low, high = percentile_interval(difference)
@@ -376,3 +412,188 @@ def best_source(metrics: pd.DataFrame, candidates: Sequence[str], metric: str = 
     if not np.isfinite(values).any():
         raise ModelInputError(f"no candidate has a finite {metric!r}")
     return list(candidates)[int(np.nanargmax(values))]
+
+
+# --- names, bounds and selection on calibration -----------------------------------------------------
+CALIBRATION_BOUND_METRICS: dict[str, str] = {"observed_expected": "oe", "calibration_slope": "slope"}
+"""Metrics with bounds (selection, registration gate) -> the short name in summary keys."""
+_SUMMARY_PREFIXES = (*CALIBRATION_BOUND_METRICS.values(), "ibs")
+
+
+def summary_key(short: str, endpoint: str, landmark: float | str = ALL_LANDMARKS, horizon: float | None = None) -> str:
+    """Stable name of one calibration figure: ``oe/relapse/lm28/h365``, ``oe/relapse/h365`` (mean over
+    landmarks), ``slope/...``, ``ibs/death/lm0``, ``ibs/death``.
+
+    Parameters
+    ----------
+    short : str
+        ``oe``, ``slope`` or ``ibs``.
+    endpoint : str
+        An endpoint of :data:`models.metrics.ENDPOINTS`.
+    landmark : float or "all"
+        Landmark day, or ``"all"`` for the mean over landmarks (left out of the name).
+    horizon : float, optional
+        Horizon in days (None for the IBS).
+
+    Returns
+    -------
+    str
+    """
+    parts = [short, endpoint]
+    if str(landmark) != ALL_LANDMARKS:
+        parts.append(f"lm{horizon_label(float(landmark))}")
+    if horizon is not None:
+        parts.append(f"h{horizon_label(horizon)}")
+    return "/".join(parts)
+
+
+def parse_summary_key(name: str) -> tuple[str, str, float | None, float | None] | None:
+    """The parts of a :func:`summary_key` (short name, endpoint, landmark or None, horizon or None),
+    or None when ``name`` does not have that shape."""
+    parts = name.split("/")
+    if len(parts) < 2 or parts[0] not in _SUMMARY_PREFIXES or parts[1] not in ENDPOINTS:
+        return None
+    rest, landmark, horizon = parts[2:], None, None
+    try:
+        if rest and rest[0].startswith("lm"):
+            landmark, rest = float(rest[0][2:]), rest[1:]
+        if rest and rest[0].startswith("h"):
+            horizon, rest = float(rest[0][1:]), rest[1:]
+    except ValueError:
+        return None
+    if rest or (horizon is None) != (parts[0] == "ibs"):
+        return None
+    return parts[0], parts[1], landmark, horizon
+
+
+def is_summary_metric(name: str) -> bool:
+    """Whether ``name`` is a selection metric or has the shape of a :func:`summary_key`."""
+    return name in SELECTION_METRICS or parse_summary_key(name) is not None
+
+
+def calibration_summary(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per source, O/E and calibration slope per endpoint, landmark (and their mean) and horizon,
+    and the IBS per endpoint and landmark, keyed by :func:`summary_key`.
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        ``EvaluationResult.metrics``.
+
+    Returns
+    -------
+    dict
+        Source -> {name: value}.
+    """
+    shorts = {**CALIBRATION_BOUND_METRICS, "ibs": "ibs"}
+    rows = metrics[(metrics["kind"] == "estimate") & metrics["metric"].isin(list(shorts))]
+    summary: dict[str, dict[str, float]] = {}
+    for row in rows.itertuples():
+        horizon = None if pd.isna(row.horizon_days) else float(row.horizon_days)
+        name = summary_key(shorts[str(row.metric)], str(row.endpoint), row.landmark_day, horizon)
+        summary.setdefault(str(row.source), {})[name] = float(row.value)
+    return summary
+
+
+def calibration_thresholds(bounds: Mapping[Any, Mapping[Any, Sequence[float]]], landmarks: Sequence[float],
+                           horizons: Sequence[float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Bounds per metric and endpoint, expanded to every landmark and horizon as summary names.
+
+    Parameters
+    ----------
+    bounds : mapping
+        Metric (a key of :data:`CALIBRATION_BOUND_METRICS`) -> endpoint -> (lowest, highest).
+    landmarks, horizons : sequence of float
+
+    Returns
+    -------
+    minimums, maximums : dict
+        Summary name (e.g. ``oe/relapse/lm28/h365``) -> bound; the shape of
+        ``RegistryConfig.thresholds`` and ``max_thresholds``.
+    """
+    minimums, maximums = {}, {}
+    for metric, by_endpoint in bounds.items():
+        if metric not in CALIBRATION_BOUND_METRICS:
+            raise ModelInputError(f"calibration bounds: unknown metric {metric!r}; known: {list(CALIBRATION_BOUND_METRICS)}")
+        for endpoint, (low, high) in by_endpoint.items():
+            for landmark in landmarks:
+                for horizon in horizons:
+                    name = summary_key(CALIBRATION_BOUND_METRICS[metric], endpoint, float(landmark), float(horizon))
+                    minimums[name], maximums[name] = float(low), float(high)
+    return minimums, maximums
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen candidate and why.
+
+    Attributes
+    ----------
+    winner : str
+    eligible : tuple of str
+        Candidates within every bound.
+    failures : dict of str -> tuple of str
+        Per candidate outside a bound, one line per failed check (``oe/relapse/lm28/h365 = 0.85
+        (outside [0.9, 1.1])``).
+    """
+
+    winner: str
+    eligible: tuple[str, ...]
+    failures: dict[str, tuple[str, ...]]
+
+
+def _violations(values: Mapping[str, float], minimums: Mapping[str, float],
+                maximums: Mapping[str, float]) -> tuple[float, tuple[str, ...]]:
+    """Total distance outside the bounds (|log value / bound|; infinite when not computed) and a
+    line per failed check."""
+    total, lines = 0.0, []
+    for name in dict.fromkeys([*minimums, *maximums]):
+        value = values.get(name, np.nan)
+        low, high = minimums.get(name, -np.inf), maximums.get(name, np.inf)
+        if np.isfinite(value) and low <= value <= high:
+            continue
+        bound = low if np.isfinite(value) and value < low else high
+        total += abs(np.log(value / bound)) if np.isfinite(value) and value > 0 and bound > 0 else np.inf
+        lines.append(f"{name} = {value:.3f} (outside [{low:g}, {high:g}])")
+    return total, tuple(lines)
+
+
+def select_candidate(summary: Mapping[str, Mapping[str, float]], candidates: Sequence[str], metric: str = "uno_c",
+                     minimums: Mapping[str, float] | None = None,
+                     maximums: Mapping[str, float] | None = None) -> Selection:
+    """The best candidate by ``metric`` among those whose named figures lie within the bounds.
+
+    When no candidate is within every bound, the one least outside them wins (smallest sum of
+    |log(value / bound)| over its failed checks), ties broken by ``metric``.
+
+    Parameters
+    ----------
+    summary : mapping
+        Source -> {name: value}: the headline metrics (:func:`summary_by_source`) and the
+        calibration figures (:func:`calibration_summary`).
+    candidates : sequence of str
+    metric : str
+        Selection metric (see :func:`best_source` for its direction).
+    minimums, maximums : mapping, optional
+        Name -> bound (e.g. from :func:`calibration_thresholds`).
+
+    Returns
+    -------
+    Selection
+
+    Raises
+    ------
+    ModelInputError
+        No candidate has a finite ``metric``.
+    """
+    candidates = list(candidates)
+    scores = goodness(np.array([summary.get(c, {}).get(metric, np.nan) for c in candidates], dtype=float),
+                      metric_preference(metric))
+    if not np.isfinite(scores).any():
+        raise ModelInputError(f"no candidate has a finite {metric!r}")
+    checked = {c: _violations(summary.get(c, {}), minimums or {}, maximums or {}) for c in candidates}
+    eligible = [c for c in candidates if not checked[c][1]]
+    pool = eligible or [c for c in candidates if checked[c][0] == min(v for v, _ in checked.values())]
+    ranked = [(np.nan_to_num(scores[candidates.index(c)], nan=-np.inf), -candidates.index(c), c) for c in pool]
+    return Selection(winner=max(ranked)[2], eligible=tuple(eligible),
+                     failures={c: lines for c, (_, lines) in checked.items() if lines})

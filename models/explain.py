@@ -30,7 +30,6 @@ from matplotlib.figure import Figure
 from sklearn.pipeline import Pipeline
 
 from models.base import ModelInputError, check_features, relapse_column
-from models.competing import CauseSpecificHazardsModel
 from models.survival import XGBAFTSurvival, XGBCoxSurvival
 
 __all__ = [
@@ -77,10 +76,11 @@ class Explanation:
 
 
 def _relapse_booster(model):
-    """The fitted XGBoost relapse-hazard estimator of a competing-risks model, or None."""
-    if not isinstance(model, CauseSpecificHazardsModel):
+    """The fitted XGBoost relapse-hazard estimator of a competing-risks model (also inside a
+    recalibrated one: its ``relapse_hazard_model_``), or None."""
+    hazard = getattr(model, "relapse_hazard_model_", None)
+    if hazard is None:
         return None
-    hazard = model.relapse_hazard_model_
     final = hazard.steps[-1][1] if isinstance(hazard, Pipeline) else hazard
     return final if isinstance(final, (XGBCoxSurvival, XGBAFTSurvival)) else None
 
@@ -92,7 +92,7 @@ def _sample(X: pd.DataFrame, n: int, random_state: int) -> pd.DataFrame:
 def _relapse_risk_function(model, columns: list[str], horizon_days: float):
     def risk(values: np.ndarray) -> np.ndarray:
         frame = pd.DataFrame(np.asarray(values, dtype=float), columns=columns)
-        if isinstance(model, CauseSpecificHazardsModel):
+        if hasattr(model, "predict_relapse_incidence"):
             return model.predict_relapse_incidence(frame, horizon_days)
         return model.predict_cif(frame, [horizon_days])[relapse_column(horizon_days)].to_numpy()
     return risk
@@ -123,7 +123,7 @@ def native_tree_explanation(model, rows: pd.DataFrame) -> Explanation | None:
 
     Parameters
     ----------
-    model : CauseSpecificHazardsModel
+    model : CauseSpecificHazardsModel or RecalibratedModel
         Fitted; anything without an XGBoost relapse hazard gives None.
     rows : DataFrame
         Feature rows, in the model's column order.
@@ -163,7 +163,7 @@ def explain_relapse_risk(model, X: pd.DataFrame, horizon_days: float = 365.0, ba
 
     Parameters
     ----------
-    model : fitted CauseSpecificHazardsModel or ClinicianRule
+    model : fitted CauseSpecificHazardsModel, RecalibratedModel or ClinicianRule
     X : DataFrame
         Rows to explain (features as at fit time); more than ``max_rows`` are sampled.
     horizon_days : float

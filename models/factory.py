@@ -13,6 +13,10 @@ name         single-outcome survival estimator inside :class:`CauseSpecificHazar
 ``rule``     the clinicians' rule (models.rule.ClinicianRule), the baseline
 ===========  ====================================================================================
 
+Every candidate name with the suffix ``_recal`` (e.g. ``xgb_cox_recal``) is that candidate inside
+:class:`models.recalibration.RecalibratedModel`: its cumulative incidences recalibrated per cause,
+horizon and landmark on out-of-fold predictions.
+
 The defaults are chosen to fit the whole candidate set with 5-fold cross-validation on about
 15,000 landmark rows within minutes on two cores (benchmarks/bench_models.py).
 """
@@ -30,15 +34,30 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis
 
 from models.base import ModelInputError
 from models.competing import CauseSpecificHazardsModel
+from models.recalibration import RecalibratedModel
 from models.rule import ClinicianRule
 from models.survival import FastGradientBoostingSurvivalAnalysis, XGBAFTSurvival, XGBCoxSurvival
 
-__all__ = ["BASELINE_NAME", "MODEL_NAMES", "default_params", "make_model", "make_survival_estimator"]
+__all__ = [
+    "BASELINE_NAME",
+    "CANDIDATE_NAMES",
+    "MODEL_NAMES",
+    "RECALIBRATED_SUFFIX",
+    "RECALIBRATION_PARAMS",
+    "base_model_name",
+    "default_params",
+    "make_model",
+    "make_survival_estimator",
+]
 
 MODEL_NAMES: tuple[str, ...] = ("coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft")
 """Candidate estimators."""
 BASELINE_NAME = "rule"
 """The clinicians' rule."""
+RECALIBRATED_SUFFIX = "_recal"
+"""Suffix naming the recalibrated version of a candidate (``xgb_cox_recal``)."""
+CANDIDATE_NAMES: tuple[str, ...] = MODEL_NAMES + tuple(name + RECALIBRATED_SUFFIX for name in MODEL_NAMES)
+"""Every name a run config may list as a candidate."""
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     # a short warm-started path down to the penalty used (the last alpha); one alpha alone can diverge
@@ -63,6 +82,8 @@ _ESTIMATORS = {
     "xgb_aft": XGBAFTSurvival,
 }
 _COMPETING_PARAMS = ("time_resolution_days", "risk_horizon_days", "phenotype_time_knots", "background_rows")
+RECALIBRATION_PARAMS = ("knots_days", "prior_sd", "cv")
+"""Parameters of a ``_recal`` candidate that go to :class:`RecalibratedModel` (the rest to its base)."""
 _SEEDED = ("rsf", "gbsa", "xgb_cox", "xgb_aft")
 
 
@@ -70,6 +91,11 @@ def default_params(name: str) -> dict[str, Any]:
     """Default hyper-parameters of the named survival estimator (a copy)."""
     _check_name(name, MODEL_NAMES)
     return {key: (list(value) if isinstance(value, list) else value) for key, value in _DEFAULTS[name].items()}
+
+
+def base_model_name(name: str) -> str:
+    """The candidate a (possibly recalibrated) candidate name is built on: ``xgb_cox_recal -> xgb_cox``."""
+    return name.removesuffix(RECALIBRATED_SUFFIX) if name in CANDIDATE_NAMES else name
 
 
 def _check_name(name: str, allowed: tuple[str, ...]) -> None:
@@ -117,17 +143,18 @@ def make_model(name: str, params: Mapping[str, Any] | None = None, random_state:
     Parameters
     ----------
     name : str
-        One of :data:`MODEL_NAMES`, or :data:`BASELINE_NAME` for the clinicians' rule.
+        One of :data:`CANDIDATE_NAMES`, or :data:`BASELINE_NAME` for the clinicians' rule.
     params : mapping, optional
         Hyper-parameters (``ModelsConfig.params[name]``). For candidates, the keys
         ``time_resolution_days``, ``risk_horizon_days``, ``phenotype_time_knots``, ``background_rows`` go to
-        :class:`CauseSpecificHazardsModel`, all others to the survival estimator. For the rule, the
-        keys are :class:`ClinicianRule` parameters.
+        :class:`CauseSpecificHazardsModel`, all others to the survival estimator; for a ``_recal``
+        name the keys ``knots_days``, ``prior_sd``, ``cv`` go to :class:`RecalibratedModel`. For
+        the rule, the keys are :class:`ClinicianRule` parameters.
     random_state : int
 
     Returns
     -------
-    CauseSpecificHazardsModel or ClinicianRule
+    CauseSpecificHazardsModel, RecalibratedModel or ClinicianRule
 
     Raises
     ------
@@ -140,6 +167,10 @@ def make_model(name: str, params: Mapping[str, Any] | None = None, random_state:
         if unknown:
             raise ModelInputError(f"model 'rule': unknown parameter(s) {unknown}")
         return ClinicianRule(**params)
-    _check_name(name, MODEL_NAMES + (BASELINE_NAME,))
+    _check_name(name, CANDIDATE_NAMES + (BASELINE_NAME,))
+    if name != base_model_name(name):
+        recalibration = {key: params.pop(key) for key in RECALIBRATION_PARAMS if key in params}
+        base = make_model(base_model_name(name), params, random_state)
+        return RecalibratedModel(base, random_state=random_state, **recalibration)
     competing = {key: params.pop(key) for key in _COMPETING_PARAMS if key in params}
     return CauseSpecificHazardsModel(make_survival_estimator(name, params, random_state), **competing)

@@ -41,8 +41,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from models.base import PHENOTYPE_CAUSES, RELAPSE_EVENTS, ModelInputError
+from models.base import COMPETING_CAUSES, PHENOTYPE_CAUSES, RELAPSE_EVENTS, ModelInputError
 from models.nonparametric import censoring_survival
 
 __all__ = [
@@ -61,8 +62,9 @@ __all__ = [
 ]
 
 CENSORED, ENDPOINT, COMPETING = 0, 1, 2
-ENDPOINTS: tuple[str, ...] = ("relapse",) + PHENOTYPE_CAUSES
-"""Endpoints the evaluation knows: relapse (any phenotype) and each phenotype."""
+ENDPOINTS: tuple[str, ...] = ("relapse",) + PHENOTYPE_CAUSES + COMPETING_CAUSES
+"""Endpoints the evaluation knows: relapse (any phenotype), each phenotype, death and HSCT (every
+cause a model predicts, so the calibration of each is shown)."""
 _TIED_TOLERANCE = 1e-8
 _MAX_BLOCK_CELLS = 2_000_000
 
@@ -81,11 +83,12 @@ class Outcome:
             raise ModelInputError("outcome: status must be 0 (censored), 1 (endpoint) or 2 (competing)")
 
     @classmethod
-    def from_events(cls, time: Sequence[float], event: Sequence[str], endpoint: str = "relapse") -> Outcome:
+    def from_events(cls, time: ArrayLike, event: ArrayLike, endpoint: str = "relapse") -> Outcome:
         """Build from a landmark target (``event`` strings) for one endpoint of :data:`ENDPOINTS`.
 
         For ``"relapse"`` every relapse (also of unknown phenotype) is the endpoint; for a
-        phenotype, relapses of the other or of unknown phenotype are competing events.
+        phenotype, relapses of the other or of unknown phenotype are competing events; for
+        ``"death"`` or ``"hsct"`` every other event is.
         """
         if endpoint not in ENDPOINTS:
             raise ModelInputError(f"unknown endpoint {endpoint!r}; known: {list(ENDPOINTS)}")

@@ -16,6 +16,7 @@ The censoring distribution :math:`G` is the Kaplan-Meier estimate with censoring
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 
 __all__ = ["aalen_johansen", "censoring_survival", "event_table"]
 
@@ -30,23 +31,27 @@ def event_table(time: np.ndarray, status: np.ndarray, n_causes: int,
     status : ndarray of int
         0 = censored, 1..n_causes = cause.
     n_causes : int
-    weights : ndarray, optional
-        Case weights (e.g. bootstrap multiplicities); counts become sums of weights.
+    weights : ndarray, shape (n,) or (B, n), optional
+        Case weights (e.g. bootstrap multiplicities); counts become sums of weights. With B rows
+        of weights, B tables come back at once (leading axis B).
 
     Returns
     -------
     unique_times : ndarray, shape (m,)
-    at_risk : ndarray, shape (m,)
-    counts : ndarray, shape (m, n_causes + 1)
+    at_risk : ndarray, shape (m,) or (B, m)
+    counts : ndarray, shape (m, n_causes + 1) or (B, m, n_causes + 1)
     """
     time = np.asarray(time, dtype=float)
     status = np.asarray(status, dtype=int)
     unique_times, inverse = np.unique(time, return_inverse=True)
     weights = np.ones(time.size) if weights is None else np.asarray(weights, dtype=float)
-    counts = np.zeros((unique_times.size, n_causes + 1))
-    np.add.at(counts, (inverse, status), weights)
-    leaving = counts.sum(axis=1)
-    at_risk = weights.sum() - np.concatenate([[0.0], np.cumsum(leaving)[:-1]])
+    width = n_causes + 1
+    cell = sparse.csr_array((np.ones(time.size), (np.arange(time.size), inverse * width + status)),
+                            shape=(time.size, unique_times.size * width))
+    counts = np.asarray(cell.T @ weights.T).T.reshape(*weights.shape[:-1], unique_times.size, width)
+    leaving = counts.sum(axis=-1)
+    before = np.cumsum(leaving, axis=-1) - leaving
+    at_risk = weights.sum(axis=-1)[..., None] - before
     return unique_times, at_risk, counts
 
 
@@ -71,24 +76,26 @@ def aalen_johansen(time: np.ndarray, status: np.ndarray, times: np.ndarray, n_ca
         Where to read the estimate.
     n_causes : int, optional
         Defaults to ``status.max()``; causes absent from the data get a zero incidence.
-    weights : ndarray, optional
-        Case weights (bootstrap multiplicities).
+    weights : ndarray, shape (n,) or (B, n), optional
+        Case weights (bootstrap multiplicities); B rows give B estimates in one pass.
 
     Returns
     -------
-    ndarray, shape (n_causes, len(times))
+    ndarray, shape (n_causes, len(times)) or (B, n_causes, len(times))
         Row k-1 is the incidence of cause k.
     """
     status = np.asarray(status, dtype=int)
     n_causes = int(status.max(initial=0)) if n_causes is None else int(n_causes)
     times = np.atleast_1d(np.asarray(times, dtype=float))
     if status.size == 0:
-        return np.full((n_causes, times.size), np.nan)
+        leading = () if weights is None else np.shape(weights)[:-1]
+        return np.full((*leading, n_causes, times.size), np.nan)
     unique_times, at_risk, counts = event_table(time, status, n_causes, weights)
-    hazards = np.divide(counts[:, 1:], at_risk[:, None], out=np.zeros_like(counts[:, 1:]), where=at_risk[:, None] > 0)
-    survival = np.cumprod(1.0 - hazards.sum(axis=1))
-    survival_before = np.concatenate([[1.0], survival[:-1]])
-    incidence = np.cumsum(survival_before[:, None] * hazards, axis=0).T
+    hazards = np.divide(counts[..., 1:], at_risk[..., None], out=np.zeros_like(counts[..., 1:]),
+                        where=at_risk[..., None] > 0)
+    survival = np.cumprod(1.0 - hazards.sum(axis=-1), axis=-1)
+    survival_before = np.concatenate([np.ones_like(survival[..., :1]), survival[..., :-1]], axis=-1)
+    incidence = np.swapaxes(np.cumsum(survival_before[..., None] * hazards, axis=-2), -1, -2)
     return _read_steps(unique_times, incidence, times, start=0.0)
 
 

@@ -104,8 +104,14 @@ class FastGradientBoostingSurvivalAnalysis(GradientBoostingSurvivalAnalysis):
     """``sksurv.ensemble.GradientBoostingSurvivalAnalysis`` with an O(n log n) Cox loss.
 
     Same parameters, attributes and results as the parent class; only ``loss="coxph"`` is
-    accelerated (other losses are the parent's). Relies on the parent's ``_get_loss`` hook
-    (scikit-survival 0.28).
+    accelerated (other losses are the parent's).
+
+    This overrides a private method, ``_get_loss``, because scikit-survival 0.28 offers no public
+    route: ``loss`` only accepts the names ``"coxph"``, ``"squared"``, ``"ipcwls"`` (checked
+    against its parameter constraints), the loss object is built inside ``fit`` by ``_get_loss``,
+    and its Cox loss is compiled code that is O(n^2) (seconds per boosting stage at ten thousand
+    rows). tests/models/test_survival.py pins the behaviour relied on: fitting calls this loss, and
+    the results equal the parent's.
     """
 
     def _get_loss(self, sample_weight):
@@ -319,17 +325,23 @@ def _transform_to_last_step(pipeline: Pipeline, X):
     return X
 
 
-def _breslow_baseline(final) -> BreslowEstimator | None:
-    """The Breslow baseline of a scikit-survival Cox-type model (Coxnet, gradient boosting), if any.
+def _cox_baseline(final, n_features: int) -> tuple[np.ndarray, np.ndarray] | None:
+    r"""Event times and cumulative baseline hazard of a scikit-survival Cox-type model (Coxnet with a
+    baseline model, gradient boosting with the Cox loss), or None for other models.
 
-    Reading it lets :func:`cumulative_hazard_on_grid` compute ``exp(risk) * H0(grid)`` as one outer
-    product, instead of scikit-survival's per-row step-function loop (same values, tested).
-    Uses scikit-survival 0.28's ``_get_baseline_model``.
+    scikit-survival 0.28 keeps the Breslow baseline private, so it is read through public
+    predictions for one reference row (all features 0): :math:`H_0(t) = H(t \mid x_0) / e^{f(x_0)}`.
+    That lets :func:`cumulative_hazard_on_grid` compute ``exp(risk) * H0(grid)`` as one outer
+    product (with a batch-invariant risk for Coxnet) instead of scikit-survival's per-row
+    step-function loop; the values agree to rounding (tested).
     """
-    getter = getattr(final, "_get_baseline_model", None)
-    if getter is None:
+    cox = (isinstance(final, CoxnetSurvivalAnalysis) and final.fit_baseline_model) \
+        or (isinstance(final, GradientBoostingSurvivalAnalysis) and final.loss == "coxph")
+    if not cox:
         return None
-    return getter(None) if isinstance(final, CoxnetSurvivalAnalysis) else getter()
+    reference = np.zeros((1, n_features))
+    hazard = final.predict_cumulative_hazard_function(reference, return_array=True)[0]
+    return np.asarray(final.unique_times_, dtype=float), hazard / np.exp(final.predict(reference)[0])
 
 
 def batch_invariant_dot(X, coefficients: np.ndarray) -> np.ndarray:
@@ -400,10 +412,10 @@ def cumulative_hazard_on_grid(estimator, X, grid: np.ndarray) -> np.ndarray:
     Xt = _transform_to_last_step(estimator, X) if isinstance(estimator, Pipeline) else X
     if hasattr(final, "cumulative_hazard_at"):
         return final.cumulative_hazard_at(Xt, grid)
-    baseline = _breslow_baseline(final)
+    baseline = _cox_baseline(final, np.shape(Xt)[1])
     if baseline is not None:
-        cumulative = baseline.cum_baseline_hazard_
-        return np.exp(_risk_score(final, Xt))[:, None] * _step_values(cumulative.x, cumulative.y, grid)[None, :]
+        times, hazard = baseline
+        return np.exp(_risk_score(final, Xt))[:, None] * _step_values(times, hazard, grid)[None, :]
     values = _forest_cumulative_hazard(final, Xt) if isinstance(final, RandomSurvivalForest) \
         else final.predict_cumulative_hazard_function(Xt, return_array=True)
     index = np.searchsorted(final.unique_times_, grid, side="right") - 1

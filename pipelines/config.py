@@ -32,7 +32,9 @@ __all__ = [
     "TrackingConfig",
     "RunConfig",
     "check_config",
+    "gate_thresholds",
     "load_config",
+    "selection_thresholds",
 ]
 
 
@@ -127,7 +129,8 @@ class ModelsConfig(_Strict):
 
     candidates: list[str] = Field(
         default_factory=lambda: ["coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft"],
-        description="Estimators cross-validated against each other and the clinicians' rule (names below).",
+        description="Estimators cross-validated against each other and the clinicians' rule (names below; "
+        "<name>_recal: that estimator with each cause's incidence recalibrated on out-of-fold predictions).",
     )
     params: dict[str, dict] = Field(
         default_factory=dict,
@@ -136,8 +139,20 @@ class ModelsConfig(_Strict):
     random_state: int = Field(0, description="Seed of the estimators, the cross-validation folds, bootstrap and SHAP.")
 
 
-Endpoint = Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch"]
-ENDPOINTS: tuple[Endpoint, ...] = ("relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch")
+Endpoint = Literal["relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch", "death", "hsct"]
+ENDPOINTS: tuple[Endpoint, ...] = ("relapse", "relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch",
+                                   "death", "hsct")
+BoundedMetric = Literal["observed_expected", "calibration_slope"]
+CalibrationBounds = dict[BoundedMetric, dict[Endpoint, tuple[float, float]]]
+"""Metric -> endpoint -> (lowest, highest) acceptable value, checked at every landmark and horizon."""
+
+
+def _check_bounds(value: CalibrationBounds) -> CalibrationBounds:
+    for metric, by_endpoint in value.items():
+        for endpoint, (low, high) in by_endpoint.items():
+            if not 0 < low < high:
+                raise ValueError(f"{metric}.{endpoint}: bounds must be 0 < lowest < highest, got [{low}, {high}]")
+    return value
 
 
 class EvaluationConfig(_Strict):
@@ -159,7 +174,7 @@ class EvaluationConfig(_Strict):
     )
     endpoints: list[Endpoint] = Field(
         default_factory=lambda: list(ENDPOINTS),
-        description="Endpoints scored: relapse (any phenotype) and each phenotype.",
+        description="Endpoints scored: relapse (any phenotype), each phenotype, death and HSCT.",
     )
     bootstrap_endpoints: list[str] = Field(
         default_factory=lambda: ["relapse"],
@@ -167,6 +182,18 @@ class EvaluationConfig(_Strict):
     )
     calibration_groups: int = Field(10, ge=2, description="Quantile groups of the calibration tables (deciles).")
     shap_max_rows: int = Field(50, ge=1, description="Rows explained by the model-agnostic SHAP explainer.")
+    selection_bounds: CalibrationBounds = Field(
+        default_factory=dict,
+        description="observed_expected / calibration_slope -> endpoint -> [lowest, highest]. Candidates whose "
+        "cross-validated O/E or calibration slope of a listed endpoint lies outside "
+        "these bounds at any landmark and horizon are not eligible; the best selection_metric among the others "
+        "wins (none eligible: the one least outside).",
+    )
+
+    @field_validator("selection_bounds")
+    @classmethod
+    def _selection_bounds_ordered(cls, value: CalibrationBounds) -> CalibrationBounds:
+        return _check_bounds(value)
 
 
 class RegistryConfig(_Strict):
@@ -182,6 +209,13 @@ class RegistryConfig(_Strict):
     max_thresholds: dict[str, float] = Field(
         default_factory=dict,
         description="Maximum value of each named winner metric (lower is better, e.g. a Brier score).",
+    )
+    calibration_bounds: CalibrationBounds = Field(
+        default_factory=dict,
+        description="observed_expected / calibration_slope -> endpoint -> [lowest, highest]. Gate on calibration: "
+        "the winner's cross-validated O/E or calibration slope of a listed "
+        "endpoint must lie within these bounds at every landmark and horizon (expanded into thresholds named "
+        "like oe/relapse/lm28/h365).",
     )
     log_patient_rows: bool = Field(False, description="Log raw patient rows as artifacts (off by default).")
     risk_group_horizon_days: float = Field(
@@ -204,6 +238,11 @@ class RegistryConfig(_Strict):
         description="How much worse than the champion a compared metric may be (absolute, in its unit) and still "
         "count as not worse; a new version worse on any compared metric is registered but not promoted.",
     )
+
+    @field_validator("calibration_bounds")
+    @classmethod
+    def _gate_bounds_ordered(cls, value: CalibrationBounds) -> CalibrationBounds:
+        return _check_bounds(value)
 
     @field_validator("risk_group_cutoffs")
     @classmethod
@@ -276,6 +315,72 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
+def _calibration_thresholds(config: RunConfig, bounds: CalibrationBounds) -> tuple[dict[str, float], dict[str, float]]:
+    from models.evaluation import calibration_thresholds
+
+    return calibration_thresholds(bounds, config.features.landmark_days, config.evaluation.horizons_days)
+
+
+def selection_thresholds(config: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """``evaluation.selection_bounds`` as (minimums, maximums) per summary name and landmark.
+
+    Parameters
+    ----------
+    config : RunConfig
+
+    Returns
+    -------
+    minimums, maximums : dict
+        Name like ``oe/relapse/lm28/h365`` -> bound (``models.evaluation.calibration_thresholds``).
+    """
+    return _calibration_thresholds(config, config.evaluation.selection_bounds)
+
+
+def gate_thresholds(config: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """What the registration gate checks: ``registry.thresholds`` / ``max_thresholds`` plus
+    ``registry.calibration_bounds`` expanded to every landmark and horizon.
+
+    Parameters
+    ----------
+    config : RunConfig
+
+    Returns
+    -------
+    minimums, maximums : dict
+        Metric name -> bound; an explicit threshold wins over an expanded bound of the same name.
+    """
+    minimums, maximums = _calibration_thresholds(config, config.registry.calibration_bounds)
+    return {**minimums, **config.registry.thresholds}, {**maximums, **config.registry.max_thresholds}
+
+
+def _threshold_problems(config: RunConfig) -> list[str]:
+    """Threshold names that are not metrics this run computes."""
+    from models.evaluation import SELECTION_METRICS, parse_summary_key
+
+    landmarks = {float(day) for day in config.features.landmark_days}
+    horizons = {float(h) for h in config.evaluation.horizons_days}
+    endpoints = set(config.evaluation.endpoints)
+    problems = []
+    for key in ("thresholds", "max_thresholds"):
+        for name in getattr(config.registry, key):
+            parts = None if name in SELECTION_METRICS else parse_summary_key(name)
+            if name not in SELECTION_METRICS and parts is None:
+                problems.append(f"registry.{key}: unknown metric '{name}'; known: {SELECTION_METRICS} or names like "
+                                f"oe/relapse/lm28/h365, slope/relapse/h365, ibs/death{_did_you_mean(name, SELECTION_METRICS)}")
+            elif parts is not None and (parts[1] not in endpoints or (parts[2] is not None and parts[2] not in landmarks)
+                                        or (parts[3] is not None and parts[3] not in horizons)):
+                problems.append(f"registry.{key}: '{name}' names an endpoint, landmark or horizon this run does not "
+                                f"evaluate (endpoints {sorted(endpoints)}, landmarks {sorted(landmarks)}, "
+                                f"horizons {sorted(horizons)})")
+    for key, bounds in (("evaluation.selection_bounds", config.evaluation.selection_bounds),
+                        ("registry.calibration_bounds", config.registry.calibration_bounds)):
+        for metric, by_endpoint in bounds.items():
+            missing = sorted(set(by_endpoint) - endpoints)
+            if missing:
+                problems.append(f"{key}.{metric}: endpoint(s) {missing} are not in evaluation.endpoints")
+    return problems
+
+
 def _keys_at(location: tuple) -> list[str]:
     """The keys a config section at ``location`` (``("evaluation",)``) may hold."""
     section: Any = RunConfig
@@ -326,11 +431,6 @@ def _metric_problems(config: RunConfig) -> list[str]:
     if metric not in SELECTION_METRICS:
         problems.append(f"evaluation.selection_metric: '{metric}' is not one of {SELECTION_METRICS}"
                         f"{_did_you_mean(metric, SELECTION_METRICS)}")
-    for key in ("thresholds", "max_thresholds"):
-        for name in getattr(config.registry, key):
-            if name not in SELECTION_METRICS:
-                problems.append(f"registry.{key}: unknown metric '{name}'; known: {SELECTION_METRICS}"
-                                f"{_did_you_mean(name, SELECTION_METRICS)}")
     compared = tuple(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER | CLOSE_TO_ONE))  # every summary metric of a run
     for name in config.registry.champion_metrics:
         if name not in compared:  # a metric no run computes would count as worse: never promoted
@@ -345,22 +445,31 @@ def _metric_problems(config: RunConfig) -> list[str]:
     if unknown:
         problems.append(f"evaluation.bootstrap_endpoints: {unknown} not among evaluation.endpoints "
                         f"{config.evaluation.endpoints}{_did_you_mean(unknown[0], config.evaluation.endpoints)}")
-    return problems
+    return problems + _threshold_problems(config)
 
 
 def _model_problems(config: RunConfig) -> list[str]:
-    from models.factory import BASELINE_NAME, MODEL_NAMES
+    from models.factory import BASELINE_NAME, CANDIDATE_NAMES, RECALIBRATION_PARAMS, base_model_name
 
     problems = []
     for name in config.models.candidates:
-        if name not in MODEL_NAMES:
-            problems.append(f"models.candidates: unknown model '{name}'; known: {list(MODEL_NAMES)}"
-                            f"{_did_you_mean(name, MODEL_NAMES)}")
+        if name not in CANDIDATE_NAMES:
+            problems.append(f"models.candidates: unknown model '{name}'; known: {list(CANDIDATE_NAMES)}"
+                            f"{_did_you_mean(name, CANDIDATE_NAMES)}")
     if not config.models.candidates:
-        problems.append(f"models.candidates: empty; known: {list(MODEL_NAMES)}")
+        problems.append(f"models.candidates: empty; known: {list(CANDIDATE_NAMES)}")
+    recalibrated = [name for name in config.models.candidates if base_model_name(name) != name]
+    if recalibrated and config.evaluation.group_by == "patient" and config.evaluation.cv_folds < 3:
+        problems.append(f"evaluation.cv_folds: recalibrated candidates {recalibrated} need at least 3 folds "
+                        "(nested cross-validation)")
     for name, params in config.models.params.items():
-        if name not in MODEL_NAMES + (BASELINE_NAME,):
-            problems.append(f"models.params: no candidate named '{name}'{_did_you_mean(name, MODEL_NAMES)}")
+        if name not in CANDIDATE_NAMES + (BASELINE_NAME,):
+            problems.append(f"models.params: no candidate named '{name}'{_did_you_mean(name, CANDIDATE_NAMES)}")
+        elif base_model_name(name) != name:
+            base_keys = sorted(set(params) - set(RECALIBRATION_PARAMS))
+            if base_keys:
+                problems.append(f"models.params.{name}: only {list(RECALIBRATION_PARAMS)} here; {base_keys} belong "
+                                f"under models.params.{base_model_name(name)} (shared with the base model)")
         else:
             problems += _parameter_problems(name, params)
     return problems

@@ -8,8 +8,10 @@
    out-of-fold cumulative incidences for every row;
 3. score models, oracle and rule on the same rows (models.evaluation): per landmark, endpoint and
    horizon, with patient-bootstrap CIs and paired differences vs the rule;
-4. refit the best candidate (``evaluation.selection_metric``) on all rows and explain it (SHAP);
-5. write ``metrics.json`` and the plots (PNG) to DIR.
+4. pick the best candidate (``evaluation.selection_metric`` among the candidates within
+   ``evaluation.selection_bounds``), refit it on all rows and explain it (SHAP);
+5. write ``metrics.json`` and the plots (PNG) to DIR, including the calibration by cause,
+   landmark and horizon.
 
 Bad input (config, cohort, contract) ends with a clear message and exit code 2.
 """
@@ -42,11 +44,14 @@ from pipelines.experiment import (
     RULE,
     CohortError,
     PreparedCohort,
+    calibration_figures,
     cross_validate,
     explain,
     prepare_landmark_set,
     progress_bar,
     refit,
+    select_winner,
+    summarise_metrics,
 )
 from pipelines.io import CohortIOError
 from pipelines.validate import EXIT_BAD_INPUT
@@ -72,6 +77,7 @@ class EvaluationRun:
     predictions: dict[str, pd.DataFrame]
     result: Any
     best_model: str
+    selection: Any = None
     explanation: Any = None
     best_curves: Any = None
     timings_seconds: dict[str, float] = field(default_factory=dict)
@@ -80,7 +86,7 @@ class EvaluationRun:
 def _explain_best(run: EvaluationRun, prepared: PreparedCohort, progress: Progress) -> None:
     """Refit the best candidate on every row; SHAP of its relapse risk; curves for the CIF plot."""
     task = progress.add_task(f"refit + SHAP: {run.best_model}", total=2)
-    model = refit(run.config, prepared, run.best_model)
+    model = refit(run.config, prepared, run.best_model, run.predictions)
     progress.advance(task)
     run.explanation = explain(run.config, model, prepared)
     run.best_curves = (model.predict_cif_curves(run.explanation.data), run.explanation.data.index)
@@ -89,8 +95,6 @@ def _explain_best(run: EvaluationRun, prepared: PreparedCohort, progress: Progre
 
 def evaluate_config(config: RunConfig) -> EvaluationRun:
     """Run steps 1-4 of the job (see module docstring) and return what was computed."""
-    from models.evaluation import best_source
-
     check_config(config)
     timings: dict[str, float] = {}
     with progress_bar(_console) as progress, threadpool_limits(1, user_api="blas"):
@@ -99,8 +103,9 @@ def evaluate_config(config: RunConfig) -> EvaluationRun:
         timings["data"] = time.perf_counter() - start
         predictions, result = cross_validate(config, prepared, progress)
         timings["cross_validation_and_metrics"] = time.perf_counter() - start - sum(timings.values())
-        best = best_source(result.metrics, config.models.candidates, config.evaluation.selection_metric)
-        run = EvaluationRun(config, prepared.landmark_set, predictions, result, best, timings_seconds=timings)
+        selection = select_winner(config, summarise_metrics(result.metrics))
+        run = EvaluationRun(config, prepared.landmark_set, predictions, result, selection.winner, selection,
+                            timings_seconds=timings)
         _explain_best(run, prepared, progress)
         timings["explain"] = time.perf_counter() - start - sum(timings.values())
     return run
@@ -162,6 +167,9 @@ def metrics_payload(run: EvaluationRun) -> dict:
         "data": _data_summary(run.landmark_set, run.result),
         "best_model": run.best_model,
         "selection_metric": run.config.evaluation.selection_metric,
+        "selection": None if run.selection is None else {
+            "eligible": list(run.selection.eligible),
+            "outside_bounds": {c: list(lines) for c, lines in run.selection.failures.items()}},
         "summary_relapse_all_landmarks": {source: {m: _clean(v) for m, v in row.items()}
                                           for source, row in summary.iterrows()},
         "results": _results(run.result.metrics),
@@ -182,14 +190,15 @@ def _headline_horizon(config: RunConfig) -> float:
 
 def _figures(run: EvaluationRun) -> dict[str, Any]:
     from models.explain import plot_beeswarm, plot_importance_bar, plot_waterfall
-    from models.plots import plot_calibration, plot_cif_curves, plot_metric_by_landmark
+    from models.plots import plot_cif_curves, plot_metric_by_landmark
 
     horizon = _headline_horizon(run.config)
-    sources = [run.best_model, ORACLE, RULE] if ORACLE in run.predictions else [run.best_model, RULE]
+    others = [source for source in (ORACLE, RULE) if source in run.predictions]
     figures = {
         "uno_c_by_landmark": plot_metric_by_landmark(run.result.metrics, "uno_c", horizon,
-                                                     sources=[*run.config.models.candidates, *sources[1:]]),
-        "calibration_relapse": plot_calibration(run.result.calibration, horizon, sources=sources),
+                                                     sources=[*run.config.models.candidates, *others]),
+        **calibration_figures(run.config, run.predictions, run.result.metrics, run.result.calibration,
+                              run.landmark_set, run.best_model),
     }
     if run.explanation is not None:
         explanation = run.explanation
@@ -261,6 +270,30 @@ def _headline_table(run: EvaluationRun):
     return table
 
 
+def _calibration_table(run: EvaluationRun):
+    """Observed/expected of the best model per endpoint (rows) and landmark (columns), each cell
+    the horizons in order."""
+    from rich.table import Table
+
+    metrics = run.result.metrics
+    rows = metrics[(metrics["metric"] == "observed_expected") & (metrics["source"] == run.best_model)
+                   & (metrics["kind"] == "estimate") & (metrics["landmark_day"].astype(str) != "all")]
+    horizons = [float(h) for h in run.config.evaluation.horizons_days]
+    landmarks = sorted(rows["landmark_day"].astype(float).unique())
+    table = Table(title=f"Observed/expected, {run.best_model}, at {' / '.join(f'{h:g}' for h in horizons)} days")
+    table.add_column("endpoint")
+    for landmark in landmarks:
+        table.add_column(f"day {landmark:g}", justify="right")
+    for endpoint in dict.fromkeys(rows["endpoint"]):
+        part = rows[rows["endpoint"] == endpoint]
+        cells = []
+        for landmark in landmarks:
+            values = part[part["landmark_day"].astype(float) == landmark].set_index("horizon_days")["value"]
+            cells.append(" ".join(f"{values.get(h, np.nan):.2f}" for h in horizons))
+        table.add_row(endpoint, *cells)
+    return table
+
+
 _INPUT_ERRORS = (ConfigError, ContractError, CohortIOError, CohortError, FeatureInputError, FeaturesJobError,
                  ModelInputError)
 
@@ -293,5 +326,6 @@ def run_evaluate(config_path: Path, out_dir: Path) -> EvaluationRun:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=EXIT_BAD_INPUT) from None
     _console.print(_headline_table(run))
+    _console.print(_calibration_table(run))
     _console.print(f"best model: {run.best_model}; wrote {len(written)} files to {out_dir}", markup=False)
     return run

@@ -4,9 +4,14 @@
    with its oracle, or a folder in the data contract, with an ``oracle.parquet`` when present);
 2. :func:`prepare_landmark_set`: validate it (the data contract) and build the landmark set;
 3. :func:`cross_validate`: grouped cross-validation of every candidate and the clinicians' rule
-   (out-of-fold cumulative incidences), the oracle's risks for the same rows, and the metrics
-   of every source side by side (``models.evaluation``);
-4. :func:`refit` and :func:`explain`: the chosen candidate refitted on every row, and the SHAP
+   (out-of-fold cumulative incidences; nested for recalibrated candidates, whose base model is
+   then scored too), the oracle's risks for the same rows, and the metrics of every source side
+   by side (``models.evaluation``);
+4. :func:`summarise_metrics` and :func:`select_winner`: the named figures selection and the gate
+   read, and the winner (best ``evaluation.selection_metric`` among the candidates within
+   ``evaluation.selection_bounds``); :func:`calibration_figures`, the calibration plots both jobs
+   write;
+5. :func:`refit` and :func:`explain`: the chosen candidate refitted on every row, and the SHAP
    explanation of its relapse risk.
 
 Both jobs draw the same progress bars (:func:`progress_bar`) and raise :class:`CohortError` when the
@@ -16,7 +21,7 @@ configured cohort cannot be used.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from features.contract import ValidatedCohort, validate_cohort
 from features.landmarks import feature_columns
-from pipelines.config import DataConfig, RunConfig
+from pipelines.config import DataConfig, RunConfig, selection_thresholds
 
 __all__ = [
     "ORACLE",
     "RULE",
+    "calibration_figures",
     "CohortData",
     "CohortError",
     "PreparedCohort",
@@ -43,10 +49,14 @@ __all__ = [
     "evaluate_landmark_set",
     "evaluation_settings",
     "explain",
+    "incidence_figure",
     "load_cohort",
+    "n_fits",
     "prepare_landmark_set",
     "progress_bar",
     "refit",
+    "select_winner",
+    "summarise_metrics",
 ]
 
 ORACLE, RULE = "oracle", "rule"
@@ -243,10 +253,37 @@ def cv_splits(landmark_set: pd.DataFrame, config: RunConfig) -> list[tuple[np.nd
                           config.models.random_state)
 
 
+def _model(config: RunConfig, name: str):
+    """Candidate or rule ``name`` with the config's parameters (a recalibrated candidate takes its
+    base's parameters plus its own ``knots_days`` / ``prior_sd`` / ``cv``)."""
+    from models.factory import base_model_name, make_model
+
+    base = base_model_name(name)
+    params = {**config.models.params.get(base, {}), **config.models.params.get(name, {})} if base != name \
+        else config.models.params.get(name)
+    return make_model(name, params, config.models.random_state)
+
+
+def n_fits(config: RunConfig, n_folds: int) -> int:
+    """Model fits :func:`cross_validated_sources` makes (for a progress bar): one per fold per
+    source, plus one per pair of folds for each recalibrated candidate (nested CV)."""
+    from models.factory import base_model_name
+
+    recalibrated = {name for name in config.models.candidates if base_model_name(name) != name}
+    plain = {name for name in config.models.candidates if name not in recalibrated} \
+        - {base_model_name(name) for name in recalibrated}
+    return (len(plain) + 1 + len(recalibrated)) * n_folds + len(recalibrated) * n_folds * (n_folds - 1) // 2
+
+
 def cross_validated_sources(landmark_set: pd.DataFrame, oracle: pd.DataFrame | None, config: RunConfig,
                             splits: Sequence[tuple[np.ndarray, np.ndarray]],
-                            on_fold: Callable[[int], None] | None = None) -> dict[str, pd.DataFrame]:
+                            on_fit: Callable[[], None] | None = None) -> dict[str, pd.DataFrame]:
     """Out-of-fold cumulative incidences of every candidate and the rule, plus the oracle's.
+
+    A recalibrated candidate (``xgb_cox_recal``) is scored by nested cross-validation
+    (``models.recalibration.cross_validated_recalibrated_cif``); its base model's out-of-fold
+    predictions come out of the same fits and are returned under the base name too (the
+    "before" of the recalibration, and what :func:`refit` fits the final map on).
 
     Parameters
     ----------
@@ -259,24 +296,34 @@ def cross_validated_sources(landmark_set: pd.DataFrame, oracle: pd.DataFrame | N
         Candidates, their parameters and the horizons.
     splits : sequence of (train, test) positions
         From :func:`cv_splits`.
-    on_fold : callable, optional
-        Called after every fold of every model (progress reporting).
+    on_fit : callable, optional
+        Called after every model fit (progress reporting; :func:`n_fits` in all).
 
     Returns
     -------
     dict
-        Source name -> prediction frame indexed like ``landmark_set``.
+        Source name -> prediction frame indexed like ``landmark_set``: the candidates (and base
+        models of recalibrated ones) in config order, the rule, the oracle.
     """
-    from models.factory import BASELINE_NAME, make_model
+    from models.factory import BASELINE_NAME, RECALIBRATED_SUFFIX, base_model_name
     from models.oracle import oracle_predictions
+    from models.recalibration import cross_validated_recalibrated_cif
     from models.validation import cross_validated_cif
 
     X, y = landmark_set[feature_columns(landmark_set)], landmark_set[["time", "event"]]
     horizons = [float(h) for h in config.evaluation.horizons_days]
-    predictions = {}
+    on_fold = None if on_fit is None else (lambda _fold: on_fit())
+    predictions: dict[str, pd.DataFrame] = {}
     for name in [*config.models.candidates, BASELINE_NAME]:
-        model = make_model(name, config.models.params.get(name), config.models.random_state)
-        predictions[name] = cross_validated_cif(model, X, y, splits, horizons, on_fold=on_fold)
+        base = base_model_name(name)
+        if base != name:
+            predictions[base], predictions[name] = cross_validated_recalibrated_cif(_model(config, name), X, y, splits,
+                                                                                    horizons, on_fit=on_fit)
+        elif name + RECALIBRATED_SUFFIX not in config.models.candidates:
+            predictions[name] = cross_validated_cif(_model(config, name), X, y, splits, horizons, on_fold=on_fold)
+    order = [*dict.fromkeys(base_model_name(name) for name in config.models.candidates), *config.models.candidates,
+             BASELINE_NAME]
+    predictions = {name: predictions[name] for name in dict.fromkeys(order)}
     if oracle is not None:
         predictions[ORACLE] = oracle_predictions(landmark_set[["patient_id", "landmark_day"]], oracle, horizons)
     return predictions
@@ -346,17 +393,99 @@ def cross_validate(config: RunConfig, prepared: PreparedCohort, progress: Progre
     """
     splits = cv_splits(prepared.landmark_set, config)
     n_sources = len(config.models.candidates) + 1
-    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_sources * len(splits))
+    task = progress.add_task(f"cross-validation ({n_sources} sources)", total=n_fits(config, len(splits)))
     predictions = cross_validated_sources(prepared.landmark_set, prepared.cohort.oracle, config, splits,
-                                          on_fold=lambda _fold: progress.advance(task))
+                                          on_fit=lambda: progress.advance(task))
     task = progress.add_task(f"metrics (bootstrap {config.evaluation.bootstrap})", total=1)
     evaluation = evaluate_landmark_set(prepared.landmark_set, predictions, config)
     progress.advance(task)
     return predictions, evaluation
 
 
+# --- selection ------------------------------------------------------------------------------------
+def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per source, the named figures selection and the registration gate read.
+
+    The relapse headline metrics over all landmarks averaged over the horizons
+    (``models.evaluation.summary_by_source``: ``uno_c``, ``ibs``, ...) and the calibration figures
+    (``models.evaluation.calibration_summary``: ``oe/relapse/lm28/h365``, ``slope/...``,
+    ``ibs/death``, ...).
+
+    Parameters
+    ----------
+    metrics : DataFrame
+        ``EvaluationResult.metrics``.
+
+    Returns
+    -------
+    dict
+        Source -> {name: value}.
+    """
+    from models.evaluation import calibration_summary, summary_by_source
+
+    table = summary_by_source(metrics)
+    summary = {str(source): {str(m): float(v) for m, v in row.items()} for source, row in table.iterrows()}
+    for source, values in calibration_summary(metrics).items():
+        summary.setdefault(source, {}).update(values)
+    return summary
+
+
+def select_winner(config: RunConfig, summary: dict[str, dict[str, float]]):
+    """The candidate with the best ``evaluation.selection_metric`` among those within
+    ``evaluation.selection_bounds`` at every landmark and horizon (none within: the least outside).
+
+    Parameters
+    ----------
+    config : RunConfig
+    summary : dict
+        From :func:`summarise_metrics`.
+
+    Returns
+    -------
+    models.evaluation.Selection
+    """
+    from models.evaluation import select_candidate
+
+    minimums, maximums = selection_thresholds(config)
+    return select_candidate(summary, config.models.candidates, config.evaluation.selection_metric, minimums, maximums)
+
+
+# --- calibration figures (aggregates only) ----------------------------------------------------------
+def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizons_days: Sequence[float]):
+    """Observed (Aalen-Johansen, lines) vs mean out-of-fold predicted (markers) cumulative incidence
+    per cause, one panel per landmark (``models.plots.plot_incidence_over_time``)."""
+    from models.plots import plot_incidence_over_time
+
+    return plot_incidence_over_time(landmark_set[["landmark_day", "time", "event"]], predicted, horizons_days)
+
+
+def _selection_band(config: RunConfig) -> tuple[float, float] | None:
+    """The relapse O/E selection bounds, shaded in the calibration-by-cause figure."""
+    bounds = config.evaluation.selection_bounds.get("observed_expected", {})
+    return tuple(bounds["relapse"]) if "relapse" in bounds else None  # type: ignore[return-value]
+
+
+def calibration_figures(config: RunConfig, predictions: Mapping[str, pd.DataFrame], metrics: pd.DataFrame,
+                        calibration: pd.DataFrame, landmark_set: pd.DataFrame, winner: str) -> dict[str, Any]:
+    """The calibration figures both jobs write: relapse by risk decile, O/E by cause, landmark and
+    horizon, and the cumulative incidence over time; the winner next to its base model (when it
+    is recalibrated), the rule and the oracle (when known)."""
+    from models.factory import base_model_name
+    from models.plots import plot_calibration, plot_calibration_by_cause
+
+    shown = [s for s in dict.fromkeys((winner, base_model_name(winner), RULE, ORACLE)) if s in predictions]
+    horizon = float(config.registry.risk_group_horizon_days)
+    horizons = [float(h) for h in config.evaluation.horizons_days]
+    return {
+        "calibration_relapse": plot_calibration(calibration, horizon, sources=shown),
+        "calibration_by_cause": plot_calibration_by_cause(metrics, shown, config.evaluation.endpoints,
+                                                          band=_selection_band(config)),
+        "cumulative_incidence": incidence_figure(landmark_set, predictions[winner], horizons),
+    }
+
+
 # --- the chosen candidate -------------------------------------------------------------------------
-def refit(config: RunConfig, prepared: PreparedCohort, name: str):
+def refit(config: RunConfig, prepared: PreparedCohort, name: str, predictions: dict[str, pd.DataFrame] | None = None):
     """Candidate ``name`` (with the config's parameters) fitted on every row of the landmark set.
 
     Parameters
@@ -364,17 +493,28 @@ def refit(config: RunConfig, prepared: PreparedCohort, name: str):
     config : RunConfig
     prepared : PreparedCohort
     name : str
-        A name of ``models.factory.MODEL_NAMES``.
+        A name of ``models.factory.CANDIDATE_NAMES``.
+    predictions : dict, optional
+        Out-of-fold predictions of the cross-validation (:func:`cross_validated_sources`): a
+        recalibrated candidate fits its map on its base model's (with the knots' columns), else it
+        runs its own inner cross-validation grouped by patient.
 
     Returns
     -------
     The fitted model.
     """
-    from models.factory import make_model
+    from models.base import cif_columns
+    from models.factory import base_model_name
 
-    model = make_model(name, config.models.params.get(name), config.models.random_state)
-    model.fit(prepared.landmark_set[prepared.columns], prepared.landmark_set[["time", "event"]])
-    return model
+    model = _model(config, name)
+    X, y = prepared.landmark_set[prepared.columns], prepared.landmark_set[["time", "event"]]
+    base = base_model_name(name)
+    if base == name:
+        return model.fit(X, y)
+    out_of_fold = (predictions or {}).get(base)
+    if out_of_fold is not None and not set(cif_columns(model.knots_days)) <= set(out_of_fold.columns):
+        out_of_fold = None
+    return model.fit(X, y, groups=prepared.landmark_set["patient_id"].astype(str).to_numpy(), out_of_fold=out_of_fold)
 
 
 def explain(config: RunConfig, model, prepared: PreparedCohort):

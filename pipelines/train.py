@@ -7,15 +7,18 @@ Steps (each shown with a progress bar):
    a folder in the data contract), validate it (the data report), build the stacked landmark set;
 3. cross-validate every candidate and the clinicians' rule with folds grouped by patient (or
    site), and score them side by side with the oracle where it is known (models.evaluation);
-4. pick the winner by the configured metric, refit it on all rows, explain it (SHAP);
+4. pick the winner: the best ``evaluation.selection_metric`` among the candidates whose
+   cross-validated calibration lies within ``evaluation.selection_bounds`` at every landmark and
+   horizon; refit it on all rows, explain it (SHAP);
 5. log everything to MLflow (config as params; the cohort as an MLflow dataset with its
-   fingerprint and source; the git commit; a few summary metrics per source and the winner's,
-   with the whole metric grid per landmark / endpoint / horizon / source as the table
-   ``evaluation/metrics.csv``; data report, plots, feature list; no patient rows unless
+   fingerprint and source; the git commit; the headline summary metrics per source and all the
+   winner's named figures, calibration per cause, landmark and horizon included, with the whole
+   metric grid per landmark / endpoint / horizon / source as the table ``evaluation/metrics.csv``;
+   the selection, data report, plots, feature list; no patient rows unless
    ``registry.log_patient_rows``), log the pyfunc model, and register it only if it passes the
-   configured thresholds; under a lock, compare it with the champion (``pipelines.champion_gate``)
-   and move the ``champion`` / ``previous`` aliases only if it is not worse, on the same data
-   (or with ``--promote``);
+   configured thresholds and calibration bounds (``pipelines.config.gate_thresholds``); under a
+   lock, compare it with the champion (``pipelines.champion_gate``) and move the ``champion`` /
+   ``previous`` aliases only if it is not worse, on the same data (or with ``--promote``);
 6. print where to look: run id, model version, the ``mlflow ui`` line, the serve and score
    commands, and the plain ``mlflow`` commands with the store's URI.
 """
@@ -42,9 +45,9 @@ from threadpoolctl import threadpool_limits
 
 from features.contract import ContractError
 from models.base import ModelInputError
-from models.evaluation import SELECTION_METRICS, best_source
+from models.evaluation import SELECTION_METRICS, parse_summary_key
 from models.serving import ScoringBundle
-from pipelines.config import ConfigError, RunConfig, check_config, load_config
+from pipelines.config import ConfigError, RunConfig, check_config, gate_thresholds, load_config
 from pipelines.decisions import log_decision_curves
 from pipelines.experiment import (
     ORACLE,
@@ -52,12 +55,15 @@ from pipelines.experiment import (
     CohortData,
     CohortError,
     PreparedCohort,
+    calibration_figures,
     cross_validate,
     dataset_hash,
     explain,
     prepare_landmark_set,
     progress_bar,
     refit,
+    select_winner,
+    summarise_metrics,
 )
 from pipelines.run_report import RunOutcome, log_run_report
 from pipelines.tracking import (
@@ -128,24 +134,23 @@ def flatten_config(config: RunConfig) -> dict[str, str]:
 
 
 # --- evaluation -----------------------------------------------------------------------------------
-# Loading, cross-validation and scoring are shared with ``car-relapse evaluate``: pipelines/experiment.py.
-def summarise_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per source, each relapse metric over all landmarks averaged over the horizons
-    (``models.evaluation.summary_by_source``): what the winner is picked by and the gate checks."""
-    from models.evaluation import summary_by_source
-
-    table = summary_by_source(metrics)
-    return {str(source): {str(m): float(v) for m, v in row.items()} for source, row in table.iterrows()}
+# Loading, cross-validation, scoring, the summary (``summarise_metrics``) and selection are shared
+# with ``car-relapse evaluate``: pipelines/experiment.py.
 
 
 # --- MLflow logging -------------------------------------------------------------------------------
-def _label(value: Any) -> str:
-    number = float(value)
-    return str(int(number)) if number.is_integer() else f"{number:g}"
+def _over_all_landmarks(name: str) -> bool:
+    """A headline metric, or a calibration figure not of one landmark (``oe/relapse/h365``)."""
+    parts = parse_summary_key(name)
+    return name in SELECTION_METRICS or (parts is not None and parts[2] is None)
 
 
 def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner: str) -> None:
-    """The summary metrics only: ``summary/<source>/<metric>`` per source and ``winner/<metric>``.
+    """The summary metrics only: ``summary/<source>/<metric>`` per source (the relapse headline
+    metrics, ``uno_c``, ``ibs``, ...) and ``winner/<name>`` for the winner's headline metrics and
+    its calibration per endpoint and horizon over all landmarks (``oe/relapse/h365``,
+    ``slope/...``, ``ibs/death``); the per-landmark figures the gate checks are in
+    ``registry/gate.json`` and the grid.
 
     A handful per run, so the MLflow metric list stays readable and runs compare on them; the
     whole grid (every source, endpoint, landmark, horizon, with bootstrap bounds) is the table
@@ -157,8 +162,9 @@ def _log_metrics(run_id: str, summary: Mapping[str, Mapping[str, float]], winner
     from mlflow.tracking import MlflowClient
 
     entries = [(f"summary/{source}/{name}", value) for source, values in summary.items()
-               for name, value in values.items() if np.isfinite(value)]
-    entries += [(f"winner/{name}", value) for name, value in summary[winner].items() if np.isfinite(value)]
+               for name, value in values.items() if name in SELECTION_METRICS and np.isfinite(value)]
+    entries += [(f"winner/{name}", value) for name, value in summary[winner].items()
+                if np.isfinite(value) and _over_all_landmarks(name)]
     stamp = int(time.time() * 1000)
     MlflowClient().log_batch(run_id, metrics=[Metric(key, value, stamp, 0) for key, value in entries],
                              synchronous=True)
@@ -198,44 +204,6 @@ def _log_patient_rows(landmark_set: pd.DataFrame, quarantined: Mapping[str, pd.D
                 rows_path = Path(folder) / f"quarantined_{table}.csv"
                 rows.to_csv(rows_path, index=False)
                 mlflow.log_artifact(str(rows_path), "patient_rows")
-
-
-# --- plots (aggregates only) ----------------------------------------------------------------------
-def _figure_grid(n_panels: int):
-    from matplotlib.figure import Figure
-
-    n_cols = min(n_panels, 4)
-    n_rows = -(-n_panels // n_cols)
-    figure = Figure(figsize=(4.2 * n_cols, 4.0 * n_rows))
-    axes = np.atleast_1d(figure.subplots(n_rows, n_cols, squeeze=False)).ravel()
-    for axis in axes[n_panels:]:
-        axis.set_visible(False)
-    return figure, list(axes[:n_panels])
-
-
-def incidence_figure(landmark_set: pd.DataFrame, predicted: pd.DataFrame, horizons_days: Sequence[float]):
-    """Observed (Aalen-Johansen) cumulative incidence per cause (lines) vs the mean out-of-fold
-    prediction (markers), one panel per landmark: calibration in the large, over time."""
-    from models.base import CAUSES, cif_column
-    from models.nonparametric import aalen_johansen
-
-    codes = {cause: k + 1 for k, cause in enumerate(CAUSES)}
-    landmarks = sorted(landmark_set["landmark_day"].unique())
-    figure, axes = _figure_grid(len(landmarks))
-    grid = np.linspace(0, max(horizons_days), 100)
-    for axis, landmark in zip(axes, landmarks):
-        rows = (landmark_set["landmark_day"] == landmark).to_numpy()
-        status = landmark_set.loc[rows, "event"].map(codes).fillna(0).astype(int).to_numpy()
-        observed = aalen_johansen(landmark_set.loc[rows, "time"].to_numpy(float), status, grid, len(CAUSES))
-        for k, cause in enumerate(CAUSES):
-            line = axis.plot(grid, observed[k], label=cause)[0]
-            means = [predicted.loc[rows, cif_column(cause, h)].mean() for h in horizons_days]
-            axis.plot(horizons_days, means, marker="o", linestyle="none", color=line.get_color())
-        axis.set(title=f"landmark day {_label(landmark)} (n={int(rows.sum())})", xlabel="days from landmark",
-                 ylabel="cumulative incidence")
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    return figure
 
 
 # --- the winner: bundle, gate, registration -------------------------------------------------------
@@ -300,7 +268,7 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
     from pipelines.champion_gate import compare_with_champion, comparison_preferences
     from pipelines.registry import evaluate_gate, next_version, promotion, register_and_promote, repair_interrupted_promotions
 
-    decision = evaluate_gate(winner_metrics, config.registry.thresholds, config.registry.max_thresholds)
+    decision = evaluate_gate(winner_metrics, *gate_thresholds(config))
     gate: dict[str, Any] = {"passed": decision.passed, "checks": list(decision.checks)}
     mlflow.set_tag("registry.gate", "passed" if decision.passed else "failed")
     if not decision.passed:
@@ -331,9 +299,10 @@ def _log_and_register(config: RunConfig, target: TrackingTarget, run_id: str, ma
 
 
 # --- orchestration ----------------------------------------------------------------------------------
-def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, progress: Progress):
+def _refit(config: RunConfig, prepared: PreparedCohort, winner: str, predictions: Mapping[str, pd.DataFrame],
+           progress: Progress):
     task = progress.add_task(f"refit {winner} on all rows", total=1)
-    model = refit(config, prepared, winner)
+    model = refit(config, prepared, winner, dict(predictions))
     progress.advance(task)
     return model
 
@@ -422,27 +391,31 @@ def _log_run_inputs(config: RunConfig, prepared: PreparedCohort, config_path: Pa
         mlflow.log_artifact(str(config_path), "config")
 
 
-def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, evaluation, summary, winner: str,
+def _log_evaluation(config: RunConfig, prepared: PreparedCohort, predictions, evaluation, summary, selection,
                     run_id: str) -> None:
     import mlflow
 
-    from models.plots import plot_calibration, plot_metric_by_landmark
+    from models.plots import plot_metric_by_landmark
 
-    horizons = [float(h) for h in config.evaluation.horizons_days]
+    winner = selection.winner
     _log_metrics(run_id, summary, winner)
     features = {"feature_columns": prepared.columns, "builders": list(config.features.builders)}
     report = prepared.validated.report.to_dict()
     if not config.registry.log_patient_rows:
         report = report_without_patient_details(report)
     _log_tables(evaluation.metrics, evaluation.calibration, report, features)
-    shown = [s for s in (winner, RULE, ORACLE) if s in predictions]
+    mlflow.log_dict({"winner": winner, "metric": config.evaluation.selection_metric,
+                     "eligible": list(selection.eligible), "outside_bounds": {c: list(lines) for c, lines in
+                                                                              selection.failures.items()}},
+                    "evaluation/selection.json")
+    for name, figure in calibration_figures(config, predictions, evaluation.metrics, evaluation.calibration,
+                                            prepared.landmark_set, winner).items():
+        mlflow.log_figure(figure, f"plots/{name}.png")
     horizon = float(config.registry.risk_group_horizon_days)
-    mlflow.log_figure(plot_calibration(evaluation.calibration, horizon, sources=shown), "plots/calibration_relapse.png")
+    others = [s for s in (RULE, ORACLE) if s in predictions]
     mlflow.log_figure(plot_metric_by_landmark(evaluation.metrics, config.evaluation.selection_metric, horizon,
-                                              sources=[*config.models.candidates, *shown[1:]]),
+                                              sources=[*config.models.candidates, *others]),
                       f"plots/{config.evaluation.selection_metric}_by_landmark.png")
-    mlflow.log_figure(incidence_figure(prepared.landmark_set, predictions[winner], horizons),
-                      "plots/cumulative_incidence.png")
     if config.registry.log_patient_rows:
         _log_patient_rows(prepared.landmark_set, prepared.validated.quarantined)
 
@@ -485,10 +458,11 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         _log_run_inputs(config, prepared, config_path)
         predictions, evaluation = cross_validate(config, prepared, progress)
         summary = summarise_metrics(evaluation.metrics)
-        winner = best_source(evaluation.metrics, config.models.candidates, config.evaluation.selection_metric)
-        _log_evaluation(config, prepared, predictions, evaluation, summary, winner, run_id)
+        selection = select_winner(config, summary)
+        winner = selection.winner
+        _log_evaluation(config, prepared, predictions, evaluation, summary, selection, run_id)
         decisions = log_decision_curves(config, prepared.landmark_set, predictions, winner, progress)
-        model = _refit(config, prepared, winner, progress)
+        model = _refit(config, prepared, winner, predictions, progress)
         explanation = _log_explanations(config, model, prepared, progress)
         if not config.registry.log_patient_rows:
             model = without_training_rows(model, prepared.landmark_set[prepared.columns])

@@ -7,7 +7,18 @@ import pandas as pd
 import pytest
 
 from models.base import CAUSES, ModelInputError, cif_column, event_free_column, relapse_column
-from models.evaluation import ALL_LANDMARKS, EvaluationSettings, best_source, evaluate_sources, summary_by_source
+from models.evaluation import (
+    ALL_LANDMARKS,
+    EvaluationSettings,
+    best_source,
+    calibration_summary,
+    calibration_thresholds,
+    evaluate_sources,
+    is_summary_metric,
+    parse_summary_key,
+    select_candidate,
+    summary_by_source,
+)
 from models.metrics import Outcome, uno_c
 from tests.models.conftest import simulate_known_cohort
 
@@ -90,12 +101,17 @@ def test_paired_differences_have_intervals(evaluation):
     assert same["value"] == pytest.approx(twin["value"]) and same["ci_low"] == pytest.approx(twin["ci_low"])
 
 
-def test_only_bootstrap_endpoints_get_intervals(evaluation):
+def test_only_bootstrap_endpoints_get_intervals_but_every_endpoint_gets_observed_expected_intervals(evaluation):
     _, _, result = evaluation
     metrics = result.metrics
     phenotype = metrics[(metrics["endpoint"] == "relapse_CD19_pos") & (metrics["kind"] == "estimate")]
-    assert phenotype["ci_low"].isna().all() and phenotype["value"].notna().any()
+    others = phenotype[phenotype["metric"] != "observed_expected"]
+    assert others["ci_low"].isna().all() and others["value"].notna().any()
+    ratio = phenotype[phenotype["metric"] == "observed_expected"]
+    assert len(ratio) == 4 * len(HORIZONS) * 3  # landmarks 0, 28, 91 and "all"; every horizon and source
+    assert ((ratio["ci_low"] < ratio["value"]) & (ratio["value"] < ratio["ci_high"])).all()
     assert not (metrics["endpoint"] == "relapse_CD19_pos").loc[metrics["kind"] == "difference"].any()
+    assert not (metrics["metric"] == "observed_expected").loc[metrics["kind"] == "difference"].any()
 
 
 def test_calibration_tables_and_summary(evaluation):
@@ -115,3 +131,62 @@ def test_predictions_must_share_the_target_index(evaluation):
     shifted = sources["weak"].set_axis(sources["weak"].index + 1)
     with pytest.raises(ModelInputError, match="indexed like the targets"):
         evaluate_sources(targets, {"weak": shifted}, EvaluationSettings(horizons_days=HORIZONS, n_bootstrap=0))
+
+
+# --- names, bounds and selection on calibration --------------------------------------------------------
+def test_calibration_summary_names_every_endpoint_landmark_and_horizon(evaluation):
+    _, _, result = evaluation
+    summary = calibration_summary(result.metrics)
+    truth = summary["truth"]
+    row = _value(result.metrics, landmark_day=28.0, endpoint="relapse_CD19_pos", horizon_days=365.0,
+                 metric="observed_expected", source="truth", kind="estimate")
+    assert truth["oe/relapse_CD19_pos/lm28/h365"] == pytest.approx(row["value"])
+    assert {"oe/relapse/h182", "slope/relapse/lm91/h365", "ibs/relapse", "ibs/relapse_CD19_pos/lm0"} <= set(truth)
+    assert "truth - weak" not in summary
+    for name in truth:
+        assert is_summary_metric(name) and parse_summary_key(name) is not None
+
+
+@pytest.mark.parametrize(("name", "parts"), [
+    ("oe/relapse/lm28/h365", ("oe", "relapse", 28.0, 365.0)),
+    ("slope/death/h182", ("slope", "death", None, 182.0)),
+    ("ibs/hsct/lm0", ("ibs", "hsct", 0.0, None)),
+    ("oe/relapse", None), ("ibs/relapse/h365", None), ("oe/relapse_CD19_dim/h365", None), ("oe/relapse/lmx/h365", None),
+    ("auc/relapse/h365", None),
+])
+def test_summary_names_parse_back(name, parts):
+    assert parse_summary_key(name) == parts
+
+
+def test_calibration_bounds_expand_to_every_landmark_and_horizon():
+    minimums, maximums = calibration_thresholds({"observed_expected": {"relapse": (0.9, 1.1)},
+                                                 "calibration_slope": {"relapse_CD19_neg": (0.8, 1.25)}},
+                                                [0.0, 28.0], [182.0, 365.0])
+    assert minimums["oe/relapse/lm28/h182"] == 0.9 and maximums["oe/relapse/lm0/h365"] == 1.1
+    assert maximums["slope/relapse_CD19_neg/lm28/h365"] == 1.25
+    assert len(minimums) == len(maximums) == 2 * 2 * 2
+    with pytest.raises(ModelInputError, match="unknown metric"):
+        calibration_thresholds({"brier": {"relapse": (0.0, 1.0)}}, [0.0], [365.0])
+
+
+def test_selection_takes_the_best_discrimination_within_the_calibration_bounds():
+    summary = {
+        "sharp_but_off": {"uno_c": 0.83, "oe/relapse/lm0/h365": 0.80, "oe/relapse/lm28/h365": 1.00},
+        "calibrated": {"uno_c": 0.82, "oe/relapse/lm0/h365": 0.97, "oe/relapse/lm28/h365": 1.04},
+        "weak": {"uno_c": 0.70, "oe/relapse/lm0/h365": 1.00, "oe/relapse/lm28/h365": 1.00},
+    }
+    minimums, maximums = {"oe/relapse/lm0/h365": 0.9, "oe/relapse/lm28/h365": 0.9}, \
+        {"oe/relapse/lm0/h365": 1.1, "oe/relapse/lm28/h365": 1.1}
+    selection = select_candidate(summary, list(summary), "uno_c", minimums, maximums)
+    assert selection.winner == "calibrated" and selection.eligible == ("calibrated", "weak")
+    assert selection.failures == {"sharp_but_off": ("oe/relapse/lm0/h365 = 0.800 (outside [0.9, 1.1])",)}
+    assert select_candidate(summary, list(summary), "uno_c").winner == "sharp_but_off"  # no bounds: C alone
+
+
+def test_without_an_eligible_candidate_the_least_outside_wins():
+    summary = {"far": {"uno_c": 0.9, "oe/relapse/lm0/h365": 0.5}, "near": {"uno_c": 0.8, "oe/relapse/lm0/h365": 0.85},
+               "missing": {"uno_c": 0.95}}
+    selection = select_candidate(summary, list(summary), "uno_c", {"oe/relapse/lm0/h365": 0.9},
+                                 {"oe/relapse/lm0/h365": 1.1})
+    assert selection.winner == "near" and selection.eligible == ()
+    assert selection.failures["missing"] == ("oe/relapse/lm0/h365 = nan (outside [0.9, 1.1])",)

@@ -43,3 +43,19 @@ def test_the_rule_takes_its_own_parameters():
 def test_coxnet_scales_and_xgboost_does_not_impute():
     assert [name for name, _ in make_survival_estimator("coxnet").steps] == ["impute", "scale", "model"]
     assert [name for name, _ in make_survival_estimator("xgb_cox").steps] == ["model"]
+
+
+def test_a_recalibrated_candidate_wraps_its_base_and_splits_the_parameters():
+    from models.factory import CANDIDATE_NAMES, base_model_name
+    from models.recalibration import RecalibratedModel
+
+    model = make_model("xgb_aft_recal", {"n_estimators": 11, "prior_sd": (1.0, 0.5), "cv": 4,
+                                         "time_resolution_days": 14.0}, random_state=2)
+    assert isinstance(model, RecalibratedModel) and model.prior_sd == (1.0, 0.5) and model.cv == 4
+    assert model.random_state == 2
+    assert model.estimator.time_resolution_days == 14.0
+    assert model.estimator.survival_estimator.steps[-1][1].n_estimators == 11
+    assert base_model_name("xgb_aft_recal") == "xgb_aft" and base_model_name("rule") == "rule"
+    assert set(MODEL_NAMES) < set(CANDIDATE_NAMES) and "rule_recal" not in CANDIDATE_NAMES
+    with pytest.raises(ModelInputError, match="unknown model"):
+        make_model("rule_recal")

@@ -137,3 +137,11 @@ def test_no_comparable_pair_gives_nan_not_an_error():
     assert np.isnan(harrell_c(outcome, np.array([0.1, 0.2, 0.3])))
     assert np.isnan(uno_c(outcome, np.array([0.1, 0.2, 0.3]), tau=4.0))
     assert np.isnan(cumulative_auc(outcome, np.array([0.1, 0.2, 0.3]), 6.5))
+
+
+def test_death_and_hsct_endpoints_count_every_other_event_as_competing():
+    events = ["death", "hsct", "relapse_CD19_pos", "relapse_unknown", "none"]
+    death = Outcome.from_events([1.0] * 5, events, "death")
+    hsct = Outcome.from_events([1.0] * 5, events, "hsct")
+    assert list(death.status) == [1, 2, 2, 2, 0]
+    assert list(hsct.status) == [2, 1, 2, 2, 0]

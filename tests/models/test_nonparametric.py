@@ -78,3 +78,13 @@ def test_event_table_counts_at_risk_and_causes():
     np.testing.assert_array_equal(unique_times, [1.0, 2.0, 3.0])
     np.testing.assert_array_equal(at_risk, [4, 3, 1])
     np.testing.assert_array_equal(counts, [[1, 0, 0], [0, 1, 1], [0, 1, 0]])
+
+
+def test_aalen_johansen_of_many_weight_vectors_at_once_equals_one_at_a_time():
+    time, status = _competing_sample(300, 4, ties=True)
+    weights = np.random.default_rng(3).multinomial(300, np.full(300, 1 / 300), size=4).astype(float)
+    grid = np.array([20.0, 80.0, 200.0])
+    together = aalen_johansen(time, status, grid, n_causes=2, weights=weights)
+    assert together.shape == (4, 2, 3)
+    for row, w in enumerate(weights):
+        np.testing.assert_allclose(together[row], aalen_johansen(time, status, grid, n_causes=2, weights=w), rtol=1e-12)

@@ -100,7 +100,7 @@ def test_evaluation_reports_the_oracle_monte_carlo_error():
 
     def source(errors: bool) -> pd.DataFrame:
         frame = pd.DataFrame({cif_column(cause, h): (risk if cause == "relapse_CD19_pos" else 0.0)
-                              for cause in ("relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch")
+                              for cause in ("relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch", "death", "hsct")
                               for h in (182.0, 365.0)}, index=targets.index)
         for h in (182.0, 365.0):
             frame[relapse_column(h)] = risk

@@ -49,6 +49,26 @@ def test_fast_gradient_boosting_equals_scikit_survival():
     np.testing.assert_allclose(fast.predict(X), reference.predict(X), atol=1e-9)
 
 
+def test_fast_gradient_boosting_fits_through_the_fast_loss(monkeypatch):
+    """Pins the private hook FastGradientBoostingSurvivalAnalysis overrides: scikit-survival's fit
+    builds its loss with ``_get_loss`` (no public route; see the class docstring)."""
+    from models import survival
+
+    calls = []
+    original = survival.cox_partial_likelihood
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(survival, "cox_partial_likelihood", counted)
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(100, 3))
+    y = Surv.from_arrays(rng.random(100) < 0.7, rng.exponential(10.0, 100))
+    FastGradientBoostingSurvivalAnalysis(n_estimators=4, random_state=0).fit(X, y)
+    assert len(calls) >= 4  # at least one gradient per stage
+
+
 def _weibull_data(n: int, seed: int, shape: float = 1.5, scale: float = 200.0):
     rng = np.random.default_rng(seed)
     X = pd.DataFrame({"x0": rng.normal(size=n), "x1": rng.normal(size=n)})

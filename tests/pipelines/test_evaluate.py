@@ -42,9 +42,9 @@ def test_run_writes_metrics_and_plots(evaluated):
     result, out = evaluated
     assert result.exit_code == 0, result.output
     assert sorted(path.name for path in out.iterdir()) == sorted([
-        "metrics.json", "uno_c_by_landmark.png", "calibration_relapse.png", "shap_summary.png",
-        "shap_importance.png", "shap_waterfall_highest_risk.png", "cif_curves.png", "decision_curves.csv",
-        "decision_curves.png"])
+        "metrics.json", "uno_c_by_landmark.png", "calibration_relapse.png", "calibration_by_cause.png",
+        "cumulative_incidence.png", "shap_summary.png", "shap_importance.png", "shap_waterfall_highest_risk.png",
+        "cif_curves.png", "decision_curves.csv", "decision_curves.png"])
     assert "Uno's C" in result.output and "best model: xgb_cox" in result.output
 
 

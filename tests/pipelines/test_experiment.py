@@ -89,3 +89,26 @@ def test_models_never_see_the_oracle(prepared, small_config):
     # the oracle's risks are the simulator's, not a copy of a model's
     column = with_oracle["oracle"].columns[0]
     assert not np.allclose(with_oracle["oracle"][column], with_oracle["coxnet"][column], equal_nan=True)
+
+
+def test_a_recalibrated_candidate_brings_its_base_model_and_is_refitted_on_its_out_of_fold_predictions(prepared):
+    from models.recalibration import RecalibratedModel
+    from pipelines.experiment import n_fits, refit
+
+    config = RunConfig.model_validate({
+        "data": {"source": "synthetic", "synthetic": {"n_patients": 200, "seed": 11}},
+        "features": {"landmark_days": [0, 91]},
+        "models": {"candidates": ["xgb_cox_recal"], "params": {"xgb_cox": {"n_estimators": 20}}},
+        "evaluation": {"cv_folds": 3},
+    })
+    splits = cv_splits(prepared.landmark_set, config)
+    fits = []
+    predictions = cross_validated_sources(prepared.landmark_set, None, config, splits, on_fit=lambda: fits.append(1))
+    assert list(predictions) == ["xgb_cox", "xgb_cox_recal", "rule"]
+    assert len(fits) == n_fits(config, len(splits)) == 3 + 3 + 3  # pairs of folds, outer folds, the rule
+    model = refit(config, prepared, "xgb_cox_recal", predictions)
+    assert isinstance(model, RecalibratedModel)
+    assert model.estimator_.survival_estimator.steps[-1][1].n_estimators == 20  # the base's parameters
+    expected = model._recalibrator().fit(predictions["xgb_cox"], prepared.landmark_set[["time", "event"]],
+                                         prepared.landmark_set["landmark_day"])
+    np.testing.assert_allclose(model.recalibrator_.intercept_, expected.intercept_)

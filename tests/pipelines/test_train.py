@@ -107,6 +107,122 @@ def test_background_rows_replaced_by_medians():
     assert model.background_.to_dict("list") == {"a": [2.0], "b": [5.0]}
 
 
+def test_summary_carries_named_calibration_figures():
+    rows = [(landmark, endpoint, 365.0, "observed_expected", "xgb_cox", "estimate", value)
+            for landmark, endpoint, value in ((0.0, "relapse", 0.9), (28.0, "relapse", 1.1), ("all", "relapse", 1.0),
+                                              (28.0, "death", 0.7))]
+    metrics = pd.concat([_metrics_frame(), pd.DataFrame(rows, columns=_metrics_frame().columns)], ignore_index=True)
+    summary = summarise_metrics(metrics)["xgb_cox"]
+    assert summary["oe/relapse/lm28/h365"] == 1.1 and summary["oe/relapse/h365"] == 1.0
+    assert summary["oe/death/lm28/h365"] == 0.7
+    assert summary["uno_c"] == pytest.approx(0.72)  # the headline names are kept
+
+
+def test_gate_names_the_metric_cause_landmark_and_horizon_that_failed():
+    from pipelines.config import gate_thresholds
+    from pipelines.registry import evaluate_gate
+
+    config = _config(registry={"thresholds": {"uno_c": 0.6},
+                               "calibration_bounds": {"observed_expected": {"relapse_CD19_neg": [0.8, 1.25]}}})
+    values = {name: 1.0 for name in gate_thresholds(config)[0]} | {"uno_c": 0.8, "oe/relapse_CD19_neg/lm91/h730": 0.71}
+    decision = evaluate_gate(values, *gate_thresholds(config))
+    assert not decision.passed
+    assert len(decision.reasons) == 1 and decision.reasons[0].startswith("oe/relapse_CD19_neg/lm91/h730 = 0.71")
+    assert evaluate_gate({**values, "oe/relapse_CD19_neg/lm91/h730": 1.0}, *gate_thresholds(config)).passed
+
+
+_SMALL_TRAINING = {
+    "data": {"source": "synthetic", "synthetic": {"n_patients": 300, "seed": 3, "with_oracle": False}},
+    "features": {"landmark_days": [0, 91]},
+    "models": {"candidates": ["xgb_cox_recal"], "params": {"xgb_cox": {"n_estimators": 30}}},
+    "evaluation": {"cv_folds": 3, "bootstrap": 0, "shap_max_rows": 5, "shap_background": 10},
+    "registry": {"model_name": "calibrated", "thresholds": {"uno_c": 0.5}, "top_factors": 2},
+}
+
+
+@pytest.mark.slow
+def test_training_refuses_a_miscalibrated_winner_and_registers_a_recalibrated_one(tracking_uri):
+    import mlflow
+
+    from models.serving import EXAMPLE_PATIENT
+    from pipelines.train import train
+
+    strict = _config(**{**_SMALL_TRAINING, "registry": {
+        **_SMALL_TRAINING["registry"], "calibration_bounds": {"observed_expected": {"relapse": [0.999, 1.001]}}}})
+    refused = train(strict, tracking_uri=tracking_uri)
+    assert not refused.registered
+    assert any(reason.startswith("oe/relapse/lm") and "/h" in reason for reason in refused.gate_reasons)
+    accepted = train(_config(**_SMALL_TRAINING), tracking_uri=tracking_uri)
+    assert accepted.registered and accepted.winner == "xgb_cox_recal"
+    assert {"oe/relapse/lm91/h365", "slope/relapse/lm0/h182", "ibs/death"} <= set(accepted.winner_metrics)
+    artifacts = {entry.path for entry in mlflow.MlflowClient(tracking_uri).list_artifacts(accepted.run_id, "plots")}
+    assert {"plots/calibration_by_cause.png", "plots/cumulative_incidence.png"} <= artifacts
+    mlflow.set_tracking_uri(tracking_uri)
+    records = mlflow.pyfunc.load_model("models:/calibrated@champion").predict(pd.DataFrame([EXAMPLE_PATIENT]))
+    scored = pd.DataFrame(records)
+    causes = [f"cif_{cause}_365d" for cause in ("relapse_CD19_pos", "relapse_CD19_neg", "relapse_lineage_switch",
+                                                 "death", "hsct")]
+    assert scored[causes + ["event_free_365d"]].sum(axis=1).iloc[0] == pytest.approx(1.0)
+    assert scored["estimator"].iloc[0] == "xgb_cox_recal"
+
+
+def _overpredicting_model_factory(make_model):
+    """``models.factory.make_model`` whose ``xgb_cox`` is deliberately worse: every relapse
+    phenotype's incidence 1.5 times the fitted one (capped by the event-free probability), so the
+    ranking and Uno's C are (nearly) unchanged and only the absolute risks are wrong."""
+    from models.base import PHENOTYPE_CAUSES
+    from models.competing import CauseSpecificHazardsModel, CIFCurves
+
+    class Overpredicting(CauseSpecificHazardsModel):
+        def predict_cif_curves(self, X):
+            curves = super().predict_cif_curves(X)
+            relapse = curves.relapse
+            factor = np.minimum(1.5, np.divide(relapse + curves.event_free, relapse, out=np.ones_like(relapse),
+                                               where=relapse > 0))
+            cif = {cause: values * factor if cause in PHENOTYPE_CAUSES else values
+                   for cause, values in curves.cif.items()}
+            event_free = np.maximum(1.0 - np.sum(list(cif.values()), axis=0), 0.0)
+            return CIFCurves(times=curves.times, cif=cif, event_free=event_free)
+
+    def make(name, params=None, random_state=0):
+        model = make_model(name, params, random_state)
+        return Overpredicting(**model.get_params(deep=False)) if name == "xgb_cox" else model
+
+    return make
+
+
+@pytest.mark.slow
+def test_the_default_gate_refuses_a_deliberately_overpredicting_model(tracking_uri, monkeypatch):
+    """The shipped gate (configs/default.yaml) on a model that ranks as well as xgb_cox but
+    predicts 1.5 times its relapse incidence: not registered, and the reasons name the failing
+    metric, cause, landmark and horizon (Uno's C alone would have let it through)."""
+    import re
+    from pathlib import Path
+
+    import models.factory
+    from pipelines.config import load_config
+    from pipelines.train import train
+
+    default = load_config(Path(__file__).parents[2] / "configs" / "default.yaml")
+    small = RunConfig.model_validate({
+        **default.model_dump(),
+        "data": {"source": "synthetic", "synthetic": {"n_patients": 1000, "seed": 5, "with_oracle": False}},
+        "features": {**default.features.model_dump(), "landmark_days": [0, 91]},
+        "models": {"candidates": ["xgb_cox"], "params": {"xgb_cox": {"n_estimators": 60}}},
+        "evaluation": {**default.evaluation.model_dump(), "cv_folds": 3, "bootstrap": 0, "shap_max_rows": 5,
+                       "shap_background": 10},
+    })
+    monkeypatch.setattr(models.factory, "make_model", _overpredicting_model_factory(models.factory.make_model))
+    refused = train(small, tracking_uri=tracking_uri)
+    assert not refused.registered
+    assert refused.winner_metrics["uno_c"] >= default.registry.thresholds["uno_c"]  # discrimination passes
+    failed_oe = [reason for reason in refused.gate_reasons
+                 if re.fullmatch(r"oe/relapse(_CD19_pos|_CD19_neg)?/lm(0|91)/h(182|365|730) = 0\.\d{4} \(fails >= 0\.8\)",
+                                 reason)]
+    assert failed_oe, refused.gate_reasons
+    assert any(reason.startswith("oe/relapse/lm") for reason in failed_oe)
+
+
 def test_only_summary_metrics_are_logged_the_grid_stays_a_table(tracking_uri):
     import mlflow
     from mlflow.tracking import MlflowClient
