@@ -81,7 +81,8 @@ class Outcome:
             raise ModelInputError("outcome: status must be 0 (censored), 1 (endpoint) or 2 (competing)")
 
     @classmethod
-    def from_events(cls, time: Sequence[float], event: Sequence[str], endpoint: str = "relapse") -> Outcome:
+    def from_events(cls, time: Sequence[float] | np.ndarray, event: Sequence[str] | np.ndarray,
+                    endpoint: str = "relapse") -> Outcome:
         """Build from a landmark target (``event`` strings) for one endpoint of :data:`ENDPOINTS`.
 
         For ``"relapse"`` every relapse (also of unknown phenotype) is the endpoint; for a
