@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from models.serving import ERROR_COLUMN
 from pipelines.api import score_frames
@@ -32,18 +34,22 @@ from pyspark.sql import functions as F  # noqa: E402
 from pipelines.spark import request_frame, score_requests_in_spark  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+ROOT = Path(__file__).resolve().parents[2]
 AS_OF_DAY = 91.0
 
 
 @pytest.fixture(scope="module")
 def model_uri(bundle, tmp_path_factory):  # noqa: F811
-    """The scoring model logged as training logs it, in a store of its own; yields (model URI, tracking URI)."""
+    """The scoring model logged as training logs it and registered as ``car-relapse@champion``, in a
+    store of its own (the current tracking URI while the module runs); yields (model URI, tracking URI)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('spark_store')}/mlflow.db"
     init_store(uri)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run():
         info = log_scoring_model(bundle)
+    version = mlflow.register_model(info.model_uri, "car-relapse").version
+    MlflowClient(tracking_uri=uri).set_registered_model_alias("car-relapse", "champion", version)
     yield info.model_uri, uri
     mlflow.set_tracking_uri(previous)
 
@@ -87,6 +93,31 @@ def test_spark_scores_equal_batch_scoring_and_a_bad_patient_gets_an_error_record
     assert broken in set(batch.rejects["patient_id"]) and unmeasured in set(batch.scores["patient_id"])
     expected = _by_patient(batch.scores.loc[batch.scores["patient_id"] != broken])
     scored = answers.loc[answers[ERROR_COLUMN].isna()].drop(columns=[ERROR_COLUMN]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(scored, expected, check_exact=True, check_dtype=False)
+
+
+def _documented_recipe() -> str:
+    """The Python block of the "Scoring in Spark" section of docs/usage.md."""
+    section = (ROOT / "docs" / "usage.md").read_text().split("## Scoring in Spark", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_recipe_scores_the_registered_model_like_batch_scoring(spark, model_uri, tables, tmp_path):
+    _, tracking_uri = model_uri
+    infusions, measurements, _, broken = tables
+    (tmp_path / "cohort").mkdir()
+    infusions.to_parquet(tmp_path / "cohort" / "infusions.parquet")
+    measurements.to_parquet(tmp_path / "cohort" / "measurements.parquet")
+    # the JVM resolves relative paths against the folder it started in, not Python's: make them absolute
+    recipe = _documented_recipe().replace('"cohort/', f'"{tmp_path}/cohort/').replace('"scores.parquet"',
+                                                                                    f'"{tmp_path}/scores.parquet"')
+    namespace: dict = {}
+    exec(compile(recipe, "docs/usage.md (Scoring in Spark)", "exec"), namespace)
+    assert namespace["errors"].toPandas()["patient_id"].tolist() == [broken]
+    written = _by_patient(pd.read_parquet(tmp_path / "scores.parquet"))
+    batch = score_frames("models:/car-relapse@champion", infusions, measurements, 91, tracking_uri=tracking_uri)
+    expected = _by_patient(batch.scores.loc[batch.scores["patient_id"] != broken])
+    scored = written.loc[written[ERROR_COLUMN].isna()].drop(columns=[ERROR_COLUMN]).reset_index(drop=True)
     pd.testing.assert_frame_equal(scored, expected, check_exact=True, check_dtype=False)
 
 
