@@ -44,14 +44,16 @@ def model_uri(bundle, tmp_path_factory):  # noqa: F811
     store of its own (the current tracking URI while the module runs); yields (model URI, tracking URI)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('spark_store')}/mlflow.db"
     init_store(uri)
-    previous = mlflow.get_tracking_uri()
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # as the recipe's MLFLOW_TRACKING_URI does (earlier tests may have set another)
     with mlflow.start_run():
         info = log_scoring_model(bundle)
     version = mlflow.register_model(info.model_uri, "car-relapse").version
     MlflowClient(tracking_uri=uri).set_registered_model_alias("car-relapse", "champion", version)
     yield info.model_uri, uri
-    mlflow.set_tracking_uri(previous)
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="module")
