@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint setup bench calibration config-reference request-schema clean
+.PHONY: run test check lint setup spark bench calibration config-reference request-schema clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Optional: the spark extra (pyspark, a 456 MB download; about 2 min to install here) for distributed
+# scoring (docs/usage.md, "Scoring in Spark") and its tests, which are skipped without it. CI runs it.
+spark: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,spark]"
 
 run: $(STAMP)
 	$(BIN)/car-relapse train --config configs/default.yaml

@@ -56,9 +56,9 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 from sksurv.functions import StepFunction
-from sksurv.util import Surv
+from sksurv.util import Surv, check_y_survival
 
 from models.base import (
     CAUSES,
@@ -71,6 +71,7 @@ from models.base import (
     event_free_column,
     relapse_column,
 )
+from models.metrics import Outcome, harrell_c
 from models.survival import batch_invariant_dot, cumulative_hazard_on_grid
 
 __all__ = ["CIFCurves", "CauseSpecificHazardsModel", "cif_frame", "default_phenotype_classifier", "read_curve"]
@@ -165,6 +166,19 @@ class CauseSpecificHazardsModel(BaseEstimator):
     background_rows : int
         Training rows kept as ``background_`` (reference sample of the SHAP explanations).
 
+    Notes
+    -----
+    Inputs, as scikit-learn and scikit-survival estimators take them:
+
+    - ``X``: a DataFrame of numbers (the pipeline's path: columns are matched by name at predict
+      time), or a 2-D array (columns by position; named ``x0, x1, ...`` inside). NaN means missing
+      (the hazard models impute it); infinite values, complex numbers and sparse matrices are refused.
+    - ``y``: a DataFrame with ``time`` and ``event`` (every cause of :data:`models.base.EVENT_VALUES`),
+      or a scikit-survival structured array (``Surv.from_arrays(event, time)``), read as relapse
+      of unknown phenotype (event) versus censored, with no competing event: the relapse incidence
+      (``predict``, ``cif_relapse_*``) is then the complement of the relapse-free survival, and the
+      phenotype columns split it in equal thirds (no phenotype was observed).
+
     Attributes
     ----------
     hazard_models_ : dict of str -> fitted estimator or None
@@ -189,25 +203,30 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.phenotype_time_knots = phenotype_time_knots
         self.background_rows = background_rows
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN = missing, imputed by the hazard models
+        tags.target_tags.required = True
+        return tags
+
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> CauseSpecificHazardsModel:
+    def fit(self, X: pd.DataFrame | np.ndarray, y: pd.DataFrame | np.ndarray) -> CauseSpecificHazardsModel:
         """Fit the three cause-specific hazard models and the phenotype model.
 
         Parameters
         ----------
-        X : DataFrame
-            Float features (NaN = missing).
-        y : DataFrame
-            ``time`` (days from the landmark, > 0) and ``event`` (see models.base.EVENT_VALUES).
+        X : DataFrame or array of shape (n, p)
+            Float features (NaN = missing); see the class notes for arrays.
+        y : DataFrame or structured array
+            ``time`` (days from the landmark, > 0) and ``event`` (see models.base.EVENT_VALUES),
+            or a scikit-survival ``Surv`` array (event = relapse, see the class notes).
         """
         if self.survival_estimator is None:
             raise ModelInputError("survival_estimator is required (build one with models.make_model)")
-        X = check_features(X)
-        time, event = check_target(y)
+        X = self._fit_features(X)
+        time, event = _target_arrays(y)
         if len(X) != len(time):
             raise ModelInputError(f"features have {len(X)} rows but the target has {len(time)}")
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        self.n_features_in_ = X.shape[1]
         time = self._rounded(time)
         self.time_grid_ = self._grid(time)
         self.fit_notes_: dict[str, str] = {}
@@ -216,6 +235,26 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self._fit_phenotype_model(X, time, event)
         self.background_ = X.sample(n=min(len(X), self.background_rows), random_state=0)
         return self
+
+    def _fit_features(self, X) -> pd.DataFrame:
+        """Training features as a float DataFrame; sets ``n_features_in_`` (and ``feature_names_in_``
+        for a DataFrame)."""
+        if isinstance(X, pd.DataFrame):  # the pipeline's path, as before
+            X = check_features(X)
+            self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+            self.n_features_in_ = X.shape[1]
+            return X
+        values = validate_data(self, X, reset=True, dtype=np.float64, ensure_all_finite="allow-nan", ensure_min_samples=2)
+        return pd.DataFrame(values, columns=_positional_names(values.shape[1]))
+
+    def _features(self, X) -> pd.DataFrame:
+        """Features to predict from, as the float DataFrame of the fitted columns."""
+        names = getattr(self, "feature_names_in_", None)
+        if isinstance(X, pd.DataFrame) and names is not None:
+            return check_features(X, names)  # the pipeline's path (serving): by name, as before
+        check_is_fitted(self, "hazard_models_")
+        values = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan")
+        return pd.DataFrame(values, columns=names if names is not None else _positional_names(values.shape[1]))
 
     def _rounded(self, time: np.ndarray) -> np.ndarray:
         if not self.time_resolution_days:
@@ -285,10 +324,12 @@ class CauseSpecificHazardsModel(BaseEstimator):
             factor = np.where(total > 0, before * -np.expm1(-total) / total, 0.0)
         return event_free, factor
 
-    def phenotype_shares(self, X: pd.DataFrame) -> np.ndarray:
+    def phenotype_shares(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Share of each phenotype among relapses at each grid time; shape (n, 3, len(time_grid_))."""
         check_is_fitted(self, "hazard_models_")
-        X = check_features(X, self.feature_names_in_)
+        return self._phenotype_shares(self._features(X))
+
+    def _phenotype_shares(self, X: pd.DataFrame) -> np.ndarray:
         knots = self.phenotype_knots_
         if self.phenotype_model_ is None:
             at_knots = np.broadcast_to(self.phenotype_prior_[None, :, None], (len(X), 3, knots.size))
@@ -335,10 +376,10 @@ class CauseSpecificHazardsModel(BaseEstimator):
         CIFCurves
         """
         check_is_fitted(self, "hazard_models_")
-        X = check_features(X, self.feature_names_in_)
+        X = self._features(X)
         increments = self._hazard_increments(X, self.time_grid_)
         event_free, factor = self._incidence_weights(increments)
-        shares = self.phenotype_shares(X)
+        shares = self._phenotype_shares(X)
         cif = {cause: np.cumsum(factor * increments["relapse"] * shares[:, k], axis=1)
                for k, cause in enumerate(PHENOTYPE_CAUSES)}
         cif.update({cause: np.cumsum(factor * increments[cause], axis=1) for cause in ("death", "hsct")})
@@ -352,7 +393,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         to that horizon only and without the phenotype model (the fast path used by
         :meth:`predict` and the SHAP explanations); equal to ``predict_cif``'s ``cif_relapse``."""
         check_is_fitted(self, "hazard_models_")
-        X = check_features(X, self.feature_names_in_)
+        X = self._features(X)
         grid = self.time_grid_[: np.searchsorted(self.time_grid_, horizon_days, side="left") + 1]
         increments = self._hazard_increments(X, grid)
         _, factor = self._incidence_weights(increments)
@@ -375,11 +416,35 @@ class CauseSpecificHazardsModel(BaseEstimator):
             ``event_free_{h}d``; per row and horizon the causes and event-free sum to 1.
         """
         curves = self.predict_cif_curves(X)
-        return cif_frame(curves, horizons_days, X.index)
+        return cif_frame(curves, horizons_days, X.index if isinstance(X, pd.DataFrame) else pd.RangeIndex(len(curves.event_free)))
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Cumulative incidence of relapse at ``risk_horizon_days`` (the relapse risk score)."""
         return self.predict_relapse_incidence(X, self.risk_horizon_days)
+
+    def score(self, X: pd.DataFrame | np.ndarray, y: pd.DataFrame | np.ndarray) -> float:
+        """Harrell's concordance of the relapse risk (:meth:`predict`) with the observed relapses.
+
+        The competing-risks concordance of the evaluation (:func:`models.metrics.harrell_c`,
+        Wolbers et al. 2009): a relapse at :math:`T_i` before ``risk_horizon_days`` is a case; it
+        is compared with every row still event-free after :math:`T_i` and with every row that had
+        a competing event (death, HSCT) at or before :math:`T_i`; ties in risk count one half.
+        For a scikit-survival ``Surv`` target (no competing event) it equals scikit-survival's
+        ``concordance_index_censored`` with events after the horizon counted as censored.
+
+        Parameters
+        ----------
+        X : DataFrame or array of shape (n, p)
+        y : DataFrame or structured array
+            As for :meth:`fit`.
+
+        Returns
+        -------
+        float
+            0.5 for a random ranking, 1 for a perfect one.
+        """
+        time, event = _target_arrays(y)
+        return float(harrell_c(Outcome.from_events(time, event), self.predict(X), tau=self.risk_horizon_days))
 
     def predict_survival_function(self, X: pd.DataFrame, return_array: bool = False):
         """Event-free probability (no relapse, death or HSCT) at ``unique_times_``."""
@@ -400,6 +465,25 @@ class CauseSpecificHazardsModel(BaseEstimator):
         """The fitted single-outcome model of the relapse (any phenotype) hazard, or None."""
         check_is_fitted(self, "hazard_models_")
         return self.hazard_models_["relapse"]
+
+
+def _positional_names(n_columns: int) -> list[str]:
+    """Column names of features given as an array: ``x0, x1, ...``."""
+    return [f"x{position}" for position in range(n_columns)]
+
+
+def _target_arrays(y) -> tuple[np.ndarray, np.ndarray]:
+    """``time`` and ``event`` (strings of :data:`models.base.EVENT_VALUES`) of a target frame or of a
+    scikit-survival structured array (event -> ``relapse_unknown``, censored -> ``none``)."""
+    if y is None:
+        raise ValueError("CauseSpecificHazardsModel requires y to be passed, but the target y is None")
+    if isinstance(y, np.ndarray) and y.dtype.names is not None:
+        is_event, time = check_y_survival(y)
+        y = pd.DataFrame({"time": time, "event": np.where(is_event, "relapse_unknown", "none")})
+    elif not isinstance(y, pd.DataFrame):
+        raise ModelInputError("target must be a DataFrame with columns time, event or a scikit-survival structured "
+                              f"array (sksurv.util.Surv.from_arrays(event, time)); got {type(y).__name__}")
+    return check_target(y)
 
 
 def _impute(imputer: SimpleImputer, X: np.ndarray) -> np.ndarray | None:

@@ -813,19 +813,23 @@ def refusal(records: Sequence[Mapping[str, Any]]) -> ScoringInputError:
     return ScoringInputError(f"{head}: {shown}" + (f" | ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
 
 
-def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame]) -> list[Any]:
+def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame], refuse_unscorable: bool = True) -> list[Any]:
     """Score several requests in one call: for each request, one answer record per patient, in order.
 
     A patient that cannot be scored is answered with an error record (``patient_id`` as typed,
     scores null, :data:`ERROR_COLUMN` naming each field and problem); the others are scored as if
     alone. A request is answered with a :class:`ScoringInputError` instead of records when it lacks
-    a required field, has no patient, or none of its patients can be scored (:func:`refusal`).
+    a required field, has no patient, or (with ``refuse_unscorable``) none of its patients can be
+    scored (:func:`refusal`).
 
     Parameters
     ----------
     bundle : ScoringBundle
     requests : sequence of DataFrame
         Request frames (one row per patient).
+    refuse_unscorable : bool
+        Refuse a request none of whose patients can be scored (an HTTP client gets a 400). False
+        answers it with its error records, as batch callers need (a Spark batch of bad patients).
 
     Returns
     -------
@@ -847,12 +851,13 @@ def score_requests(bundle: ScoringBundle, requests: Sequence[pd.DataFrame]) -> l
                              np.repeat(np.arange(len(valid)), lengths))
     if scored is None:  # a patient in two of the requests: each request on its own
         for index in valid:
-            answers[index] = score_requests(bundle, [requests[index]])[0]
+            answers[index] = score_requests(bundle, [requests[index]], refuse_unscorable)[0]
         return answers
     records, start = _patient_records(scored), 0
     for index, length in zip(valid, lengths):
         own = records[start:start + length]
-        answers[index] = own if any(record[ERROR_COLUMN] is None for record in own) else refusal(own)
+        scorable = not refuse_unscorable or any(record[ERROR_COLUMN] is None for record in own)
+        answers[index] = own if scorable else refusal(own)
         start += length
     return answers
 

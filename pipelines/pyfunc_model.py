@@ -11,7 +11,9 @@ one with an error record (``patient_id`` kept, scores null, ``error`` naming eac
 problem, never the patient's values). When no patient of the call can be scored, or with
 ``params={"on_error": "fail"}`` when any cannot, it raises MLflow's "invalid parameter value"
 error, which the scoring server answers with HTTP 400 naming the request positions and fields (and
-keeps serving).
+keeps serving). ``params={"on_error": "records"}`` never refuses a call for its patients: every
+patient gets scores or an error record, as batch callers need (``pipelines.spark``: a Spark batch
+whose patients are all bad must not fail the job).
 
 The input signature (:func:`input_schema`) is a column schema built from
 :data:`models.serving.REQUEST_FIELDS`, so the scoring server accepts every documented JSON format
@@ -62,6 +64,8 @@ from models.serving import (
 __all__ = [
     "BUNDLE_ARTIFACT",
     "REQUEST_SCHEMA_ARTIFACT",
+    "EVERY_PATIENT",
+    "PREDICT_ON_ERROR_MODES",
     "CarRelapseModel",
     "save_bundle",
     "load_bundle",
@@ -77,6 +81,9 @@ __all__ = [
 BUNDLE_ARTIFACT = "scoring_bundle"
 REQUEST_SCHEMA_ARTIFACT = "request_schema"
 """Artifact key of the request's JSON Schema: ``artifacts/request_schema.json`` in the model folder."""
+EVERY_PATIENT = "records"
+"""``on_error`` of batch callers: every patient answered (scores or an error record), no call refused."""
+PREDICT_ON_ERROR_MODES = (*ON_ERROR_MODES, EVERY_PATIENT)
 _SHIPPED_PACKAGES = ("features", "models")
 # what the shipped code (features/, models/) and this file import; keep in step with their imports
 _REQUIRED_DISTRIBUTIONS = (
@@ -143,7 +150,8 @@ def output_schema(bundle: ScoringBundle) -> Schema:
 
 
 def params_schema() -> ParamSchema:
-    """``on_error``: ``quarantine`` (default: error records for bad patients) or ``fail`` (refuse the call)."""
+    """``on_error``: ``quarantine`` (default: error records for bad patients, a call without any good
+    patient refused), ``fail`` (refuse the call when any patient is bad) or ``records`` (never refuse)."""
     return ParamSchema([ParamSpec("on_error", DataType.string, "quarantine")])
 
 
@@ -162,7 +170,8 @@ class CarRelapseModel(PythonModel):
         objects in server processes)."""
         self._bundle = load_bundle(context.artifacts[BUNDLE_ARTIFACT])
         self._score = MicroBatcher(partial(score_requests, self._bundle), linger_s=SERVING_LINGER_S)
-        score_requests(self._bundle, [pd.DataFrame([EXAMPLE_PATIENT])])  # warm-up: lazy imports (shap), caches
+        example = score_requests(self._bundle, [pd.DataFrame([EXAMPLE_PATIENT])])  # warm-up: lazy imports (shap), caches
+        self._answer_fields = tuple(example[0][0])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list:
         """One output record per patient, in order (see ``models.serving.score_requests``); missing
@@ -171,20 +180,31 @@ class CarRelapseModel(PythonModel):
         ``model_input`` is the request frame MLflow built from any JSON format (one row per
         patient), or a list of patient records when called directly. ``params["on_error"]``:
         ``quarantine`` (default) answers bad patients with error records, ``fail`` refuses the call
-        when any patient is bad. A call none of whose patients can be scored is refused (HTTP 400).
+        when any patient is bad. A call none of whose patients can be scored is refused (HTTP 400),
+        except with ``records`` (batch callers: Spark), which answers every patient.
         """
         on_error = (params or {}).get("on_error") or "quarantine"
-        if on_error not in ON_ERROR_MODES:
+        if on_error not in PREDICT_ON_ERROR_MODES:
             raise MlflowException.invalid_parameter_value(
-                f"params.on_error must be one of {', '.join(ON_ERROR_MODES)}, got {on_error!r}")
+                f"params.on_error must be one of {', '.join(PREDICT_ON_ERROR_MODES)}, got {on_error!r}")
         request = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(list(model_input))
         try:
-            records = self._score(request)
+            records = self._score(request) if on_error != EVERY_PATIENT else self._every_patient(request)
         except ScoringInputError as exc:
             raise MlflowException.invalid_parameter_value(str(exc)) from None
         if on_error == "fail" and any(record[ERROR_COLUMN] is not None for record in records):
             raise MlflowException.invalid_parameter_value(str(refusal(records)))
         return records
+
+    def _every_patient(self, request: pd.DataFrame) -> list:
+        """Records of every patient, none refused, each with every answer field (a batch caller's call,
+        e.g. one Spark batch: no micro-batching; the fields of an all-error batch are those of any other)."""
+        answer = score_requests(self._bundle, [request], refuse_unscorable=False)[0]
+        if isinstance(answer, ScoringInputError):  # a missing field or no patient: the call itself is wrong
+            raise answer
+        if all(record[ERROR_COLUMN] is not None for record in answer):
+            return [{**dict.fromkeys(self._answer_fields), **record} for record in answer]
+        return answer
 
 
 def pip_requirements() -> list[str]:

@@ -9,10 +9,14 @@ from sklearn.base import clone
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from sksurv.metrics import concordance_index_censored
+from sksurv.util import Surv
 
 from models.base import CAUSES, CompetingRisksModel, ModelInputError, cif_column, cif_columns, event_free_column
-from models.factory import BASELINE_NAME, MODEL_NAMES, make_model
-from models.metrics import Outcome
+from models.competing import CauseSpecificHazardsModel
+from models.factory import BASELINE_NAME, MODEL_NAMES, make_model, make_survival_estimator
+from models.metrics import Outcome, harrell_c
 from models.nonparametric import aalen_johansen
 from tests.models.conftest import simulate_known_cohort
 
@@ -278,3 +282,77 @@ def test_plain_transform_declines_what_it_does_not_handle():
     observed = X.drop(columns="f5")
     sentinel = make_pipeline(SimpleImputer(missing_values=-1.0)).fit(observed.fillna(-1.0))
     assert plain_transform(sentinel, new.drop(columns="f5").fillna(-1.0)) is None
+
+
+# --- scikit-learn and scikit-survival conventions ---------------------------------------------------
+def _surv_target(y: pd.DataFrame) -> np.ndarray:
+    """The target as scikit-survival writes it: any relapse = event, everything else censored."""
+    return Surv.from_arrays(y["event"].str.startswith("relapse").to_numpy(), y["time"].to_numpy(dtype=float))
+
+
+def test_surv_targets_and_arrays_fit_like_frames(contract_data):
+    X, y = contract_data
+    relapse_only = y.assign(event=np.where(y["event"].str.startswith("relapse"), "relapse_unknown", "none"))
+    by_frame = make_model("coxnet").fit(X, relapse_only)
+    by_surv = make_model("coxnet").fit(X, _surv_target(y))
+    by_array = make_model("coxnet").fit(X.to_numpy(), _surv_target(y))
+    assert not hasattr(by_array, "feature_names_in_") and by_array.n_features_in_ == X.shape[1]
+    expected = by_frame.predict_cif(X.iloc[:50], HORIZONS)
+    pd.testing.assert_frame_equal(by_surv.predict_cif(X.iloc[:50], HORIZONS), expected, check_exact=True)
+    from_array = by_array.predict_cif(X.iloc[:50].to_numpy(), HORIZONS)
+    np.testing.assert_allclose(from_array.to_numpy(), expected.to_numpy(), rtol=1e-12, atol=1e-15)
+    assert list(from_array.columns) == list(expected.columns) and from_array.index.equals(pd.RangeIndex(50))
+    with pytest.warns(UserWarning, match="does not have valid feature names"):  # scikit-learn's convention
+        by_position = by_frame.predict(X.to_numpy())
+    np.testing.assert_array_equal(by_position, by_frame.predict(X))
+    with pytest.raises(ValueError, match="X has 3 features, but CauseSpecificHazardsModel is expecting"):
+        by_array.predict(X.to_numpy()[:, :3])
+    with pytest.raises(ModelInputError, match="structured"):
+        make_model("coxnet").fit(X, y["time"].to_numpy())
+
+
+def test_score_is_the_evaluations_harrell_c_and_scikit_survivals_without_competing_events(contract_data):
+    X, y = contract_data
+    model = make_model("coxnet").fit(X, y)
+    risk = model.predict(X)
+    outcome = Outcome.from_events(y["time"], y["event"])
+    assert model.score(X, y) == harrell_c(outcome, risk, tau=model.risk_horizon_days)
+    assert 0.6 < model.score(X, y) < 1.0  # the known cohort's relapse hazard depends on x0, x1
+    surv = _surv_target(y)
+    before_horizon = surv["event"] & (surv["time"] < model.risk_horizon_days)
+    expected = concordance_index_censored(before_horizon, surv["time"], risk)[0]
+    assert model.score(X, surv) == pytest.approx(expected, abs=1e-12)
+
+
+class _ChecksTargetAsSurvival(CauseSpecificHazardsModel):
+    """The estimator with scikit-learn's generated targets as survival targets, for the common checks.
+
+    The checks fit with a 1-D target (class labels or regression values), which no survival
+    estimator can take; each is mapped to a ``Surv`` array (time = 1 + the value's rank in days,
+    every other row an event), so the checks exercise the estimator itself on the data they make.
+    """
+
+    def fit(self, X, y):
+        return super().fit(X, _checks_target(y))
+
+    def score(self, X, y):
+        return super().score(X, _checks_target(y))
+
+
+def _checks_target(y):
+    if y is None:
+        return None
+    values = np.real(np.asarray(y)).astype(float).ravel()  # complex y: check_complex_data tests X's refusal
+    ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+    return Surv.from_arrays(np.arange(values.size) % 2 == 0, 1.0 + ranks)
+
+
+_EXPECTED_FAILED_CHECKS: dict[str, str] = {}
+
+
+@parametrize_with_checks(
+    [_ChecksTargetAsSurvival(make_survival_estimator("coxnet", {"alphas": [0.1]}), time_resolution_days=1.0)],
+    expected_failed_checks=lambda estimator: _EXPECTED_FAILED_CHECKS,
+)
+def test_scikit_learn_common_checks(estimator, check):
+    check(estimator)

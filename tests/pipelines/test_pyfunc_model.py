@@ -146,6 +146,21 @@ def test_on_error_fail_and_a_call_without_any_good_patient_raise_a_400(saved_mod
     assert "2.5" not in caught.value.message
     with pytest.raises(MlflowException, match="no patient of the request can be scored: patient at position 0"):
         saved_model.predict(pd.DataFrame([bad]))
-    with pytest.raises(MlflowException, match="params.on_error must be one of fail, quarantine"):
+    with pytest.raises(MlflowException, match="params.on_error must be one of fail, quarantine, records"):
         saved_model.predict(pd.DataFrame([good]), params={"on_error": "ignore"})
     assert saved_model.predict(pd.DataFrame([good]), params={"on_error": "fail"})[0][ERROR_COLUMN] is None
+
+
+def test_on_error_records_answers_a_call_without_any_good_patient(saved_model):
+    """Batch callers (a Spark batch): every patient answered, with every answer field, none refused."""
+    good = dict(EXAMPLE_PATIENT)
+    bad = [{**good, "patient_id": "B", "prior_lines": 2.5}, {**good, "patient_id": "C", "measurements": None}]
+    answer = saved_model.predict(pd.DataFrame(bad), params={"on_error": "records"})
+    fields = list(saved_model.predict(pd.DataFrame([good]))[0])
+    assert [list(record) for record in answer] == [fields, fields]
+    assert [record[ERROR_COLUMN] for record in answer] == [
+        "prior_lines: not an integer",
+        "measurements: must be a list of measurement objects (may be empty) or an object of equal-length lists"]
+    assert all(value is None for record in answer for name, value in record.items() if name not in ("patient_id", ERROR_COLUMN))
+    mixed = saved_model.predict(pd.DataFrame([good, bad[0]]), params={"on_error": "records"})
+    assert mixed == saved_model.predict(pd.DataFrame([good, bad[0]]))  # with a good patient: as quarantine
