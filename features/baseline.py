@@ -1,6 +1,6 @@
 """Baseline (pre-infusion) features from the infusions table.
 
-Clinically meaningful encodings of the covariates known at infusion (DOMAIN.md): marrow burden
+Clinically meaningful encodings of the published risk factors known at infusion: marrow burden
 flags at 5% and 40% blasts, blinatumomab status as exposure / response / non-response,
 fludarabine exposure below 13.8 mg*h/L, CD19 antigen load below 15%, costimulatory domain,
 cytogenetic flags, CNS status, active non-CNS extramedullary disease, prior therapy.

@@ -1,4 +1,4 @@
-"""The clinicians' rule of thumb (DOMAIN.md) as a baseline model with the models' interface.
+"""The clinicians' rule of thumb (docs/models.md) as a baseline model with the models' interface.
 
 High risk = any of
 

@@ -1,6 +1,6 @@
 """Analysis helpers of the calibration report: cohort preparation, estimators, analyses, tolerances.
 
-The calibration report (``pipelines.calibration``) compares every published figure of DOMAIN.md
+The calibration report (``pipelines.calibration``) compares every published figure it models
 with the same statistic estimated on a simulated cohort. This module holds the pieces it is built
 from, all pure (no I/O):
 

@@ -2,7 +2,7 @@
 
 Units: time in days; leukemic burden as log10 of the fraction of nucleated marrow cells (the
 extramedullary compartment in marrow-equivalent units); growth and kill rates in log10 per day.
-The defaults were fitted against DOMAIN.md's published figures with ``pipelines.calibration``;
+The defaults were fitted against the published figures with ``pipelines.calibration``;
 ``docs/calibration.md`` shows target vs simulated for each figure.
 """
 
