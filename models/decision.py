@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 
 from models.base import COMPETING_CAUSES, RELAPSE_EVENTS, ModelInputError, relapse_column
 from models.bootstrap import PatientBootstrap, percentile_interval
-from models.evaluation import _common_rows  # the rows every source predicts: the metrics' rule, shared
+from models.evaluation import common_rows  # the rows every source predicts: the metrics' rule, shared
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -238,7 +238,7 @@ def decision_curves(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFram
     if thresholds_array.ndim != 1 or thresholds_array.size == 0 or np.any(np.diff(thresholds_array) <= 0) \
             or thresholds_array[0] <= 0 or thresholds_array[-1] >= 1:
         raise ModelInputError("decision curves: thresholds must be an increasing sequence strictly between 0 and 1")
-    keep = _common_rows(targets, predictions, [relapse_column(h) for h in horizons_days])
+    keep = common_rows(targets, predictions, [relapse_column(h) for h in horizons_days])
     fixed_levels = _fixed_levels(fixed_policies or {}, keep, thresholds_array.size)
     targets = targets.loc[keep]
     risks = {name: frame.loc[keep] for name, frame in predictions.items()}

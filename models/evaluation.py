@@ -45,6 +45,7 @@ from models.metrics import (
 )
 
 __all__ = [
+    "common_rows",
     "ALL_LANDMARKS",
     "CALIBRATION_BOUND_METRICS",
     "HIGHER_IS_BETTER",
@@ -169,7 +170,28 @@ def endpoint_column(endpoint: str, horizon_days: float) -> str:
     return relapse_column(horizon_days) if endpoint == "relapse" else cif_column(endpoint, horizon_days)
 
 
-def _common_rows(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], columns: list[str]) -> np.ndarray:
+def common_rows(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFrame], columns: list[str]) -> np.ndarray:
+    """The rows every source predicts: True where each frame of ``predictions`` has all ``columns``.
+
+    Parameters
+    ----------
+    targets : DataFrame
+        The evaluated rows; every prediction frame must share its index.
+    predictions : mapping
+        Source -> predictions indexed like ``targets``.
+    columns : list of str
+        Prediction columns that must be present and not missing.
+
+    Returns
+    -------
+    ndarray of bool
+        One flag per row of ``targets``.
+
+    Raises
+    ------
+    ModelInputError
+        A frame is indexed otherwise or lacks a column.
+    """
     keep = np.ones(len(targets), dtype=bool)
     for source, frame in predictions.items():
         if not frame.index.equals(targets.index):
@@ -332,7 +354,7 @@ def evaluate_sources(targets: pd.DataFrame, predictions: Mapping[str, pd.DataFra
     if unknown:
         raise ModelInputError(f"unknown endpoint(s) {unknown}; known: {list(ENDPOINTS)}")
     columns = [endpoint_column(e, h) for e in settings.endpoints for h in settings.horizons_days]
-    keep = _common_rows(targets, predictions, columns)
+    keep = common_rows(targets, predictions, columns)
     targets = targets.loc[keep]
     predictions = {source: frame.loc[keep] for source, frame in predictions.items()}
     bootstrap = PatientBootstrap(targets["patient_id"], settings.n_bootstrap, settings.random_state) \
