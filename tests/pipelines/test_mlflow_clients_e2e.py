@@ -50,8 +50,8 @@ def project(empty_mlflow_db, tmp_path_factory) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "own_cohort.yaml").read_text())
     config["features"]["landmark_days"] = [0, 91]
     config["models"].update(candidates=["xgb_cox"], params={"xgb_cox": {"n_estimators": 30}})
-    config["evaluation"].update(cv_folds=2, bootstrap=0, endpoints=["relapse"], shap_max_rows=10)
-    config["registry"].update(model_name=MODEL, thresholds={"uno_c": 0.5}, top_factors=2)
+    config["evaluation"].update(cv_folds=2, bootstrap=0, endpoints=["relapse"], shap_max_rows=10, selection_bounds={})
+    config["registry"].update(model_name=MODEL, thresholds={"uno_c": 0.5}, calibration_bounds={}, top_factors=2)
     (root / "configs").mkdir()
     (root / "configs" / "own_cohort.yaml").write_text(yaml.safe_dump(config))
     return root
