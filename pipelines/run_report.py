@@ -55,6 +55,8 @@ class RunOutcome:
     model_name: str
     model_version: str | None = None
     gate_reasons: tuple[str, ...] = ()
+    promoted: bool = False
+    champion_reasons: tuple[str, ...] = ()
     created: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
 
 

@@ -475,7 +475,8 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
         progress.advance(task)
         report = log_run_report(config, prepared, evaluation, decisions, explanation,
                                 RunOutcome(run_id, winner, registration.registered, config.registry.model_name,
-                                           registration.version, registration.reasons), progress)
+                                           registration.version, registration.reasons, registration.promoted,
+                                           registration.champion_reasons), progress)
     return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
                         registration.registered, config.registry.model_name, registration.version,
                         registration.previous, registration.reasons, registration.model_uri, registration.promoted,

@@ -94,6 +94,19 @@ def test_run_report_is_self_contained_and_shows_every_section(small_run, decisio
     assert seen["decoded"] == seen["images"] == len(parsed["images"]) and seen["fetched"] == []
 
 
+@pytest.mark.parametrize(("promoted", "expected", "absent"),
+                         [(True, "champion", "not promoted"), (False, "not promoted: the champion stays", None)])
+def test_run_report_says_whether_the_version_became_champion_and_why(small_run, decisions, explanation,  # noqa: F811
+                                                                     promoted, expected, absent):
+    config, prepared, _, evaluation = small_run
+    reason = "uno_c 0.801 is worse than the champion's 0.812 by more than 0.005"
+    outcome = dataclasses.replace(OUTCOME, promoted=promoted, champion_reasons=(reason,))
+    text = parse_self_contained(run_report_html(config, prepared, evaluation, decisions, explanation, outcome))["text"]
+    assert expected in text and f"Against the champion: {reason}" in text
+    if absent is not None:
+        assert absent not in text
+
+
 def test_logged_report_and_card_and_the_version_description(small_run, decisions, explanation, tracking_uri):  # noqa: F811
     import mlflow
     from mlflow.tracking import MlflowClient
