@@ -15,8 +15,8 @@ The page shows, for one patient at the as-of day:
   outcomes table shows, ``features.eligibility``, as batch scoring says it), and the model's
   caveats (with the registered version's model card).
 
-The folder is read with ``pipelines.io`` and validated with the data contract; the numbers come
-from ``models.serving.score_tables``, the function batch scoring and the served model use, with
+The folder is read with ``pipelines.io`` and validated with the data contract (once); the numbers come
+from ``models.serving.score_validated``, the scoring step batch scoring and the served model use, with
 the scored horizons extended to a grid for the curves and every feature's contribution kept for
 the waterfall. Without ``--patient`` every patient of the folder gets a page, plus ``index.html``.
 """
@@ -313,16 +313,14 @@ def _rejected(validated, scored_ids: set[str], all_ids: Sequence[str]) -> pd.Dat
 
 
 def _scored(model: ModelFacts, tables: dict[str, pd.DataFrame], as_of_day: float, on_error: str):
-    """The validated tables (data contract) and the scores of every valid patient (``score_tables``)."""
+    """The validated tables (data contract, checked once) and the scores of every valid patient
+    (``models.serving.score_validated``, what ``score_tables`` runs after the contract)."""
     from features.contract import validate_cohort
-    from models.serving import score_tables
+    from models.serving import cohort_as_of_days, score_validated
 
     validated = validate_cohort(tables["infusions"], tables["measurements"], tables.get("outcomes"), on_error=on_error)
-    valid_ids = set(validated.infusions["patient_id"].astype(str))
-    keep = {name: tables[name]["patient_id"].astype(str).str.strip().isin(valid_ids)
-            for name in ("infusions", "measurements")}
-    scores = score_tables(report_bundle(model.bundle), tables["infusions"][keep["infusions"]],
-                          tables["measurements"][keep["measurements"]], float(as_of_day), on_error=on_error).scores
+    scores = score_validated(report_bundle(model.bundle), validated.infusions, validated.measurements,
+                             cohort_as_of_days(validated.infusions, float(as_of_day)))
     return validated, scores.set_index("patient_id")
 
 
