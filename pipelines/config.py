@@ -14,7 +14,7 @@ import difflib
 import posixpath
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -34,6 +34,7 @@ __all__ = [
     "check_config",
     "gate_thresholds",
     "load_config",
+    "load_yaml_model",
     "selection_thresholds",
 ]
 
@@ -43,6 +44,7 @@ MIN_BOOTSTRAP = 40
 tail must hold at least one resample (40 x 0.025 = 1); 0 means no intervals."""
 
 _CONFIG_DIR_CONTEXT = "config_dir"  # validation context key: folder that relative paths start from
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -295,6 +297,32 @@ def load_config(path: Path) -> RunConfig:
         When the file is missing, not YAML, or fails validation; the message lists every
         offending key with its reason.
     """
+    return load_yaml_model(path, RunConfig, "config")
+
+
+def load_yaml_model(path: Path, model: type[ModelT], what: str = "config") -> ModelT:
+    """Read a YAML file and validate it as the pydantic ``model`` (a run config, the surveillance
+    config); a relative path in it is relative to the file's folder.
+
+    Parameters
+    ----------
+    path : Path
+        YAML file.
+    model : type
+        The pydantic model of the whole file.
+    what : str
+        What the file is, for the messages (``"config"``, ``"surveillance config"``).
+
+    Returns
+    -------
+    An instance of ``model``.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, not YAML, not a mapping, or fails validation; the message lists
+        every offending key with its reason, and a "did you mean" for an unknown key.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -305,12 +333,13 @@ def load_config(path: Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     try:
-        return RunConfig.model_validate(raw, context={_CONFIG_DIR_CONTEXT: path.resolve().parent})
+        return model.model_validate(raw, context={_CONFIG_DIR_CONTEXT: path.resolve().parent})
     except ValidationError as exc:
-        lines = [f"{path}: invalid config"]
+        lines = [f"{path}: invalid {what}"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            hint = _did_you_mean(err["loc"][-1], _keys_at(err["loc"][:-1])) if err["type"] == "extra_forbidden" else ""
+            known = _keys_at(model, err["loc"][:-1])
+            hint = _did_you_mean(err["loc"][-1], known) if err["type"] == "extra_forbidden" else ""
             lines.append(f"  {where}: {err['msg']}{hint}")
         raise ConfigError("\n".join(lines)) from None
 
@@ -381,9 +410,9 @@ def _threshold_problems(config: RunConfig) -> list[str]:
     return problems
 
 
-def _keys_at(location: tuple) -> list[str]:
-    """The keys a config section at ``location`` (``("evaluation",)``) may hold."""
-    section: Any = RunConfig
+def _keys_at(model: type[BaseModel], location: tuple) -> list[str]:
+    """The keys a section of ``model`` at ``location`` (``("evaluation",)``) may hold."""
+    section: Any = model
     for key in location:
         field = getattr(section, "model_fields", {}).get(key)
         if field is None:

@@ -495,22 +495,9 @@ def load_surveillance_config(path: Path) -> SurveillanceConfig:
     pipelines.config.ConfigError
         Missing file, bad YAML, or every offending key with its reason.
     """
-    import yaml
-    from pydantic import ValidationError
+    from pipelines.config import load_yaml_model
 
-    from pipelines.config import ConfigError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        return SurveillanceConfig.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError("\n".join([f"{path}: invalid surveillance config", *lines])) from None
+    return load_yaml_model(path, SurveillanceConfig, "surveillance config")
 
 
 def _risks(config: SurveillanceConfig, courses: SimulatedCourses) -> dict[str, np.ndarray]:
