@@ -33,6 +33,7 @@ from models.nonparametric import aalen_johansen
 __all__ = [
     "calibration_slope",
     "calibration_table",
+    "cloglog",
     "cloglog_recalibration",
     "decile_slope",
     "observed_expected_ratio",
@@ -44,7 +45,8 @@ _CLIP = 1e-4
 distinguishes them, and exact zeros (e.g. a Monte Carlo oracle) would otherwise dominate the fit."""
 
 
-def _cloglog(p: np.ndarray) -> np.ndarray:
+def cloglog(p: np.ndarray) -> np.ndarray:
+    """Complementary log-log of probabilities clipped to [1e-4, 1 - 1e-4] (the scale of the fits here)."""
     p = np.clip(p, _CLIP, 1.0 - _CLIP)
     return np.log(-np.log1p(-p))
 
@@ -56,21 +58,23 @@ def _cloglog_log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> fl
 
 
 def _fit_cloglog(x: np.ndarray, y: np.ndarray, w: np.ndarray, prior_mean: tuple[float, float] = (0.0, 1.0),
-                 prior_precision: tuple[float, float] = (0.0, 0.0), iterations: int = 100) -> tuple[float, float]:
-    """Weighted binomial maximum likelihood of ``cloglog P(y) = a + b x``, penalised by
-    ``precision / 2 * (beta - prior_mean)**2`` (a normal prior; zero precision = plain ML), by
-    Newton steps halved until the objective improves, starting from the prior mean. Returns
+                 prior_precision: tuple[float, float] = (0.0, 0.0), iterations: int = 100,
+                 centre: np.ndarray | float = 0.0) -> tuple[float, float]:
+    """Weighted binomial maximum likelihood of ``cloglog P(y) = centre + a + b (x - centre)``,
+    penalised by ``precision / 2 * (beta - prior_mean)**2`` (a normal prior; zero precision = plain
+    ML), by Newton steps halved until the objective improves, starting from the prior mean. Returns
     (a, b); (NaN, NaN) when the information matrix is singular."""
-    design = np.column_stack([np.ones_like(x), x])
+    centre = np.broadcast_to(np.asarray(centre, dtype=float), x.shape)
+    design = np.column_stack([np.ones_like(x), x - centre])
     mean, precision = np.asarray(prior_mean, dtype=float), np.asarray(prior_precision, dtype=float)
 
     def objective(beta: np.ndarray) -> float:
-        return _cloglog_log_likelihood(design @ beta, y, w) - 0.5 * float(precision @ (beta - mean) ** 2)
+        return _cloglog_log_likelihood(design @ beta + centre, y, w) - 0.5 * float(precision @ (beta - mean) ** 2)
 
     beta = mean.copy()
     current = objective(beta)
     for _ in range(iterations):
-        eta = np.clip(design @ beta, -30.0, 30.0)
+        eta = np.clip(design @ beta + centre, -30.0, 30.0)
         mu = np.clip(-np.expm1(-np.exp(eta)), 1e-12, 1.0 - 1e-12)
         dmu = np.exp(eta - np.exp(eta))
         score = design.T @ (w * (y - mu) * dmu / (mu * (1 - mu))) - precision * (beta - mean)
@@ -95,13 +99,14 @@ def _known_rows(outcome: Outcome, cif: np.ndarray, t: float) -> tuple[np.ndarray
     and the mask selecting them."""
     weight, case, _ = known_status_weights(outcome, t)
     known = weight > 0
-    return _cloglog(np.asarray(cif, dtype=float))[known], case[known].astype(float), weight[known], known
+    return cloglog(np.asarray(cif, dtype=float))[known], case[known].astype(float), weight[known], known
 
 
 def cloglog_recalibration(outcome: Outcome, cif: np.ndarray, t: float, prior_mean: tuple[float, float] = (0.0, 1.0),
-                          prior_sd: tuple[float, float] | None = None) -> tuple[float, float]:
-    r"""Intercept and slope (a, b) of :math:`\operatorname{cloglog} P(\text{endpoint by } t) = a + b
-    \operatorname{cloglog} \hat F(t)`, IPCW-weighted binomial maximum likelihood (module docstring).
+                          prior_sd: tuple[float, float] | None = None,
+                          centre: np.ndarray | float = 0.0) -> tuple[float, float]:
+    r"""Intercept and slope (a, b) of :math:`\operatorname{cloglog} P(\text{endpoint by } t) = c + a + b
+    (\operatorname{cloglog} \hat F(t) - c)`, IPCW-weighted binomial maximum likelihood (module docstring).
 
     Parameters
     ----------
@@ -115,20 +120,26 @@ def cloglog_recalibration(outcome: Outcome, cif: np.ndarray, t: float, prior_mea
     prior_sd : (float, float), optional
         Standard deviations of that prior: the estimate is shrunk towards ``prior_mean`` the
         fewer events there are (penalised likelihood). None: plain maximum likelihood.
+    centre : float or ndarray
+        c, per row or for all: the cloglog prediction at which a is read (0: the usual
+        parametrisation, a at a cumulative hazard of 1). Centred at the rows' typical prediction,
+        a is the calibration-in-the-large there, so a prior on it does not move rare risks by the
+        slope's lever arm.
 
     Returns
     -------
     (a, b) : tuple of float
-        (0, 1) is perfect calibration. Without a prior, NaN when no known row has the endpoint,
+        (0, 1) is perfect calibration, whatever the centre. Without a prior, NaN when no known row has the endpoint,
         when the predictions do not vary, or when the fit is singular.
     """
-    x, y, w, _ = _known_rows(outcome, cif, t)
+    x, y, w, known = _known_rows(outcome, cif, t)
+    centre = np.broadcast_to(np.asarray(centre, dtype=float), known.shape)[known]
     if prior_sd is None:
         if y @ w <= 0 or x.size == 0 or np.ptp(x) < 1e-9:
             return np.nan, np.nan
-        return _fit_cloglog(x, y, w, prior_mean)
+        return _fit_cloglog(x, y, w, prior_mean, centre=centre)
     precision = 1.0 / np.square(np.asarray(prior_sd, dtype=float))
-    return _fit_cloglog(x, y, w, prior_mean, (float(precision[0]), float(precision[1])))
+    return _fit_cloglog(x, y, w, prior_mean, (float(precision[0]), float(precision[1])), centre=centre)
 
 
 def calibration_slope(outcome: Outcome, cif: np.ndarray, t: float, multiplicities: np.ndarray | None = None):

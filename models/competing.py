@@ -20,8 +20,10 @@ this way. It is preferred over one hazard model per phenotype because
 - it costs three survival fits per model instead of five.
 
 The phenotype model is a multinomial classifier on the features plus the time of relapse since
-the landmark, so the mix may change with time (CD19-negative escape early while the CAR
-persists, CD19-positive relapse after CAR loss).
+the landmark and (when the features hold the landmark day, ``landmark_column``) since infusion,
+so the mix may change with time (CD19-negative escape and lineage switch early while the CAR
+persists, CD19-positive relapse after CAR loss) on the clock the biology keeps: a lineage switch
+two months after a day-182 landmark is eight months after infusion, when it no longer happens.
 
 Combination on a common time grid :math:`0 < t_1 < \dots < t_m` (multiples of
 ``time_resolution_days``): with :math:`\Delta H_{c,j}` the increment of cause c's cumulative
@@ -78,6 +80,10 @@ __all__ = ["CIFCurves", "CauseSpecificHazardsModel", "cif_frame", "default_pheno
 
 _HAZARD_CAUSES: dict[str, tuple[str, ...]] = {"relapse": RELAPSE_EVENTS, "death": ("death",), "hsct": ("hsct",)}
 _RELAPSE_TIME_FEATURE = "relapse_time_log1p_days"
+_RELAPSE_DAY_FEATURE = "relapse_day_since_infusion_log1p"
+_RELAPSE_DAY_QUANTILES = (0.2, 0.4, 0.6, 0.8)
+"""Knots of the phenotype model's spline in the relapse day since infusion: these quantiles of the
+training relapse days (of known phenotype)."""
 _ALL_ZERO_MESSAGE = "all coefficients are zero"  # scikit-survival's Coxnet: an intercept-only fit
 
 
@@ -165,6 +171,10 @@ class CauseSpecificHazardsModel(BaseEstimator):
         Times at which the phenotype shares are computed, interpolated linearly in between.
     background_rows : int
         Training rows kept as ``background_`` (reference sample of the SHAP explanations).
+    landmark_column : str or None
+        Feature holding the landmark day (days since infusion); when present the phenotype model
+        also gets the relapse day since infusion. None, or a column not in ``X``: time since the
+        landmark only.
 
     Notes
     -----
@@ -195,13 +205,15 @@ class CauseSpecificHazardsModel(BaseEstimator):
     """
 
     def __init__(self, survival_estimator=None, *, phenotype_classifier=None, time_resolution_days=7.0,
-                 risk_horizon_days=365.0, phenotype_time_knots=8, background_rows=100):
+                 risk_horizon_days=365.0, phenotype_time_knots=8, background_rows=100,
+                 landmark_column="landmark_day"):
         self.survival_estimator = survival_estimator
         self.phenotype_classifier = phenotype_classifier
         self.time_resolution_days = time_resolution_days
         self.risk_horizon_days = risk_horizon_days
         self.phenotype_time_knots = phenotype_time_knots
         self.background_rows = background_rows
+        self.landmark_column = landmark_column
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -288,6 +300,9 @@ class CauseSpecificHazardsModel(BaseEstimator):
         knots_from = relapse_times if relapse_times.size else self.time_grid_
         self.phenotype_knots_ = np.unique(np.quantile(knots_from, np.linspace(0, 1, self.phenotype_time_knots)))
         labels = event[known]
+        day = self._relapse_day_since_infusion(X[known], time[known])
+        self.relapse_day_knots_ = np.unique(np.round(np.quantile(day, _RELAPSE_DAY_QUANTILES))) \
+            if day is not None and day.size else np.array([])
         self.phenotype_prior_ = np.array([(labels == cause).mean() if labels.size else 1.0 / 3
                                           for cause in PHENOTYPE_CAUSES])
         if np.unique(labels).size < 2:
@@ -297,9 +312,27 @@ class CauseSpecificHazardsModel(BaseEstimator):
             else default_phenotype_classifier()
         self.phenotype_model_ = model.fit(self._with_relapse_time(X[known], time[known]), labels)
 
-    @staticmethod
-    def _with_relapse_time(X: pd.DataFrame, time: np.ndarray) -> pd.DataFrame:
-        return X.assign(**{_RELAPSE_TIME_FEATURE: np.log1p(np.asarray(time, dtype=float))})
+    def _relapse_day_since_infusion(self, X: pd.DataFrame, time: np.ndarray) -> np.ndarray | None:
+        if self.landmark_column is None or self.landmark_column not in X.columns:
+            return None
+        return X[self.landmark_column].to_numpy(dtype=float) + np.asarray(time, dtype=float)
+
+    def _relapse_time_features(self, X: pd.DataFrame, time: np.ndarray) -> dict[str, np.ndarray]:
+        """The phenotype model's time features of relapses at ``time`` days after each row's landmark:
+        log days since the landmark and, with a landmark column, a linear spline in log days since
+        infusion (knots ``relapse_day_knots_``), so a phenotype's share can rise and fall again."""
+        time = np.asarray(time, dtype=float)
+        features = {_RELAPSE_TIME_FEATURE: np.log1p(time)}
+        day = self._relapse_day_since_infusion(X, time)
+        if day is not None:
+            log_day = np.log1p(day)
+            features[_RELAPSE_DAY_FEATURE] = log_day
+            for knot in self.relapse_day_knots_:
+                features[f"{_RELAPSE_DAY_FEATURE}_after_{knot:g}d"] = np.maximum(log_day - np.log1p(knot), 0.0)
+        return features
+
+    def _with_relapse_time(self, X: pd.DataFrame, time: np.ndarray) -> pd.DataFrame:
+        return X.assign(**self._relapse_time_features(X, time))
 
     # --------------------------------------------------------------- prediction
     def _hazard_increments(self, X: pd.DataFrame, grid: np.ndarray) -> dict[str, np.ndarray]:
@@ -349,15 +382,15 @@ class CauseSpecificHazardsModel(BaseEstimator):
         and each row's probabilities do not depend on the other rows of the call.
         """
         n_rows = len(X)
-        tiled = np.tile(X.to_numpy(dtype=float), (knots.size, 1))
+        stacked = pd.DataFrame(np.tile(X.to_numpy(dtype=float), (knots.size, 1)), columns=X.columns)
         times = np.repeat(knots, n_rows)
+        time_features = self._relapse_time_features(stacked, times)
         probabilities = _plain_predict_proba(  # the values _with_relapse_time gives, as a matrix
-            self.phenotype_model_, np.column_stack([tiled, np.log1p(np.asarray(times, dtype=float))]),
-            [*X.columns, _RELAPSE_TIME_FEATURE],
+            self.phenotype_model_, np.column_stack([stacked.to_numpy(), *time_features.values()]),
+            [*X.columns, *time_features],
         )
         if probabilities is None:
-            stacked = pd.DataFrame(tiled, columns=X.columns)
-            probabilities = _predict_proba(self.phenotype_model_, self._with_relapse_time(stacked, times))
+            probabilities = _predict_proba(self.phenotype_model_, stacked.assign(**time_features))
         shares = np.zeros((knots.size, n_rows, len(PHENOTYPE_CAUSES)))
         assert self.phenotype_model_ is not None  # callers check: no phenotype model -> fixed shares
         for column, label in enumerate(self.phenotype_model_.classes_):

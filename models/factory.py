@@ -36,7 +36,12 @@ from models.base import ModelInputError
 from models.competing import CauseSpecificHazardsModel
 from models.recalibration import RecalibratedModel
 from models.rule import ClinicianRule
-from models.survival import FastGradientBoostingSurvivalAnalysis, XGBAFTSurvival, XGBCoxSurvival
+from models.survival import (
+    FastGradientBoostingSurvivalAnalysis,
+    XGBAFTSurvival,
+    XGBCoxSurvival,
+    XGBPiecewiseSurvival,
+)
 
 __all__ = [
     "BASELINE_NAME",
@@ -50,7 +55,7 @@ __all__ = [
     "make_survival_estimator",
 ]
 
-MODEL_NAMES: tuple[str, ...] = ("coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft")
+MODEL_NAMES: tuple[str, ...] = ("coxnet", "rsf", "gbsa", "xgb_cox", "xgb_aft", "xgb_pem")
 """Candidate estimators."""
 BASELINE_NAME = "rule"
 """The clinicians' rule."""
@@ -73,6 +78,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "xgb_aft": {"distribution": "normal", "distribution_scale": 1.0, "n_estimators": 300, "learning_rate": 0.03,
                 "max_depth": 3, "min_child_weight": 10.0, "subsample": 0.8, "colsample_bytree": 0.8,
                 "reg_lambda": 1.0},
+    "xgb_pem": {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 3, "min_child_weight": 10.0,
+                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0},
 }
 _ESTIMATORS = {
     "coxnet": CoxnetSurvivalAnalysis,
@@ -80,11 +87,12 @@ _ESTIMATORS = {
     "gbsa": FastGradientBoostingSurvivalAnalysis,
     "xgb_cox": XGBCoxSurvival,
     "xgb_aft": XGBAFTSurvival,
+    "xgb_pem": XGBPiecewiseSurvival,
 }
 _COMPETING_PARAMS = ("time_resolution_days", "risk_horizon_days", "phenotype_time_knots", "background_rows")
 RECALIBRATION_PARAMS = ("knots_days", "prior_sd", "cv")
 """Parameters of a ``_recal`` candidate that go to :class:`RecalibratedModel` (the rest to its base)."""
-_SEEDED = ("rsf", "gbsa", "xgb_cox", "xgb_aft")
+_SEEDED = ("rsf", "gbsa", "xgb_cox", "xgb_aft", "xgb_pem")
 
 
 def default_params(name: str) -> dict[str, Any]:

@@ -16,7 +16,12 @@ pooling keeps rare cells stable: per curve and knot, (a, b) are first fitted on 
 together, shrunk towards no change (0, 1); each landmark's (a, b) are then shrunk towards those
 pooled values, by a normal prior of standard deviations ``prior_sd`` (penalised likelihood). A
 cell with hundreds of events keeps its own estimate; one with a handful (lineage switch at late
-landmarks) mostly takes the pooled one. Between knots (a, b) are interpolated linearly in time
+landmarks) mostly takes the pooled one. The fits are *centred*: per landmark, the intercept is
+read at that landmark's mean predicted cloglog c (:math:`c + a + b(\cdot - c)`), so what a rare
+cell borrows is the pooled calibration-in-the-large and spread at its own risk level. (Uncentred,
+a pooled slope of 0.85 read at a cumulative hazard of 1 would multiply a landmark's 0.4% risks
+by about 1.9.) The stored map is the same line written at cloglog 0 (intercept a + c(1 - b)).
+Between knots (a, b) are interpolated linearly in time
 (constant before the first and after the last knot), between landmarks linearly in the landmark
 day (constant outside the fitted landmarks), so any prediction day gets a map.
 
@@ -68,7 +73,7 @@ from models.base import (
     check_target,
     cif_columns,
 )
-from models.calibration import cloglog_recalibration
+from models.calibration import cloglog, cloglog_recalibration
 from models.competing import CIFCurves, cif_frame, read_curve
 from models.evaluation import endpoint_column
 from models.metrics import ENDPOINT, Outcome
@@ -88,10 +93,11 @@ _CHUNK_ROWS = 4096
 
 
 def _fit_cell(outcome: Outcome, cif: np.ndarray, horizon: float, prior_mean: tuple[float, float],
-              prior_sd: tuple[float, float]) -> tuple[float, float]:
-    """(a, b) of one curve at one knot on some rows, shrunk towards ``prior_mean``; the prior mean
-    itself when the fit fails or gives a slope that is not positive."""
-    intercept, slope = cloglog_recalibration(outcome, cif, horizon, prior_mean=prior_mean, prior_sd=prior_sd)
+              prior_sd: tuple[float, float], centre: np.ndarray) -> tuple[float, float]:
+    """Centred (a, b) of one curve at one knot on some rows, shrunk towards ``prior_mean``; the
+    prior mean itself when the fit fails or gives a slope that is not positive."""
+    intercept, slope = cloglog_recalibration(outcome, cif, horizon, prior_mean=prior_mean, prior_sd=prior_sd,
+                                             centre=centre)
     return (intercept, slope) if np.isfinite(intercept) and np.isfinite(slope) and slope > 0 else prior_mean
 
 
@@ -111,9 +117,11 @@ class CIFRecalibrator(BaseEstimator):
     landmarks_ : ndarray
         Landmark days of the fitting rows (sorted).
     intercept_, slope_ : ndarray, shape (len(RECALIBRATED_CURVES), len(landmarks_), len(knots_days))
-        Per curve, landmark and knot.
+        Per curve, landmark and knot: the map, intercept read at cloglog 0.
+    centre_ : ndarray, shape of ``intercept_``
+        The landmark's mean out-of-fold cloglog prediction, where the fits read their intercepts.
     pooled_intercept_, pooled_slope_ : ndarray, shape (len(RECALIBRATED_CURVES), len(knots_days))
-        Fitted on every landmark together (the centre each landmark is shrunk towards).
+        Fitted on every landmark together, centred (what each landmark is shrunk towards).
     n_events_ : ndarray of int, shape of ``intercept_``
         Endpoint events by the knot in the cell's rows (how much the cell could say on its own).
     """
@@ -152,6 +160,7 @@ class CIFRecalibrator(BaseEstimator):
         shape = (len(RECALIBRATED_CURVES), self.landmarks_.size, knots.size)
         self.intercept_, self.slope_, self.n_events_ = np.zeros(shape), np.ones(shape), np.zeros(shape, dtype=int)
         self.pooled_intercept_, self.pooled_slope_ = np.zeros(shape[::2]), np.ones(shape[::2])
+        self.centre_ = np.zeros(shape)
         for c, curve in enumerate(RECALIBRATED_CURVES):
             outcome = Outcome.from_events(time, event, curve)
             for k, horizon in enumerate(knots):
@@ -168,24 +177,31 @@ class CIFRecalibrator(BaseEstimator):
     def _fit_knot(self, c: int, k: int, outcome: Outcome, cif: np.ndarray, horizon: float,
                   landmarks: np.ndarray) -> None:
         prior_sd = (float(self.prior_sd[0]), float(self.prior_sd[1]))
-        pooled = _fit_cell(outcome, cif, horizon, (0.0, 1.0), prior_sd)
+        centres = np.array([cloglog(cif[landmarks == landmark]).mean() for landmark in self.landmarks_])
+        row_centre = centres[np.searchsorted(self.landmarks_, landmarks)]
+        pooled = _fit_cell(outcome, cif, horizon, (0.0, 1.0), prior_sd, row_centre)
         self.pooled_intercept_[c, k], self.pooled_slope_[c, k] = pooled
         for j, landmark in enumerate(self.landmarks_):
             rows = landmarks == landmark
             part = Outcome(outcome.time[rows], outcome.status[rows])
             self.n_events_[c, j, k] = int(((part.status == ENDPOINT) & (part.time <= horizon)).sum())
-            self.intercept_[c, j, k], self.slope_[c, j, k] = _fit_cell(part, cif[rows], horizon, pooled, prior_sd)
+            intercept, slope = _fit_cell(part, cif[rows], horizon, pooled, prior_sd, row_centre[rows])
+            # the map applies a at cloglog 0: a + c (1 - b) is the same line
+            self.intercept_[c, j, k] = intercept + centres[j] * (1.0 - slope)
+            self.slope_[c, j, k] = slope
+            self.centre_[c, j, k] = centres[j]
 
     def parameters(self) -> pd.DataFrame:
-        """The fitted map as a table: curve, landmark_day, knot_days, intercept, slope, n_events,
-        pooled_intercept, pooled_slope."""
+        """The fitted map as a table: curve, landmark_day, knot_days, intercept, slope, centre,
+        n_events, pooled_intercept, pooled_slope (pooled ones centred, see the class attributes)."""
         check_is_fitted(self, "intercept_")
         index = pd.MultiIndex.from_product([RECALIBRATED_CURVES, self.landmarks_, self._knots()],
                                            names=["curve", "landmark_day", "knot_days"])
         pooled = {name: np.repeat(values[:, None, :], self.landmarks_.size, axis=1).ravel()
                   for name, values in (("pooled_intercept", self.pooled_intercept_), ("pooled_slope", self.pooled_slope_))}
         return pd.DataFrame({"intercept": self.intercept_.ravel(), "slope": self.slope_.ravel(),
-                             "n_events": self.n_events_.ravel(), **pooled}, index=index).reset_index()
+                             "centre": self.centre_.ravel(), "n_events": self.n_events_.ravel(), **pooled},
+                            index=index).reset_index()
 
     def _parameters_on_grid(self, landmark_days: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Intercepts and slopes per curve, row and grid time; shapes (curves, n, len(times))."""

@@ -13,7 +13,15 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from models.base import CAUSES, CompetingRisksModel, ModelInputError, cif_column, cif_columns, event_free_column
+from models.base import (
+    CAUSES,
+    PHENOTYPE_CAUSES,
+    CompetingRisksModel,
+    ModelInputError,
+    cif_column,
+    cif_columns,
+    event_free_column,
+)
 from models.competing import CauseSpecificHazardsModel
 from models.factory import BASELINE_NAME, MODEL_NAMES, make_model, make_survival_estimator
 from models.metrics import Outcome, harrell_c
@@ -130,7 +138,8 @@ def test_default_phenotype_classifier_is_scored_without_scikit_learns_input_chec
         pytest.skip("no phenotype classifier")
     X = contract_data[0].iloc[:25][list(model.feature_names_in_)].astype(float)
     with_time = model._with_relapse_time(X, np.full(len(X), 42.0))
-    fast = _plain_predict_proba(model.phenotype_model_, with_time.to_numpy(), [*X.columns, _RELAPSE_TIME_FEATURE])
+    assert _RELAPSE_TIME_FEATURE in with_time.columns
+    fast = _plain_predict_proba(model.phenotype_model_, with_time.to_numpy(), list(with_time.columns))
     assert fast is not None
     np.testing.assert_allclose(fast, model.phenotype_model_.predict_proba(with_time), rtol=1e-12, atol=1e-14)
 
@@ -356,3 +365,32 @@ _EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 )
 def test_scikit_learn_common_checks(estimator, check):
     check(estimator)
+
+
+def test_a_phenotype_share_can_rise_and_fall_with_the_relapse_day_since_infusion():
+    """Lineage switch happens between days 60 and 180 after infusion only (whatever the landmark).
+    With the relapse day since infusion (landmark day + time) in a linear spline, the share is high
+    at day 120 from landmark 0, low at day 400, and low two weeks after a day-182 landmark; with
+    time since the landmark alone it could only rise or fall."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    day = rng.uniform(10.0, 700.0, n)
+    window = (day > 60.0) & (day < 180.0)
+    switch = rng.random(n) < np.where(window, 0.6, 0.01)
+    phenotype = np.where(switch, "relapse_lineage_switch", np.where(rng.random(n) < 0.5, "relapse_CD19_pos",
+                                                                     "relapse_CD19_neg"))
+    later = day > 182.0
+    X = pd.DataFrame({"landmark_day": np.concatenate([np.zeros(n), np.full(later.sum(), 182.0)]),
+                      "noise": rng.normal(size=n + later.sum())})
+    y = pd.DataFrame({"time": np.concatenate([day, day[later] - 182.0]),
+                      "event": np.concatenate([phenotype, phenotype[later]])})
+    shares = {}
+    for landmark_column in ("landmark_day", None):
+        model = make_model("xgb_cox", {"n_estimators": 20}).set_params(landmark_column=landmark_column).fit(X, y)
+        rows = pd.DataFrame({"landmark_day": [0.0, 0.0, 182.0], "noise": [0.0, 0.0, 0.0]})
+        grid = model.time_grid_
+        by_row = model.phenotype_shares(rows)[:, PHENOTYPE_CAUSES.index("relapse_lineage_switch")]
+        shares[landmark_column] = [np.interp(t, grid, by_row[i]) for i, t in enumerate((120.0, 400.0, 14.0))]
+    at_120, at_400, after_182 = shares["landmark_day"]
+    assert at_120 > 0.25 and at_400 < 0.05 and after_182 < 0.05, shares["landmark_day"]
+    assert not (shares[None][0] > 0.25 and shares[None][1] < 0.05), shares[None]  # monotone in time alone

@@ -70,9 +70,10 @@ def test_calibrated_predictions_are_left_almost_unchanged(cohort, truth):
     np.testing.assert_allclose(recalibrator.intercept_[relapse], 0.0, atol=0.12)
     np.testing.assert_allclose(recalibrator.slope_[relapse], 1.0, atol=0.12)
     mapped = recalibrator.transform(truth, cohort.X["landmark_day"])
-    # largest change of any patient's curve at any time; HSCT's fitted map is the noisiest (its
-    # intercept at one landmark and knot is -0.42 on true curves), so it gets the widest bound
-    tolerance = {"relapse": 0.035, **dict.fromkeys(PHENOTYPE_CAUSES, 0.035), "death": 0.035, "hsct": 0.08}
+    # largest change of any patient's curve at any time; HSCT's fitted map is the noisiest (slope
+    # 0.83 at landmark 28, knot 182 d, from 116 events on true curves; the largest change was 0.071
+    # with uncentred fits and is 0.089 with centred ones), so it gets the widest bound
+    tolerance = {"relapse": 0.035, **dict.fromkeys(PHENOTYPE_CAUSES, 0.035), "death": 0.035, "hsct": 0.10}
     for cause, bound in tolerance.items():
         before = truth.relapse if cause == "relapse" else truth.cif[cause]
         after = mapped.relapse if cause == "relapse" else mapped.cif[cause]
@@ -158,7 +159,8 @@ def test_sparse_landmarks_are_shrunk_towards_the_pooled_map(cohort, truth):
     lineage = table[(table["curve"] == "relapse_lineage_switch") & (table["knot_days"] == 365.0)]
     small = lineage[lineage["landmark_day"] == 300.0].iloc[0]
     assert small["n_events"] < 5
-    assert abs(small["intercept"] - small["pooled_intercept"]) < 0.1
+    centred_intercept = small["intercept"] - small["centre"] * (1.0 - small["slope"])
+    assert abs(centred_intercept - small["pooled_intercept"]) < 0.1
     relapse = table[(table["curve"] == "relapse") & (table["knot_days"] == 365.0) & (table["landmark_day"] == 0.0)]
     assert relapse["intercept"].iloc[0] == pytest.approx(-np.log(1.6), abs=0.15)  # its own estimate: log(1/1.6)
 
@@ -252,3 +254,38 @@ def test_nested_cross_validation_needs_three_folds(small_cohort):
     splits = grouped_splits(pd.DataFrame({"patient_id": groups}), n_splits=2, random_state=1)
     with pytest.raises(ModelInputError, match="at least 3 folds"):
         cross_validated_recalibrated_cif(make_model("xgb_cox_recal", _SMALL), X, y, splits, KNOTS)
+
+
+def _death_only_cohort(rng, n_rows: int, log_hazard_365: np.ndarray) -> pd.DataFrame:
+    """Exponential deaths with the given log cumulative hazard at 365 days, uniform censoring."""
+    rate = np.exp(log_hazard_365) / 365.0
+    death = rng.exponential(1.0 / rate)
+    censor = rng.uniform(100.0, 900.0, n_rows)
+    return pd.DataFrame({"time": np.minimum(death, censor), "event": np.where(death <= censor, "death", "none")})
+
+
+def test_a_sparse_rare_landmark_borrows_the_pooled_spread_not_the_level_of_the_others():
+    """Dense landmarks predict deaths too spread out about their own level (log hazard 1.4 times
+    too far from it); a sparse landmark, 30 times rarer, is calibrated. The pooled map narrows the
+    spread; read at the sparse landmark's own mean prediction it must leave that level alone (an
+    uncentred map, a line through a cumulative hazard of 1, would multiply its risks by about 2)."""
+    rng = np.random.default_rng(7)
+    dense, sparse = 4000, 150
+    true_dense = rng.normal(-1.5, 0.8, 2 * dense)
+    true_sparse = rng.normal(-1.5 - np.log(30.0), 0.8, sparse)
+    predicted = np.concatenate([-1.5 + 1.4 * (true_dense + 1.5), true_sparse])
+    landmarks = np.repeat([0.0, 28.0, 182.0], [dense, dense, sparse])
+    y = _death_only_cohort(rng, landmarks.size, np.concatenate([true_dense, true_sparse]))
+    frame = {}
+    for h in KNOTS:
+        death = -np.expm1(-np.exp(predicted) * h / 365.0)
+        for curve in RECALIBRATED_CURVES:
+            frame[endpoint_column(curve, h)] = death if curve == "death" else np.full(landmarks.size, 1e-3)
+    recalibrator = CIFRecalibrator(knots_days=KNOTS).fit(pd.DataFrame(frame), y, landmarks)
+    table = recalibrator.parameters().set_index(["curve", "landmark_day", "knot_days"])
+    for h in KNOTS:
+        cell = table.loc[("death", 182.0, h)]
+        level = np.mean(np.log(-np.log1p(-frame[endpoint_column("death", h)][landmarks == 182.0])))
+        change_at_level = cell["intercept"] + (cell["slope"] - 1.0) * level
+        assert abs(change_at_level) < 0.25, f"knot {h:g}: the sparse landmark's level moved by {change_at_level:.2f}"
+        assert cell["slope"] < 0.85  # it did borrow the pooled narrowing (1 / 1.4 = 0.71)

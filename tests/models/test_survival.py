@@ -20,6 +20,7 @@ from models.survival import (
     FastGradientBoostingSurvivalAnalysis,
     XGBAFTSurvival,
     XGBCoxSurvival,
+    XGBPiecewiseSurvival,
     batch_invariant_dot,
     cox_partial_likelihood,
     cumulative_hazard_on_grid,
@@ -194,3 +195,39 @@ def test_in_place_margin_equals_the_dmatrix_prediction_and_checks_columns(estima
     np.testing.assert_array_equal(model.margin(rows), reference)
     with pytest.raises(ValueError, match="feature names"):
         model.margin(rows[["x1", "x0"]])
+
+
+def test_xgb_pem_recovers_an_effect_that_reverses_over_time():
+    """Piecewise-constant hazard 0.002/day; x0 = 1 multiplies it by 4 for 100 days, then by 0.25
+    (early relapse then rarely, the KMT2A lineage-switch pattern). A proportional-hazards or AFT
+    model has one effect for all of follow-up; the piecewise-exponential booster must find both."""
+    rng = np.random.default_rng(11)
+    n = 6000
+    x0 = rng.integers(0, 2, n).astype(float)
+    X = pd.DataFrame({"x0": x0, "x1": rng.normal(size=n)})
+    early, late = 0.002 * np.where(x0 == 1, 4.0, 1.0), 0.002 * np.where(x0 == 1, 0.25, 1.0)
+    first = rng.exponential(1.0 / early)
+    event_time = np.where(first <= 100.0, first, 100.0 + rng.exponential(1.0 / late))
+    censor_time = rng.uniform(50.0, 700.0, n)
+    y = Surv.from_arrays(event_time <= censor_time, np.minimum(event_time, censor_time))
+    model = XGBPiecewiseSurvival(interval_edges_days=(0.0, 50.0, 100.0, 200.0, 400.0), n_estimators=300,
+                                 learning_rate=0.05, max_depth=2).fit(X, y)
+    rows = pd.DataFrame({"x0": [0.0, 1.0], "x1": [0.0, 0.0]})
+    grid = np.array([0.0, 50.0, 100.0, 300.0, 600.0])
+    truth = np.array([[0.002 * t for t in grid],
+                      [0.008 * min(t, 100.0) + 0.0005 * max(t - 100.0, 0.0) for t in grid]])
+    hazard = model.cumulative_hazard_at(rows, grid)
+    assert hazard[:, 0].tolist() == [0.0, 0.0] and np.all(np.diff(hazard, axis=1) >= 0)
+    np.testing.assert_allclose(hazard[:, 1:], truth[:, 1:], rtol=0.2)
+    # the hazard after day 100 is lower with x0 = 1: the effect reversed
+    assert hazard[1, 4] - hazard[1, 2] < 0.5 * (hazard[0, 4] - hazard[0, 2])
+
+
+def test_xgb_pem_checks_its_interval_edges_and_columns():
+    X, y, _ = _weibull_data(300, 6)
+    with pytest.raises(ValueError, match="start at 0"):
+        XGBPiecewiseSurvival(interval_edges_days=(10.0, 50.0)).fit(X, y)
+    model = XGBPiecewiseSurvival(n_estimators=10).fit(X, y)
+    assert model.margin(X.iloc[:3]).shape == (3, len(model.interval_edges_days))
+    with pytest.raises(ValueError, match="feature names"):
+        model.margin(X[["x1", "x0"]])
