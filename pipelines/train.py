@@ -473,14 +473,33 @@ def train(config: RunConfig, config_path: Path | None = None, tracking_uri: str 
             summary[winner], promote, lambda uri: _champion_on_cohort(uri, config, prepared, predictions[winner]),
         )
         progress.advance(task)
-        report = log_run_report(config, prepared, evaluation, decisions, explanation,
-                                RunOutcome(run_id, winner, registration.registered, config.registry.model_name,
-                                           registration.version, registration.reasons, registration.promoted,
-                                           registration.champion_reasons), progress)
+        outcome = RunOutcome(run_id, winner, registration.registered, config.registry.model_name,
+                             registration.version, registration.reasons, registration.promoted,
+                             registration.champion_reasons)
+        report = _run_report_or_warning(config, prepared, evaluation, decisions, explanation, outcome, progress)
     return TrainSummary(run_id, target.experiment_id, target.tracking_uri, winner, summary[winner],
                         registration.registered, config.registry.model_name, registration.version,
                         registration.previous, registration.reasons, registration.model_uri, registration.promoted,
                         registration.comparison, registration.champion_reasons, report)
+
+
+def _run_report_or_warning(config: RunConfig, prepared: PreparedCohort, evaluation, decisions: pd.DataFrame,
+                           explanation, outcome: RunOutcome, progress: Progress) -> str | None:
+    """The run report's location; None, with a warning and a ``run_report_error`` tag on the run,
+    when writing it fails. By then the model is logged, gated and maybe registered: a failing report
+    must not turn a finished training into a traceback that hides what was registered."""
+    import mlflow
+
+    try:
+        return log_run_report(config, prepared, evaluation, decisions, explanation, outcome, progress)
+    except Exception as error:  # noqa: BLE001 - any failure of the report; the run itself has succeeded
+        reason = f"{type(error).__name__}: {error}"
+        mlflow.set_tag("run_report_error", reason[:500])
+        state = f"version {outcome.model_version} of {outcome.model_name} is registered" if outcome.registered \
+            else "no model version was registered"
+        _console.print(f"warning: the run report could not be written ({reason}); the training finished and "
+                       f"{state}", markup=False)
+        return None
 
 
 def _champion_on_cohort(model_uri: str, config: RunConfig, prepared: PreparedCohort, winner_predictions: pd.DataFrame):
@@ -565,7 +584,7 @@ def _where_to_look(summary: TrainSummary) -> list[str]:
         lines.append(f"NOT registered (logged as {summary.model_uri}): " + "; ".join(summary.gate_reasons))
     lines += list(summary.champion_comparison)
     lines += [
-        f"run report:  {summary.run_report}",
+        f"run report:  {summary.run_report or 'not written (see the warning above)'}",
         f"MLflow UI:   {mlflow_ui_command(summary.tracking_uri)}",
         f"serve:       car-relapse serve --model {champion_uri}{uri_option}",
         f"batch score: car-relapse score --model {champion_uri} --input <cohort folder> "

@@ -223,6 +223,35 @@ def test_the_default_gate_refuses_a_deliberately_overpredicting_model(tracking_u
     assert any(reason.startswith("oe/relapse/lm") for reason in failed_oe)
 
 
+def test_a_failing_run_report_leaves_a_finished_registered_training_and_says_so(tracking_uri, monkeypatch, capsys):
+    """The report is written after registration: if it fails, the job still ends normally with the
+    version registered, a warning naming the failure, and the reason tagged on the run."""
+    from mlflow.tracking import MlflowClient
+
+    import pipelines.train
+    from pipelines.train import train
+
+    def broken_report(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipelines.train, "log_run_report", broken_report)
+    small = RunConfig.model_validate({
+        "data": {"source": "synthetic", "synthetic": {"n_patients": 600, "seed": 6, "with_oracle": False}},
+        "features": {"landmark_days": [0, 91]},
+        "models": {"candidates": ["xgb_cox"], "params": {"xgb_cox": {"n_estimators": 40}}},
+        "evaluation": {"cv_folds": 3, "bootstrap": 0, "shap_max_rows": 5, "shap_background": 10},
+        "registry": {"thresholds": {"uno_c": 0.5}},
+    })
+    summary = train(small, tracking_uri=tracking_uri)
+    assert summary.registered and summary.run_report is None
+    out = capsys.readouterr().out
+    assert "run report could not be written (OSError: disk full)" in out
+    assert f"version {summary.model_version} of {summary.model_name} is registered" in out
+    tags = MlflowClient(tracking_uri=tracking_uri).get_run(summary.run_id).data.tags
+    assert tags["run_report_error"] == "OSError: disk full"
+    assert any("not written" in line for line in pipelines.train._where_to_look(summary))
+
+
 def test_only_summary_metrics_are_logged_the_grid_stays_a_table(tracking_uri):
     import mlflow
     from mlflow.tracking import MlflowClient
