@@ -67,7 +67,7 @@ def run_config(config: RunConfig | Mapping[str, Any] | str | Path | None = None)
 
 def train_frames(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: pd.DataFrame,
                  config: RunConfig | Mapping[str, Any] | str | Path | None = None,
-                 tracking_uri: str | None = None) -> TrainSummary:
+                 tracking_uri: str | None = None, promote: bool = False) -> TrainSummary:
     """Train on three tables in memory, exactly as ``car-relapse train`` trains on a folder.
 
     Parameters
@@ -79,6 +79,9 @@ def train_frames(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: 
     tracking_uri : str, optional
         Where the run goes; default ``MLFLOW_TRACKING_URI``, then ``tracking.tracking_uri``, then
         the project's ``mlruns/``.
+    promote : bool
+        As ``car-relapse train --promote``: make the new version champion even if the champion
+        comparison says no (worse, or trained on other data); the thresholds still apply.
 
     Returns
     -------
@@ -91,7 +94,7 @@ def train_frames(infusions: pd.DataFrame, measurements: pd.DataFrame, outcomes: 
     quiet_mlflow()
     cohort = CohortData(infusions, measurements, outcomes, source_names={table: table for table in TABLES},
                         description=IN_MEMORY)
-    return train(run_config(config), tracking_uri=tracking_uri, cohort=cohort)
+    return train(run_config(config), tracking_uri=tracking_uri, cohort=cohort, promote=promote)
 
 
 def score_frames(model: str | ScoringBundle, infusions: pd.DataFrame, measurements: pd.DataFrame,

@@ -72,3 +72,15 @@ def test_score_frames_names_a_missing_model(tracking_uri, raw_cohort):
     with pytest.raises(ScoreError, match="no-such-model"):
         score_frames("models:/no-such-model@champion", raw_cohort["infusions"], raw_cohort["measurements"], 91,
                      tracking_uri=tracking_uri)
+
+
+@pytest.mark.parametrize("promote", [False, True])
+def test_train_frames_passes_promote_to_the_training_job(raw_cohort, monkeypatch, promote):
+    """``train_frames(..., promote=True)`` is ``car-relapse train --promote``."""
+    import pipelines.api
+
+    seen = {}
+    monkeypatch.setattr(pipelines.api, "train", lambda config, **kwargs: seen.update(kwargs) or "summary")
+    assert train_frames(raw_cohort["infusions"], raw_cohort["measurements"], raw_cohort["outcomes"],
+                        promote=promote) == "summary"
+    assert seen["promote"] is promote and seen["cohort"].description == IN_MEMORY
