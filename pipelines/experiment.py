@@ -21,7 +21,7 @@ configured cohort cannot be used.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from pipelines.config import DataConfig, RunConfig, selection_thresholds
 __all__ = [
     "ORACLE",
     "RULE",
+    "calibration_by_cause_figure",
     "calibration_figures",
     "CohortData",
     "CohortError",
@@ -470,18 +471,31 @@ def calibration_figures(config: RunConfig, predictions: Mapping[str, pd.DataFram
     """The calibration figures both jobs write: relapse by risk decile, O/E by cause, landmark and
     horizon, and the cumulative incidence over time; the winner next to its base model (when it
     is recalibrated), the rule and the oracle (when known)."""
-    from models.factory import base_model_name
-    from models.plots import plot_calibration, plot_calibration_by_cause
+    from models.plots import plot_calibration
 
-    shown = [s for s in dict.fromkeys((winner, base_model_name(winner), RULE, ORACLE)) if s in predictions]
     horizon = float(config.registry.risk_group_horizon_days)
     horizons = [float(h) for h in config.evaluation.horizons_days]
     return {
-        "calibration_relapse": plot_calibration(calibration, horizon, sources=shown),
-        "calibration_by_cause": plot_calibration_by_cause(metrics, shown, config.evaluation.endpoints,
-                                                          band=_selection_band(config)),
+        "calibration_relapse": plot_calibration(calibration, horizon, sources=_shown_sources(winner, predictions)),
+        "calibration_by_cause": calibration_by_cause_figure(config, metrics, winner, predictions),
         "cumulative_incidence": incidence_figure(landmark_set, predictions[winner], horizons),
     }
+
+
+def _shown_sources(winner: str, available: Collection[str]) -> list[str]:
+    from models.factory import base_model_name
+
+    return [s for s in dict.fromkeys((winner, base_model_name(winner), RULE, ORACLE)) if s in available]
+
+
+def calibration_by_cause_figure(config: RunConfig, metrics: pd.DataFrame, winner: str, available: Collection[str]):
+    """Observed/expected with CIs per cause, landmark and horizon (``models.plots.plot_calibration_by_cause``):
+    the winner, its base model (when recalibrated), the rule and the oracle, those of them in
+    ``available``; shaded, the relapse O/E selection bounds."""
+    from models.plots import plot_calibration_by_cause
+
+    return plot_calibration_by_cause(metrics, _shown_sources(winner, available), config.evaluation.endpoints,
+                                     band=_selection_band(config))
 
 
 # --- the chosen candidate -------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import RunConfig
-from pipelines.experiment import ORACLE, RULE, PreparedCohort, dataset_hash
+from pipelines.experiment import ORACLE, RULE, PreparedCohort, calibration_by_cause_figure, dataset_hash
 from pipelines.html import figure_data_uri, markdown_html, render_page, table_rows
 
 __all__ = [
@@ -286,10 +286,12 @@ def _comparison_section(config: RunConfig, evaluation, outcome: RunOutcome) -> d
     }
 
 
-def _calibration_section(evaluation, outcome: RunOutcome) -> dict[str, Any]:
+def _calibration_section(config: RunConfig, evaluation, outcome: RunOutcome) -> dict[str, Any]:
     sources = [outcome.winner, RULE, ORACLE]
     metrics = metric_table(evaluation.metrics, sources)
+    by_cause = calibration_by_cause_figure(config, evaluation.metrics, outcome.winner, set(evaluation.metrics["source"]))
     return {
+        "by_cause": figure_data_uri(by_cause, dpi=75),
         "figures": _calibration_figures(evaluation.calibration, outcome.winner) if len(evaluation.calibration) else [],
         "tables": [{"endpoint": str(endpoint), "table": table_rows(part.drop(columns="endpoint"))}
                    for endpoint, part in metrics.groupby("endpoint", sort=False)],
@@ -341,7 +343,7 @@ def run_report_html(config: RunConfig, prepared: PreparedCohort, evaluation, dec
     return render_page(
         "run_report.html.j2", outcome=outcome, data=data, data_section=_data_section(prepared),
         comparison=_comparison_section(config, evaluation, outcome),
-        calibration=_calibration_section(evaluation, outcome),
+        calibration=_calibration_section(config, evaluation, outcome),
         decision=_decision_section(config, decisions, outcome), shap=_shap_section(explanation, outcome.winner),
         card_html=markdown_html(card), oracle=ORACLE in set(evaluation.metrics["source"]),
     )

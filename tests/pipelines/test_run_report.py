@@ -84,6 +84,7 @@ def test_run_report_is_self_contained_and_shows_every_section(small_run, decisio
     calibration_images = [i for i in parsed["images"] if str(i.get("alt", "")).startswith("calibration ")]
     assert {i["alt"].removeprefix("calibration ") for i in calibration_images} == endpoints
     assert len(calibration_images) == len(endpoints)
+    assert [i["alt"] for i in parsed["images"]].count("observed/expected by cause") == 1
     without_images = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
     assert not re.search(r"P\d{6}", without_images), "a patient id in the run report"
     path = tmp_path / "run_report.html"
