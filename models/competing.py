@@ -215,6 +215,13 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.background_rows = background_rows
         self.landmark_column = landmark_column
 
+    def __setstate__(self, state):
+        """Unpickle; a model pickled before ``landmark_column`` existed (its phenotype model was fitted
+        on the time since the landmark only) keeps that behaviour, so registered models still load."""
+        if "hazard_models_" in state and "landmark_column" not in state:
+            state = {**state, "landmark_column": None, "relapse_day_knots_": np.array([])}
+        super().__setstate__(state)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True  # NaN = missing, imputed by the hazard models

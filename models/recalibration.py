@@ -131,6 +131,13 @@ class CIFRecalibrator(BaseEstimator):
         self.knots_days = knots_days
         self.prior_sd = prior_sd
 
+    def __setstate__(self, state):
+        """Unpickle; a map fitted before the fits were centred has no ``centre_``: its intercepts are
+        read at cloglog 0, i.e. centre 0."""
+        if "intercept_" in state and "centre_" not in state:
+            state = {**state, "centre_": np.zeros_like(state["intercept_"])}
+        super().__setstate__(state)
+
     def fit(self, predictions: pd.DataFrame, y: pd.DataFrame, landmark_days: ArrayLike) -> CIFRecalibrator:
         """Fit the map on out-of-fold predictions.
 

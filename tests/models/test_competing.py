@@ -394,3 +394,18 @@ def test_a_phenotype_share_can_rise_and_fall_with_the_relapse_day_since_infusion
     at_120, at_400, after_182 = shares["landmark_day"]
     assert at_120 > 0.25 and at_400 < 0.05 and after_182 < 0.05, shares["landmark_day"]
     assert not (shares[None][0] > 0.25 and shares[None][1] < 0.05), shares[None]  # monotone in time alone
+
+
+def test_a_model_pickled_before_the_infusion_day_features_still_loads_and_predicts_as_it_did():
+    """Registered models are pickles: one saved before ``landmark_column`` existed has a phenotype
+    model fitted on the time since the landmark only, and must keep predicting exactly that."""
+    import pickle
+
+    cohort = simulate_known_cohort(n=800, seed=12)
+    fitted = make_model("xgb_cox", {"n_estimators": 20}).set_params(landmark_column=None).fit(cohort.X, cohort.y)
+    old_state = {k: v for k, v in fitted.__getstate__().items() if k not in ("landmark_column", "relapse_day_knots_")}
+    old = CauseSpecificHazardsModel.__new__(CauseSpecificHazardsModel)
+    old.__setstate__(pickle.loads(pickle.dumps(old_state)))
+    assert "landmark_day" in cohort.X.columns and old.landmark_column is None
+    pd.testing.assert_frame_equal(old.predict_cif(cohort.X.iloc[:50], HORIZONS),
+                                  fitted.predict_cif(cohort.X.iloc[:50], HORIZONS))

@@ -289,3 +289,13 @@ def test_a_sparse_rare_landmark_borrows_the_pooled_spread_not_the_level_of_the_o
         change_at_level = cell["intercept"] + (cell["slope"] - 1.0) * level
         assert abs(change_at_level) < 0.25, f"knot {h:g}: the sparse landmark's level moved by {change_at_level:.2f}"
         assert cell["slope"] < 0.85  # it did borrow the pooled narrowing (1 / 1.4 = 0.71)
+
+
+def test_a_map_pickled_before_centring_still_transforms_and_reports(cohort, truth):
+    """A map saved before ``centre_`` existed: same curves, and its table reads the intercepts at 0."""
+    landmarks = cohort.X["landmark_day"].to_numpy()
+    fitted = CIFRecalibrator(knots_days=KNOTS).fit(cif_frame(truth, KNOTS, cohort.X.index), cohort.y, landmarks)
+    old = CIFRecalibrator.__new__(CIFRecalibrator)
+    old.__setstate__({k: v for k, v in fitted.__getstate__().items() if k != "centre_"})
+    np.testing.assert_array_equal(old.transform(truth, landmarks).relapse, fitted.transform(truth, landmarks).relapse)
+    assert (old.parameters()["centre"] == 0.0).all()
