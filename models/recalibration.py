@@ -9,6 +9,11 @@ landmark l and each knot horizon h, a logistic recalibration on the complementar
 
 .. math::  \operatorname{cloglog} \tilde F_c(h \mid x) = a_{c,l,h} + b_{c,l,h} \operatorname{cloglog} \hat F_c(h \mid x)
 
+(for a phenotype, :math:`\hat F_c` is the *recalibrated* relapse incidence times the base
+model's share of that phenotype: its map corrects the phenotype given the recalibrated relapse,
+whose level and spread the split of step 3 passes on; fitted on the base phenotype curves
+instead, the maps of relapse and phenotypes disagreed and the split compounded them, e.g. a
+CD19-positive calibration slope of 1.12 where its own map gave 1.04)
 is fitted by IPCW-weighted binomial maximum likelihood (:func:`models.calibration.cloglog_recalibration`,
 the model whose slope is the reported calibration slope) on *out-of-fold* predictions: a
 prediction enters the fit only if the model that made it never saw that patient. Partial
@@ -168,11 +173,19 @@ class CIFRecalibrator(BaseEstimator):
         self.intercept_, self.slope_, self.n_events_ = np.zeros(shape), np.ones(shape), np.zeros(shape, dtype=int)
         self.pooled_intercept_, self.pooled_slope_ = np.zeros(shape[::2]), np.ones(shape[::2])
         self.centre_ = np.zeros(shape)
+        row_landmark = np.searchsorted(self.landmarks_, landmarks)
+        relapse_mapped = {}
         for c, curve in enumerate(RECALIBRATED_CURVES):
             outcome = Outcome.from_events(time, event, curve)
             for k, horizon in enumerate(knots):
-                self._fit_knot(c, k, outcome, predictions[endpoint_column(curve, horizon)].to_numpy(float),
-                               horizon, landmarks)
+                if curve in PHENOTYPE_CAUSES:  # the phenotypes' maps see the recalibrated relapse split
+                    cif = _phenotype_inputs(relapse_mapped[k], {cause: predictions[endpoint_column(cause, horizon)]
+                                                               .to_numpy(float) for cause in PHENOTYPE_CAUSES})[curve]
+                else:
+                    cif = predictions[endpoint_column(curve, horizon)].to_numpy(float)
+                self._fit_knot(c, k, outcome, cif, horizon, landmarks)
+                if curve == "relapse":
+                    relapse_mapped[k] = _mapped(cif, self.intercept_[c, row_landmark, k], self.slope_[c, row_landmark, k])
         return self
 
     def _knots(self) -> np.ndarray:
@@ -254,12 +267,27 @@ class CIFRecalibrator(BaseEstimator):
     def _transform_rows(self, curves: CIFCurves, landmarks: np.ndarray) -> CIFCurves:
         intercept, slope = self._parameters_on_grid(landmarks, curves.times)
         base = {**curves.cif, "relapse": curves.relapse}
-        mapped = {}
+        mapped: dict[str, np.ndarray] = {}
         for c, curve in enumerate(RECALIBRATED_CURVES):
-            cumulative_hazard = -np.log1p(-np.clip(base[curve], 0.0, 1.0 - 1e-15))
-            mapped[curve] = np.maximum.accumulate(-np.expm1(-np.exp(intercept[c]) * cumulative_hazard ** slope[c]),
-                                                  axis=1)
+            if curve == PHENOTYPE_CAUSES[0]:
+                base.update(_phenotype_inputs(mapped["relapse"], {cause: curves.cif[cause] for cause in PHENOTYPE_CAUSES}))
+            mapped[curve] = np.maximum.accumulate(_mapped(base[curve], intercept[c], slope[c]), axis=1)
         return _assemble(mapped, curves)
+
+
+def _mapped(cif: np.ndarray, intercept: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """The cloglog map of the module docstring, 1 - exp(-e^a Lambda^b) with Lambda = -log(1 - cif)."""
+    cumulative_hazard = -np.log1p(-np.clip(cif, 0.0, 1.0 - 1e-15))
+    return -np.expm1(-np.exp(intercept) * cumulative_hazard ** slope)
+
+
+def _phenotype_inputs(relapse: np.ndarray, phenotypes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The recalibrated relapse incidence split by the base model's phenotype shares (equal thirds
+    where the base model has no relapse): what the phenotype maps are fitted on and applied to, so
+    they correct the phenotypes *given* the recalibrated relapse, whose spread they inherit."""
+    total = np.sum(list(phenotypes.values()), axis=0)
+    return {cause: relapse * np.divide(values, total, out=np.full(total.shape, 1.0 / len(phenotypes)), where=total > 0)
+            for cause, values in phenotypes.items()}
 
 
 def _rows(curves: CIFCurves, rows: slice) -> CIFCurves:

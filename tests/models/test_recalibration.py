@@ -299,3 +299,19 @@ def test_a_map_pickled_before_centring_still_transforms_and_reports(cohort, trut
     old.__setstate__({k: v for k, v in fitted.__getstate__().items() if k != "centre_"})
     np.testing.assert_array_equal(old.transform(truth, landmarks).relapse, fitted.transform(truth, landmarks).relapse)
     assert (old.parameters()["centre"] == 0.0).all()
+
+
+def test_phenotype_maps_correct_the_phenotypes_given_the_recalibrated_relapse(cohort, truth):
+    """Every cause predicted 1.6 times too high, phenotype shares right: the relapse map removes the
+    factor, and the phenotype maps, fitted on the recalibrated relapse split by the base shares,
+    have nothing left to correct (a map fitted on the base phenotype curves would remove the
+    factor a second time from inputs that no longer have it)."""
+    distorted = _distorted(truth, factor=1.6, power=1.0)
+    recalibrator = CIFRecalibrator(knots_days=KNOTS).fit(cif_frame(distorted, KNOTS, cohort.X.index), cohort.y,
+                                                         cohort.X["landmark_day"])
+    table = recalibrator.parameters()
+    cells = table[(table["knot_days"] == 365.0) & (table["landmark_day"] == 0.0)].set_index("curve")
+    centred = cells["intercept"] - cells["centre"] * (1.0 - cells["slope"])
+    assert centred["relapse"] == pytest.approx(-np.log(1.6), abs=0.15)
+    for phenotype in ("relapse_CD19_pos", "relapse_CD19_neg"):
+        assert abs(centred[phenotype]) < 0.12, (phenotype, centred[phenotype])
