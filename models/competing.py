@@ -307,7 +307,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         knots_from = relapse_times if relapse_times.size else self.time_grid_
         self.phenotype_knots_ = np.unique(np.quantile(knots_from, np.linspace(0, 1, self.phenotype_time_knots)))
         labels = event[known]
-        day = self._relapse_day_since_infusion(X[known], time[known])
+        day = self._relapse_day_since_infusion(self._landmark_days(X[known]), time[known])
         self.relapse_day_knots_ = np.unique(np.round(np.quantile(day, _RELAPSE_DAY_QUANTILES))) \
             if day is not None and day.size else np.array([])
         self.phenotype_prior_ = np.array([(labels == cause).mean() if labels.size else 1.0 / 3
@@ -319,18 +319,23 @@ class CauseSpecificHazardsModel(BaseEstimator):
             else default_phenotype_classifier()
         self.phenotype_model_ = model.fit(self._with_relapse_time(X[known], time[known]), labels)
 
-    def _relapse_day_since_infusion(self, X: pd.DataFrame, time: np.ndarray) -> np.ndarray | None:
+    def _landmark_days(self, X: pd.DataFrame) -> np.ndarray | None:
         if self.landmark_column is None or self.landmark_column not in X.columns:
             return None
-        return X[self.landmark_column].to_numpy(dtype=float) + np.asarray(time, dtype=float)
+        return X[self.landmark_column].to_numpy(dtype=float)
 
-    def _relapse_time_features(self, X: pd.DataFrame, time: np.ndarray) -> dict[str, np.ndarray]:
-        """The phenotype model's time features of relapses at ``time`` days after each row's landmark:
-        log days since the landmark and, with a landmark column, a linear spline in log days since
-        infusion (knots ``relapse_day_knots_``), so a phenotype's share can rise and fall again."""
+    @staticmethod
+    def _relapse_day_since_infusion(landmark_days: np.ndarray | None, time: np.ndarray) -> np.ndarray | None:
+        return None if landmark_days is None else landmark_days + np.asarray(time, dtype=float)
+
+    def _relapse_time_features(self, landmark_days: np.ndarray | None, time: np.ndarray) -> dict[str, np.ndarray]:
+        """The phenotype model's time features of relapses at ``time`` days after each row's landmark
+        (``landmark_days``: per row, or None without a landmark column): log days since the landmark
+        and, with landmark days, a linear spline in log days since infusion (knots
+        ``relapse_day_knots_``), so a phenotype's share can rise and fall again."""
         time = np.asarray(time, dtype=float)
         features = {_RELAPSE_TIME_FEATURE: np.log1p(time)}
-        day = self._relapse_day_since_infusion(X, time)
+        day = self._relapse_day_since_infusion(landmark_days, time)
         if day is not None:
             log_day = np.log1p(day)
             features[_RELAPSE_DAY_FEATURE] = log_day
@@ -339,7 +344,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         return features
 
     def _with_relapse_time(self, X: pd.DataFrame, time: np.ndarray) -> pd.DataFrame:
-        return X.assign(**self._relapse_time_features(X, time))
+        return X.assign(**self._relapse_time_features(self._landmark_days(X), time))
 
     # --------------------------------------------------------------- prediction
     def _hazard_increments(self, X: pd.DataFrame, grid: np.ndarray) -> dict[str, np.ndarray]:
@@ -389,14 +394,16 @@ class CauseSpecificHazardsModel(BaseEstimator):
         and each row's probabilities do not depend on the other rows of the call.
         """
         n_rows = len(X)
-        stacked = pd.DataFrame(np.tile(X.to_numpy(dtype=float), (knots.size, 1)), columns=X.columns)
+        tiled = np.tile(X.to_numpy(dtype=float), (knots.size, 1))
         times = np.repeat(knots, n_rows)
-        time_features = self._relapse_time_features(stacked, times)
+        landmark_days = self._landmark_days(X)
+        time_features = self._relapse_time_features(
+            None if landmark_days is None else np.tile(landmark_days, knots.size), times)
         probabilities = _plain_predict_proba(  # the values _with_relapse_time gives, as a matrix
-            self.phenotype_model_, np.column_stack([stacked.to_numpy(), *time_features.values()]),
-            [*X.columns, *time_features],
+            self.phenotype_model_, np.column_stack([tiled, *time_features.values()]), [*X.columns, *time_features],
         )
         if probabilities is None:
+            stacked = pd.DataFrame(tiled, columns=X.columns)
             probabilities = _predict_proba(self.phenotype_model_, stacked.assign(**time_features))
         shares = np.zeros((knots.size, n_rows, len(PHENOTYPE_CAUSES)))
         assert self.phenotype_model_ is not None  # callers check: no phenotype model -> fixed shares
