@@ -174,7 +174,7 @@ class CIFRecalibrator(BaseEstimator):
         self.pooled_intercept_, self.pooled_slope_ = np.zeros(shape[::2]), np.ones(shape[::2])
         self.centre_ = np.zeros(shape)
         row_landmark = np.searchsorted(self.landmarks_, landmarks)
-        relapse_mapped = {}
+        relapse_mapped: dict[int, np.ndarray] = {}
         for c, curve in enumerate(RECALIBRATED_CURVES):
             outcome = Outcome.from_events(time, event, curve)
             for k, horizon in enumerate(knots):
