@@ -174,18 +174,18 @@ class CIFRecalibrator(BaseEstimator):
         self.pooled_intercept_, self.pooled_slope_ = np.zeros(shape[::2]), np.ones(shape[::2])
         self.centre_ = np.zeros(shape)
         row_landmark = np.searchsorted(self.landmarks_, landmarks)
-        relapse_mapped: dict[int, np.ndarray] = {}
+        phenotype_inputs: dict[int, dict[str, np.ndarray]] = {}  # per knot, after relapse is fitted
         for c, curve in enumerate(RECALIBRATED_CURVES):
             outcome = Outcome.from_events(time, event, curve)
             for k, horizon in enumerate(knots):
-                if curve in PHENOTYPE_CAUSES:  # the phenotypes' maps see the recalibrated relapse split
-                    cif = _phenotype_inputs(relapse_mapped[k], {cause: predictions[endpoint_column(cause, horizon)]
-                                                               .to_numpy(float) for cause in PHENOTYPE_CAUSES})[curve]
-                else:
-                    cif = predictions[endpoint_column(curve, horizon)].to_numpy(float)
+                # the phenotypes' maps see the recalibrated relapse split by the base shares
+                cif = phenotype_inputs[k][curve] if curve in PHENOTYPE_CAUSES \
+                    else predictions[endpoint_column(curve, horizon)].to_numpy(float)
                 self._fit_knot(c, k, outcome, cif, horizon, landmarks)
                 if curve == "relapse":
-                    relapse_mapped[k] = _mapped(cif, self.intercept_[c, row_landmark, k], self.slope_[c, row_landmark, k])
+                    relapse = _mapped(cif, self.intercept_[c, row_landmark, k], self.slope_[c, row_landmark, k])
+                    phenotype_inputs[k] = _phenotype_inputs(relapse, {
+                        cause: predictions[endpoint_column(cause, horizon)].to_numpy(float) for cause in PHENOTYPE_CAUSES})
         return self
 
     def _knots(self) -> np.ndarray:
@@ -285,9 +285,14 @@ def _phenotype_inputs(relapse: np.ndarray, phenotypes: dict[str, np.ndarray]) ->
     """The recalibrated relapse incidence split by the base model's phenotype shares (equal thirds
     where the base model has no relapse): what the phenotype maps are fitted on and applied to, so
     they correct the phenotypes *given* the recalibrated relapse, whose spread they inherit."""
-    total = np.sum(list(phenotypes.values()), axis=0)
-    return {cause: relapse * np.divide(values, total, out=np.full(total.shape, 1.0 / len(phenotypes)), where=total > 0)
-            for cause, values in phenotypes.items()}
+    shares = _shares(np.stack(list(phenotypes.values())))
+    return {cause: relapse * share for cause, share in zip(phenotypes, shares)}
+
+
+def _shares(curves: np.ndarray) -> np.ndarray:
+    """Each curve's share of their sum along the first axis; equal shares where the sum is 0."""
+    total = curves.sum(axis=0)
+    return np.divide(curves, total, out=np.full(curves.shape, 1.0 / curves.shape[0]), where=total > 0)
 
 
 def _rows(curves: CIFCurves, rows: slice) -> CIFCurves:
@@ -310,9 +315,7 @@ def _phenotype_split(relapse: np.ndarray, mapped: dict[str, np.ndarray], curves:
     """
     mapped_curves = np.stack([mapped[cause] for cause in PHENOTYPE_CAUSES])
     base_curves = np.stack([curves.cif[cause] for cause in PHENOTYPE_CAUSES])
-    weights = np.where(mapped_curves.sum(axis=0) > 0, mapped_curves, base_curves)
-    total = weights.sum(axis=0)
-    shares = np.divide(weights, total, out=np.full(weights.shape, 1.0 / len(PHENOTYPE_CAUSES)), where=total > 0)
+    shares = _shares(np.where(mapped_curves.sum(axis=0) > 0, mapped_curves, base_curves))
     target = relapse[None] * shares
     split, reached = np.zeros_like(target), np.zeros(target.shape[:2])
     for j, step in enumerate(_increments(relapse).T):

@@ -165,16 +165,20 @@ class _XGBSurvivalBase(BaseEstimator):
         if hasattr(X, "columns"):
             self.feature_names_in_ = np.asarray([str(column) for column in X.columns], dtype=object)
 
+    def _check_fitted_columns(self, X) -> None:
+        """Fitted, and a DataFrame's columns are the fitted features in order."""
+        check_is_fitted(self, "booster_")
+        names = getattr(X, "columns", None)
+        if names is not None and hasattr(self, "feature_names_in_") and list(map(str, names)) != list(self.feature_names_in_):
+            raise ValueError("feature names differ from those seen in fit (same columns, same order expected)")
+
     def margin(self, X) -> np.ndarray:
         """Raw booster output (before the survival link) per row.
 
         Uses XGBoost's in-place prediction (no DMatrix: a quarter of the cost for a few rows, the
         same numbers); the columns must be the fitted features in order, as for every estimator here.
         """
-        check_is_fitted(self, "booster_")
-        names = getattr(X, "columns", None)
-        if names is not None and hasattr(self, "feature_names_in_") and list(map(str, names)) != list(self.feature_names_in_):
-            raise ValueError("feature names differ from those seen in fit (same columns, same order expected)")
+        self._check_fitted_columns(X)
         return self.booster_.inplace_predict(np.asarray(X, dtype=float), predict_type="margin", missing=np.nan)
 
     def predict_cumulative_hazard_function(self, X, return_array=False):
@@ -458,10 +462,7 @@ class XGBPiecewiseSurvival(_XGBSurvivalBase):
 
     def margin(self, X) -> np.ndarray:
         """Log hazard per row and interval; shape (n_rows, len(interval_edges_days))."""
-        check_is_fitted(self, "booster_")
-        names = getattr(X, "columns", None)
-        if names is not None and hasattr(self, "feature_names_in_") and list(map(str, names)) != list(self.feature_names_in_):
-            raise ValueError("feature names differ from those seen in fit (same columns, same order expected)")
+        self._check_fitted_columns(X)
         n_rows = np.shape(X)[0]
         rows = self._interval_rows(X)
         log_hazard = self.booster_.inplace_predict(rows, predict_type="margin", missing=np.nan,
