@@ -9,13 +9,17 @@ Run ``python -m benchmarks.bench_calibration [--config FILE] [--train-patients N
    (``pipelines.experiment.select_winner``) and refitted on every row. Today's rule (commit
    ed4dee9: best cross-validated Uno's C among the plain candidates, no calibration bounds) picks
    its own champion from the same cross-validation, refitted the same way.
-2. Score a fresh simulated cohort (another seed, default 20,000 patients) with both, and with
-   the new champion's base model when it is recalibrated (the "before").
+2. Score a fresh simulated cohort (another seed, default 20,000 patients, with its Monte Carlo
+   oracle) with both, and with the new champion's base model when it is recalibrated (the
+   "before"). The oracle is scored too: its O/E says how far the held-out events themselves
+   stray from the truth (test-set noise), and the champion's expected over the oracle's
+   expected, on the same rows, says how far the model is from the truth with no event noise.
 3. Print, per landmark, cause and horizon, the observed/expected ratio (Aalen-Johansen / mean
    predicted) with its 95% patient-bootstrap CI, the 12-month calibration slope and Uno's C, and
    the issue's checks: O/E within 0.9-1.1 for relapse and each phenotype at 6, 12 and 24 months at
    every landmark, 12-month slope 0.9-1.1, Uno's C no more than 0.005 below today's. Each miss is
-   printed with its distance from the band.
+   printed with its distance from the band, the oracle's O/E on the same cell and the model's
+   expected over the oracle's.
 """
 
 from __future__ import annotations
@@ -33,18 +37,30 @@ from models.base import PHENOTYPE_CAUSES
 from models.evaluation import EvaluationSettings, best_source, evaluate_sources
 from models.factory import MODEL_NAMES, base_model_name
 from models.metrics import ENDPOINTS
+from models.oracle import oracle_predictions
 from pipelines.config import RunConfig, load_config
-from pipelines.experiment import cross_validate, prepare_landmark_set, progress_bar, refit, select_winner, summarise_metrics
+from pipelines.experiment import (
+    ORACLE,
+    cross_validate,
+    prepare_landmark_set,
+    progress_bar,
+    refit,
+    select_winner,
+    summarise_metrics,
+)
 
-__all__ = ["TARGET_CAUSES", "main"]
+__all__ = ["TARGET_CAUSES", "main", "pick_metric", "predict_in_chunks", "with_cohort"]
 
 TARGET_CAUSES = ("relapse", *PHENOTYPE_CAUSES)
 """Causes the issue's O/E check covers (death and HSCT are shown, not checked)."""
 _BAND, _SLOPE_HORIZON, _C_TOLERANCE = (0.9, 1.1), 365.0, 0.005
 
 
-def _with_cohort(config: RunConfig, n_patients: int, seed: int) -> RunConfig:
-    synthetic = config.data.synthetic.model_copy(update={"n_patients": n_patients, "seed": seed, "with_oracle": False})
+def with_cohort(config: RunConfig, n_patients: int, seed: int, with_oracle: bool = False) -> RunConfig:
+    """``config`` with its synthetic cohort set to ``n_patients`` patients of ``seed`` (and its
+    Monte Carlo oracle when ``with_oracle``)."""
+    synthetic = config.data.synthetic.model_copy(update={"n_patients": n_patients, "seed": seed,
+                                                         "with_oracle": with_oracle})
     return config.model_copy(update={"data": config.data.model_copy(update={"synthetic": synthetic})})
 
 
@@ -61,17 +77,22 @@ def train_champions(config: RunConfig, console: Console) -> tuple[dict[str, obje
     return {name: refit(config, prepared, name, predictions) for name in names}, roles
 
 
-def _predict(model, X: pd.DataFrame, horizons: list[float], chunk: int = 10_000) -> pd.DataFrame:
+def predict_in_chunks(model, X: pd.DataFrame, horizons: list[float], chunk: int = 10_000) -> pd.DataFrame:
+    """``model.predict_cif`` of ``X`` in blocks of ``chunk`` rows (bounded memory)."""
     return pd.concat([model.predict_cif(X.iloc[start:start + chunk], horizons) for start in range(0, len(X), chunk)])
 
 
 def held_out_metrics(models: dict, config: RunConfig, n_bootstrap: int, console: Console) -> pd.DataFrame:
-    """Step 2: every model scored on the fresh cohort, every endpoint, O/E CIs by patient bootstrap."""
+    """Step 2: every model (and the oracle, when the cohort has one) scored on the fresh cohort,
+    every endpoint, O/E CIs by patient bootstrap."""
     with progress_bar(console) as progress:
         prepared = prepare_landmark_set(config, progress)
     landmark_set, columns = prepared.landmark_set, prepared.columns
     horizons = [float(h) for h in config.evaluation.horizons_days]
-    predictions = {name: _predict(model, landmark_set[columns], horizons) for name, model in models.items()}
+    predictions = {name: predict_in_chunks(model, landmark_set[columns], horizons) for name, model in models.items()}
+    if prepared.cohort.oracle is not None:
+        predictions[ORACLE] = oracle_predictions(landmark_set[["patient_id", "landmark_day"]], prepared.cohort.oracle,
+                                                 horizons)
     settings = EvaluationSettings(horizons_days=tuple(horizons), endpoints=ENDPOINTS, n_bootstrap=n_bootstrap,
                                   bootstrap_endpoints=(), reference=None, random_state=1)
     targets = landmark_set[["patient_id", "landmark_day", "time", "event"]]
@@ -80,18 +101,31 @@ def held_out_metrics(models: dict, config: RunConfig, n_bootstrap: int, console:
     return evaluate_sources(targets, predictions, settings).metrics
 
 
-def _pick(metrics: pd.DataFrame, metric: str, source: str) -> pd.DataFrame:
+def pick_metric(metrics: pd.DataFrame, metric: str, source: str) -> pd.DataFrame:
+    """Per-landmark point estimates of one metric of one source, indexed by (landmark_day,
+    endpoint, horizon_days)."""
     rows = metrics[(metrics["metric"] == metric) & (metrics["source"] == source) & (metrics["kind"] == "estimate")
                    & (metrics["landmark_day"].astype(str) != "all")]
     return rows.assign(landmark_day=rows["landmark_day"].astype(float)).set_index(["landmark_day", "endpoint",
                                                                                  "horizon_days"])
 
 
+def _expected_over_oracle(metrics: pd.DataFrame, source: str) -> pd.Series:
+    """The model's mean predicted incidence over the oracle's on the same rows (the oracle's O/E
+    over the model's; NaN without an oracle)."""
+    model = pick_metric(metrics, "observed_expected", source)["value"]
+    if not (metrics["source"] == ORACLE).any():
+        return model * np.nan
+    return pick_metric(metrics, "observed_expected", ORACLE)["value"].reindex(model.index) / model
+
+
 def table(metrics: pd.DataFrame, source: str, horizons: list[float]) -> str:
     """Markdown table of one model: per landmark and cause, O/E [95% CI] per horizon, 12-month
-    calibration slope and Uno's C."""
-    oe, slope, uno = (_pick(metrics, m, source) for m in ("observed_expected", "calibration_slope", "uno_c"))
-    head = ["landmark", "cause", *[f"O/E {h:g} d [95% CI]" for h in horizons], "slope 365 d", "Uno's C 365 d"]
+    calibration slope and Uno's C, and the 12-month expected over the oracle's."""
+    oe, slope, uno = (pick_metric(metrics, m, source) for m in ("observed_expected", "calibration_slope", "uno_c"))
+    truth = _expected_over_oracle(metrics, source)
+    head = ["landmark", "cause", *[f"O/E {h:g} d [95% CI]" for h in horizons], "slope 365 d", "Uno's C 365 d",
+            "E/oracle 365 d"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for landmark in sorted(oe.index.get_level_values(0).unique()):
         for endpoint in ENDPOINTS:
@@ -100,7 +134,7 @@ def table(metrics: pd.DataFrame, source: str, horizons: list[float]) -> str:
                 row = oe.loc[(landmark, endpoint, horizon)]
                 cells.append(f"{row['value']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]")
             key = (landmark, endpoint, _SLOPE_HORIZON)
-            cells += [f"{slope.loc[key, 'value']:.2f}", f"{uno.loc[key, 'value']:.3f}"]
+            cells += [f"{slope.loc[key, 'value']:.2f}", f"{uno.loc[key, 'value']:.3f}", f"{truth.loc[key]:.2f}"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -114,20 +148,24 @@ def _outside(value: float, band: tuple[float, float]) -> float:
 
 def checks(metrics: pd.DataFrame, champion: str, today: str, horizons: list[float]) -> list[str]:
     """The issue's "done when": one line per miss, and a count per check."""
-    oe, slope = _pick(metrics, "observed_expected", champion), _pick(metrics, "calibration_slope", champion)
-    uno_new, uno_today = _pick(metrics, "uno_c", champion), _pick(metrics, "uno_c", today)
+    oe, slope = pick_metric(metrics, "observed_expected", champion), pick_metric(metrics, "calibration_slope", champion)
+    uno_new, uno_today = pick_metric(metrics, "uno_c", champion), pick_metric(metrics, "uno_c", today)
+    truth = _expected_over_oracle(metrics, champion)
+    oracle_oe = truth * oe["value"]
     lines, counts = [], {"O/E": [0, 0], "slope": [0, 0], "Uno's C": [0, 0]}
     for landmark in sorted(oe.index.get_level_values(0).unique()):
         for endpoint in TARGET_CAUSES:
             for horizon in horizons:
-                row = oe.loc[(landmark, endpoint, horizon)]
+                key = (landmark, endpoint, horizon)
+                row = oe.loc[key]
                 miss = _outside(row["value"], _BAND)
                 counts["O/E"][0] += miss == 0
                 counts["O/E"][1] += 1
                 if miss:
                     lines.append(f"MISS O/E {endpoint} landmark {landmark:g} at {horizon:g} d: {row['value']:.3f} "
                                  f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}], {miss:.3f} outside 0.9-1.1 "
-                                 f"({int(row['n_events'])} events)")
+                                 f"({int(row['n_events'])} events); oracle's O/E {oracle_oe.loc[key]:.3f}, "
+                                 f"expected/oracle {truth.loc[key]:.3f}")
             key = (landmark, endpoint, _SLOPE_HORIZON)
             miss = _outside(slope.loc[key, "value"], _BAND)
             counts["slope"][0] += miss == 0
@@ -159,9 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     horizons = [float(h) for h in config.evaluation.horizons_days]
     start = time.perf_counter()
     with threadpool_limits(1, user_api="blas"):
-        models, roles = train_champions(_with_cohort(config, args.train_patients, args.train_seed), console)
-        metrics = held_out_metrics(models, _with_cohort(config, args.test_patients, args.test_seed), args.bootstrap,
-                                   console)
+        models, roles = train_champions(with_cohort(config, args.train_patients, args.train_seed), console)
+        metrics = held_out_metrics(models, with_cohort(config, args.test_patients, args.test_seed, with_oracle=True),
+                                   args.bootstrap, console)
     for role, name in roles.items():
         console.print(f"\n### {role}: {name} (trained on seed {args.train_seed}, scored on seed {args.test_seed})\n",
                       markup=False)

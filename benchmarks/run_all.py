@@ -19,6 +19,7 @@ BENCHMARKS = {
     "features": "benchmarks.bench_features",  # issue 3: 100,000 patients x 6 landmarks < 20 s, < 4 GB
     "models": "benchmarks.bench_models",  # issue 4: CV of all candidates < 5 min; quality vs oracle
     "calibration": "benchmarks.bench_calibration",  # issue 12: held-out O/E 0.9-1.1 per cause, horizon, landmark
+    "training_noise": "benchmarks.bench_training_noise",  # issue 12: held-out expected/oracle over training seeds
     "scoring": "benchmarks.bench_scoring",  # issue 5: 100,000 patients < 60 s
     "serving": "benchmarks.bench_serving",  # issue 5: median < 50 ms, p99 < 200 ms, 8 clients
     "abuse": "benchmarks.bench_abuse",  # issue 13: 16 clients, 60 s of mixed requests: 0 5xx, 0 resets
