@@ -19,6 +19,14 @@ this way. It is preferred over one hazard model per phenotype because
 - one relapse hazard model is what the SHAP explanations (models.explain) explain;
 - it costs three survival fits per model instead of five.
 
+One exception is optional (``lineage_switch_estimator``): lineage switch may get a hazard of its
+own, and the phenotype model then splits the other relapses into CD19-positive and CD19-negative.
+Lineage switch is a different process with its own clock (a myeloid escape, mostly in KMT2A, two
+to six months after infusion); inside one relapse hazard a model with one time shape for every
+patient (the log-normal AFT) puts a KMT2A patient's relapses too late, when the lineage-switch
+share has fallen, and reports part of that patient's lineage-switch risk as CD19 relapse
+(docs/models.md, "Where it is wrong in a way that does not average out: KMT2A").
+
 The phenotype model is a multinomial classifier on the features plus the time of relapse since
 the landmark and (when the features hold the landmark day, ``landmark_column``) since infusion,
 so the mix may change with time (CD19-negative escape and lineage switch early while the CAR
@@ -79,6 +87,7 @@ from models.survival import batch_invariant_dot, cumulative_hazard_on_grid
 __all__ = ["CIFCurves", "CauseSpecificHazardsModel", "cif_frame", "default_phenotype_classifier", "read_curve"]
 
 _HAZARD_CAUSES: dict[str, tuple[str, ...]] = {"relapse": RELAPSE_EVENTS, "death": ("death",), "hsct": ("hsct",)}
+_LINEAGE_SWITCH, _LINEAGE_SWITCH_HAZARD = "relapse_lineage_switch", "lineage_switch"
 _RELAPSE_TIME_FEATURE = "relapse_time_log1p_days"
 _RELAPSE_DAY_FEATURE = "relapse_day_since_infusion_log1p"
 _RELAPSE_DAY_QUANTILES = (0.2, 0.4, 0.6, 0.8)
@@ -175,6 +184,11 @@ class CauseSpecificHazardsModel(BaseEstimator):
         Feature holding the landmark day (days since infusion); when present the phenotype model
         also gets the relapse day since infusion. None, or a column not in ``X``: time since the
         landmark only.
+    lineage_switch_estimator : estimator or None
+        Unfitted single-outcome survival estimator (as ``survival_estimator``) for a hazard of
+        lineage switch of its own; the ``relapse`` hazard then covers the other relapses (and those
+        of unknown phenotype) and the phenotype model splits them into CD19-positive and
+        CD19-negative. None: lineage switch is a share of the one relapse hazard.
 
     Notes
     -----
@@ -192,7 +206,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
     Attributes
     ----------
     hazard_models_ : dict of str -> fitted estimator or None
-        Per hazard cause (``relapse``, ``death``, ``hsct``); None without events (zero hazard).
+        Per hazard cause (``relapse``, ``death``, ``hsct``, and ``lineage_switch`` with a
+        ``lineage_switch_estimator``); None without events (zero hazard).
     phenotype_model_ : fitted classifier or None
         None when fewer than two phenotypes were seen (shares = ``phenotype_prior_``).
     fit_notes_ : dict of str -> str
@@ -206,7 +221,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
 
     def __init__(self, survival_estimator=None, *, phenotype_classifier=None, time_resolution_days=7.0,
                  risk_horizon_days=365.0, phenotype_time_knots=8, background_rows=100,
-                 landmark_column="landmark_day"):
+                 landmark_column="landmark_day", lineage_switch_estimator=None):
         self.survival_estimator = survival_estimator
         self.phenotype_classifier = phenotype_classifier
         self.time_resolution_days = time_resolution_days
@@ -214,12 +229,15 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.phenotype_time_knots = phenotype_time_knots
         self.background_rows = background_rows
         self.landmark_column = landmark_column
+        self.lineage_switch_estimator = lineage_switch_estimator
 
     def __setstate__(self, state):
         """Unpickle; a model pickled before ``landmark_column`` existed (its phenotype model was fitted
-        on the time since the landmark only) keeps that behaviour, so registered models still load."""
+        on the time since the landmark only) keeps that behaviour, and one pickled before
+        ``lineage_switch_estimator`` existed has none, so registered models still load."""
         if "hazard_models_" in state and "landmark_column" not in state:
             state = {**state, "landmark_column": None, "relapse_day_knots_": np.array([])}
+        state = {"lineage_switch_estimator": None, **state}
         super().__setstate__(state)
 
     def __sklearn_tags__(self):
@@ -250,7 +268,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         self.time_grid_ = self._grid(time)
         self.fit_notes_: dict[str, str] = {}
         self.hazard_models_ = {cause: self._fit_hazard(X, time, np.isin(event, members), cause)
-                               for cause, members in _HAZARD_CAUSES.items()}
+                               for cause, members in self._hazard_causes().items()}
         self._fit_phenotype_model(X, time, event)
         self.background_ = X.sample(n=min(len(X), self.background_rows), random_state=0)
         return self
@@ -287,13 +305,21 @@ class CauseSpecificHazardsModel(BaseEstimator):
         step = float(self.time_resolution_days)
         return np.arange(1, int(round(time.max() / step)) + 1) * step
 
+    def _hazard_causes(self) -> dict[str, tuple[str, ...]]:
+        """Hazard cause -> the event values it counts."""
+        if self.lineage_switch_estimator is None:
+            return _HAZARD_CAUSES
+        others = tuple(event for event in RELAPSE_EVENTS if event != _LINEAGE_SWITCH)
+        return {"relapse": others, _LINEAGE_SWITCH_HAZARD: (_LINEAGE_SWITCH,), "death": ("death",), "hsct": ("hsct",)}
+
     def _fit_hazard(self, X: pd.DataFrame, time: np.ndarray, is_event: np.ndarray, cause: str):
         if not is_event.any():
             self.fit_notes_[cause] = "no events: zero hazard"
             return None
+        estimator = self.lineage_switch_estimator if cause == _LINEAGE_SWITCH_HAZARD else self.survival_estimator
         with warnings.catch_warnings(record=True) as caught:
             warnings.filterwarnings("always", message=_ALL_ZERO_MESSAGE, category=UserWarning)
-            model = clone(self.survival_estimator).fit(X, Surv.from_arrays(is_event, time))
+            model = clone(estimator).fit(X, Surv.from_arrays(is_event, time))
         for warning in caught:
             if re.match(_ALL_ZERO_MESSAGE, str(warning.message)):
                 self.fit_notes_[cause] = "penalised Cox kept no feature: hazard does not depend on x"
@@ -302,7 +328,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         return model
 
     def _fit_phenotype_model(self, X: pd.DataFrame, time: np.ndarray, event: np.ndarray) -> None:
-        known = np.isin(event, PHENOTYPE_CAUSES)
+        known = np.isin(event, self._split_phenotypes())
         relapse_times = time[np.isin(event, RELAPSE_EVENTS)]
         knots_from = relapse_times if relapse_times.size else self.time_grid_
         self.phenotype_knots_ = np.unique(np.quantile(knots_from, np.linspace(0, 1, self.phenotype_time_knots)))
@@ -310,7 +336,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
         day = self._relapse_day_since_infusion(self._landmark_days(X[known]), time[known])
         self.relapse_day_knots_ = np.unique(np.round(np.quantile(day, _RELAPSE_DAY_QUANTILES))) \
             if day is not None and day.size else np.array([])
-        self.phenotype_prior_ = np.array([(labels == cause).mean() if labels.size else 1.0 / 3
+        split = self._split_phenotypes()
+        self.phenotype_prior_ = np.array([(labels == cause).mean() if labels.size else float(cause in split) / len(split)
                                           for cause in PHENOTYPE_CAUSES])
         if np.unique(labels).size < 2:
             self.phenotype_model_ = None
@@ -318,6 +345,12 @@ class CauseSpecificHazardsModel(BaseEstimator):
         model = clone(self.phenotype_classifier) if self.phenotype_classifier is not None \
             else default_phenotype_classifier()
         self.phenotype_model_ = model.fit(self._with_relapse_time(X[known], time[known]), labels)
+
+    def _split_phenotypes(self) -> tuple[str, ...]:
+        """Phenotypes the phenotype model splits the ``relapse`` hazard into."""
+        if self.lineage_switch_estimator is None:
+            return PHENOTYPE_CAUSES
+        return tuple(cause for cause in PHENOTYPE_CAUSES if cause != _LINEAGE_SWITCH)
 
     def _landmark_days(self, X: pd.DataFrame) -> np.ndarray | None:
         if self.landmark_column is None or self.landmark_column not in X.columns:
@@ -429,6 +462,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
         shares = self._phenotype_shares(X)
         cif = {cause: np.cumsum(factor * increments["relapse"] * shares[:, k], axis=1)
                for k, cause in enumerate(PHENOTYPE_CAUSES)}
+        if _LINEAGE_SWITCH_HAZARD in increments:
+            cif[_LINEAGE_SWITCH] = np.cumsum(factor * increments[_LINEAGE_SWITCH_HAZARD], axis=1)
         cif.update({cause: np.cumsum(factor * increments[cause], axis=1) for cause in ("death", "hsct")})
         zeros = np.zeros((len(X), 1))
         return CIFCurves(times=np.concatenate([[0.0], self.time_grid_]),
@@ -444,7 +479,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
         grid = self.time_grid_[: np.searchsorted(self.time_grid_, horizon_days, side="left") + 1]
         increments = self._hazard_increments(X, grid)
         _, factor = self._incidence_weights(increments)
-        relapse = np.hstack([np.zeros((len(X), 1)), np.cumsum(factor * increments["relapse"], axis=1)])
+        relapse_increments = increments["relapse"] + increments.get(_LINEAGE_SWITCH_HAZARD, 0.0)
+        relapse = np.hstack([np.zeros((len(X), 1)), np.cumsum(factor * relapse_increments, axis=1)])
         return read_curve(np.concatenate([[0.0], grid]), relapse, horizon_days)
 
     def predict_cif(self, X: pd.DataFrame, horizons_days: Sequence[float]) -> pd.DataFrame:
@@ -509,7 +545,8 @@ class CauseSpecificHazardsModel(BaseEstimator):
 
     @property
     def relapse_hazard_model_(self):
-        """The fitted single-outcome model of the relapse (any phenotype) hazard, or None."""
+        """The fitted single-outcome model of the relapse hazard (any phenotype; with a
+        ``lineage_switch_estimator``, the relapses other than lineage switch), or None."""
         check_is_fitted(self, "hazard_models_")
         return self.hazard_models_["relapse"]
 

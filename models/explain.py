@@ -98,17 +98,20 @@ def _relapse_risk_function(model, columns: list[str], horizon_days: float):
     return risk
 
 
-def _booster_sign_and_output(booster_model) -> tuple[float, str]:
-    """Sign making higher = riskier, and what the relapse booster's SHAP values add up to."""
+def _booster_sign_and_output(booster_model, model) -> tuple[float, str]:
+    """Sign making higher = riskier, and what the relapse booster's SHAP values add up to (with a
+    lineage-switch hazard of its own, the booster is that of the other relapses)."""
+    hazards = getattr(getattr(model, "estimator_", model), "hazard_models_", {})
+    which = " (relapses other than lineage switch)" if "lineage_switch" in hazards else ""
     if isinstance(booster_model, XGBAFTSurvival):
-        return -1.0, "minus relapse log-time location"
-    return 1.0, "relapse log relative hazard"
+        return -1.0, "minus relapse log-time location" + which
+    return 1.0, "relapse log relative hazard" + which
 
 
-def _tree_explanation(booster_model, rows: pd.DataFrame) -> Explanation:
+def _tree_explanation(booster_model, model, rows: pd.DataFrame) -> Explanation:
     explainer = shap.TreeExplainer(booster_model.booster_)
     result = explainer(rows)
-    sign, output = _booster_sign_and_output(booster_model)
+    sign, output = _booster_sign_and_output(booster_model, model)
     return Explanation(values=sign * np.asarray(result.values), base_value=float(sign * np.ravel(result.base_values)[0]),
                        data=rows, output=output, method="tree")
 
@@ -140,7 +143,7 @@ def native_tree_explanation(model, rows: pd.DataFrame) -> Explanation | None:
     matrix = xgb.DMatrix(rows.to_numpy(dtype=float), missing=np.nan, feature_names=[str(c) for c in rows.columns],
                          nthread=1)
     contributions = booster_model.booster_.predict(matrix, pred_contribs=True)
-    sign, output = _booster_sign_and_output(booster_model)
+    sign, output = _booster_sign_and_output(booster_model, model)
     return Explanation(values=sign * contributions[:, :-1], base_value=float(sign * contributions[0, -1]),
                        data=rows, output=output, method="tree")
 
@@ -191,7 +194,7 @@ def explain_relapse_risk(model, X: pd.DataFrame, horizon_days: float = 365.0, ba
     if method == "tree":
         if booster is None:
             raise ModelInputError("method='tree' needs an XGBoost model (xgb_cox, xgb_aft)")
-        return _tree_explanation(booster, rows)
+        return _tree_explanation(booster, model, rows)
     if background is None:
         background = getattr(model, "background_", X)
     reference = check_features(background, list(X.columns))

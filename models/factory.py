@@ -46,6 +46,7 @@ from models.survival import (
 __all__ = [
     "BASELINE_NAME",
     "CANDIDATE_NAMES",
+    "LINEAGE_SWITCH_PARAM",
     "MODEL_NAMES",
     "RECALIBRATED_SUFFIX",
     "RECALIBRATION_PARAMS",
@@ -79,7 +80,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                 "max_depth": 3, "min_child_weight": 10.0, "subsample": 0.8, "colsample_bytree": 0.8,
                 "reg_lambda": 1.0},
     "xgb_pem": {"n_estimators": 300, "learning_rate": 0.05, "max_depth": 3, "min_child_weight": 10.0,
-                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0},
+                "subsample": 0.8, "colsample_bytree": 0.8, "reg_lambda": 1.0, "clock_column": "landmark_day"},
 }
 _ESTIMATORS = {
     "coxnet": CoxnetSurvivalAnalysis,
@@ -90,6 +91,10 @@ _ESTIMATORS = {
     "xgb_pem": XGBPiecewiseSurvival,
 }
 _COMPETING_PARAMS = ("time_resolution_days", "risk_horizon_days", "phenotype_time_knots", "background_rows")
+LINEAGE_SWITCH_PARAM = "lineage_switch_hazard"
+"""Candidate parameter naming the estimator (one of :data:`MODEL_NAMES`, default parameters) of a
+lineage-switch hazard of its own (``CauseSpecificHazardsModel(lineage_switch_estimator=...)``);
+absent or None: lineage switch is a share of the relapse hazard."""
 RECALIBRATION_PARAMS = ("knots_days", "prior_sd", "cv")
 """Parameters of a ``_recal`` candidate that go to :class:`RecalibratedModel` (the rest to its base)."""
 _SEEDED = ("rsf", "gbsa", "xgb_cox", "xgb_aft", "xgb_pem")
@@ -155,7 +160,9 @@ def make_model(name: str, params: Mapping[str, Any] | None = None, random_state:
     params : mapping, optional
         Hyper-parameters (``ModelsConfig.params[name]``). For candidates, the keys
         ``time_resolution_days``, ``risk_horizon_days``, ``phenotype_time_knots``, ``background_rows`` go to
-        :class:`CauseSpecificHazardsModel`, all others to the survival estimator; for a ``_recal``
+        :class:`CauseSpecificHazardsModel`, ``lineage_switch_hazard`` (:data:`LINEAGE_SWITCH_PARAM`)
+        names the estimator of a lineage-switch hazard of its own, all others go to the survival
+        estimator; for a ``_recal``
         name the keys ``knots_days``, ``prior_sd``, ``cv`` go to :class:`RecalibratedModel`. For
         the rule, the keys are :class:`ClinicianRule` parameters.
     random_state : int
@@ -181,4 +188,8 @@ def make_model(name: str, params: Mapping[str, Any] | None = None, random_state:
         base = make_model(base_model_name(name), params, random_state)
         return RecalibratedModel(base, random_state=random_state, **recalibration)
     competing = {key: params.pop(key) for key in _COMPETING_PARAMS if key in params}
+    lineage_switch = params.pop(LINEAGE_SWITCH_PARAM, None)
+    if lineage_switch is not None:
+        _check_name(lineage_switch, MODEL_NAMES)
+        competing["lineage_switch_estimator"] = make_survival_estimator(lineage_switch, None, random_state)
     return CauseSpecificHazardsModel(make_survival_estimator(name, params, random_state), **competing)

@@ -415,16 +415,28 @@ class XGBPiecewiseSurvival(_XGBSurvivalBase):
         As :class:`XGBCoxSurvival`.
     n_jobs, random_state
         As :class:`XGBCoxSurvival`.
+    clock_column : str or None
+        Feature holding the landmark day (days since infusion). When it is a fitted column, each
+        interval record also gets its start day since infusion (landmark day + interval start), so
+        the hazard can follow the infusion clock the biology keeps (lineage switch two to six months
+        after infusion, whatever the landmark) in one split. None, or a column not among the
+        fitted features (``clock_index_`` is then None): the interval's start since the landmark
+        only.
     """
 
     def __init__(self, *, interval_edges_days=(0.0, 14.0, 28.0, 42.0, 63.0, 91.0, 122.0, 152.0, 182.0, 243.0, 304.0,
                                                 365.0, 456.0, 548.0, 730.0, 1095.0),
                  n_estimators=300, learning_rate=0.05, max_depth=3, min_child_weight=5.0, subsample=0.8,
-                 colsample_bytree=0.8, reg_lambda=1.0, max_bin=64, n_jobs=1, random_state=0):
+                 colsample_bytree=0.8, reg_lambda=1.0, max_bin=64, n_jobs=1, random_state=0, clock_column=None):
         super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
                          min_child_weight=min_child_weight, subsample=subsample, colsample_bytree=colsample_bytree,
                          reg_lambda=reg_lambda, max_bin=max_bin, n_jobs=n_jobs, random_state=random_state)
         self.interval_edges_days = interval_edges_days
+        self.clock_column = clock_column
+
+    def __setstate__(self, state):
+        """Unpickle; a model pickled before ``clock_column`` existed has no clock feature."""
+        super().__setstate__({"clock_column": None, "clock_index_": None, **state})
 
     def _edges(self) -> np.ndarray:
         edges = np.asarray(self.interval_edges_days, dtype=float)
@@ -433,15 +445,25 @@ class XGBPiecewiseSurvival(_XGBSurvivalBase):
         return edges
 
     def _interval_rows(self, X) -> np.ndarray:
-        """Every row once per interval (interval-major), with the interval's start day appended."""
+        """Every row once per interval (interval-major), with the interval's start day appended (and,
+        with a clock column, its start day since infusion)."""
         values = np.asarray(X, dtype=float)
         edges = self._edges()
-        return np.column_stack([np.tile(values, (edges.size, 1)), np.repeat(edges, values.shape[0])])
+        starts = np.repeat(edges, values.shape[0])
+        columns = [np.tile(values, (edges.size, 1)), starts]
+        if self.clock_index_ is not None:
+            columns.append(np.tile(values[:, self.clock_index_], edges.size) + starts)
+        return np.column_stack(columns)
+
+    def _fit_clock(self, X) -> None:
+        names = [str(name) for name in getattr(X, "columns", [])]
+        self.clock_index_ = names.index(self.clock_column) if self.clock_column in names else None
 
     def fit(self, X, y):
         """Fit the booster on one record per row and interval at risk (Poisson, log-exposure offset)."""
         event, time = _survival_target(y)
         self._remember_features(X)
+        self._fit_clock(X)
         edges = self._edges()
         upper = np.append(edges[1:], np.inf)
         expanded = self._interval_rows(X)

@@ -507,7 +507,7 @@ def _model_problems(config: RunConfig) -> list[str]:
 def _parameter_problems(name: str, params: dict[str, Any]) -> list[str]:
     """Keys of ``models.params.<name>`` that are no parameter of the model (found by building it, not fitting)."""
     from models.base import ModelInputError
-    from models.factory import BASELINE_NAME, make_model, make_survival_estimator
+    from models.factory import BASELINE_NAME, LINEAGE_SWITCH_PARAM, make_model, make_survival_estimator
 
     try:
         make_model(name, params)
@@ -515,8 +515,8 @@ def _parameter_problems(name: str, params: dict[str, Any]) -> list[str]:
         model = make_model(name)
         known = set(model.get_params(deep=False))
         if name != BASELINE_NAME:  # a candidate: its estimator's parameters and the competing-risks wrapper's
-            known = (known - {"survival_estimator", "phenotype_classifier"}) | set(
-                make_survival_estimator(name)[-1].get_params(deep=False))
+            known = (known - {"survival_estimator", "phenotype_classifier", "lineage_switch_estimator"}) | set(
+                make_survival_estimator(name)[-1].get_params(deep=False)) | {LINEAGE_SWITCH_PARAM}
         unknown = sorted(set(params) - known)
         if not unknown:
             return [f"models.params.{name}: {exc}"]

@@ -23,7 +23,7 @@ from models.base import (
     event_free_column,
 )
 from models.competing import CauseSpecificHazardsModel
-from models.factory import BASELINE_NAME, MODEL_NAMES, make_model, make_survival_estimator
+from models.factory import BASELINE_NAME, LINEAGE_SWITCH_PARAM, MODEL_NAMES, make_model, make_survival_estimator
 from models.metrics import Outcome, harrell_c
 from models.nonparametric import aalen_johansen
 from tests.models.conftest import simulate_known_cohort
@@ -43,10 +43,20 @@ def contract_data(known_cohort):
     return X, known_cohort.y
 
 
-@pytest.fixture(scope="module", params=MODEL_NAMES + (BASELINE_NAME,))
+_WITH_LINEAGE_SWITCH_HAZARD = "xgb_aft+lineage_switch_hazard"
+"""``xgb_aft`` with a lineage-switch hazard of its own (``xgb_pem``): the shared contract holds for it too."""
+
+
+def _make(name: str):
+    if name == _WITH_LINEAGE_SWITCH_HAZARD:
+        return make_model("xgb_aft", {LINEAGE_SWITCH_PARAM: "xgb_pem"}, random_state=0)
+    return make_model(name, random_state=0)
+
+
+@pytest.fixture(scope="module", params=MODEL_NAMES + (BASELINE_NAME, _WITH_LINEAGE_SWITCH_HAZARD))
 def fitted(request, contract_data):
     X, y = contract_data
-    model = make_model(request.param, random_state=0)
+    model = _make(request.param)
     return request.param, model, model.fit(X, y)
 
 
@@ -122,8 +132,9 @@ def test_phenotype_shares_equal_one_classifier_call_per_knot(fitted, contract_da
     per_knot = []
     for knot in model.phenotype_knots_:
         probabilities = _predict_proba(model.phenotype_model_, model._with_relapse_time(X, np.full(len(X), knot)))
-        order = [list(model.phenotype_model_.classes_).index(cause) for cause in PHENOTYPE_CAUSES]
-        per_knot.append(probabilities[:, order])
+        classes = list(model.phenotype_model_.classes_)  # without lineage switch when it has its own hazard
+        per_knot.append(np.column_stack([probabilities[:, classes.index(cause)] if cause in classes
+                                         else np.zeros(len(X)) for cause in PHENOTYPE_CAUSES]))
     expected = np.stack(per_knot, axis=2)
     np.testing.assert_array_equal(model._shares_at_knots(X, model.phenotype_knots_), expected)
 
@@ -409,3 +420,48 @@ def test_a_model_pickled_before_the_infusion_day_features_still_loads_and_predic
     assert "landmark_day" in cohort.X.columns and old.landmark_column is None
     pd.testing.assert_frame_equal(old.predict_cif(cohort.X.iloc[:50], HORIZONS),
                                   fitted.predict_cif(cohort.X.iloc[:50], HORIZONS))
+
+
+def _early_lineage_switch_cohort(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Two relapse processes with their own clocks: in the ``kmt2a`` group (20%) a lineage switch
+    40-150 days after the landmark in 40% of patients; in everybody a CD19 relapse at a log-normal
+    time (median 400 days). Returns X, y and each row's true 365-day lineage-switch incidence."""
+    rng = np.random.default_rng(seed)
+    kmt2a = rng.random(n) < 0.2
+    X = pd.DataFrame({"kmt2a": kmt2a.astype(float), "noise": rng.normal(size=n), "landmark_day": np.zeros(n)})
+    switch_day = np.where(kmt2a & (rng.random(n) < 0.4), rng.uniform(40.0, 150.0, n), np.inf)
+    cd19_day = np.exp(rng.normal(np.log(400.0), 0.6, n))
+    death_day = rng.exponential(3000.0, n)
+    censor = rng.uniform(300.0, 1200.0, n)
+    first = np.minimum.reduce([switch_day, cd19_day, death_day])
+    cd19 = np.where(rng.random(n) < 0.5, "relapse_CD19_pos", "relapse_CD19_neg")
+    cause = np.where(first == switch_day, "relapse_lineage_switch", np.where(first == cd19_day, cd19, "death"))
+    time = np.minimum.reduce([first, censor, np.full(n, 730.0)])
+    event = np.where(first <= np.minimum(censor, 730.0), cause, "none")
+    return X, pd.DataFrame({"time": time, "event": event}), kmt2a
+
+
+def test_a_lineage_switch_hazard_of_its_own_keeps_an_early_subgroups_lineage_switch():
+    """Lineage switch early in one group, CD19 relapse late in everybody: inside one log-normal
+    relapse hazard the group's relapses are spread late and its lineage switch (a share that is
+    high only early) comes out too low; with a lineage-switch hazard of its own it does not. The
+    truth: the Aalen-Johansen incidence in the group of a large independent cohort."""
+    X, y, _ = _early_lineage_switch_cohort(4000, seed=21)
+    X_test, y_test, group = _early_lineage_switch_cohort(20000, seed=22)
+    codes = {"relapse_CD19_pos": 1, "relapse_CD19_neg": 2, "relapse_lineage_switch": 3, "death": 4}
+    status = y_test["event"].map(codes).fillna(0).astype(int).to_numpy()[group]
+    truth = aalen_johansen(y_test["time"].to_numpy()[group], status, [365.0], n_causes=4)[2, 0]
+    column = cif_column("relapse_lineage_switch", 365)
+    errors = {}
+    for name, params in (("share", {}), ("own hazard", {LINEAGE_SWITCH_PARAM: "xgb_pem"})):
+        model = make_model("xgb_aft", {"n_estimators": 100, **params}).fit(X, y)
+        predicted = model.predict_cif(X_test[group], [365.0])
+        assert set(model.hazard_models_) == ({"relapse", "death", "hsct", "lineage_switch"} if params
+                                             else {"relapse", "death", "hsct"})
+        curves = model.predict_cif(X_test.iloc[:200], [365.0])
+        parts = curves[[cif_column(c, 365) for c in CAUSES]].sum(axis=1) + curves[event_free_column(365)]
+        np.testing.assert_allclose(parts, 1.0, atol=1e-9)
+        np.testing.assert_allclose(curves[cif_column("relapse", 365)],
+                                   curves[[cif_column(c, 365) for c in PHENOTYPE_CAUSES]].sum(axis=1), atol=1e-12)
+        errors[name] = abs(predicted[column].mean() / truth - 1.0)
+    assert errors["own hazard"] < 0.1 and errors["share"] > 2 * errors["own hazard"], errors

@@ -103,3 +103,13 @@ def test_importance_bars_are_mean_absolute_shap_largest_on_top(xgb_model, known_
     np.testing.assert_allclose([bar.get_width() for bar in top_down], expected["mean_abs_shap"])
     labels = sorted(axes.get_yticklabels(), key=lambda label: -label.get_position()[1])
     assert [label.get_text() for label in labels] == list(expected["feature"])
+
+
+def test_with_a_lineage_switch_hazard_of_its_own_the_tree_output_says_which_relapses_it_explains(known_cohort):
+    from models.explain import native_tree_explanation
+    from models.factory import LINEAGE_SWITCH_PARAM
+
+    model = make_model("xgb_cox", {"n_estimators": 20, LINEAGE_SWITCH_PARAM: "xgb_pem"}).fit(known_cohort.X, known_cohort.y)
+    rows = known_cohort.X.iloc[:5]
+    for explanation in (explain_relapse_risk(model, rows), native_tree_explanation(model, rows)):
+        assert explanation.output == "relapse log relative hazard (relapses other than lineage switch)"

@@ -231,3 +231,34 @@ def test_xgb_pem_checks_its_interval_edges_and_columns():
     assert model.margin(X.iloc[:3]).shape == (3, len(model.interval_edges_days))
     with pytest.raises(ValueError, match="feature names"):
         model.margin(X[["x1", "x0"]])
+
+
+def test_xgb_pem_with_a_clock_column_follows_the_infusion_clock():
+    """Events only 60-180 days after infusion (hazard 0.01/day there, 0.0002 elsewhere), rows from
+    landmarks spread over days 0-200. With the landmark day as its clock the booster sees each
+    interval's day since infusion and finds the window in one split; without it, the window sits at
+    a different time since the landmark for every landmark."""
+    rng = np.random.default_rng(12)
+    n = 6000
+    landmark = rng.uniform(0.0, 200.0, n)
+    X = pd.DataFrame({"landmark_day": landmark, "x1": rng.normal(size=n)})
+
+    def cumulative(day):  # cumulative hazard since infusion
+        return 0.0002 * day + 0.0098 * np.clip(day - 60.0, 0.0, 120.0)
+
+    u = rng.exponential(size=n) + cumulative(landmark)  # event day: first where the cumulative hazard passes u
+    grid_days = np.arange(0.0, 1500.0, 0.5)
+    event_day = np.interp(u, cumulative(grid_days), grid_days)
+    time = event_day - landmark
+    censor = rng.uniform(100.0, 600.0, n)
+    y = Surv.from_arrays(time <= censor, np.minimum(time, censor))
+    rows = pd.DataFrame({"landmark_day": [0.0, 100.0, 170.0], "x1": [0.0, 0.0, 0.0]})
+    grid = np.array([30.0, 90.0, 200.0])
+    truth = cumulative(rows["landmark_day"].to_numpy()[:, None] + grid[None, :]) \
+        - cumulative(rows["landmark_day"].to_numpy())[:, None]
+    errors = {}
+    for clock in ("landmark_day", None):
+        model = XGBPiecewiseSurvival(n_estimators=100, max_depth=2, clock_column=clock).fit(X, y)
+        assert model.clock_index_ == (0 if clock else None)
+        errors[clock] = np.abs(model.cumulative_hazard_at(rows, grid) - truth).mean()
+    assert errors["landmark_day"] < 0.08 and errors[None] > 2 * errors["landmark_day"], errors

@@ -117,6 +117,7 @@ def test_unknown_names_come_with_the_closest_known_one(sections, expected):
         ("rsf", {"min_sample_leaf": 3}, "did you mean 'min_samples_leaf'?"),
         ("rule", {"bm_blast_high_pct": 5}, "models.params.rule.bm_blast_high_pct: not a parameter of 'rule'; "
                                            "did you mean 'bm_blasts_high_pct'?"),
+        ("xgb_cox", {"lineage_switch_hazard": "xgb_pm"}, "models.params.xgb_cox: unknown model 'xgb_pm'"),
     ],
 )
 def test_unknown_model_parameters_are_found_before_fitting(name, params, expected):
@@ -126,7 +127,8 @@ def test_unknown_model_parameters_are_found_before_fitting(name, params, expecte
 
 def test_known_model_parameters_pass():
     check_config(_config(models={"candidates": ["xgb_cox", "rsf"], "params": {
-        "xgb_cox": {"n_estimators": 40, "risk_horizon_days": 730.0}, "rsf": {"min_samples_leaf": 10},
+        "xgb_cox": {"n_estimators": 40, "risk_horizon_days": 730.0, "lineage_switch_hazard": "xgb_pem"},
+        "rsf": {"min_samples_leaf": 10},
         "rule": {"bm_blasts_high_pct": 5.0}}}))
 
 
