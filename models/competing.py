@@ -310,7 +310,7 @@ class CauseSpecificHazardsModel(BaseEstimator):
         if self.lineage_switch_estimator is None:
             return _HAZARD_CAUSES
         others = tuple(event for event in RELAPSE_EVENTS if event != _LINEAGE_SWITCH)
-        return {"relapse": others, _LINEAGE_SWITCH_HAZARD: (_LINEAGE_SWITCH,), "death": ("death",), "hsct": ("hsct",)}
+        return {**_HAZARD_CAUSES, "relapse": others, _LINEAGE_SWITCH_HAZARD: (_LINEAGE_SWITCH,)}
 
     def _fit_hazard(self, X: pd.DataFrame, time: np.ndarray, is_event: np.ndarray, cause: str):
         if not is_event.any():
