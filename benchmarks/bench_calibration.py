@@ -49,11 +49,14 @@ from pipelines.experiment import (
     summarise_metrics,
 )
 
-__all__ = ["TARGET_CAUSES", "main", "pick_metric", "predict_in_chunks", "with_cohort"]
+__all__ = ["BAND", "TARGET_CAUSES", "expected_over_oracle", "main", "outside", "pick_metric", "predict_in_chunks",
+           "with_cohort"]
 
 TARGET_CAUSES = ("relapse", *PHENOTYPE_CAUSES)
 """Causes the issue's O/E check covers (death and HSCT are shown, not checked)."""
-_BAND, _SLOPE_HORIZON, _C_TOLERANCE = (0.9, 1.1), 365.0, 0.005
+BAND = (0.9, 1.1)
+"""The issue's target band of O/E and calibration slope."""
+_SLOPE_HORIZON, _C_TOLERANCE = 365.0, 0.005
 
 
 def with_cohort(config: RunConfig, n_patients: int, seed: int, with_oracle: bool = False) -> RunConfig:
@@ -110,7 +113,7 @@ def pick_metric(metrics: pd.DataFrame, metric: str, source: str) -> pd.DataFrame
                                                                                  "horizon_days"])
 
 
-def _expected_over_oracle(metrics: pd.DataFrame, source: str) -> pd.Series:
+def expected_over_oracle(metrics: pd.DataFrame, source: str) -> pd.Series:
     """The model's mean predicted incidence over the oracle's on the same rows (the oracle's O/E
     over the model's; NaN without an oracle)."""
     model = pick_metric(metrics, "observed_expected", source)["value"]
@@ -123,7 +126,7 @@ def table(metrics: pd.DataFrame, source: str, horizons: list[float]) -> str:
     """Markdown table of one model: per landmark and cause, O/E [95% CI] per horizon, 12-month
     calibration slope and Uno's C, and the 12-month expected over the oracle's."""
     oe, slope, uno = (pick_metric(metrics, m, source) for m in ("observed_expected", "calibration_slope", "uno_c"))
-    truth = _expected_over_oracle(metrics, source)
+    truth = expected_over_oracle(metrics, source)
     head = ["landmark", "cause", *[f"O/E {h:g} d [95% CI]" for h in horizons], "slope 365 d", "Uno's C 365 d",
             "E/oracle 365 d"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -139,7 +142,7 @@ def table(metrics: pd.DataFrame, source: str, horizons: list[float]) -> str:
     return "\n".join(lines)
 
 
-def _outside(value: float, band: tuple[float, float]) -> float:
+def outside(value: float, band: tuple[float, float]) -> float:
     """How far ``value`` lies outside ``band`` (0 inside; NaN counts as outside)."""
     if not np.isfinite(value):
         return np.inf
@@ -150,7 +153,7 @@ def checks(metrics: pd.DataFrame, champion: str, today: str, horizons: list[floa
     """The issue's "done when": one line per miss, and a count per check."""
     oe, slope = pick_metric(metrics, "observed_expected", champion), pick_metric(metrics, "calibration_slope", champion)
     uno_new, uno_today = pick_metric(metrics, "uno_c", champion), pick_metric(metrics, "uno_c", today)
-    truth = _expected_over_oracle(metrics, champion)
+    truth = expected_over_oracle(metrics, champion)
     oracle_oe = truth * oe["value"]
     lines, counts = [], {"O/E": [0, 0], "slope": [0, 0], "Uno's C": [0, 0]}
     for landmark in sorted(oe.index.get_level_values(0).unique()):
@@ -158,7 +161,7 @@ def checks(metrics: pd.DataFrame, champion: str, today: str, horizons: list[floa
             for horizon in horizons:
                 key = (landmark, endpoint, horizon)
                 row = oe.loc[key]
-                miss = _outside(row["value"], _BAND)
+                miss = outside(row["value"], BAND)
                 counts["O/E"][0] += miss == 0
                 counts["O/E"][1] += 1
                 if miss:
@@ -167,7 +170,7 @@ def checks(metrics: pd.DataFrame, champion: str, today: str, horizons: list[floa
                                  f"({int(row['n_events'])} events); oracle's O/E {oracle_oe.loc[key]:.3f}, "
                                  f"expected/oracle {truth.loc[key]:.3f}")
             key = (landmark, endpoint, _SLOPE_HORIZON)
-            miss = _outside(slope.loc[key, "value"], _BAND)
+            miss = outside(slope.loc[key, "value"], BAND)
             counts["slope"][0] += miss == 0
             counts["slope"][1] += 1
             if miss:

@@ -27,21 +27,25 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from threadpoolctl import threadpool_limits
 
-from benchmarks.bench_calibration import TARGET_CAUSES, pick_metric, predict_in_chunks, with_cohort
+from benchmarks.bench_calibration import (
+    BAND,
+    TARGET_CAUSES,
+    expected_over_oracle,
+    outside,
+    pick_metric,
+    predict_in_chunks,
+    with_cohort,
+)
 from models.evaluation import EvaluationSettings, evaluate_sources
 from models.oracle import oracle_predictions
 from pipelines.config import RunConfig, load_config
 from pipelines.experiment import ORACLE, prepare_landmark_set, refit
 
 __all__ = ["main", "ratios", "subgroup_ratios"]
-
-_BAND = (0.9, 1.1)
-
 
 def _training_events(landmark_set: pd.DataFrame) -> pd.Series:
     """Events per (landmark_day, cause) of a training landmark set; relapse counts every phenotype."""
@@ -67,9 +71,8 @@ def ratios(metrics: pd.DataFrame, source: str) -> pd.DataFrame:
     DataFrame
         Columns ``observed_expected`` and ``expected_over_oracle``.
     """
-    model = pick_metric(metrics, "observed_expected", source)["value"]
-    oracle = pick_metric(metrics, "observed_expected", ORACLE)["value"].reindex(model.index)
-    frame = pd.DataFrame({"observed_expected": model, "expected_over_oracle": oracle / model})
+    frame = pd.DataFrame({"observed_expected": pick_metric(metrics, "observed_expected", source)["value"],
+                          "expected_over_oracle": expected_over_oracle(metrics, source)})
     return frame[frame.index.get_level_values("endpoint").isin(TARGET_CAUSES)]
 
 
@@ -118,8 +121,8 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _outside(values: pd.Series) -> int:
-    return int(((values < _BAND[0]) | (values > _BAND[1]) | ~np.isfinite(values)).sum())
+def _count_outside(values: pd.Series) -> int:
+    return sum(outside(value, BAND) > 0 for value in values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         console.print(_markdown(by_group), markup=False)
         console.print("", markup=False)
     for seed, frame in per_seed.items():
-        console.print(f"seed {seed}: O/E outside 0.9-1.1 in {_outside(frame['observed_expected'])}/{len(frame)} cells; "
-                      f"expected/oracle outside it in {_outside(frame['expected_over_oracle'])}/{len(frame)}",
+        console.print(f"seed {seed}: O/E outside 0.9-1.1 in {_count_outside(frame['observed_expected'])}/{len(frame)} cells; "
+                      f"expected/oracle outside it in {_count_outside(frame['expected_over_oracle'])}/{len(frame)}",
                       markup=False)
     console.print(f"\ntotal {time.perf_counter() - start:.0f} s", markup=False)
 
